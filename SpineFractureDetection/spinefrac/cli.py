@@ -1,0 +1,128 @@
+"""The ``spinefrac`` command: the headless face of SpineFractureDetection.
+
+Errors the user can fix end with one line on stderr and exit code 2; nothing is left
+behind in the output folder. Unexpected failures exit 1 (``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from pathlib import Path
+
+from . import __version__
+from .device import DEVICE_CHOICES
+from .errors import SpineFracError
+from .levels import LEVELS
+from .pipeline import STAGE_COUNT, run_pipeline
+from .progress import SilentStages, TerminalProgress
+
+PROG = "spinefrac"
+
+DESCRIPTION = """\
+Find, label (C1..L5, T13/L6, sacrum) and measure every vertebra in a CT scan.
+
+The same core runs inside the SpineFractureDetection 3D Slicer extension. Reports give
+every number with its unit; coordinates are RAS millimetres (3D Slicer's world frame)."""
+
+RUN_EPILOG = """\
+outputs (in OUTDIR, which appears only when the run succeeds):
+  vertebrae.nii.gz  label map on the input CT's own grid, VerSe ids
+                    (1-7 C1-C7, 8-19 T1-T12, 20-24 L1-L5, 25 L6, 26 sacrum, 28 T13)
+  report.json       versioned report: input, provenance, one entry per level, definitions
+  report.csv        the same levels, one row each
+  overview.png      mid-sagittal and coronal views, bone window, coloured named levels
+
+example:
+  spinefrac run ct.nii.gz --segmentation vertebrae.nii.gz -o out/
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = commands.add_parser(
+        "run", help="segment/label, measure and report one CT",
+        description="Run the pipeline on one CT: labels, per-level measurements, report and picture.",
+        epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("ct", type=Path, help="CT image: .nii/.nii.gz, .nrrd, .mha, or a DICOM series folder")
+    run.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR",
+                     help="folder for the results (must be new or empty unless --overwrite)")
+    run.add_argument("--segmentation", type=Path, metavar="LABELMAP",
+                     help="use an existing vertebra segmentation on the CT's grid: a label map file "
+                          "(VerSe ids, TotalSegmentator ids, Slicer .seg.nrrd) or a folder of "
+                          "TotalSegmentator masks (vertebrae_L1.nii.gz, ...)")
+    run.add_argument("--labels", default="auto", choices=["auto", "verse", "totalseg", "names"],
+                     help="label convention of --segmentation (default: auto — names when the file "
+                          "has segment names, TotalSegmentator when ids exceed 28, otherwise VerSe)")
+    run.add_argument("--device", default="auto", choices=DEVICE_CHOICES,
+                     help="compute device for learned engines: auto picks CUDA with mixed precision "
+                          "when available, else CPU (default: auto)")
+    run.add_argument("--overwrite", action="store_true", help="replace a non-empty OUTDIR")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    run.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+    run.set_defaults(handler=_run)
+
+    levels = commands.add_parser("levels", help="print the level conventions (ids, names, SNOMED CT codes)")
+    levels.set_defaults(handler=_levels)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    stages = SilentStages() if args.quiet else TerminalProgress(STAGE_COUNT)
+    convention = {"totalseg": "totalsegmentator"}.get(args.labels, args.labels)
+    result = run_pipeline(
+        args.ct, args.output, segmentation_path=args.segmentation, label_convention=convention,
+        device=args.device, overwrite=args.overwrite, stages=stages,
+    )
+    if not args.quiet:
+        print(_summary(result), file=sys.stderr)
+    for path in result.files.values():
+        print(path)
+    return 0
+
+
+def _summary(result) -> str:
+    lines = [f"{len(result.report.rows)} levels:"]
+    for row in result.report.rows:
+        flag = "" if row["fov_status"] == "inside" else f"  [{row['fov_status']}]"
+        lines.append(f"  {row['level']:>6}  {row['volume_ml']:8.1f} ml  median {row['median_hu']:7.1f} HU{flag}")
+    return "\n".join(lines)
+
+
+def _levels(args: argparse.Namespace) -> int:
+    print("verse_id  name    region    SNOMED CT")
+    for level in LEVELS:
+        print(f"{level.verse_id:8d}  {level.name:6s}  {level.region.value:8s}  {level.snomed_code} {level.snomed_meaning}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except SpineFracError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; no output was written", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print(f"{PROG}: error: out of memory; no output was written", file=sys.stderr)
+        return 1
+    except Exception as error:  # a bug: say so plainly, keep the traceback for --debug
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        print(f"{PROG}: internal error ({type(error).__name__}: {error}); "
+              "no output was written; rerun with --debug and report it", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+"""Errors the user can act on. Each carries a one-line message and the CLI exit code."""
+
+from __future__ import annotations
+
+
+class SpineFracError(Exception):
+    """Base class: a problem we can explain in one line, not a bug."""
+
+    exit_code = 2
+
+
+class InputError(SpineFracError):
+    """An input file, folder or option is missing, unreadable or not what the pipeline needs."""
+
+
+class OutputError(SpineFracError):
+    """The output location cannot be written, or would overwrite something without consent."""
+
+
+class EngineUnavailableError(SpineFracError):
+    """A requested segmentation engine or device cannot be used on this machine."""

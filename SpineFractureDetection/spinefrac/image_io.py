@@ -1,0 +1,257 @@
+"""Reading CT images and label maps, and the canonical orientation used inside the pipeline.
+
+Every image is brought to the axis order closest to LPS (ITK's identity direction: voxel
+index i runs to the patient's left, j posterior, k superior), so that in a NumPy array
+``array[k, j, i]`` axis 0 is always cranio-caudal. Oblique direction cosines are kept:
+re-orientation only permutes and flips axes, so it is lossless and exactly reversible.
+Outputs are mapped back onto the input's own grid (size, origin, spacing, direction).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError, OutputError
+
+CANONICAL_ORIENTATION = "LPS"
+# Physical tolerance for "same grid": well below any real voxel, above float32 header noise.
+GRID_TOLERANCE_MM = 1e-3
+DIRECTION_TOLERANCE = 1e-4
+
+DICOM_MODALITY_TAG = "0008|0060"
+DICOM_SERIES_DESCRIPTION_TAG = "0008|103e"
+DICOM_SERIES_UID_TAG = "0020|000e"
+
+_NIFTI_SUFFIXES = (".nii", ".nii.gz")
+_NRRD_SUFFIXES = (".nrrd", ".nhdr")
+
+
+@dataclass(frozen=True)
+class ImageGrid:
+    """Where an image's voxels are in space: size (i, j, k), spacing in mm, origin, direction."""
+
+    size: tuple[int, int, int]
+    spacing_mm: tuple[float, float, float]
+    origin_mm: tuple[float, float, float]
+    direction: tuple[float, ...]  # 3x3 row-major, columns are the axis directions (LPS)
+
+    @classmethod
+    def of(cls, image: sitk.Image) -> "ImageGrid":
+        return cls(
+            tuple(int(s) for s in image.GetSize()),
+            tuple(float(s) for s in image.GetSpacing()),
+            tuple(float(o) for o in image.GetOrigin()),
+            tuple(float(d) for d in image.GetDirection()),
+        )
+
+    @property
+    def orientation(self) -> str:
+        """Three letters: the patient direction each voxel axis points to, e.g. 'RAS'."""
+        return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(self.direction)
+
+    def differences(self, other: "ImageGrid") -> list[str]:
+        """Human-readable list of what differs between two grids (empty when they match)."""
+        found = []
+        if self.size != other.size:
+            found.append(f"size {self.size} vs {other.size} voxels")
+        if not np.allclose(self.spacing_mm, other.spacing_mm, atol=GRID_TOLERANCE_MM):
+            found.append(f"spacing {_fmt(self.spacing_mm)} vs {_fmt(other.spacing_mm)} mm")
+        if not np.allclose(self.origin_mm, other.origin_mm, atol=GRID_TOLERANCE_MM):
+            found.append(f"origin {_fmt(self.origin_mm)} vs {_fmt(other.origin_mm)} mm")
+        if not np.allclose(self.direction, other.direction, atol=DIRECTION_TOLERANCE):
+            found.append(f"direction {self.orientation} vs {other.orientation}")
+        return found
+
+    def apply_to(self, image: sitk.Image) -> sitk.Image:
+        image.SetSpacing(self.spacing_mm)
+        image.SetOrigin(self.origin_mm)
+        image.SetDirection(self.direction)
+        return image
+
+
+def _fmt(values) -> str:
+    return "(" + ", ".join(f"{v:.3f}" for v in values) + ")"
+
+
+@dataclass
+class CtVolume:
+    """Stage 0 result: the CT in canonical orientation, and where it came from."""
+
+    image: sitk.Image  # canonical orientation, Hounsfield units
+    source_path: Path
+    source_format: str  # "NIfTI", "NRRD", "DICOM series", ...
+    source_grid: ImageGrid
+    source_description: str = ""
+
+    @property
+    def grid(self) -> ImageGrid:
+        return ImageGrid.of(self.image)
+
+    def array(self) -> np.ndarray:
+        """HU values as a [k, j, i] view (k cranio-caudal, increasing superiorly)."""
+        return sitk.GetArrayViewFromImage(self.image)
+
+    def to_source_grid(self, image: sitk.Image) -> sitk.Image:
+        """Map an image on the canonical grid (e.g. a label map) back onto the input's grid."""
+        restored = sitk.DICOMOrient(image, self.source_grid.orientation)
+        drift = ImageGrid.of(restored).differences(self.source_grid)
+        if drift:  # permutations are exact; anything else is a programming error
+            raise AssertionError("re-orientation is not reversible: " + "; ".join(drift))
+        # Copy the header bit for bit so the output grid is identical, not merely close.
+        return self.source_grid.apply_to(restored)
+
+
+def image_format(path: Path) -> str:
+    name = path.name.lower()
+    if path.is_dir():
+        return "DICOM series"
+    if name.endswith(_NIFTI_SUFFIXES):
+        return "NIfTI"
+    if name.endswith(_NRRD_SUFFIXES):
+        return "NRRD"
+    if name.endswith(".mha") or name.endswith(".mhd"):
+        return "MetaImage"
+    if name.endswith(".dcm"):
+        return "DICOM file"
+    return "image"
+
+
+def read_image(path: Path, what: str = "image") -> sitk.Image:
+    """Read a file with SimpleITK, turning its errors into one-line messages."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{what} not found: {path}")
+    if path.is_dir():
+        return read_dicom_series(path, what)[0]
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        raise InputError(f"{what} {path} is not a readable image ({_first_itk_line(error)})") from None
+
+
+def _first_itk_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    # ITK messages start with a file:line location; the last line is the useful reason.
+    reason = lines[-1] if lines else "unknown reason"
+    return reason.split(": ", 1)[-1] if "itk::ERROR" in reason else reason
+
+
+@dataclass(frozen=True)
+class DicomSeriesInfo:
+    series_uid: str
+    modality: str
+    description: str
+    file_names: tuple[str, ...]
+
+
+def list_dicom_series(folder: Path) -> list[DicomSeriesInfo]:
+    """Every DICOM series in a folder (not recursive), with modality read from its first file."""
+    reader = sitk.ImageSeriesReader()
+    series_uids = reader.GetGDCMSeriesIDs(str(folder))
+    found = []
+    for uid in series_uids:
+        files = reader.GetGDCMSeriesFileNames(str(folder), uid)
+        if not files:
+            continue
+        tags = sitk.ImageFileReader()
+        tags.SetFileName(files[0])
+        try:
+            tags.ReadImageInformation()
+        except RuntimeError:
+            continue
+        modality = tags.GetMetaData(DICOM_MODALITY_TAG).strip() if tags.HasMetaDataKey(DICOM_MODALITY_TAG) else ""
+        description = (
+            tags.GetMetaData(DICOM_SERIES_DESCRIPTION_TAG).strip()
+            if tags.HasMetaDataKey(DICOM_SERIES_DESCRIPTION_TAG)
+            else ""
+        )
+        found.append(DicomSeriesInfo(uid, modality, description, tuple(files)))
+    return found
+
+
+def choose_ct_series(series: list[DicomSeriesInfo], folder: Path) -> DicomSeriesInfo:
+    """The CT series with the most slices; other series are never mixed in."""
+    if not series:
+        raise InputError(f"no DICOM series found in folder {folder}")
+    ct_series = [s for s in series if s.modality.upper() == "CT"]
+    if not ct_series:
+        modalities = ", ".join(sorted({s.modality or "unknown" for s in series}))
+        raise InputError(f"folder {folder} holds no CT series (modalities found: {modalities})")
+    return max(ct_series, key=lambda s: len(s.file_names))
+
+
+def read_dicom_series(folder: Path, what: str = "image") -> tuple[sitk.Image, str]:
+    """Read the CT series of a DICOM folder; returns the image and a description of the choice."""
+    series = list_dicom_series(folder)
+    chosen = choose_ct_series(series, folder)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(list(chosen.file_names))
+    try:
+        image = reader.Execute()
+    except RuntimeError as error:
+        raise InputError(f"{what}: DICOM series in {folder} cannot be read ({_first_itk_line(error)})") from None
+    description = f"DICOM CT series {chosen.series_uid or '(no series UID)'}, {len(chosen.file_names)} slices"
+    if chosen.description:
+        description += f", '{chosen.description}'"
+    others = len(series) - 1
+    if others:
+        description += f"; {others} other series in the folder ignored"
+    return image, description
+
+
+def require_3d_scalar(image: sitk.Image, path: Path, what: str) -> None:
+    """Refuse images the pipeline cannot interpret as a single 3-D volume."""
+    dimension = image.GetDimension()
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(
+            f"{what} {path} has {image.GetNumberOfComponentsPerPixel()} components per voxel "
+            "(colour or vector image); a scalar 3-D image is needed"
+        )
+    if dimension == 4:
+        raise InputError(
+            f"{what} {path} is 4-D (size {image.GetSize()}); a single 3-D volume is needed — "
+            "extract one time point or channel first"
+        )
+    if dimension != 3:
+        raise InputError(f"{what} {path} is {dimension}-D; a 3-D volume is needed")
+    if min(image.GetSize()) < 2:
+        raise InputError(
+            f"{what} {path} is a single slice (size {image.GetSize()}); a 3-D volume is needed"
+        )
+
+
+def to_canonical(image: sitk.Image) -> sitk.Image:
+    return sitk.DICOMOrient(image, CANONICAL_ORIENTATION)
+
+
+def load_ct(path: Path | str) -> CtVolume:
+    """Stage 0: read a CT (NIfTI, NRRD, MetaImage or DICOM folder) into canonical orientation."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"CT not found: {path}")
+    description = ""
+    if path.is_dir():
+        image, description = read_dicom_series(path, "CT")
+    else:
+        image = read_image(path, "CT")
+    require_3d_scalar(image, path, "CT")
+    source_grid = ImageGrid.of(image)
+    return CtVolume(
+        image=to_canonical(image),
+        source_path=path,
+        source_format=image_format(path),
+        source_grid=source_grid,
+        source_description=description or f"{image_format(path)} file",
+    )
+
+
+def write_image(image: sitk.Image, path: Path) -> None:
+    """Write with compression (NIfTI .gz / NRRD gzip) and a one-line error on failure."""
+    try:
+        sitk.WriteImage(image, str(path), useCompression=True)
+    except RuntimeError as error:
+        raise OutputError(f"cannot write {path} ({_first_itk_line(error)})") from None

@@ -1,0 +1,76 @@
+"""Atomic output folders: results appear under their final name only when complete.
+
+Files are written into a hidden sibling folder (``.OUT.partial-<random>``) and the folder is
+renamed into place at the end. A failure, Ctrl-C or kill therefore never leaves a folder that
+looks like a finished result, and an existing result is replaced only with ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .errors import OutputError
+
+
+class AtomicOutputFolder:
+    """``with AtomicOutputFolder(out) as work: ...write into work...`` then it becomes ``out``."""
+
+    def __init__(self, final: Path | str, overwrite: bool = False):
+        self.final = Path(final)
+        self.overwrite = overwrite
+        self.work: Path | None = None
+        self._created_parents: list[Path] = []
+        self.check()
+
+    def check(self) -> None:
+        """Refuse before any work starts, so nothing is computed for nothing."""
+        if self.final.exists() and not self.final.is_dir():
+            raise OutputError(f"output {self.final} exists and is not a folder")
+        if self.final.is_dir() and any(self.final.iterdir()) and not self.overwrite:
+            raise OutputError(f"output folder {self.final} is not empty; pass --overwrite to replace it")
+
+    def __enter__(self) -> Path:
+        parent = self.final.absolute().parent
+        for missing in reversed([p for p in (parent, *parent.parents) if not p.exists()]):
+            try:
+                missing.mkdir()
+            except OSError as error:
+                self._remove_created_parents()
+                raise OutputError(f"cannot create output folder {self.final} ({error.strerror})") from None
+            self._created_parents.append(missing)
+        try:
+            self.work = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.partial-", dir=parent))
+        except OSError as error:
+            self._remove_created_parents()
+            raise OutputError(f"cannot write in {parent} ({error.strerror})") from None
+        return self.work
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self._commit()
+        else:
+            shutil.rmtree(self.work, ignore_errors=True)
+            self._remove_created_parents()
+
+    def _commit(self) -> None:
+        previous = None
+        if self.final.exists():
+            if any(self.final.iterdir()):
+                previous = self.final.with_name(f".{self.final.name}.replaced-{os.getpid()}")
+                self.final.rename(previous)
+            else:
+                self.final.rmdir()
+        self.work.rename(self.final)
+        if previous is not None:
+            shutil.rmtree(previous, ignore_errors=True)
+
+    def _remove_created_parents(self) -> None:
+        for created in reversed(self._created_parents):
+            try:
+                created.rmdir()
+            except OSError:
+                break
+        self._created_parents.clear()

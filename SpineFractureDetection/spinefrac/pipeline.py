@@ -1,0 +1,93 @@
+"""The whole job: CT in, label map + report + pictures out, one typed result per stage.
+
+load_ct -> CtVolume -> engine.segment -> VertebraSegmentation -> measure_vertebrae ->
+SpineMeasurements -> SpineReport -> files (written atomically).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .device import DeviceChoice, resolve_device
+from .errors import EngineUnavailableError
+from .image_io import CtVolume, load_ct, write_image
+from .measurement import SpineMeasurements, measure_vertebrae
+from .outputs import AtomicOutputFolder
+from .overview import write_overview_png
+from .progress import SilentStages
+from .report import SpineReport
+from .segmentation import ExistingLabelMap, LabelConvention, SegmentationEngine, VertebraSegmentation
+
+LABEL_MAP_FILE = "vertebrae.nii.gz"
+REPORT_JSON_FILE = "report.json"
+REPORT_CSV_FILE = "report.csv"
+OVERVIEW_FILE = "overview.png"
+STAGE_COUNT = 5
+
+
+@dataclass
+class RunResult:
+    ct: CtVolume
+    segmentation: VertebraSegmentation
+    measurements: SpineMeasurements
+    report: SpineReport
+    device: DeviceChoice
+    output_folder: Path
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def choose_engine(
+    segmentation_path: Path | str | None, label_convention: str = LabelConvention.AUTO.value
+) -> SegmentationEngine:
+    """The engine for this run: the user's own segmentation when given."""
+    if segmentation_path is not None:
+        return ExistingLabelMap(segmentation_path, label_convention)
+    raise EngineUnavailableError(
+        "no automatic segmentation engine is installed in this version; "
+        "pass --segmentation LABELMAP with a vertebra label map (VerSe or TotalSegmentator labels)"
+    )
+
+
+def run_pipeline(
+    ct_path: Path | str,
+    output_folder: Path | str,
+    segmentation_path: Path | str | None = None,
+    label_convention: str = LabelConvention.AUTO.value,
+    device: str = "auto",
+    overwrite: bool = False,
+    stages=None,
+) -> RunResult:
+    """Run every stage; nothing appears under ``output_folder`` unless all of them succeed."""
+    stages = stages or SilentStages()
+    output = AtomicOutputFolder(output_folder, overwrite)  # refuses a non-empty folder up front
+    device_choice = resolve_device(device)
+    engine = choose_engine(segmentation_path, label_convention)
+
+    stages.stage("Loading CT")
+    ct = load_ct(ct_path)
+    segmentation = engine.segment(ct, stages.stage(f"Segmentation ({engine.name})"))
+    measurements = measure_vertebrae(ct, segmentation, stages.stage("Measuring vertebrae"))
+    stages.stage("Building report")
+    report = SpineReport.from_stages(ct, segmentation, measurements)
+    report.segmentation["device"] = device_choice.name
+
+    stages.stage("Writing outputs")
+    files: dict[str, Path] = {}
+    with output as work:
+        write_image(ct.to_source_grid(segmentation.label_map), work / LABEL_MAP_FILE)
+        report.write(work)
+        write_overview_png(ct, segmentation, measurements, work / OVERVIEW_FILE, title=_title(ct, segmentation))
+    final = Path(output_folder)
+    for key, name in (("label_map", LABEL_MAP_FILE), ("report_json", REPORT_JSON_FILE),
+                      ("report_csv", REPORT_CSV_FILE), ("overview_png", OVERVIEW_FILE)):
+        files[key] = final / name
+    stages.close()
+    return RunResult(ct, segmentation, measurements, report, device_choice, final, files)
+
+
+def _title(ct: CtVolume, segmentation: VertebraSegmentation) -> str:
+    spacing = " x ".join(f"{s:.2f}" for s in ct.source_grid.spacing_mm)
+    names = [level.name for level in segmentation.levels]
+    span = f"{names[0]}-{names[-1]}" if names else "no levels"
+    return f"{ct.source_path.name} ({spacing} mm): {span}, {len(names)} labels"

@@ -1,0 +1,171 @@
+"""Final stage: the per-level report, as JSON (versioned schema) and CSV (one row per level).
+
+Every numeric key carries its unit in its name (``volume_mm3``, ``centroid_s_mm``); HU values
+are Hounsfield units. The JSON also carries a ``definitions`` block that says for each column
+what it is and how it was measured, so a reader never has to guess.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import __version__
+from .image_io import CtVolume
+from .measurement import SpineMeasurements, VertebraMeasurement
+from .segmentation import VertebraSegmentation
+
+REPORT_SCHEMA = "spinefrac-report"
+REPORT_SCHEMA_VERSION = "1.0.0"
+
+SACRUM_NOTE = "sacrum: fused bone, reported for level counting; not graded for fracture"
+
+# Column -> what it is, in the order of the CSV.
+COLUMN_DEFINITIONS: dict[str, str] = {
+    "level": "vertebral level name (C1..L5, T13/L6 variants, sacrum)",
+    "verse_id": "label id in the VerSe convention (1-7 C1-C7, 8-19 T1-T12, 20-24 L1-L5, 25 L6, 26 sacrum, 28 T13)",
+    "region": "cervical, thoracic, lumbar or sacral",
+    "kind": "vertebra, or sacrum (not graded)",
+    "snomed_ct_code": "SNOMED CT concept of the level (DICOM CID 7603)",
+    "voxel_count": "number of voxels carrying this label",
+    "volume_mm3": "voxel_count x voxel volume, mm^3 (whole vertebra incl. posterior elements)",
+    "volume_ml": "volume_mm3 / 1000, millilitres",
+    "centroid_r_mm": "centroid of the label, R coordinate (RAS, 3D Slicer world), mm",
+    "centroid_a_mm": "centroid of the label, A coordinate (RAS), mm",
+    "centroid_s_mm": "centroid of the label, S coordinate (RAS), mm",
+    "bbox_min_r_mm": "bounding box of voxel centres, minimum R, mm",
+    "bbox_min_a_mm": "bounding box of voxel centres, minimum A, mm",
+    "bbox_min_s_mm": "bounding box of voxel centres, minimum S, mm",
+    "bbox_max_r_mm": "bounding box of voxel centres, maximum R, mm",
+    "bbox_max_a_mm": "bounding box of voxel centres, maximum A, mm",
+    "bbox_max_s_mm": "bounding box of voxel centres, maximum S, mm",
+    "mean_hu": "mean CT value over all voxels of the label (cortical + trabecular + posterior elements), HU",
+    "median_hu": "median CT value over all voxels of the label, HU",
+    "fov_status": "inside | touches_border | cut (touches the image border and has under "
+    "50 % of the volume of the nearest complete levels: partly outside the field of view)",
+    "fov_border_faces": "image faces the label touches (patient sides), ';'-separated",
+    "note": "why a level is limited or not graded, in words",
+}
+
+
+@dataclass
+class SpineReport:
+    """The report of one run: input, segmentation provenance, and one row per level."""
+
+    input: dict
+    segmentation: dict
+    rows: list[dict]
+    notes: list[str] = field(default_factory=list)
+    created_utc: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    @classmethod
+    def from_stages(
+        cls, ct: CtVolume, segmentation: VertebraSegmentation, measurements: SpineMeasurements
+    ) -> "SpineReport":
+        grid = ct.source_grid
+        return cls(
+            input={
+                "path": str(ct.source_path),
+                "format": ct.source_format,
+                "description": ct.source_description,
+                "size_voxels": list(grid.size),
+                "spacing_mm": list(grid.spacing_mm),
+                "origin_lps_mm": list(grid.origin_mm),
+                "orientation": grid.orientation,
+            },
+            segmentation={
+                "engine": segmentation.engine,
+                "source": segmentation.source,
+                "label_convention": segmentation.convention.value,
+                "ignored_labels": segmentation.ignored_labels,
+                "notes": segmentation.notes,
+            },
+            rows=[level_row(m) for m in measurements.vertebrae],
+            notes=list(measurements.notes),
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "schema": REPORT_SCHEMA,
+            "schema_version": REPORT_SCHEMA_VERSION,
+            "software": {"name": "spinefrac", "version": __version__},
+            "created_utc": self.created_utc,
+            "coordinate_frame": "RAS (3D Slicer world coordinates), millimetres",
+            "input": self.input,
+            "segmentation": self.segmentation,
+            "definitions": COLUMN_DEFINITIONS,
+            "levels": self.rows,
+            "notes": self.notes,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(_finite_or_none(self.to_dict()), indent=2, allow_nan=False) + "\n"
+
+    def to_csv(self) -> str:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(COLUMN_DEFINITIONS), lineterminator="\n")
+        writer.writeheader()
+        for row in self.rows:
+            writer.writerow({key: _csv_value(row[key]) for key in COLUMN_DEFINITIONS})
+        return buffer.getvalue()
+
+    def write(self, folder: Path) -> tuple[Path, Path]:
+        json_path, csv_path = folder / "report.json", folder / "report.csv"
+        json_path.write_text(self.to_json(), encoding="utf-8")
+        csv_path.write_text(self.to_csv(), encoding="utf-8")
+        return json_path, csv_path
+
+
+def level_row(m: VertebraMeasurement) -> dict:
+    notes = [m.fov_note] if m.fov_note else []
+    if not m.level.is_vertebra:
+        notes.append(SACRUM_NOTE)
+    (r, a, s), (r0, a0, s0), (r1, a1, s1) = m.centroid_ras_mm, m.bbox_min_ras_mm, m.bbox_max_ras_mm
+    return {
+        "level": m.level.name,
+        "verse_id": m.level.verse_id,
+        "region": m.level.region.value,
+        "kind": "vertebra" if m.level.is_vertebra else "sacrum",
+        "snomed_ct_code": m.level.snomed_code,
+        "voxel_count": m.voxel_count,
+        "volume_mm3": round(m.volume_mm3, 3),
+        "volume_ml": round(m.volume_mm3 / 1000.0, 3),
+        "centroid_r_mm": round(r, 2),
+        "centroid_a_mm": round(a, 2),
+        "centroid_s_mm": round(s, 2),
+        "bbox_min_r_mm": round(r0, 2),
+        "bbox_min_a_mm": round(a0, 2),
+        "bbox_min_s_mm": round(s0, 2),
+        "bbox_max_r_mm": round(r1, 2),
+        "bbox_max_a_mm": round(a1, 2),
+        "bbox_max_s_mm": round(s1, 2),
+        "mean_hu": round(m.hu_mean, 1),
+        "median_hu": round(m.hu_median, 1),
+        "fov_status": m.fov_status.value,
+        "fov_border_faces": list(m.fov_border_faces),
+        "note": "; ".join(notes),
+    }
+
+
+def _csv_value(value):
+    if isinstance(value, (list, tuple)):
+        return ";".join(str(v) for v in value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return ""
+    return value
+
+
+def _finite_or_none(value):
+    """JSON has no NaN: unmeasurable numbers become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_none(v) for v in value]
+    return value
