@@ -94,9 +94,9 @@ class ExistingLabelMap(SegmentationEngine):
     def _from_label_file(self, ct: CtVolume) -> VertebraSegmentation:
         image = read_image(self.path, "segmentation")
         require_3d_scalar(image, self.path, "segmentation")
+        segment_names = slicer_segment_names(image)  # before re-orientation, which drops the header
         image = _on_ct_grid(image, ct, self.path)
         source_ids = _integer_labels(image, self.path)
-        segment_names = slicer_segment_names(image)
         convention = self.convention
         if convention is LabelConvention.AUTO:
             convention = _guess_convention(source_ids, segment_names)

@@ -1,0 +1,138 @@
+"""Image input: formats, DICOM series choice, canonical orientation and the exact way back."""
+
+import math
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from spine_test_utils import reoriented, write_dicom_series
+
+from spinefrac.errors import InputError
+from spinefrac.image_io import ImageGrid, load_ct
+
+
+def _random_ct(size=(12, 10, 8), spacing=(0.8, 0.9, 2.5), direction=None, seed=0):
+    array = np.random.default_rng(seed).integers(-1000, 2000, size=size[::-1]).astype(np.int16)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    image.SetOrigin((-12.5, 30.25, 100.0))
+    if direction is not None:
+        image.SetDirection(direction)
+    return image
+
+
+def _oblique_direction(angle_rad=0.3):
+    c, s = math.cos(angle_rad), math.sin(angle_rad)
+    rotation = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]) @ np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
+    return tuple(rotation.ravel())
+
+
+ORIENTATIONS = ["LPS", "RAS", "PIR", "SAR", "ILA", "RPI"]
+
+
+@pytest.mark.parametrize("orientation", ORIENTATIONS + ["oblique"])
+def test_canonical_orientation_and_exact_round_trip(tmp_path, orientation):
+    if orientation == "oblique":
+        source = _random_ct(direction=_oblique_direction())
+    else:
+        source = reoriented(_random_ct(), orientation)
+    path = tmp_path / "ct.nii.gz"
+    sitk.WriteImage(source, str(path))
+    ct = load_ct(path)
+
+    # Canonical: axis directions closest to L, P, S (identity unless the input is oblique).
+    direction = np.array(ct.image.GetDirection()).reshape(3, 3)
+    assert np.all(np.diag(direction) > 0.7)
+    # Same physical content: every voxel keeps its HU at its physical point.
+    probe_index = (3, 4, 5)
+    point = ct.image.TransformIndexToPhysicalPoint(probe_index)
+    source_read = sitk.ReadImage(str(path))
+    assert source_read[source_read.TransformPhysicalPointToIndex(point)] == ct.image[probe_index]
+    # Back on the input grid: same header bit for bit, same voxels.
+    restored = ct.to_source_grid(ct.image)
+    assert ImageGrid.of(restored) == ImageGrid.of(source_read)
+    assert np.array_equal(sitk.GetArrayFromImage(restored), sitk.GetArrayFromImage(source_read))
+
+
+def test_nrrd_is_read(tmp_path):
+    path = tmp_path / "ct.nrrd"
+    sitk.WriteImage(_random_ct(), str(path))
+    ct = load_ct(path)
+    assert ct.source_format == "NRRD"
+    assert ct.image.GetSize() == (12, 10, 8)
+
+
+def test_dicom_series_matches_simpleitk_series_reader(shared_data):
+    folder = shared_data / "ts-example" / "dicom"
+    ct = load_ct(folder)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
+    reference = reader.Execute()
+    assert ct.source_format == "DICOM series"
+    assert ImageGrid.of(ct.to_source_grid(ct.image)) == ImageGrid.of(reference)
+    assert np.allclose(ct.source_grid.spacing_mm, (0.9765625, 0.9765625, 2.0))
+    assert np.array_equal(sitk.GetArrayFromImage(ct.to_source_grid(ct.image)), sitk.GetArrayFromImage(reference))
+
+
+def test_dicom_folder_with_several_series_takes_the_ct_and_mixes_nothing(tmp_path):
+    ct_image = _random_ct(size=(16, 16, 6), spacing=(0.7, 0.7, 3.0), seed=1)
+    mr_image = _random_ct(size=(16, 16, 9), spacing=(0.7, 0.7, 2.0), seed=2)
+    scout = _random_ct(size=(16, 16, 3), spacing=(0.7, 0.7, 3.0), seed=3)
+    write_dicom_series(ct_image, tmp_path, "CT", "1.2.3.4.100", "abdomen")
+    write_dicom_series(mr_image, tmp_path, "MR", "1.2.3.4.200", "t2")
+    write_dicom_series(scout, tmp_path, "CT", "1.2.3.4.300", "scout")
+    ct = load_ct(tmp_path)
+    assert ct.source_grid.size == (16, 16, 6)
+    assert np.array_equal(sitk.GetArrayFromImage(ct.to_source_grid(ct.image)), sitk.GetArrayFromImage(ct_image))
+    assert "1.2.3.4.100" in ct.source_description and "2 other series" in ct.source_description
+
+
+def test_dicom_folder_without_ct_is_refused(tmp_path):
+    write_dicom_series(_random_ct(size=(8, 8, 4)), tmp_path, "MR", "1.2.3.4.5")
+    with pytest.raises(InputError, match="no CT series.*MR"):
+        load_ct(tmp_path)
+
+
+def test_empty_folder_is_refused(tmp_path):
+    with pytest.raises(InputError, match="no DICOM series"):
+        load_ct(tmp_path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(InputError, match="CT not found"):
+        load_ct(tmp_path / "nothing.nii.gz")
+
+
+def test_two_dimensional_image(tmp_path):
+    path = tmp_path / "slice.nii.gz"
+    sitk.WriteImage(sitk.Image([32, 32], sitk.sitkInt16), str(path))
+    with pytest.raises(InputError, match="2-D"):
+        load_ct(path)
+
+
+def test_single_slice_volume(tmp_path):
+    path = tmp_path / "slab.nii.gz"
+    sitk.WriteImage(sitk.Image([32, 32, 1], sitk.sitkInt16), str(path))
+    with pytest.raises(InputError, match="single slice"):
+        load_ct(path)
+
+
+def test_four_dimensional_image(tmp_path):
+    path = tmp_path / "series.nii.gz"
+    sitk.WriteImage(sitk.Image([8, 8, 8, 3], sitk.sitkInt16), str(path))
+    with pytest.raises(InputError, match="4-D"):
+        load_ct(path)
+
+
+def test_colour_image(tmp_path):
+    path = tmp_path / "rgb.nrrd"
+    sitk.WriteImage(sitk.Image([8, 8, 8], sitk.sitkVectorUInt8, 3), str(path))
+    with pytest.raises(InputError, match="3 components"):
+        load_ct(path)
+
+
+def test_non_image_file(tmp_path):
+    path = tmp_path / "notes.nii.gz"
+    path.write_text("this is not an image")
+    with pytest.raises(InputError, match="not a readable image"):
+        load_ct(path)
