@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "(VerSe ids, TotalSegmentator ids, Slicer .seg.nrrd) or a folder of "
                           "TotalSegmentator masks (vertebrae_L1.nii.gz, ...)")
     run.add_argument("--labels", default="auto", choices=["auto", "verse", "totalseg", "names"],
-                     help="label convention of --segmentation (default: auto — names when the file "
+                     help="label convention of --segmentation (default: auto: names when the file "
                           "has segment names, TotalSegmentator when ids exceed 28, otherwise VerSe)")
     run.add_argument("--device", default="auto", choices=DEVICE_CHOICES,
                      help="compute device for learned engines: auto picks CUDA with mixed precision "

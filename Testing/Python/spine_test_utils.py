@@ -65,7 +65,7 @@ def run_cli(*args: str | Path, cwd: Path | None = None) -> CliResult:
     repo = Path(__file__).resolve().parents[2]
     core = str(repo / "SpineFractureDetection")
     env = dict(os.environ, PYTHONPATH=core + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    completed = subprocess.run([sys.executable, "-m", "spinefrac", *map(str, args)], capture_output=True,
+    completed = subprocess.run([sys.executable, "-m", "spinefrac", *map(str, args)], capture_output=True, encoding="utf-8",
                                text=True, cwd=cwd, env=env, timeout=300)
     return CliResult(completed.returncode, completed.stdout, completed.stderr)
 

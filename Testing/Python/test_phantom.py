@@ -1,0 +1,104 @@
+"""The synthetic phantom: its label map and truth must agree, whatever the grid."""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from spine_test_utils import label_centroids_lps
+
+from spinefrac.phantom import HEIGHT_SAMPLE_FRACTION, Fracture, PhantomSpec, make_phantom
+
+
+def measured_height_mm(phantom, level_name: str, q: float, step_mm: float = 0.05) -> float:
+    """Length of the body label along the level's true cranio-caudal axis at AP position q."""
+    truth = phantom.truth[level_name]
+    labels = phantom.body_labels
+    axis_w, axis_v = np.array(truth.axis_superior), np.array(truth.axis_anterior)
+    start = np.array(truth.centre_lps_mm) + q * truth.dimensions.body_depth / 2 * axis_v
+    inside = []
+    for t in np.arange(-30.0, 30.0, step_mm):
+        index = labels.TransformPhysicalPointToIndex((start + t * axis_w).tolist())
+        inside.append(all(0 <= i < n for i, n in zip(index, labels.GetSize()))
+                      and labels[index] == truth.level.verse_id)
+    return float(np.count_nonzero(inside) * step_mm)
+
+
+CASES = {
+    "straight 2 mm": PhantomSpec(spacing_mm=(2.0, 2.0, 2.0), fractures={"L2": Fracture("wedge", 0.3)}),
+    "curved, tilted, 1.5 mm": PhantomSpec(
+        spacing_mm=(1.5, 1.5, 1.5), sagittal_curvature_mm=20, coronal_curvature_mm=10, forward_tilt_deg=10,
+        fractures={"L1": Fracture("biconcave", 0.25), "L3": Fracture("crush", 0.4)}),
+    "anisotropic, RAS grid": PhantomSpec(
+        spacing_mm=(0.8, 0.8, 3.0), orientation="RAS", fractures={"L4": Fracture("wedge", 0.45)}),
+}
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def phantom(request):
+    return make_phantom(CASES[request.param])
+
+
+def test_labels_hold_exactly_the_requested_levels(phantom):
+    present = set(np.unique(sitk.GetArrayFromImage(phantom.labels))) - {0}
+    assert present == {19, 20, 21, 22, 23, 24, 26}
+    bodies = sitk.GetArrayFromImage(phantom.body_labels)
+    whole = sitk.GetArrayFromImage(phantom.labels)
+    assert np.all(whole[bodies > 0] == bodies[bodies > 0])  # a body is part of its vertebra
+
+
+def test_label_heights_match_truth_within_one_voxel(phantom):
+    voxel_mm = max(phantom.labels.GetSpacing())
+    for name, truth in phantom.truth.items():
+        for q, expected in ((HEIGHT_SAMPLE_FRACTION, truth.height_anterior_mm), (0.0, truth.height_middle_mm),
+                            (-HEIGHT_SAMPLE_FRACTION, truth.height_posterior_mm)):
+            assert abs(measured_height_mm(phantom, name, q) - expected) <= voxel_mm, (name, q)
+
+
+def test_truth_heights_follow_the_fracture_pattern():
+    spec = PhantomSpec(spacing_mm=(3.0, 3.0, 3.0), fractures={
+        "L1": Fracture("wedge", 0.3), "L2": Fracture("biconcave", 0.3), "L3": Fracture("crush", 0.3)})
+    truth = make_phantom(spec).truth
+    for name in ("L1", "L2", "L3"):
+        assert truth[name].genant_height_loss == pytest.approx(0.3)
+    wedge, biconcave, crush, normal = truth["L1"], truth["L2"], truth["L3"], truth["L4"]
+    assert wedge.height_anterior_mm == pytest.approx(0.7 * wedge.height_posterior_mm)
+    assert biconcave.height_middle_mm == pytest.approx(0.7 * biconcave.height_anterior_mm)
+    assert crush.height_anterior_mm == crush.height_middle_mm == crush.height_posterior_mm
+    assert normal.genant_height_loss == 0.0
+
+
+def test_same_anatomy_on_any_grid_orientation():
+    base = dict(spacing_mm=(1.5, 1.5, 1.5), sagittal_curvature_mm=10, ribs=False, noise_hu=0.0)
+    lps = label_centroids_lps(make_phantom(PhantomSpec(orientation="LPS", **base)).labels)
+    pir = label_centroids_lps(make_phantom(PhantomSpec(orientation="PIR", **base)).labels)
+    oblique = np.array([[np.cos(0.4), -np.sin(0.4), 0], [np.sin(0.4), np.cos(0.4), 0], [0, 0, 1]])
+    rotated = label_centroids_lps(make_phantom(PhantomSpec(orientation=oblique.ravel(), **base)).labels)
+    for label in lps:
+        assert np.linalg.norm(lps[label] - pir[label]) < 0.75
+        assert np.linalg.norm(lps[label] - rotated[label]) < 0.75
+
+
+def test_tissue_intensities_are_ct_like():
+    phantom = make_phantom(PhantomSpec(spacing_mm=(1.5, 1.5, 1.5), noise_hu=0.0))
+    hu = sitk.GetArrayFromImage(phantom.ct)
+    bodies = sitk.GetArrayFromImage(phantom.body_labels)
+    assert hu.dtype == np.int16
+    assert 150 < np.median(hu[bodies == 22]) < 450  # trabecular with a cortical rim
+    assert hu.min() == -1000  # air outside the trunk
+    assert 20 < np.median(hu[(bodies == 0) & (hu > -50) & (hu < 150)]) < 100  # soft tissue
+
+
+def test_crop_cuts_the_top_level():
+    phantom = make_phantom(PhantomSpec(spacing_mm=(2.0, 2.0, 2.0), crop_superior_mm=25.0, ribs=False))
+    labels = sitk.GetArrayFromImage(phantom.labels)
+    top = labels[-1]  # canonical LPS grid: the last slice is the most superior
+    assert np.any(top == 19)
+    assert not np.any(labels[0] > 0)
+
+
+def test_invalid_requests_are_refused():
+    with pytest.raises(ValueError, match="unknown level"):
+        make_phantom(PhantomSpec(levels=("L1", "L9")))
+    with pytest.raises(ValueError, match="height_loss"):
+        Fracture("wedge", 0.95)
+    with pytest.raises(ValueError):
+        Fracture("spiral", 0.2)
