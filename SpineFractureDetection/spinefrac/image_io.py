@@ -238,14 +238,18 @@ def load_ct(path: Path | str) -> CtVolume:
         image, description = read_dicom_series(path, "CT")
     else:
         image = read_image(path, "CT")
-    require_3d_scalar(image, path, "CT")
-    source_grid = ImageGrid.of(image)
+    return ct_from_image(image, path, image_format(path), description or f"{image_format(path)} file")
+
+
+def ct_from_image(image: sitk.Image, source: Path | str, source_format: str, description: str = "") -> CtVolume:
+    """Stage 0 from an image already in memory (e.g. a volume node in 3D Slicer)."""
+    require_3d_scalar(image, Path(source), "CT")
     return CtVolume(
         image=to_canonical(image),
-        source_path=path,
-        source_format=image_format(path),
-        source_grid=source_grid,
-        source_description=description or f"{image_format(path)} file",
+        source_path=Path(source),
+        source_format=source_format,
+        source_grid=ImageGrid.of(image),
+        source_description=description,
     )
 
 

@@ -126,7 +126,7 @@ class ExistingLabelMap(SegmentationEngine):
                 continue
             mask_image = read_image(mask_path, "mask")
             require_3d_scalar(mask_image, mask_path, "mask")
-            mask = sitk.GetArrayViewFromImage(_on_ct_grid(mask_image, ct, mask_path)) > 0
+            mask = sitk.GetArrayFromImage(_on_ct_grid(mask_image, ct, mask_path)) > 0  # a copy: the image is a temporary
             overlap_voxels += int(np.count_nonzero(mask & (verse_ids > 0) & (verse_ids != level.verse_id)))
             verse_ids[mask] = level.verse_id
         notes = []
