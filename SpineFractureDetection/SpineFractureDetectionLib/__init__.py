@@ -1,0 +1,1 @@
+"""Helpers of the SpineFractureDetection Slicer module that need MRML but not Qt."""

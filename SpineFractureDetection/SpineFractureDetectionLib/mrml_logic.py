@@ -1,0 +1,246 @@
+"""MRML side of SpineFractureDetection: volume and segmentation nodes in, segments and tables out.
+
+Imports ``slicer`` (MRML, VTK) but neither Qt nor ``slicer.ScriptedLoadableModule``, so it runs
+inside the 3D Slicer application and, for tests, on the PyPI ``slicer-core`` package alike.
+Every decision about vertebrae lives in the ``spinefrac`` core; this file only translates
+between MRML nodes and the core's typed results.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+import slicer
+import vtk
+from slicer.util import arrayFromVolume, updateVolumeFromArray
+
+from spinefrac.errors import InputError
+from spinefrac.image_io import CtVolume, ImageGrid, ct_from_image, to_canonical
+from spinefrac.levels import ANATOMICAL_STRUCTURE_CATEGORY, LEVEL_BY_ID, SNOMED_SCHEME, Level, level_for_name
+from spinefrac.measurement import measure_vertebrae
+from spinefrac.report import COLUMN_DEFINITIONS, SpineReport
+from spinefrac.segmentation import LabelConvention, VertebraSegmentation
+
+LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
+TERMINOLOGY_CONTEXT = "Segmentation category and type - DICOM master list"
+ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
+
+# Table columns with a unit, shown in the table node's column properties.
+_UNITS = {"_mm3": "mm3", "_ml": "ml", "_mm": "mm", "_hu": "HU"}
+
+
+def ensure_segmentation_converters() -> None:
+    """Register the labelmap <-> surface rules; the Slicer app does this, bare slicer-core does not."""
+    factory = slicer.vtkSegmentationConverterFactory.GetInstance()
+    if factory.GetConverterRules():
+        return
+    factory.RegisterConverterRule(slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule())
+    factory.RegisterConverterRule(slicer.vtkClosedSurfaceToBinaryLabelmapConversionRule())
+
+
+def terminology_entry(level: Level) -> str:
+    """Slicer's serialised terminology entry (context~category~type~modifier~anatomic context~...)."""
+    category = f"{SNOMED_SCHEME}^{ANATOMICAL_STRUCTURE_CATEGORY[0]}^{ANATOMICAL_STRUCTURE_CATEGORY[1]}"
+    segment_type = f"{SNOMED_SCHEME}^{level.snomed_code}^{level.snomed_meaning}"
+    return f"{TERMINOLOGY_CONTEXT}~{category}~{segment_type}~^^~{ANATOMIC_CONTEXT}~^^~^^"
+
+
+def require_scalar_volume(volume_node) -> None:
+    if volume_node is None:
+        raise InputError("no input CT volume is selected")
+    if not volume_node.IsA("vtkMRMLScalarVolumeNode") or volume_node.IsA("vtkMRMLLabelMapVolumeNode"):
+        raise InputError(f"'{volume_node.GetName()}' is not a scalar (CT) volume")
+    image_data = volume_node.GetImageData()
+    if image_data is None or image_data.GetNumberOfPoints() == 0:
+        raise InputError(f"volume '{volume_node.GetName()}' holds no voxels")
+    if image_data.GetNumberOfScalarComponents() != 1:
+        raise InputError(
+            f"volume '{volume_node.GetName()}' has {image_data.GetNumberOfScalarComponents()} components "
+            "per voxel; a scalar CT is needed"
+        )
+    if volume_node.GetParentTransformNode() is not None:
+        raise InputError(f"volume '{volume_node.GetName()}' is under a transform; harden the transform first")
+
+
+def set_volume_geometry(image: sitk.Image, volume_node) -> sitk.Image:
+    """Give an image the volume node's grid: Slicer keeps RAS, ITK expects LPS."""
+    ijk_to_ras = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASDirectionMatrix(ijk_to_ras)
+    direction_ras = np.array([[ijk_to_ras.GetElement(r, c) for c in range(3)] for r in range(3)])
+    image.SetSpacing(volume_node.GetSpacing())
+    image.SetOrigin((LPS_FROM_RAS @ np.array(volume_node.GetOrigin())).tolist())
+    image.SetDirection((LPS_FROM_RAS @ direction_ras).ravel().tolist())
+    return image
+
+
+def sitk_from_volume(volume_node) -> sitk.Image:
+    """The volume's voxels and grid as a SimpleITK image."""
+    return set_volume_geometry(sitk.GetImageFromArray(arrayFromVolume(volume_node).copy()), volume_node)
+
+
+def update_volume_from_sitk(volume_node, image: sitk.Image) -> None:
+    """Put a SimpleITK image (voxels and grid) into a volume node."""
+    updateVolumeFromArray(volume_node, sitk.GetArrayFromImage(image))
+    direction_ras = LPS_FROM_RAS @ np.array(image.GetDirection()).reshape(3, 3)
+    volume_node.SetSpacing(image.GetSpacing())
+    volume_node.SetOrigin((LPS_FROM_RAS @ np.array(image.GetOrigin())).tolist())
+    volume_node.SetIJKToRASDirections(*[direction_ras[row, column] for row in range(3) for column in range(3)])
+
+
+def set_segment_mask(segmentation_node, segment_id: str, mask: np.ndarray, volume_node) -> None:
+    """Replace one segment's voxels with a [k, j, i] mask on the volume's grid (as an edit would)."""
+    ensure_segmentation_converters()
+    scene = volume_node.GetScene()
+    labelmap_node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+    try:
+        updateVolumeFromArray(labelmap_node, (mask > 0).astype(np.uint8))
+        ijk_to_ras = vtk.vtkMatrix4x4()
+        volume_node.GetIJKToRASMatrix(ijk_to_ras)
+        labelmap_node.SetIJKToRASMatrix(ijk_to_ras)
+        oriented = slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(labelmap_node)
+        slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+            oriented, segmentation_node, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE
+        )
+    finally:
+        scene.RemoveNode(labelmap_node)
+
+
+def ct_from_volume(volume_node) -> CtVolume:
+    require_scalar_volume(volume_node)
+    return ct_from_image(sitk_from_volume(volume_node), volume_node.GetName(), "3D Slicer volume node")
+
+
+def level_segments(segmentation_node) -> tuple[dict[str, Level], list[str]]:
+    """Segment id -> level for segments named after a level; names of the other segments."""
+    segmentation = segmentation_node.GetSegmentation()
+    levels, unknown = {}, []
+    for index in range(segmentation.GetNumberOfSegments()):
+        segment_id = segmentation.GetNthSegmentID(index)
+        name = segmentation.GetSegment(segment_id).GetName()
+        level = level_for_name(name)
+        if level is None:
+            unknown.append(name)
+        else:
+            levels[segment_id] = level
+    return levels, unknown
+
+
+def segmentation_from_node(segmentation_node, volume_node, ct: CtVolume) -> VertebraSegmentation:
+    """Stage 1 from a segmentation node (possibly edited by hand), on the CT's grid."""
+    if segmentation_node is None:
+        raise InputError("no segmentation is selected")
+    levels, unknown = level_segments(segmentation_node)
+    if not levels:
+        names = ", ".join(unknown) or "none"
+        raise InputError(
+            f"segmentation '{segmentation_node.GetName()}' has no segment named after a vertebral level "
+            f"(segments: {names}); name segments C1..L5, T13, L6 or sacrum"
+        )
+    ensure_segmentation_converters()
+    ids = vtk.vtkStringArray()
+    for segment_id in levels:
+        ids.InsertNextValue(segment_id)
+    scene = volume_node.GetScene()
+    labelmap_node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+    try:
+        if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+            segmentation_node, ids, labelmap_node, volume_node
+        ):
+            raise InputError(f"segments of '{segmentation_node.GetName()}' cannot be exported on the CT's grid")
+        exported = arrayFromVolume(labelmap_node)
+        # Export numbers segments 1..N in the order given; map those numbers to VerSe ids.
+        lookup = np.zeros(len(levels) + 1, dtype=np.uint8)
+        lookup[1:] = [level.verse_id for level in levels.values()]
+        labels = sitk.GetImageFromArray(lookup[exported.astype(np.intp)])
+    finally:
+        scene.RemoveNode(labelmap_node)
+    set_volume_geometry(labels, volume_node)
+    notes = [f"segments not named after a level were ignored: {', '.join(unknown)}"] if unknown else []
+    canonical = to_canonical(labels)
+    drift = ImageGrid.of(canonical).differences(ct.grid)
+    if drift:
+        raise InputError(f"segments of '{segmentation_node.GetName()}' do not lie on the CT's grid: {'; '.join(drift)}")
+    return VertebraSegmentation(
+        label_map=canonical,
+        engine="segments of the scene",
+        source=segmentation_node.GetName(),
+        convention=LabelConvention.NAMES,
+        ignored_labels=dict.fromkeys(unknown),
+        notes=notes,
+    )
+
+
+def write_level_segments(segmentation_node, volume_node, segmentation: VertebraSegmentation, ct: CtVolume) -> list[str]:
+    """Replace the segmentation's content with one segment per level, named, coloured and coded."""
+    ensure_segmentation_converters()
+    labels = sitk.GetArrayFromImage(ct.to_source_grid(segmentation.label_map))
+    scene = volume_node.GetScene()
+    labelmap_node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+    try:
+        updateVolumeFromArray(labelmap_node, labels)
+        ijk_to_ras = vtk.vtkMatrix4x4()
+        volume_node.GetIJKToRASMatrix(ijk_to_ras)
+        labelmap_node.SetIJKToRASMatrix(ijk_to_ras)
+        segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
+        segmentation_node.GetSegmentation().RemoveAllSegments()
+        if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap_node, segmentation_node):
+            raise InputError("the level label map cannot be imported into the segmentation")
+    finally:
+        scene.RemoveNode(labelmap_node)
+    return style_level_segments(segmentation_node)
+
+
+def style_level_segments(segmentation_node) -> list[str]:
+    """Name, colour and code every segment whose label value is a VerSe id; cranio-caudal order."""
+    segmentation = segmentation_node.GetSegmentation()
+    by_level = []
+    for index in range(segmentation.GetNumberOfSegments()):
+        segment_id = segmentation.GetNthSegmentID(index)
+        segment = segmentation.GetSegment(segment_id)
+        level = LEVEL_BY_ID.get(segment.GetLabelValue()) or level_for_name(segment.GetName())
+        if level is None:
+            continue
+        segment.SetName(level.name)
+        segment.SetColor(*(channel / 255.0 for channel in level.color_rgb))
+        segment.SetTerminology(terminology_entry(level))
+        by_level.append((level.craniocaudal_rank, segment_id))
+    ordered = [segment_id for _, segment_id in sorted(by_level)]
+    for position, segment_id in enumerate(ordered):
+        segmentation.SetSegmentIndex(segment_id, position)
+    return ordered
+
+
+def fill_table(table_node, report: SpineReport) -> None:
+    """One row per level, one column per report column, units and descriptions attached."""
+    table_node.RemoveAllColumns()
+    table = table_node.GetTable()
+    for key in COLUMN_DEFINITIONS:
+        numeric = all(isinstance(row[key], (int, float)) for row in report.rows)
+        column = vtk.vtkDoubleArray() if numeric else vtk.vtkStringArray()
+        column.SetName(key)
+        for row in report.rows:
+            value = row[key]
+            if numeric:
+                column.InsertNextValue(float(value))
+            else:
+                column.InsertNextValue(";".join(value) if isinstance(value, list) else str(value))
+        table.AddColumn(column)
+        table_node.SetColumnDescription(key, COLUMN_DEFINITIONS[key])
+        unit = next((u for suffix, u in _UNITS.items() if key.endswith(suffix)), "")
+        if unit:
+            table_node.SetColumnUnitLabel(key, unit)
+    table_node.Modified()
+
+
+class SpineMrmlLogic:
+    """Measure the (possibly hand-corrected) level segments of a CT and tabulate them."""
+
+    def measure(self, volume_node, segmentation_node, table_node) -> SpineReport:
+        ct = ct_from_volume(volume_node)
+        segmentation = segmentation_from_node(segmentation_node, volume_node, ct)
+        measurements = measure_vertebrae(ct, segmentation)
+        report = SpineReport.from_stages(ct, segmentation, measurements)
+        report.notes.extend(segmentation.notes)
+        if table_node is not None:
+            fill_table(table_node, report)
+        return report
