@@ -1,0 +1,220 @@
+"""SpineFractureDetection: label, correct and measure every vertebra of a CT in 3D Slicer.
+
+Module, Widget, Logic and Test in the structure of Slicer's ScriptedLoadableModule template.
+The Widget only connects GUI to parameters; the Logic wraps the MRML logic of
+SpineFractureDetectionLib.mrml_logic, which wraps the ``spinefrac`` core.
+"""
+
+import logging
+
+import slicer
+import vtk
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
+from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+# Packages the core needs beyond what Slicer ships, at tested versions; installed on first use
+# with the user's consent (never at import).
+PIP_REQUIREMENTS = {"scipy": "scipy==1.18.1", "matplotlib": "matplotlib==3.11.2"}
+
+
+class SpineFractureDetection(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "Spine Fracture Detection"
+        self.parent.categories = ["Segmentation"]
+        self.parent.dependencies = ["Segmentations"]
+        self.parent.contributors = ["SpineFractureDetection developers"]
+        self.parent.helpText = (
+            "Finds, labels (C1..L5, T13/L6, sacrum) and measures every vertebra of a CT. Select a CT and a "
+            "segmentation whose segments are named after levels (C1..L5, T13, L6, sacrum; "
+            "TotalSegmentator's vertebrae_* names work too), correct the masks in Segment Editor, then "
+            "Measure: one table row per level with volume (mm3), centroid (RAS mm), HU statistics and "
+            "field-of-view status. Every column carries its unit and description."
+        )
+        self.parent.acknowledgementText = (
+            "Sample data: TotalSegmentator example CT (Wasserthal et al., Radiology: AI 2023; CC BY 4.0). "
+            "Level conventions: VerSe challenge (Sekuboyina et al., Med Image Anal 2021)."
+        )
+
+
+@parameterNodeWrapper
+class SpineFractureDetectionParameterNode:
+    inputVolume: vtkMRMLScalarVolumeNode
+    segmentation: vtkMRMLSegmentationNode
+    measurementTable: vtkMRMLTableNode
+
+
+class SpineFractureDetectionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/SpineFractureDetection.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = SpineFractureDetectionLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.measureButton.connect("clicked(bool)", self.onMeasureButton)
+        self.ui.correctButton.connect("clicked(bool)", self.onCorrectButton)
+        self.initializeParameterNode()
+
+    def cleanup(self):
+        self.removeObservers()
+
+    def enter(self):
+        self.initializeParameterNode()
+
+    def exit(self):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+
+    def onSceneStartClose(self, caller, event):
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self):
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+
+    def setParameterNode(self, inputParameterNode):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+            self._updateButtons()
+
+    def _updateButtons(self, caller=None, event=None):
+        ready = bool(self._parameterNode and self._parameterNode.inputVolume and self._parameterNode.segmentation)
+        self.ui.measureButton.enabled = ready
+        self.ui.correctButton.enabled = ready
+        self.ui.measureButton.toolTip = "Measure every level segment" if ready else "Select a CT and a segmentation"
+
+    def onCorrectButton(self):
+        """Open Segment Editor on this segmentation and CT, so masks can be corrected."""
+        slicer.util.selectModule("SegmentEditor")
+        editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
+        editor.setSegmentationNode(self._parameterNode.segmentation)
+        editor.setSourceVolumeNode(self._parameterNode.inputVolume)
+
+    def onMeasureButton(self):
+        with slicer.util.tryWithErrorDisplay("Measuring the vertebrae failed.", waitCursor=True):
+            if not self._parameterNode.measurementTable:
+                self._parameterNode.measurementTable = slicer.mrmlScene.AddNewNodeByClass(
+                    "vtkMRMLTableNode", "Vertebra measurements")
+            report = self.logic.measure(self._parameterNode.inputVolume, self._parameterNode.segmentation,
+                                        self._parameterNode.measurementTable)
+            self.ui.tableView.setMRMLTableNode(self._parameterNode.measurementTable)
+            notes = "; ".join(report.notes)
+            self.ui.statusLabel.text = f"{len(report.rows)} levels measured." + (f" {notes}" if notes else "")
+
+
+class SpineFractureDetectionLogic(ScriptedLoadableModuleLogic):
+    """Scene-level operations; the MRML translation lives in SpineFractureDetectionLib.mrml_logic."""
+
+    def __init__(self):
+        ScriptedLoadableModuleLogic.__init__(self)
+
+    def getParameterNode(self):
+        return SpineFractureDetectionParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def missingPackages():
+        import importlib.util
+
+        return [pip for module, pip in PIP_REQUIREMENTS.items() if importlib.util.find_spec(module) is None]
+
+    def ensureDependencies(self, askUser=True):
+        """Install missing Python packages with the user's consent; raise with a clear message on refusal."""
+        missing = self.missingPackages()
+        if not missing:
+            return
+        if askUser and not slicer.util.confirmOkCancelDisplay(
+            "Spine Fracture Detection needs these Python packages: " + ", ".join(missing)
+            + ". Install them now (internet access required)?"
+        ):
+            raise RuntimeError("Required Python packages are not installed: " + ", ".join(missing))
+        try:
+            slicer.util.pip_install(missing)
+        except Exception as error:
+            raise RuntimeError(f"Installing {', '.join(missing)} failed: {error}") from error
+
+    def measure(self, volumeNode, segmentationNode, tableNode):
+        """Measure the level segments of segmentationNode on volumeNode into tableNode."""
+        from SpineFractureDetectionLib.mrml_logic import SpineMrmlLogic
+
+        report = SpineMrmlLogic().measure(volumeNode, segmentationNode, tableNode)
+        logging.info(f"SpineFractureDetection: measured {len(report.rows)} levels")
+        return report
+
+
+class SpineFractureDetectionTest(ScriptedLoadableModuleTest):
+    """Runs inside Slicer: a phantom CT and its labels through the logic, with real assertions."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_levels_are_named_ordered_and_measured()
+
+    def test_levels_are_named_ordered_and_measured(self):
+        import numpy as np
+        import SimpleITK as sitk
+        from SpineFractureDetectionLib import mrml_logic
+
+        from spinefrac.image_io import ct_from_image, to_canonical
+        from spinefrac.levels import LEVEL_BY_NAME
+        from spinefrac.phantom import Fracture, PhantomSpec, make_phantom
+        from spinefrac.segmentation import LabelConvention, VertebraSegmentation
+
+        SpineFractureDetectionLogic().ensureDependencies(askUser=False)
+        self.delayDisplay("Building a lumbar phantom")
+        phantom = make_phantom(PhantomSpec(spacing_mm=(2.0, 2.0, 2.0), fractures={"L2": Fracture("wedge", 0.3)}))
+        volume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "Phantom CT")
+        mrml_logic.update_volume_from_sitk(volume, phantom.ct)
+        ct = ct_from_image(phantom.ct, "phantom", "phantom")
+        labels = VertebraSegmentation(to_canonical(phantom.labels), "phantom", "phantom",
+                                      LabelConvention.VERSE)
+        segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Vertebrae")
+        mrml_logic.write_level_segments(segmentation, volume, labels, ct)
+
+        names = [segmentation.GetSegmentation().GetNthSegment(i).GetName()
+                 for i in range(segmentation.GetSegmentation().GetNumberOfSegments())]
+        self.assertEqual(names, ["T12", "L1", "L2", "L3", "L4", "L5", "sacrum"])
+        l2 = segmentation.GetSegmentation().GetSegment(segmentation.GetSegmentation().GetSegmentIdBySegmentName("L2"))
+        self.assertTrue(np.allclose(l2.GetColor(), np.array(LEVEL_BY_NAME["l2"].color_rgb) / 255.0))
+
+        table = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode")
+        report = SpineFractureDetectionLogic().measure(volume, segmentation, table)
+        self.assertEqual(table.GetNumberOfRows(), len(names))
+        self.assertEqual([table.GetCellText(r, 0) for r in range(table.GetNumberOfRows())], names)
+        counts = {row["level"]: row["voxel_count"] for row in report.rows}
+        array = slicer.util.arrayFromVolume(volume)
+        self.assertEqual(array.shape[::-1], phantom.ct.GetSize())
+        self.assertEqual(counts["L3"], int(np.count_nonzero(
+            sitk.GetArrayFromImage(phantom.labels) == LEVEL_BY_NAME["l3"].verse_id)))
+        self.delayDisplay("Test passed")
