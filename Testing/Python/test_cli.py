@@ -19,7 +19,7 @@ def sample_run(tmp_path_factory, sample_ct, sample_labels):
 
 
 def _report(out):
-    return json.loads((out / "report.json").read_text())
+    return json.loads((out / "report.json").read_text(encoding="utf-8"))
 
 
 def _comparable_rows(report):
@@ -52,7 +52,7 @@ def test_sample_report_levels_fov_and_sacrum(sample_run, sample_labels):
 
 def test_sample_csv_has_one_row_per_level(sample_run):
     out, _ = sample_run
-    lines = (out / "report.csv").read_text().splitlines()
+    lines = (out / "report.csv").read_text(encoding="utf-8").splitlines()
     assert lines[0].startswith("level,verse_id,region,kind,snomed_ct_code,voxel_count,volume_mm3")
     assert [line.split(",")[0] for line in lines[1:]] == EXPECTED_LEVELS
 
@@ -138,7 +138,7 @@ def _bad_inputs(tmp_path, sample_ct, sample_labels):
     four_d = tmp_path / "4d.nii.gz"
     sitk.WriteImage(sitk.Image([8, 8, 8, 2], sitk.sitkInt16), str(four_d))
     text = tmp_path / "notes.txt"
-    text.write_text("not an image\n")
+    text.write_text("not an image\n", encoding="utf-8")
     other_grid = tmp_path / "other_grid.nii.gz"
     sitk.WriteImage(sitk.ReadImage(str(sample_labels))[:, :, 5:], str(other_grid))
     empty = tmp_path / "empty.nii.gz"
@@ -173,7 +173,7 @@ def test_bad_input_ends_with_one_line_and_exit_code_2(tmp_path, sample_ct, sampl
 def test_existing_results_are_not_overwritten_without_consent(tmp_path, sample_ct, sample_labels):
     out = tmp_path / "out"
     out.mkdir()
-    (out / "mine.txt").write_text("keep me")
+    (out / "mine.txt").write_text("keep me", encoding="utf-8")
     result = run_cli("run", sample_ct, "--segmentation", sample_labels, "-o", out, "-q")
     assert result.returncode == 2 and "--overwrite" in result.stderr
     assert [p.name for p in out.iterdir()] == ["mine.txt"]

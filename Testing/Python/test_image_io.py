@@ -133,6 +133,6 @@ def test_colour_image(tmp_path):
 
 def test_non_image_file(tmp_path):
     path = tmp_path / "notes.nii.gz"
-    path.write_text("this is not an image")
+    path.write_text("this is not an image", encoding="utf-8")
     with pytest.raises(InputError, match="not a readable image"):
         load_ct(path)

@@ -25,7 +25,7 @@ def _cmake_vars(text: str) -> dict[str, str]:
 
 def _s4ext() -> dict[str, str]:
     entries = {}
-    for line in (REPO / "SpineFractureDetection.s4ext").read_text().splitlines():
+    for line in (REPO / "SpineFractureDetection.s4ext").read_text(encoding="utf-8").splitlines():
         if line.strip() and not line.startswith("#"):
             key, _, value = line.partition(" ")
             entries[key] = value.strip()
@@ -33,7 +33,7 @@ def _s4ext() -> dict[str, str]:
 
 
 def test_every_python_file_and_resource_is_listed_in_the_module_cmake():
-    cmake = (MODULE_DIR / "CMakeLists.txt").read_text()
+    cmake = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
     scripts = _cmake_list(cmake, "MODULE_PYTHON_SCRIPTS")
     resources = _cmake_list(cmake, "MODULE_PYTHON_RESOURCES")
     on_disk_py = {p.relative_to(MODULE_DIR).as_posix() for p in MODULE_DIR.rglob("*.py") if "__pycache__" not in p.parts}
@@ -44,9 +44,9 @@ def test_every_python_file_and_resource_is_listed_in_the_module_cmake():
 
 
 def test_s4ext_index_json_and_cmake_metadata_agree():
-    cmake = _cmake_vars((REPO / "CMakeLists.txt").read_text())
+    cmake = _cmake_vars((REPO / "CMakeLists.txt").read_text(encoding="utf-8"))
     s4ext = _s4ext()
-    index = json.loads((REPO / "SpineFractureDetection.json").read_text())
+    index = json.loads((REPO / "SpineFractureDetection.json").read_text(encoding="utf-8"))
     assert cmake["EXTENSION_CATEGORY"] == s4ext["category"] == index["category"]
     assert cmake["EXTENSION_DEPENDS"].split() == s4ext["depends"].split() == index["build_dependencies"]
     assert "PyTorch" in index["build_dependencies"]
@@ -64,7 +64,7 @@ def test_s4ext_index_json_and_cmake_metadata_agree():
 
 
 def _imported_top_level_modules(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
+    tree = ast.parse(path.read_text(encoding="utf-8"))
     names = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -82,12 +82,12 @@ def test_the_core_never_imports_slicer_or_qt(path):
 def test_the_mrml_logic_imports_no_qt_and_no_scripted_module_base():
     path = MODULE_DIR / "SpineFractureDetectionLib" / "mrml_logic.py"
     assert not _imported_top_level_modules(path) & {"qt", "ctk", "PythonQt"}
-    full_names = {node.module for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.ImportFrom)}
+    full_names = {node.module for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))) if isinstance(node, ast.ImportFrom)}
     assert not any("ScriptedLoadableModule" in name for name in full_names if name)
 
 
 def test_module_file_has_module_widget_logic_and_test_classes():
-    tree = ast.parse((MODULE_DIR / "SpineFractureDetection.py").read_text())
+    tree = ast.parse((MODULE_DIR / "SpineFractureDetection.py").read_text(encoding="utf-8"))
     classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
     for suffix in ("", "Widget", "Logic", "Test"):
         assert f"SpineFractureDetection{suffix}" in classes
@@ -97,7 +97,7 @@ def test_module_file_has_module_widget_logic_and_test_classes():
 
 
 def test_widget_names_and_parameters_exist_in_the_ui_file():
-    source = (MODULE_DIR / "SpineFractureDetection.py").read_text()
+    source = (MODULE_DIR / "SpineFractureDetection.py").read_text(encoding="utf-8")
     ui = ElementTree.parse(MODULE_DIR / "Resources" / "UI" / "SpineFractureDetection.ui")
     widget_names = {w.get("name") for w in ui.iter("widget")}
     for used in set(re.findall(r"self\.ui\.(\w+)", source)):
