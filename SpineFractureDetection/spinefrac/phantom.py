@@ -313,7 +313,8 @@ def _vertebra_masks(p: _Placed, local: np.ndarray) -> dict[str, np.ndarray]:
     arch_height = 0.3 * d.body_height
     in_slab = np.abs(w) <= arch_height
     ring = in_slab & (canal_r >= d.canal_radius) & (canal_r <= d.canal_radius + 4.5) & (v <= canal_v + 0.5 * d.canal_radius)
-    pedicles = in_slab & (np.abs(np.abs(u) - 0.75 * d.canal_radius) <= 3.5) & (v <= -b + 2.0) & (v >= canal_v)
+    # Pedicles are the canal's lateral walls: their inner faces touch the canal, never cross it.
+    pedicles = in_slab & (np.abs(np.abs(u) - (d.canal_radius + 3.0)) <= 3.0) & (v <= -b + 2.0) & (v >= canal_v)
     spinous = ((np.abs(u) <= 3.0) & (v <= canal_v - d.canal_radius) & (v >= canal_v - d.canal_radius - d.spinous_length)
                & (np.abs(w + 0.25 * (canal_v - d.canal_radius - v)) <= 0.5 * arch_height))
     transverse = (in_slab & (np.abs(w) <= 4.0) & (np.abs(v - canal_v) <= 4.0)

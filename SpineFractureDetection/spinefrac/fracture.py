@@ -1,0 +1,249 @@
+"""Stage 3b: fracture findings — Genant semi-quantitative grade and type, and the decision.
+
+Genant HK et al., "Vertebral fracture assessment using a semiquantitative technique",
+J Bone Miner Res 1993;8:1137-1148. Height reduction (against the vertebra's own posterior or
+anterior height, or against the expected height from adjacent levels):
+  < 20 %: grade 0 (normal); 20-25 %: grade 1 (mild); 25-40 %: grade 2 (moderate); > 40 %: grade 3.
+Type, from which height is reduced most:
+  wedge      anterior height against posterior height          (1 - Ha / Hp)
+  biconcave  middle height against the larger of Ha, Hp        (1 - Hm / max(Ha, Hp))
+  crush      posterior height against the expected posterior height, the median of up to two
+             adjacent levels on each side that are not themselves wedge/biconcave deformed
+             (1 - Hp / Hp_expected)
+Decision: fractured (red) when grade >= 1 or, with a learned classifier, when its calibrated
+probability reaches the user's threshold; normal (green) otherwise; not assessable (grey) with
+the reason when the level cannot be measured reliably.
+
+Opportunistic osteoporosis screening: Pickhardt PJ et al., "Opportunistic screening for
+osteoporosis using abdominal computed tomography scans obtained for other indications",
+Ann Intern Med 2013;158:588-595 — L1 trabecular attenuation <= 160 HU gave 90 % sensitivity,
+<= 110 HU more than 90 % specificity for osteoporosis (DXA reference), on 120 kVp CT.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+
+import numpy as np
+
+from .levels import Level, Region
+from .measurement import FovStatus, SpineMeasurements
+from .morphometry import SpineMorphometry, VertebraMorphometry
+
+GRADE_THRESHOLDS = (0.20, 0.25, 0.40)  # height reduction at which grades 1, 2, 3 begin
+NEIGHBOUR_DEFORMATION_LIMIT = 0.15  # neighbours deformed more than this do not set expectations
+MAX_AXIAL_VOXEL_FRACTION = 0.2  # heights need at least five voxels along the body axis
+METAL_HU = 2500.0  # denser than any bone: an implant or cement
+L1_OSTEOPOROSIS_HU = 110.0
+L1_OSTEOPENIA_HU = 160.0
+DEFAULT_PROBABILITY_THRESHOLD = 0.5
+
+
+class GenantType(str, Enum):
+    NONE = "none"
+    WEDGE = "wedge"
+    BICONCAVE = "biconcave"
+    CRUSH = "crush"
+
+
+class Decision(str, Enum):
+    FRACTURED = "fractured"
+    NORMAL = "normal"
+    NOT_ASSESSABLE = "not_assessable"
+
+
+DECISION_COLORS_RGB = {
+    Decision.FRACTURED: (220, 50, 47),
+    Decision.NORMAL: (46, 160, 67),
+    Decision.NOT_ASSESSABLE: (150, 150, 150),
+}
+
+
+@dataclass
+class VertebraFinding:
+    level: Level
+    decision: Decision
+    reason: str
+    height_anterior_mm: float = math.nan
+    height_middle_mm: float = math.nan
+    height_posterior_mm: float = math.nan
+    height_posterior_expected_mm: float = math.nan
+    wedge_reduction: float = math.nan  # 1 - Ha/Hp
+    biconcave_reduction: float = math.nan  # 1 - Hm/max(Ha, Hp)
+    crush_reduction: float = math.nan  # 1 - Hp/Hp_expected
+    genant_grade: int | None = None
+    genant_type: GenantType = GenantType.NONE
+    trabecular_hu: float = math.nan
+    fracture_probability: float | None = None
+    in_validated_range: bool = True
+
+    @property
+    def height_loss(self) -> float:
+        reductions = [r for r in (self.wedge_reduction, self.biconcave_reduction, self.crush_reduction)
+                      if math.isfinite(r)]
+        return max(reductions) if reductions else math.nan
+
+
+@dataclass
+class OsteoporosisScreen:
+    level: str
+    trabecular_hu: float
+    category: str  # "likely osteoporosis" | "low bone density" | "normal density"
+    method: str
+
+
+@dataclass
+class FractureFindings:
+    """Stage 3b result: one finding per level (same order as the measurements)."""
+
+    findings: list[VertebraFinding]
+    probability_threshold: float
+    osteoporosis: OsteoporosisScreen | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def by_name(self) -> dict[str, VertebraFinding]:
+        return {f.level.name: f for f in self.findings}
+
+
+def genant_grade(height_reduction: float) -> int:
+    """0-3 from the fractional height reduction (0.22 -> grade 1)."""
+    return sum(height_reduction >= threshold for threshold in GRADE_THRESHOLDS)
+
+
+def assess_fractures(
+    measurements: SpineMeasurements,
+    morphometry: SpineMorphometry,
+    probabilities: dict[str, float] | None = None,
+    probability_threshold: float = DEFAULT_PROBABILITY_THRESHOLD,
+) -> FractureFindings:
+    probabilities = probabilities or {}
+    fov = {m.level.name: m for m in measurements.vertebrae}
+    findings = []
+    for m in morphometry.vertebrae:
+        reason = _not_assessable_reason(m, fov[m.level.name], morphometry.spacing_mm)
+        finding = VertebraFinding(m.level, Decision.NOT_ASSESSABLE, reason or "",
+                                  trabecular_hu=m.trabecular_hu,
+                                  in_validated_range=m.level.region is not Region.CERVICAL)
+        if m.heights is not None:
+            _record_heights(finding, m)  # shown even when not graded: the reason says why
+        if reason is None:
+            _intra_vertebral(finding, m)
+        findings.append(finding)
+    _crush(findings)
+    for finding in findings:
+        if finding.decision is Decision.NOT_ASSESSABLE and finding.reason:
+            continue
+        _decide(finding, probabilities.get(finding.level.name), probability_threshold)
+    return FractureFindings(findings, probability_threshold, _osteoporosis(findings))
+
+
+def _not_assessable_reason(m: VertebraMorphometry, fov, spacing_mm) -> str | None:
+    if not m.level.is_vertebra:
+        return "sacrum: not graded"
+    if m.level.name == "C1":
+        return "C1 has no vertebral body"
+    if fov.fov_status is FovStatus.CUT:
+        return "cut by the field of view"
+    if m.heights is None:
+        return "; ".join(m.problems) or "vertebral body not found"
+    if fov.fov_status is FovStatus.TOUCHES_BORDER and _body_touches_axial_border(fov):
+        return f"body reaches the {'/'.join(fov.fov_border_faces)} image border: heights may be cut"
+    if m.body_max_hu >= METAL_HU:
+        return f"metal or cement in the body (max {m.body_max_hu:.0f} HU)"
+    axial_voxel_mm = _axial_voxel_mm(m, spacing_mm)
+    typical_height_mm = max(m.heights.posterior_mm, m.heights.anterior_mm)
+    if axial_voxel_mm > MAX_AXIAL_VOXEL_FRACTION * typical_height_mm:
+        return f"too coarse: {axial_voxel_mm:.1f} mm voxels along a {typical_height_mm:.0f} mm body"
+    return None
+
+
+def _body_touches_axial_border(fov) -> bool:
+    return any(face in ("superior", "inferior") for face in fov.fov_border_faces)
+
+
+def _axial_voxel_mm(m: VertebraMorphometry, spacing_mm) -> float:
+    """Voxel size along the body's axis: the spacing of the grid axis it runs along most."""
+    superior = np.abs(m.frame.superior)
+    return float(np.dot(superior / superior.sum(), np.asarray(spacing_mm)))
+
+
+def _record_heights(finding: VertebraFinding, m: VertebraMorphometry) -> None:
+    h = m.heights
+    finding.height_anterior_mm, finding.height_middle_mm, finding.height_posterior_mm = (
+        h.anterior_mm, h.middle_mm, h.posterior_mm)
+
+
+def _intra_vertebral(finding: VertebraFinding, m: VertebraMorphometry) -> None:
+    h = m.heights
+    finding.wedge_reduction = max(0.0, 1.0 - h.anterior_mm / h.posterior_mm)
+    finding.biconcave_reduction = max(0.0, 1.0 - h.middle_mm / max(h.anterior_mm, h.posterior_mm))
+    finding.decision = Decision.NORMAL  # provisional until the crush comparison is done
+
+
+def _crush(findings: list[VertebraFinding]) -> None:
+    measured = [f for f in findings if math.isfinite(f.wedge_reduction)]  # graded levels only
+    for finding in measured:
+        references = _reference_neighbours(finding, measured)
+        if not references:
+            continue
+        expected = float(np.median([r.height_posterior_mm for r in references]))
+        finding.height_posterior_expected_mm = expected
+        finding.crush_reduction = max(0.0, 1.0 - finding.height_posterior_mm / expected)
+
+
+def _reference_neighbours(finding: VertebraFinding, measured: list[VertebraFinding]) -> list[VertebraFinding]:
+    rank = finding.level.craniocaudal_rank
+    undeformed = [f for f in measured if f is not finding
+                  and max(f.wedge_reduction, f.biconcave_reduction) < NEIGHBOUR_DEFORMATION_LIMIT]
+    above = sorted((f for f in undeformed if f.level.craniocaudal_rank < rank), key=lambda f: -f.level.craniocaudal_rank)
+    below = sorted((f for f in undeformed if f.level.craniocaudal_rank > rank), key=lambda f: f.level.craniocaudal_rank)
+    return [f for f in above[:2] + below[:2] if abs(f.level.craniocaudal_rank - rank) <= 3]
+
+
+def _decide(finding: VertebraFinding, probability: float | None, threshold: float) -> None:
+    reductions = {GenantType.WEDGE: finding.wedge_reduction, GenantType.BICONCAVE: finding.biconcave_reduction,
+                  GenantType.CRUSH: finding.crush_reduction}
+    finite = {kind: r for kind, r in reductions.items() if math.isfinite(r)}
+    worst_type, worst = max(finite.items(), key=lambda item: item[1])
+    finding.genant_grade = genant_grade(worst)
+    finding.genant_type = worst_type if finding.genant_grade > 0 else GenantType.NONE
+    finding.fracture_probability = probability
+    by_morphometry = finding.genant_grade >= 1
+    by_classifier = probability is not None and probability >= threshold
+    finding.decision = Decision.FRACTURED if (by_morphometry or by_classifier) else Decision.NORMAL
+    finding.reason = _explain(finding, worst, by_morphometry, by_classifier, threshold)
+
+
+def _explain(finding, worst, by_morphometry, by_classifier, threshold) -> str:
+    parts = []
+    if by_morphometry:
+        parts.append(f"Genant grade {finding.genant_grade} {finding.genant_type.value}: "
+                     f"{worst:.0%} height reduction")
+    else:
+        parts.append(f"largest height reduction {worst:.0%} (< 20 %)")
+    if finding.fracture_probability is not None:
+        relation = ">=" if by_classifier else "<"
+        parts.append(f"classifier probability {finding.fracture_probability:.2f} {relation} {threshold:.2f}")
+    if not math.isfinite(finding.crush_reduction):
+        parts.append("no undeformed neighbour to judge a crush against")
+    if not finding.in_validated_range:
+        parts.append("cervical level: outside the validated range (T1-L5)")
+    return "; ".join(parts)
+
+
+def _osteoporosis(findings: list[VertebraFinding]) -> OsteoporosisScreen | None:
+    l1 = next((f for f in findings if f.level.name == "L1"), None)
+    if l1 is None or not math.isfinite(l1.trabecular_hu):
+        return None
+    if l1.trabecular_hu <= L1_OSTEOPOROSIS_HU:
+        category = "likely osteoporosis"
+    elif l1.trabecular_hu <= L1_OSTEOPENIA_HU:
+        category = "low bone density"
+    else:
+        category = "normal density"
+    method = ("L1 trabecular attenuation against Pickhardt et al. 2013 thresholds: <= 110 HU likely "
+              "osteoporosis (>90 % specific), <= 160 HU low density (90 % sensitive); 120 kVp, non-contrast "
+              "or portal-venous CT; not a DXA substitute")
+    return OsteoporosisScreen("L1", l1.trabecular_hu, category, method)

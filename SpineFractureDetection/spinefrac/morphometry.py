@@ -1,0 +1,326 @@
+"""Stage 3a: vertebral body morphometry — body isolation, local frame, heights, trabecular HU.
+
+For each vertebra:
+1. A local frame that follows the spine: the cranio-caudal axis joins the neighbouring levels'
+   centroids (so it follows curvature and tilt, and a wedge-shaped body does not tilt its own
+   axis); the antero-posterior axis is the body's in-plane principal axis nearest the patient's
+   anterior direction (so axial rotation in scoliosis is followed).
+2. The vertebral body: the anterior-most solid run of the mask along the AP axis in a
+   mid-sagittal band; everything posterior to the gap of the spinal canal (pedicles, arch,
+   processes) is removed.
+3. Heights at the anterior, middle and posterior positions of Genant's six-point method (the
+   middle and +/- HEIGHT_SAMPLE_FRACTION of the semi-depth), measured along the cranio-caudal
+   axis on several parasagittal planes around the midline and summarised by their median —
+   not by the single most deformed plane. Each height is the distance between the outermost
+   0.5 crossings (inferior and superior endplate) of the linearly interpolated body mask.
+4. Trabecular density: mean HU of the body eroded by TRABECULAR_MARGIN_MM (cortex and
+   endplates excluded).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from .image_io import CtVolume
+from .levels import Level, Region
+from .measurement import SpineMeasurements
+from .segmentation import VertebraSegmentation
+
+HEIGHT_SAMPLE_FRACTION = 0.85  # Genant's anterior/posterior points, fraction of the semi-depth
+PLANE_OFFSETS = (-0.2, -0.1, 0.0, 0.1, 0.2)  # parasagittal planes, fraction of the body width
+TRABECULAR_MARGIN_MM = 3.0
+MIDLINE_BAND_MM = 2.0  # half-width of the mid-sagittal band; narrower than the canal
+LINE_STEP_MM = 0.1
+MIN_BODY_VOXELS = 30
+MIN_TRABECULAR_VOXELS = 10
+LPS_ANTERIOR = np.array([0.0, -1.0, 0.0])
+LPS_SUPERIOR = np.array([0.0, 0.0, 1.0])
+
+
+@dataclass(frozen=True)
+class VertebralFrame:
+    """Local axes of one vertebra (unit vectors, LPS) and its body centre (LPS mm)."""
+
+    centre_lps_mm: np.ndarray
+    left: np.ndarray
+    anterior: np.ndarray
+    superior: np.ndarray
+
+    def to_local(self, points_lps: np.ndarray) -> np.ndarray:
+        """[..., 3] LPS points -> [..., 3] (left, anterior, superior) mm from the centre."""
+        return (points_lps - self.centre_lps_mm) @ np.column_stack([self.left, self.anterior, self.superior])
+
+    def to_lps(self, local: np.ndarray) -> np.ndarray:
+        return self.centre_lps_mm + np.asarray(local) @ np.vstack([self.left, self.anterior, self.superior])
+
+
+@dataclass(frozen=True)
+class HeightLine:
+    """Where one height was measured: its endpoints (LPS mm) on the mid-sagittal plane."""
+
+    name: str  # anterior | middle | posterior
+    inferior_lps_mm: tuple[float, float, float]
+    superior_lps_mm: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class BodyHeights:
+    anterior_mm: float
+    middle_mm: float
+    posterior_mm: float
+    per_plane_mm: np.ndarray  # [plane, (anterior, middle, posterior)]
+    plane_offsets_mm: tuple[float, ...]
+    lines: tuple[HeightLine, ...]
+
+
+@dataclass
+class VertebraMorphometry:
+    level: Level
+    frame: VertebralFrame | None = None
+    body_voxel_count: int = 0
+    body_depth_mm: float = float("nan")
+    body_width_mm: float = float("nan")
+    heights: BodyHeights | None = None
+    trabecular_hu: float = float("nan")
+    trabecular_voxel_count: int = 0
+    body_max_hu: float = float("nan")
+    body_mask_box: tuple | None = None  # (slices into the canonical array, boolean body mask)
+    problems: list[str] = field(default_factory=list)  # why heights are missing or doubtful
+
+
+@dataclass
+class SpineMorphometry:
+    """Stage 3a result: morphometry per level, cranial to caudal (same order as measurements)."""
+
+    vertebrae: list[VertebraMorphometry]
+    spacing_mm: tuple[float, float, float]
+
+    def by_name(self) -> dict[str, VertebraMorphometry]:
+        return {m.level.name: m for m in self.vertebrae}
+
+
+class _Grid:
+    """Index <-> LPS conversions of the canonical grid, vectorised."""
+
+    def __init__(self, image):
+        self.spacing = np.asarray(image.GetSpacing())
+        self.origin = np.asarray(image.GetOrigin())
+        self.direction = np.array(image.GetDirection()).reshape(3, 3)
+
+    def lps(self, kji: np.ndarray) -> np.ndarray:
+        ijk = np.asarray(kji, dtype=float)[..., ::-1]
+        return self.origin + (ijk * self.spacing) @ self.direction.T
+
+    def kji(self, lps: np.ndarray) -> np.ndarray:
+        ijk = ((np.asarray(lps) - self.origin) @ self.direction) / self.spacing
+        return ijk[..., ::-1]
+
+
+def measure_morphometry(
+    ct: CtVolume, segmentation: VertebraSegmentation, measurements: SpineMeasurements
+) -> SpineMorphometry:
+    grid = _Grid(ct.image)
+    labels = segmentation.array()
+    hu = ct.array()
+    centroids = {m.level.name: np.asarray(m.centroid_ras_mm) * [-1, -1, 1] for m in measurements.vertebrae}
+    vertebrae = [m.level for m in measurements.vertebrae]
+    results = []
+    for level in vertebrae:
+        result = VertebraMorphometry(level)
+        results.append(result)
+        if not level.is_vertebra:
+            continue
+        axis = _craniocaudal_axis(level, vertebrae, centroids)
+        _isolate_and_measure(result, labels, hu, grid, centroids[level.name], axis)
+    # Second pass: with body centroids known, the axis joins neighbouring bodies, not whole
+    # vertebrae (whose posterior elements bias the centroid); heights are measured again.
+    body_centres = {r.level.name: r.frame.centre_lps_mm for r in results if r.frame is not None}
+    for result in results:
+        if result.frame is None:
+            continue
+        neighbour_axis = _craniocaudal_axis(result.level, vertebrae, body_centres, fallback=result.frame.superior)
+        box, body = result.body_mask_box
+        body_points = grid.lps(np.argwhere(body) + np.array([s.start for s in box]))
+        frame = _frame(result.frame.centre_lps_mm, neighbour_axis, result.frame.anterior)
+        _measure_body(result, frame, grid, hu)
+    return SpineMorphometry(results, tuple(ct.image.GetSpacing()))
+
+
+def _craniocaudal_axis(level: Level, levels: list[Level], centres: dict, fallback=LPS_SUPERIOR) -> np.ndarray:
+    """Direction from the level below to the level above (or the one available neighbour)."""
+    ranks = {lv.name: lv.craniocaudal_rank for lv in levels if lv.name in centres and lv.is_vertebra}
+    above = [n for n, r in ranks.items() if r < level.craniocaudal_rank and level.craniocaudal_rank - r <= 2]
+    below = [n for n, r in ranks.items() if r > level.craniocaudal_rank and r - level.craniocaudal_rank <= 2]
+    upper = centres[max(above, key=ranks.get)] if above else centres.get(level.name)
+    lower = centres[min(below, key=ranks.get)] if below else centres.get(level.name)
+    if upper is None or lower is None or np.linalg.norm(upper - lower) < 1e-6:
+        return fallback / np.linalg.norm(fallback)
+    axis = np.asarray(upper) - np.asarray(lower)
+    return axis / np.linalg.norm(axis)
+
+
+def _frame(centre: np.ndarray, superior: np.ndarray, anterior_hint: np.ndarray) -> VertebralFrame:
+    anterior = anterior_hint - anterior_hint.dot(superior) * superior
+    anterior /= np.linalg.norm(anterior)
+    left = np.cross(superior, anterior)
+    return VertebralFrame(np.asarray(centre, dtype=float), left, anterior, superior)
+
+
+def _crop(mask: np.ndarray, pad: int = 2):
+    k, j, i = np.nonzero(mask)
+    shape = mask.shape
+    return tuple(slice(max(a.min() - pad, 0), min(a.max() + pad + 1, n)) for a, n in zip((k, j, i), shape))
+
+
+def _isolate_and_measure(result: VertebraMorphometry, labels, hu, grid: _Grid, centroid, axis) -> None:
+    box = _crop(labels == result.level.verse_id)
+    vertebra = labels[box] == result.level.verse_id
+    offset = np.array([s.start for s in box])
+    kji = np.argwhere(vertebra)
+    points = grid.lps(kji + offset)
+    frame = _frame(centroid, axis, LPS_ANTERIOR)
+    local = frame.to_local(points)
+    voxel_mm = float(grid.spacing.max())
+
+    anterior_limit = _posterior_wall(local, voxel_mm)
+    if anterior_limit is None:
+        result.problems.append("no gap of the spinal canal found: body and posterior elements not separable")
+        return
+    in_body = local[:, 1] >= anterior_limit
+    if np.count_nonzero(in_body) < MIN_BODY_VOXELS:
+        result.problems.append(f"vertebral body too small ({np.count_nonzero(in_body)} voxels)")
+        return
+    body = np.zeros_like(vertebra)
+    body[tuple(kji[in_body].T)] = True
+    body_points = points[in_body]
+    anterior = _in_plane_ap_axis(body_points, axis, frame.anterior)
+    result.frame = _frame(body_points.mean(axis=0), axis, anterior)
+    result.body_voxel_count = int(np.count_nonzero(body))
+    result.body_mask_box = (box, body)
+    body_hu = hu[box][body]
+    result.body_max_hu = float(body_hu.max())
+    _trabecular(result, hu[box], body, grid.spacing)
+
+
+def _posterior_wall(local: np.ndarray, voxel_mm: float) -> float | None:
+    """AP coordinate of the body's posterior wall: the first gap (the canal) behind the body."""
+    band = np.abs(local[:, 0]) <= max(MIDLINE_BAND_MM, 0.6 * voxel_mm)
+    v = np.sort(local[band, 1])[::-1]  # anterior first
+    if v.size < 3:
+        return None
+    gaps = -np.diff(v)
+    min_gap_mm = max(4.0, 1.6 * voxel_mm)
+    wide = np.nonzero(gaps >= min_gap_mm)[0]
+    if wide.size == 0:
+        return None
+    return float(v[wide[0]] - 0.5 * min(gaps[wide[0]], voxel_mm))
+
+
+def _in_plane_ap_axis(points: np.ndarray, superior: np.ndarray, hint: np.ndarray) -> np.ndarray:
+    """The body's in-plane principal axis nearest the hint; the hint when the section is round."""
+    centred = points - points.mean(axis=0)
+    in_plane = centred - np.outer(centred @ superior, superior)
+    values, vectors = np.linalg.eigh(np.cov(in_plane.T))
+    candidates = vectors[:, 1:]  # the two in-plane axes (the smallest eigenvalue is along superior)
+    lengths = values[1:]
+    if lengths.max() < 1.15 * max(lengths.min(), 1e-9):
+        return hint
+    best = candidates[:, np.argmax(np.abs(candidates.T @ hint))]
+    return best if best.dot(hint) > 0 else -best
+
+
+def _trabecular(result: VertebraMorphometry, hu_box: np.ndarray, body: np.ndarray, spacing: np.ndarray) -> None:
+    depth_mm = ndimage.distance_transform_edt(np.pad(body, 1), sampling=spacing[::-1])[1:-1, 1:-1, 1:-1]
+    core = depth_mm > TRABECULAR_MARGIN_MM
+    result.trabecular_voxel_count = int(np.count_nonzero(core))
+    if result.trabecular_voxel_count >= MIN_TRABECULAR_VOXELS:
+        result.trabecular_hu = float(hu_box[core].mean())
+
+
+def _measure_body(result: VertebraMorphometry, frame: VertebralFrame, grid: _Grid, hu) -> None:
+    box, body = result.body_mask_box
+    offset = np.array([s.start for s in box])
+    local = frame.to_local(grid.lps(np.argwhere(body) + offset))
+    voxel_mm = float(grid.spacing.max())
+    half_voxel = 0.5 * float(grid.spacing.min())
+    u_right, u_left = local[:, 0].min() - half_voxel, local[:, 0].max() + half_voxel
+    result.frame = frame
+    result.body_width_mm = float(u_left - u_right)
+    u_middle = 0.5 * (u_left + u_right)
+    planes_u = tuple(u_middle + f * result.body_width_mm for f in PLANE_OFFSETS)
+    reach = 0.5 * float(np.ptp(local[:, 2])) + 2 * voxel_mm
+    band = max(MIDLINE_BAND_MM, 0.6 * voxel_mm)
+    mid_height = _mid_height_slab(local, voxel_mm)
+
+    mask = body.astype(np.float32)
+    per_plane = np.full((len(planes_u), 3), np.nan)
+    depths = []
+    lines = []
+    for p, u in enumerate(planes_u):
+        # AP extent of this plane at mid-height: endplate rims and osteophytes flare beyond it,
+        # and a lateral plane of a rounded body is shallower than the midline one.
+        section = (np.abs(local[:, 0] - u) <= band) & mid_height
+        if np.count_nonzero(section) < 2:
+            continue
+        v_front, v_back = local[section, 1].max() + half_voxel, local[section, 1].min() - half_voxel
+        depths.append(v_front - v_back)
+        v_middle, semi_depth = 0.5 * (v_front + v_back), 0.5 * (v_front - v_back)
+        positions = (v_middle + HEIGHT_SAMPLE_FRACTION * semi_depth, v_middle,
+                     v_middle - HEIGHT_SAMPLE_FRACTION * semi_depth)
+        for q, v in enumerate(positions):
+            extent = _extent_along_axis(mask, offset, grid, frame, u, v, reach)
+            if extent is None:
+                continue
+            low, high = extent
+            per_plane[p, q] = high - low
+            if p == len(planes_u) // 2:
+                lines.append(HeightLine(("anterior", "middle", "posterior")[q],
+                                        tuple(frame.to_lps([u, v, low]).tolist()),
+                                        tuple(frame.to_lps([u, v, high]).tolist())))
+    if not depths or not np.all(np.any(np.isfinite(per_plane), axis=0)):
+        result.problems.append("body heights could not be measured on the mid-sagittal planes")
+        return
+    result.body_depth_mm = float(depths[len(depths) // 2])
+    heights = np.nanmedian(per_plane, axis=0)
+    result.heights = BodyHeights(float(heights[0]), float(heights[1]), float(heights[2]), per_plane,
+                                 planes_u, tuple(lines))
+
+
+def _mid_height_slab(local: np.ndarray, voxel_mm: float) -> np.ndarray:
+    """Voxels in the middle third of the body's height (at least one voxel thick)."""
+    low, high = np.percentile(local[:, 2], [2, 98])
+    half_thickness = max((high - low) / 6.0, 0.6 * voxel_mm)
+    return np.abs(local[:, 2] - 0.5 * (low + high)) <= half_thickness
+
+
+def _extent_along_axis(mask, offset, grid: _Grid, frame: VertebralFrame, u: float, v: float, reach: float):
+    """Outermost inferior and superior 0.5-crossings of the interpolated body mask on the line
+    (u, v, t), in mm along the axis: the endplate surfaces, also where a waisted body's side wall
+    curves inside the line between them."""
+    t = np.arange(-reach, reach + LINE_STEP_MM, LINE_STEP_MM)
+    local = np.column_stack([np.full_like(t, u), np.full_like(t, v), t])
+    kji = grid.kji(frame.to_lps(local)) - offset
+    values = ndimage.map_coordinates(mask, kji.T, order=1, mode="constant", cval=0.0)
+    inside = np.nonzero(values >= 0.5)[0]
+    if inside.size == 0:
+        return None
+    first, last = inside[0], inside[-1]
+    return _crossing(t, values, first - 1, first), _crossing(t, values, last, last + 1)
+
+
+def _crossing(t: np.ndarray, values: np.ndarray, a: int, b: int) -> float:
+    """Where the interpolated profile crosses 0.5 between samples a and b (sub-step precision)."""
+    if a < 0 or b >= t.size:
+        return float(t[max(min(a, t.size - 1), 0)])
+    va, vb = values[a], values[b]
+    if va == vb:
+        return float(t[a])
+    return float(t[a] + (0.5 - va) / (vb - va) * (t[b] - t[a]))
+
+
+def is_validated_region(level: Level) -> bool:
+    """Grading is in our validated range for T1-L5 (with T13/L6); cervical levels are measured only."""
+    return level.region in (Region.THORACIC, Region.LUMBAR)
