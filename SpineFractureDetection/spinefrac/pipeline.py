@@ -10,11 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .device import DeviceChoice, resolve_device
+from .fracture import FractureFindings, assess_fractures
 from .errors import EngineUnavailableError
 from .image_io import CtVolume, load_ct, write_image
 from .measurement import SpineMeasurements, measure_vertebrae
+from .morphometry import SpineMorphometry, measure_morphometry
 from .outputs import AtomicOutputFolder
-from .overview import write_overview_png
+from .overview import write_gallery_png, write_overview_png
 from .progress import SilentStages
 from .report import SpineReport
 from .segmentation import ExistingLabelMap, LabelConvention, SegmentationEngine, VertebraSegmentation
@@ -23,7 +25,8 @@ LABEL_MAP_FILE = "vertebrae.nii.gz"
 REPORT_JSON_FILE = "report.json"
 REPORT_CSV_FILE = "report.csv"
 OVERVIEW_FILE = "overview.png"
-STAGE_COUNT = 5
+GALLERY_FILE = "gallery.png"
+STAGE_COUNT = 6
 
 
 @dataclass
@@ -31,6 +34,8 @@ class RunResult:
     ct: CtVolume
     segmentation: VertebraSegmentation
     measurements: SpineMeasurements
+    morphometry: SpineMorphometry
+    findings: FractureFindings
     report: SpineReport
     device: DeviceChoice
     output_folder: Path
@@ -68,8 +73,11 @@ def run_pipeline(
     ct = load_ct(ct_path)
     segmentation = engine.segment(ct, stages.stage(f"Segmentation ({engine.name})"))
     measurements = measure_vertebrae(ct, segmentation, stages.stage("Measuring vertebrae"))
+    stages.stage("Fracture assessment (Genant morphometry)")
+    morphometry = measure_morphometry(ct, segmentation, measurements)
+    findings = assess_fractures(measurements, morphometry)
     stages.stage("Building report")
-    report = SpineReport.from_stages(ct, segmentation, measurements)
+    report = SpineReport.from_stages(ct, segmentation, measurements, findings)
     report.segmentation["device"] = device_choice.name
 
     stages.stage("Writing outputs")
@@ -77,13 +85,16 @@ def run_pipeline(
     with output as work:
         write_image(ct.to_source_grid(segmentation.label_map), work / LABEL_MAP_FILE)
         report.write(work)
-        write_overview_png(ct, segmentation, measurements, work / OVERVIEW_FILE, title=_title(ct, segmentation))
+        write_overview_png(ct, segmentation, measurements, work / OVERVIEW_FILE, title=_title(ct, segmentation),
+                           morphometry=morphometry, findings=findings)
+        write_gallery_png(ct, segmentation, morphometry, findings, work / GALLERY_FILE)
     final = Path(output_folder)
     for key, name in (("label_map", LABEL_MAP_FILE), ("report_json", REPORT_JSON_FILE),
-                      ("report_csv", REPORT_CSV_FILE), ("overview_png", OVERVIEW_FILE)):
+                      ("report_csv", REPORT_CSV_FILE), ("overview_png", OVERVIEW_FILE),
+                      ("gallery_png", GALLERY_FILE)):
         files[key] = final / name
     stages.close()
-    return RunResult(ct, segmentation, measurements, report, device_choice, final, files)
+    return RunResult(ct, segmentation, measurements, morphometry, findings, report, device_choice, final, files)
 
 
 def _title(ct: CtVolume, segmentation: VertebraSegmentation) -> str:

@@ -17,11 +17,12 @@ from pathlib import Path
 
 from . import __version__
 from .image_io import CtVolume
+from .fracture import FractureFindings, VertebraFinding
 from .measurement import SpineMeasurements, VertebraMeasurement
 from .segmentation import VertebraSegmentation
 
 REPORT_SCHEMA = "spinefrac-report"
-REPORT_SCHEMA_VERSION = "1.0.0"
+REPORT_SCHEMA_VERSION = "1.1.0"  # 1.1: fracture findings per level
 
 SACRUM_NOTE = "sacrum: fused bone, reported for level counting; not graded for fracture"
 
@@ -49,7 +50,24 @@ COLUMN_DEFINITIONS: dict[str, str] = {
     "fov_status": "inside | touches_border | cut (touches the image border and has under "
     "50 % of the volume of the nearest complete levels: partly outside the field of view)",
     "fov_border_faces": "image faces the label touches (patient sides), ';'-separated",
-    "note": "why a level is limited or not graded, in words",
+    "height_anterior_mm": "vertebral body height at the anterior point (85 % of the semi-depth in front of "
+    "the middle), along the local cranio-caudal axis; median over 5 parasagittal planes, mm",
+    "height_middle_mm": "body height at the middle of the body, same method, mm",
+    "height_posterior_mm": "body height at the posterior point (85 % of the semi-depth behind the middle), mm",
+    "height_posterior_expected_mm": "expected posterior height: median of up to two undeformed adjacent "
+    "levels on each side, mm",
+    "wedge_ratio": "anterior / posterior height",
+    "biconcave_ratio": "middle / larger of anterior and posterior height",
+    "crush_ratio": "posterior / expected posterior height",
+    "height_loss_percent": "largest height reduction of the three (wedge, biconcave, crush), percent",
+    "genant_grade": "Genant semi-quantitative grade: 0 < 20 %, 1 20-25 %, 2 25-40 %, 3 > 40 % height reduction",
+    "genant_type": "none, wedge, biconcave or crush: the pattern with the largest reduction",
+    "trabecular_hu": "mean CT value of the body eroded by 3 mm (cortex and endplates excluded), HU",
+    "fracture_probability": "calibrated probability of a learned classifier (empty without one)",
+    "decision": "fractured (red), normal (green) or not_assessable (grey)",
+    "decision_reason": "why: the grade and reduction, or what prevents an assessment",
+    "in_validated_range": "true for T1-L5 (and T13/L6); cervical levels are measured outside it",
+    "note": "field-of-view and sacrum remarks, in words",
 }
 
 
@@ -61,13 +79,19 @@ class SpineReport:
     segmentation: dict
     rows: list[dict]
     notes: list[str] = field(default_factory=list)
+    osteoporosis_screen: dict | None = None
     created_utc: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     @classmethod
     def from_stages(
-        cls, ct: CtVolume, segmentation: VertebraSegmentation, measurements: SpineMeasurements
+        cls,
+        ct: CtVolume,
+        segmentation: VertebraSegmentation,
+        measurements: SpineMeasurements,
+        findings: FractureFindings | None = None,
     ) -> "SpineReport":
         grid = ct.source_grid
+        by_level = findings.by_name() if findings else {}
         return cls(
             input={
                 "path": str(ct.source_path),
@@ -85,8 +109,9 @@ class SpineReport:
                 "ignored_labels": segmentation.ignored_labels,
                 "notes": segmentation.notes,
             },
-            rows=[level_row(m) for m in measurements.vertebrae],
-            notes=list(measurements.notes),
+            rows=[level_row(m, by_level.get(m.level.name)) for m in measurements.vertebrae],
+            notes=list(measurements.notes) + (list(findings.notes) if findings else []),
+            osteoporosis_screen=_screen(findings),
         )
 
     def to_dict(self) -> dict:
@@ -100,6 +125,8 @@ class SpineReport:
             "segmentation": self.segmentation,
             "definitions": COLUMN_DEFINITIONS,
             "levels": self.rows,
+            "osteoporosis_screen": self.osteoporosis_screen,
+            "fracture_method": FRACTURE_METHOD,
             "notes": self.notes,
         }
 
@@ -121,7 +148,53 @@ class SpineReport:
         return json_path, csv_path
 
 
-def level_row(m: VertebraMeasurement) -> dict:
+FRACTURE_METHOD = (
+    "Genant semi-quantitative grading (Genant et al., J Bone Miner Res 1993) from vertebral body heights "
+    "measured on the segmentation: body isolated from the posterior elements at the spinal canal, heights "
+    "along the axis joining the neighbouring bodies, median over five parasagittal planes. Red = grade >= 1 "
+    "(or classifier probability >= threshold), green = normal, grey = not assessable."
+)
+
+
+def _screen(findings: FractureFindings | None) -> dict | None:
+    if findings is None or findings.osteoporosis is None:
+        return None
+    screen = findings.osteoporosis
+    return {"level": screen.level, "trabecular_hu": round(screen.trabecular_hu, 1),
+            "category": screen.category, "method": screen.method}
+
+
+def _finding_columns(f: VertebraFinding | None) -> dict:
+    if f is None:
+        return {key: None for key in ("height_anterior_mm", "height_middle_mm", "height_posterior_mm",
+                                      "height_posterior_expected_mm", "wedge_ratio", "biconcave_ratio",
+                                      "crush_ratio", "height_loss_percent", "genant_grade", "genant_type",
+                                      "trabecular_hu", "fracture_probability", "decision", "decision_reason",
+                                      "in_validated_range")}
+    return {
+        "height_anterior_mm": _round(f.height_anterior_mm, 1),
+        "height_middle_mm": _round(f.height_middle_mm, 1),
+        "height_posterior_mm": _round(f.height_posterior_mm, 1),
+        "height_posterior_expected_mm": _round(f.height_posterior_expected_mm, 1),
+        "wedge_ratio": _round(1.0 - f.wedge_reduction, 3),
+        "biconcave_ratio": _round(1.0 - f.biconcave_reduction, 3),
+        "crush_ratio": _round(1.0 - f.crush_reduction, 3),
+        "height_loss_percent": _round(100.0 * f.height_loss, 1),
+        "genant_grade": f.genant_grade,
+        "genant_type": f.genant_type.value if f.genant_grade is not None else None,
+        "trabecular_hu": _round(f.trabecular_hu, 1),
+        "fracture_probability": f.fracture_probability,
+        "decision": f.decision.value,
+        "decision_reason": f.reason,
+        "in_validated_range": f.in_validated_range,
+    }
+
+
+def _round(value: float, digits: int):
+    return round(value, digits) if value is not None and math.isfinite(value) else None
+
+
+def level_row(m: VertebraMeasurement, finding: VertebraFinding | None = None) -> dict:
     notes = [m.fov_note] if m.fov_note else []
     if not m.level.is_vertebra:
         notes.append(SACRUM_NOTE)
@@ -148,6 +221,7 @@ def level_row(m: VertebraMeasurement) -> dict:
         "median_hu": round(m.hu_median, 1),
         "fov_status": m.fov_status.value,
         "fov_border_faces": list(m.fov_border_faces),
+        **_finding_columns(finding),
         "note": "; ".join(notes),
     }
 
@@ -155,7 +229,7 @@ def level_row(m: VertebraMeasurement) -> dict:
 def _csv_value(value):
     if isinstance(value, (list, tuple)):
         return ";".join(str(v) for v in value)
-    if isinstance(value, float) and not math.isfinite(value):
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return ""
     return value
 
