@@ -109,7 +109,7 @@ class FractureFindings:
 
 def genant_grade(height_reduction: float) -> int:
     """0-3 from the fractional height reduction (0.22 -> grade 1)."""
-    return sum(height_reduction >= threshold for threshold in GRADE_THRESHOLDS)
+    return int(sum(height_reduction >= threshold for threshold in GRADE_THRESHOLDS))
 
 
 def assess_fractures(

@@ -19,10 +19,11 @@ For each vertebra:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy import ndimage
+from scipy.spatial import ConvexHull, QhullError
 
 from .image_io import CtVolume
 from .levels import Level, Region
@@ -36,6 +37,7 @@ MIDLINE_BAND_MM = 2.0  # half-width of the mid-sagittal band; narrower than the 
 LINE_STEP_MM = 0.1
 MIN_BODY_VOXELS = 30
 MIN_TRABECULAR_VOXELS = 10
+MIN_BODY_SOLIDITY = 0.75
 LPS_ANTERIOR = np.array([0.0, -1.0, 0.0])
 LPS_SUPERIOR = np.array([0.0, 0.0, 1.0])
 
@@ -145,7 +147,7 @@ def measure_morphometry(
         box, body = result.body_mask_box
         body_points = grid.lps(np.argwhere(body) + np.array([s.start for s in box]))
         frame = _frame(result.frame.centre_lps_mm, neighbour_axis, result.frame.anterior)
-        _measure_body(result, frame, grid, hu)
+        _measure_body(result, frame, grid)
     return SpineMorphometry(results, tuple(ct.image.GetSpacing()))
 
 
@@ -193,6 +195,12 @@ def _isolate_and_measure(result: VertebraMorphometry, labels, hu, grid: _Grid, c
     if np.count_nonzero(in_body) < MIN_BODY_VOXELS:
         result.problems.append(f"vertebral body too small ({np.count_nonzero(in_body)} voxels)")
         return
+    solidity = _mid_height_solidity(local[in_body], voxel_mm)
+    if solidity < MIN_BODY_SOLIDITY:
+        result.problems.append(
+            f"no solid vertebral body in front of the canal (cross-section {solidity:.0%} filled): "
+            "the mask may hold posterior elements only")
+        return
     body = np.zeros_like(vertebra)
     body[tuple(kji[in_body].T)] = True
     body_points = points[in_body]
@@ -203,6 +211,22 @@ def _isolate_and_measure(result: VertebraMorphometry, labels, hu, grid: _Grid, c
     body_hu = hu[box][body]
     result.body_max_hu = float(body_hu.max())
     _trabecular(result, hu[box], body, grid.spacing)
+
+
+def _mid_height_solidity(local: np.ndarray, voxel_mm: float) -> float:
+    """Filled fraction of the convex hull of the body's mid-height cross-section: about 1 for a
+    vertebral body, far less for the U of pedicles and arch."""
+    section = local[_mid_height_slab(local, voxel_mm)][:, :2]
+    cell_mm = max(voxel_mm, 1.0)
+    cells = np.unique(np.floor(section / cell_mm).astype(int), axis=0)
+    if len(cells) < 6:
+        return 0.0
+    corners = (cells[:, None, :] + np.array([[0, 0], [0, 1], [1, 0], [1, 1]])[None]).reshape(-1, 2)
+    try:
+        hull_area = ConvexHull(corners).volume  # in 2-D, "volume" is the area
+    except QhullError:
+        return 0.0
+    return float(len(cells) / hull_area)
 
 
 def _posterior_wall(local: np.ndarray, voxel_mm: float) -> float | None:
@@ -240,7 +264,18 @@ def _trabecular(result: VertebraMorphometry, hu_box: np.ndarray, body: np.ndarra
         result.trabecular_hu = float(hu_box[core].mean())
 
 
-def _measure_body(result: VertebraMorphometry, frame: VertebralFrame, grid: _Grid, hu) -> None:
+def sagittal_plane_heights(ct: CtVolume, m: VertebraMorphometry, plane_fractions) -> np.ndarray:
+    """[plane, (anterior, middle, posterior)] heights in mm on the given parasagittal planes
+    (fractions of the body width from its middle), in the vertebra's measured frame."""
+    if m.frame is None or m.body_mask_box is None:
+        return np.empty((0, 3))
+    probe = replace(m, problems=[], heights=None)
+    _measure_body(probe, m.frame, _Grid(ct.image), tuple(plane_fractions))
+    return probe.heights.per_plane_mm if probe.heights is not None else np.empty((0, 3))
+
+
+def _measure_body(result: VertebraMorphometry, frame: VertebralFrame, grid: _Grid,
+                  plane_fractions: tuple[float, ...] = PLANE_OFFSETS) -> None:
     box, body = result.body_mask_box
     offset = np.array([s.start for s in box])
     local = frame.to_local(grid.lps(np.argwhere(body) + offset))
@@ -250,7 +285,7 @@ def _measure_body(result: VertebraMorphometry, frame: VertebralFrame, grid: _Gri
     result.frame = frame
     result.body_width_mm = float(u_left - u_right)
     u_middle = 0.5 * (u_left + u_right)
-    planes_u = tuple(u_middle + f * result.body_width_mm for f in PLANE_OFFSETS)
+    planes_u = tuple(u_middle + f * result.body_width_mm for f in plane_fractions)
     reach = 0.5 * float(np.ptp(local[:, 2])) + 2 * voxel_mm
     band = max(MIDLINE_BAND_MM, 0.6 * voxel_mm)
     mid_height = _mid_height_slab(local, voxel_mm)
