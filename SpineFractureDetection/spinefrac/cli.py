@@ -21,7 +21,7 @@ from .progress import SilentStages, TerminalProgress
 PROG = "spinefrac"
 
 DESCRIPTION = """\
-Find, label (C1..L5, T13/L6, sacrum) and measure every vertebra in a CT scan.
+Find, label (C1..L5, T13/L6, sacrum), measure and grade (Genant) every vertebra in a CT scan.
 
 The same core runs inside the SpineFractureDetection 3D Slicer extension. Reports give
 every number with its unit; coordinates are RAS millimetres (3D Slicer's world frame)."""
@@ -32,10 +32,22 @@ outputs (in OUTDIR, which appears only when the run succeeds):
                     (1-7 C1-C7, 8-19 T1-T12, 20-24 L1-L5, 25 L6, 26 sacrum, 28 T13)
   report.json       versioned report: input, provenance, one entry per level, definitions
   report.csv        the same levels, one row each
-  overview.png      mid-sagittal and coronal views, bone window, coloured named levels
+  overview.png      mid-sagittal and coronal views, bone window, levels coloured by decision
+                    (red fractured, green normal, grey not assessable), measured heights
+  gallery.png       one panel per vertebra on its own mid-sagittal plane, grade and heights
 
 example:
   spinefrac run ct.nii.gz --segmentation vertebrae.nii.gz -o out/
+"""
+
+EVALUATE_EPILOG = """\
+metrics (per level, per case and overall):
+  Dice, HD95 (95th-percentile symmetric surface distance, mm), identification
+  (VerSe: predicted centroid within 20 mm of the reference and nearest to it),
+  localisation distance (mm), missed and extra levels; with grades: sensitivity,
+  specificity (per level and per patient), AUC from probabilities, Genant grade
+  agreement (linearly and quadratically weighted kappa).
+reference grades: NAME_genant.csv (level,genant_grade) beside a reference label map.
 """
 
 
@@ -43,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     run = commands.add_parser(
@@ -65,8 +78,23 @@ def build_parser() -> argparse.ArgumentParser:
                           "when available, else CPU (default: auto)")
     run.add_argument("--overwrite", action="store_true", help="replace a non-empty OUTDIR")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
-    run.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
     run.set_defaults(handler=_run)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="score predictions against references (Dice, HD95, identification, fracture agreement)",
+        description="Compare predicted and reference vertebra label maps (VerSe ids), case by case, "
+                    "and fracture grades when present.",
+        epilog=EVALUATE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    evaluate.add_argument("predictions", type=Path, metavar="PRED_DIR",
+                          help="label maps, or output folders of 'spinefrac run' (one per case)")
+    evaluate.add_argument("references", type=Path, metavar="REF_DIR",
+                          help="reference label maps (or a VerSe-layout data set), same case names")
+    evaluate.add_argument("-o", "--output", type=Path, metavar="OUTDIR",
+                          help="also write evaluation.json and evaluation.csv here")
+    evaluate.add_argument("--probability-threshold", type=float, default=0.5,
+                          help="classifier probability counted as fractured when no grade is given (default 0.5)")
+    evaluate.set_defaults(handler=_evaluate)
 
     levels = commands.add_parser("levels", help="print the level conventions (ids, names, SNOMED CT codes)")
     levels.set_defaults(handler=_levels)
@@ -84,6 +112,17 @@ def _run(args: argparse.Namespace) -> int:
         print(_summary(result), file=sys.stderr)
     for path in result.files.values():
         print(path)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_folders, format_table, write_evaluation
+
+    summary = evaluate_folders(args.predictions, args.references, probability_threshold=args.probability_threshold)
+    print(format_table(summary))
+    if args.output is not None:
+        for path in write_evaluation(summary, args.output).values():
+            print(path)
     return 0
 
 

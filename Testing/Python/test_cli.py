@@ -209,3 +209,29 @@ def test_help_explains_the_command():
     assert result.returncode == 0
     for word in ("--segmentation", "--device", "vertebrae.nii.gz", "report.json", "overview.png", "VerSe"):
         assert word in result.stdout
+
+
+def test_evaluate_command_scores_a_run_folder_against_its_reference(tmp_path, sample_run, sample_labels):
+    import shutil
+
+    out, _ = sample_run
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "ref").mkdir()
+    shutil.copytree(out, tmp_path / "pred" / "case1")
+    shutil.copy(sample_labels, tmp_path / "ref" / "case1.nii.gz")
+    shifted = sitk.ReadImage(str(sample_labels))
+    array = sitk.GetArrayFromImage(shifted)
+    array[array == 24] = 0  # the prediction misses L5
+    missing = sitk.GetImageFromArray(array)
+    missing.CopyInformation(shifted)
+    sitk.WriteImage(missing, str(tmp_path / "pred" / "case2.nii.gz"))
+    shutil.copy(sample_labels, tmp_path / "ref" / "case2.nii.gz")
+
+    result = run_cli("evaluate", tmp_path / "pred", tmp_path / "ref", "-o", tmp_path / "scores")
+    assert result.returncode == 0, result.stderr
+    assert "case1" in result.stdout and "case2" in result.stdout
+    scores = json.loads((tmp_path / "scores" / "evaluation.json").read_text(encoding="utf-8"))
+    cases = {case["case"]: case for case in scores["cases"]}
+    assert cases["case1"]["identification_rate"] == 1.0 and cases["case1"]["mean_dice"] == 1.0
+    assert cases["case2"]["missed_levels"] == ["L5"]
+    assert scores["summary"]["missed_level_count"] == 1
