@@ -76,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="auto", choices=DEVICE_CHOICES,
                      help="compute device for learned engines: auto picks CUDA with mixed precision "
                           "when available, else CPU (default: auto)")
+    run.add_argument("--classifier", type=Path, metavar="PACKAGE",
+                     help="a trained fracture classifier package (folder with manifest.json and weights.pt); "
+                          "without one, Genant morphometry alone decides")
+    run.add_argument("--fracture-threshold", type=_probability, default=0.5, metavar="P",
+                     help="classifier probability at or above which a level is called fractured (default 0.5)")
     run.add_argument("--overwrite", action="store_true", help="replace a non-empty OUTDIR")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     run.set_defaults(handler=_run)
@@ -96,6 +101,20 @@ def build_parser() -> argparse.ArgumentParser:
                           help="classifier probability counted as fractured when no grade is given (default 0.5)")
     evaluate.set_defaults(handler=_evaluate)
 
+    train = commands.add_parser(
+        "train-cls", help="train the optional fracture classifier on graded vertebrae",
+        description="Train a MONAI 3-D classifier on per-vertebra crops of a data set with Genant grades "
+                    "(VerSe layout or CT + label pairs; NAME_genant.csv beside each label map with columns "
+                    "level,genant_grade). Writes a model package usable with 'spinefrac run --classifier'.",
+    )
+    train.add_argument("data", type=Path, metavar="DATA_DIR")
+    train.add_argument("-o", "--output", type=Path, required=True, metavar="PACKAGE_DIR")
+    train.add_argument("--epochs", type=int, default=30)
+    train.add_argument("--batch-size", type=int, default=8)
+    train.add_argument("--learning-rate", type=float, default=1e-3)
+    train.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    train.set_defaults(handler=_train_classifier)
+
     levels = commands.add_parser("levels", help="print the level conventions (ids, names, SNOMED CT codes)")
     levels.set_defaults(handler=_levels)
     return parser
@@ -106,12 +125,33 @@ def _run(args: argparse.Namespace) -> int:
     convention = {"totalseg": "totalsegmentator"}.get(args.labels, args.labels)
     result = run_pipeline(
         args.ct, args.output, segmentation_path=args.segmentation, label_convention=convention,
-        device=args.device, overwrite=args.overwrite, stages=stages,
+        device=args.device, overwrite=args.overwrite, stages=stages, classifier_path=args.classifier,
+        probability_threshold=args.fracture_threshold,
     )
     if not args.quiet:
         print(_summary(result), file=sys.stderr)
     for path in result.files.values():
         print(path)
+    return 0
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a probability between 0 and 1")
+    return value
+
+
+def _train_classifier(args: argparse.Namespace) -> int:
+    from .classifier import examples_from_dataset, train_classifier
+    from .device import resolve_device
+
+    device = resolve_device(args.device)
+    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    examples = examples_from_dataset(args.data, log=log)
+    train_classifier(examples, args.output, epochs=args.epochs, batch_size=args.batch_size,
+                     learning_rate=args.learning_rate, device=device.name, log=log)
+    print(args.output)
     return 0
 
 

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .device import DeviceChoice, resolve_device
-from .fracture import FractureFindings, assess_fractures
+from .classifier import FractureClassifier
+from .fracture import DEFAULT_PROBABILITY_THRESHOLD, FractureFindings, assess_fractures
 from .errors import EngineUnavailableError
 from .image_io import CtVolume, load_ct, write_image
 from .measurement import SpineMeasurements, measure_vertebrae
@@ -62,12 +63,15 @@ def run_pipeline(
     device: str = "auto",
     overwrite: bool = False,
     stages=None,
+    classifier_path: Path | str | None = None,
+    probability_threshold: float = DEFAULT_PROBABILITY_THRESHOLD,
 ) -> RunResult:
     """Run every stage; nothing appears under ``output_folder`` unless all of them succeed."""
     stages = stages or SilentStages()
     output = AtomicOutputFolder(output_folder, overwrite)  # refuses a non-empty folder up front
     device_choice = resolve_device(device)
     engine = choose_engine(segmentation_path, label_convention)
+    classifier = FractureClassifier.load(classifier_path, device_choice.name) if classifier_path else None
 
     stages.stage("Loading CT")
     ct = load_ct(ct_path)
@@ -75,10 +79,16 @@ def run_pipeline(
     measurements = measure_vertebrae(ct, segmentation, stages.stage("Measuring vertebrae"))
     stages.stage("Fracture assessment (Genant morphometry)")
     morphometry = measure_morphometry(ct, segmentation, measurements)
-    findings = assess_fractures(measurements, morphometry)
+    probabilities = classifier.probabilities(ct, segmentation, morphometry) if classifier else None
+    findings = assess_fractures(measurements, morphometry, probabilities, probability_threshold)
     stages.stage("Building report")
     report = SpineReport.from_stages(ct, segmentation, measurements, findings)
     report.segmentation["device"] = device_choice.name
+    if classifier is not None:
+        report.notes.append(
+            f"classifier {classifier.manifest.name} v{classifier.manifest.version} (sha256 "
+            f"{classifier.manifest.weights_sha256[:12]}), threshold {probability_threshold:.2f}: fractured when "
+            "Genant grade >= 1 or probability >= threshold")
 
     stages.stage("Writing outputs")
     files: dict[str, Path] = {}
