@@ -25,11 +25,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from .errors import EngineUnavailableError, InputError
 from .image_io import CtVolume
-from .morphometry import SpineMorphometry, VertebraMorphometry, _Grid
+from .morphometry import SpineMorphometry, VertebraMorphometry, _Grid, sample_at
 from .segmentation import VertebraSegmentation
 
 MANIFEST_FILE = "manifest.json"
@@ -125,8 +124,9 @@ def vertebra_crop(ct: CtVolume, segmentation: VertebraSegmentation, m: VertebraM
     s, a, l = np.meshgrid(axis, axis, axis, indexing="ij")
     local = np.stack([l, a, s], axis=-1)
     kji = _Grid(ct.image).kji(m.frame.to_lps(local)).reshape(-1, 3).T
-    hu = ndimage.map_coordinates(ct.array().astype(np.float32), kji, order=1, cval=-1000.0)
-    mask = ndimage.map_coordinates((segmentation.array() == m.level.verse_id).astype(np.float32), kji, order=1)
+    hu = sample_at(ct.array(), kji, order=1, cval=-1000.0)
+    labels = sample_at(segmentation.array(), kji, order=0, cval=0.0)
+    mask = (np.rint(labels) == m.level.verse_id).astype(np.float32)
     shape = (crop.size_voxels,) * 3
     hu = np.clip((hu - HU_MIN) / (HU_MAX - HU_MIN), 0.0, 1.0).reshape(shape)
     return np.stack([hu, mask.reshape(shape)]).astype(np.float32)

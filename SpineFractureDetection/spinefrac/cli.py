@@ -30,6 +30,8 @@ RUN_EPILOG = """\
 outputs (in OUTDIR, which appears only when the run succeeds):
   vertebrae.nii.gz  label map on the input CT's own grid, VerSe ids
                     (1-7 C1-C7, 8-19 T1-T12, 20-24 L1-L5, 25 L6, 26 sacrum, 28 T13)
+  vertebral_bodies.nii.gz  the vertebral bodies as isolated for the height
+                    measurements (posterior elements removed), same grid and ids
   report.json       versioned report: input, provenance, one entry per level, definitions
   report.csv        the same levels, one row each
   overview.png      mid-sagittal and coronal views, bone window, levels coloured by decision

@@ -103,6 +103,26 @@ class SpineMorphometry:
     def by_name(self) -> dict[str, VertebraMorphometry]:
         return {m.level.name: m for m in self.vertebrae}
 
+    def body_label_array(self, shape: tuple[int, int, int]) -> np.ndarray:
+        """Vertebral bodies as isolated here, VerSe ids on the canonical [k, j, i] grid."""
+        bodies = np.zeros(shape, dtype=np.uint8)
+        for m in self.vertebrae:
+            if m.body_mask_box is not None:
+                box, body = m.body_mask_box
+                bodies[box][body] = m.level.verse_id
+        return bodies
+
+
+def sample_at(volume: np.ndarray, kji: np.ndarray, order: int = 1, cval: float = 0.0) -> np.ndarray:
+    """Interpolate ``volume`` at continuous [3, N] indices, touching only the box around them
+    (whole-body CTs are large; one vertebra's neighbourhood is small)."""
+    low = np.clip(np.floor(kji.min(axis=1)).astype(int) - 2, 0, np.array(volume.shape))
+    high = np.clip(np.ceil(kji.max(axis=1)).astype(int) + 3, 0, np.array(volume.shape))
+    if np.any(high <= low):
+        return np.full(kji.shape[1], cval, dtype=np.float32)
+    box = volume[tuple(slice(a, b) for a, b in zip(low, high))].astype(np.float32)
+    return ndimage.map_coordinates(box, kji - low[:, None], order=order, mode="constant", cval=cval)
+
 
 class _Grid:
     """Index <-> LPS conversions of the canonical grid, vectorised."""
@@ -129,6 +149,7 @@ def measure_morphometry(
     hu = ct.array()
     centroids = {m.level.name: np.asarray(m.centroid_ras_mm) * [-1, -1, 1] for m in measurements.vertebrae}
     vertebrae = [m.level for m in measurements.vertebrae]
+    boxes = ndimage.find_objects(labels)  # one pass over the volume for every level's box
     results = []
     for level in vertebrae:
         result = VertebraMorphometry(level)
@@ -136,7 +157,7 @@ def measure_morphometry(
         if not level.is_vertebra:
             continue
         axis = _craniocaudal_axis(level, vertebrae, centroids)
-        _isolate_and_measure(result, labels, hu, grid, centroids[level.name], axis)
+        _isolate_and_measure(result, labels, hu, grid, centroids[level.name], axis, boxes[level.verse_id - 1])
     # Second pass: with body centroids known, the axis joins neighbouring bodies, not whole
     # vertebrae (whose posterior elements bias the centroid); heights are measured again.
     body_centres = {r.level.name: r.frame.centre_lps_mm for r in results if r.frame is not None}
@@ -171,14 +192,12 @@ def _frame(centre: np.ndarray, superior: np.ndarray, anterior_hint: np.ndarray) 
     return VertebralFrame(np.asarray(centre, dtype=float), left, anterior, superior)
 
 
-def _crop(mask: np.ndarray, pad: int = 2):
-    k, j, i = np.nonzero(mask)
-    shape = mask.shape
-    return tuple(slice(max(a.min() - pad, 0), min(a.max() + pad + 1, n)) for a, n in zip((k, j, i), shape))
+def _padded(box: tuple[slice, ...], shape, pad: int = 2) -> tuple[slice, ...]:
+    return tuple(slice(max(s.start - pad, 0), min(s.stop + pad, n)) for s, n in zip(box, shape))
 
 
-def _isolate_and_measure(result: VertebraMorphometry, labels, hu, grid: _Grid, centroid, axis) -> None:
-    box = _crop(labels == result.level.verse_id)
+def _isolate_and_measure(result: VertebraMorphometry, labels, hu, grid: _Grid, centroid, axis, label_box) -> None:
+    box = _padded(label_box, labels.shape)
     vertebra = labels[box] == result.level.verse_id
     offset = np.array([s.start for s in box])
     kji = np.argwhere(vertebra)

@@ -13,13 +13,11 @@ import matplotlib.patheffects as path_effects  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from scipy import ndimage  # noqa: E402
-
 from .fracture import DECISION_COLORS_RGB, Decision, FractureFindings  # noqa: E402
 from .image_io import CtVolume  # noqa: E402
 from .levels import LEVEL_BY_ID  # noqa: E402
 from .measurement import LPS_TO_RAS, SpineMeasurements  # noqa: E402
-from .morphometry import SpineMorphometry, VertebraMorphometry, _Grid  # noqa: E402
+from .morphometry import SpineMorphometry, VertebraMorphometry, _Grid, sample_at  # noqa: E402
 from .segmentation import VertebraSegmentation  # noqa: E402
 
 BONE_WINDOW_LEVEL_HU = 400.0
@@ -201,8 +199,8 @@ def _gallery_panel(axis_plot, ct, segmentation, grid, m: VertebraMorphometry, fi
     a, s = np.meshgrid(anterior, superior)
     local = np.stack([np.zeros_like(a), a, s], axis=-1)
     kji = grid.kji(m.frame.to_lps(local)).reshape(-1, 3).T
-    plane_hu = ndimage.map_coordinates(ct.array().astype(np.float32), kji, order=1, cval=-1000.0).reshape(a.shape)
-    plane_label = ndimage.map_coordinates(segmentation.array(), kji, order=0, cval=0).reshape(a.shape)
+    plane_hu = sample_at(ct.array(), kji, order=1, cval=-1000.0).reshape(a.shape)
+    plane_label = sample_at(segmentation.array(), kji, order=0, cval=0).reshape(a.shape)
     extent = (0, 2 * GALLERY_HALF_WIDTH_MM, 0, 2 * GALLERY_HALF_HEIGHT_MM)
     axis_plot.imshow(_window(plane_hu), cmap="gray", origin="lower", extent=extent, vmin=0, vmax=1)
     decision = finding.decision if finding else Decision.NOT_ASSESSABLE

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import SimpleITK as sitk
+
 from .device import DeviceChoice, resolve_device
 from .classifier import FractureClassifier
 from .fracture import DEFAULT_PROBABILITY_THRESHOLD, FractureFindings, assess_fractures
@@ -23,6 +25,7 @@ from .report import SpineReport
 from .segmentation import ExistingLabelMap, LabelConvention, SegmentationEngine, VertebraSegmentation
 
 LABEL_MAP_FILE = "vertebrae.nii.gz"
+BODY_LABEL_MAP_FILE = "vertebral_bodies.nii.gz"
 REPORT_JSON_FILE = "report.json"
 REPORT_CSV_FILE = "report.csv"
 OVERVIEW_FILE = "overview.png"
@@ -94,17 +97,25 @@ def run_pipeline(
     files: dict[str, Path] = {}
     with output as work:
         write_image(ct.to_source_grid(segmentation.label_map), work / LABEL_MAP_FILE)
+        write_image(ct.to_source_grid(_body_image(ct, morphometry)), work / BODY_LABEL_MAP_FILE)
         report.write(work)
         write_overview_png(ct, segmentation, measurements, work / OVERVIEW_FILE, title=_title(ct, segmentation),
                            morphometry=morphometry, findings=findings)
         write_gallery_png(ct, segmentation, morphometry, findings, work / GALLERY_FILE)
     final = Path(output_folder)
-    for key, name in (("label_map", LABEL_MAP_FILE), ("report_json", REPORT_JSON_FILE),
+    for key, name in (("label_map", LABEL_MAP_FILE), ("body_label_map", BODY_LABEL_MAP_FILE),
+                      ("report_json", REPORT_JSON_FILE),
                       ("report_csv", REPORT_CSV_FILE), ("overview_png", OVERVIEW_FILE),
                       ("gallery_png", GALLERY_FILE)):
         files[key] = final / name
     stages.close()
     return RunResult(ct, segmentation, measurements, morphometry, findings, report, device_choice, final, files)
+
+
+def _body_image(ct: CtVolume, morphometry: SpineMorphometry) -> sitk.Image:
+    image = sitk.GetImageFromArray(morphometry.body_label_array(ct.array().shape))
+    image.CopyInformation(ct.image)
+    return image
 
 
 def _title(ct: CtVolume, segmentation: VertebraSegmentation) -> str:
