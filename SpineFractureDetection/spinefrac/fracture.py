@@ -39,6 +39,7 @@ METAL_HU = 2500.0  # denser than any bone: an implant or cement
 L1_OSTEOPOROSIS_HU = 110.0
 L1_OSTEOPENIA_HU = 160.0
 DEFAULT_PROBABILITY_THRESHOLD = 0.5
+LUMBOSACRAL_LEVELS = ("L5", "L6")
 
 
 class GenantType(str, Enum):
@@ -230,6 +231,9 @@ def _explain(finding, worst, by_morphometry, by_classifier, threshold) -> str:
         parts.append("no undeformed neighbour to judge a crush against")
     if not finding.in_validated_range:
         parts.append("cervical level: outside the validated range (T1-L5)")
+    if finding.level.name in LUMBOSACRAL_LEVELS and by_morphometry:
+        parts.append("lumbosacral level: physiological wedging and tilt make morphometric grades less specific; "
+                     "check the gallery")
     return "; ".join(parts)
 
 
