@@ -156,9 +156,11 @@ class GpuMemory:
 
 def run_stages(ct_path: str, labels_path: str, output_dir: str, use_gpu: bool) -> tuple[list[dict], float]:
     """The stages of ``spinefrac run --segmentation``, one at a time, in this (fresh) process."""
+    from spinefrac.fracture import assess_fractures
     from spinefrac.image_io import load_ct, write_image
     from spinefrac.measurement import measure_vertebrae
-    from spinefrac.overview import write_overview_png
+    from spinefrac.morphometry import measure_morphometry
+    from spinefrac.overview import write_gallery_png, write_overview_png
     from spinefrac.report import SpineReport
     from spinefrac.segmentation import ExistingLabelMap
 
@@ -169,13 +171,20 @@ def run_stages(ct_path: str, labels_path: str, output_dir: str, use_gpu: bool) -
         ("load_ct", lambda: state.update(ct=load_ct(ct_path))),
         ("segment_existing_labels", lambda: state.update(seg=ExistingLabelMap(labels_path).segment(state["ct"]))),
         ("measure_vertebrae", lambda: state.update(measurements=measure_vertebrae(state["ct"], state["seg"]))),
+        ("morphometry", lambda: state.update(
+            morphometry=measure_morphometry(state["ct"], state["seg"], state["measurements"]))),
+        ("classify_genant", lambda: state.update(
+            findings=assess_fractures(state["measurements"], state["morphometry"]))),
         ("build_report", lambda: state.update(
-            report=SpineReport.from_stages(state["ct"], state["seg"], state["measurements"]))),
+            report=SpineReport.from_stages(state["ct"], state["seg"], state["measurements"], state["findings"]))),
         ("write_label_map", lambda: write_image(state["ct"].to_source_grid(state["seg"].label_map),
                                                 output / "vertebrae.nii.gz")),
         ("write_report", lambda: state["report"].write(output)),
         ("write_overview_png", lambda: write_overview_png(state["ct"], state["seg"], state["measurements"],
-                                                          output / "overview.png")),
+                                                          output / "overview.png", morphometry=state["morphometry"],
+                                                          findings=state["findings"])),
+        ("write_gallery_png", lambda: write_gallery_png(state["ct"], state["seg"], state["morphometry"],
+                                                        state["findings"], output / "gallery.png")),
     ]
     memory = PeakMemory()
     process_peak = memory.startup_peak_bytes  # the interpreter and imports
