@@ -6,11 +6,13 @@ SpineFractureDetectionLib.mrml_logic, which wraps the ``spinefrac`` core.
 """
 
 import logging
+from typing import Annotated
 
+import qt
 import slicer
 import vtk
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
-from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -32,11 +34,12 @@ class SpineFractureDetection(ScriptedLoadableModule):
         self.parent.dependencies = ["Segmentations"]
         self.parent.contributors = ["SpineFractureDetection developers"]
         self.parent.helpText = (
-            "Finds, labels (C1..L5, T13/L6, sacrum) and measures every vertebra of a CT. Select a CT and a "
-            "segmentation whose segments are named after levels (C1..L5, T13, L6, sacrum; "
-            "TotalSegmentator's vertebrae_* names work too), correct the masks in Segment Editor, then "
-            "Measure: one table row per level with volume (mm3), centroid (RAS mm), HU statistics and "
-            "field-of-view status. Every column carries its unit and description."
+            "Labels, measures and grades every vertebra of a CT. Select a CT and a segmentation whose "
+            "segments are named after levels (C1..L5, T13, L6, sacrum; TotalSegmentator's vertebrae_* names "
+            "work too), correct the masks in Segment Editor, then Classify: each level turns red (fractured, "
+            "Genant grade 1-3), green (normal) or grey (not assessable, with the reason), and the table lists "
+            "heights (mm), ratios, grade, type, trabecular HU and the reason. Click a row to centre the views "
+            "on that vertebra. Every column carries its unit and description."
         )
         self.parent.acknowledgementText = (
             "Sample data: TotalSegmentator example CT (Wasserthal et al., Radiology: AI 2023; CC BY 4.0). "
@@ -49,6 +52,7 @@ class SpineFractureDetectionParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     segmentation: vtkMRMLSegmentationNode
     measurementTable: vtkMRMLTableNode
+    fractureThreshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
 
 
 class SpineFractureDetectionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -69,8 +73,13 @@ class SpineFractureDetectionWidget(ScriptedLoadableModuleWidget, VTKObservationM
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-        self.ui.measureButton.connect("clicked(bool)", self.onMeasureButton)
+        self.ui.classifyButton.connect("clicked(bool)", self.onClassifyButton)
         self.ui.correctButton.connect("clicked(bool)", self.onCorrectButton)
+        self.ui.shiftUpButton.connect("clicked(bool)", lambda: self.onShiftLevels(-1))
+        self.ui.shiftDownButton.connect("clicked(bool)", lambda: self.onShiftLevels(+1))
+        self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
+        self.ui.tableView.connect("selectionChanged()", self.onTableSelection)
+        self._lastReport = None
         self.initializeParameterNode()
 
     def cleanup(self):
@@ -109,9 +118,12 @@ class SpineFractureDetectionWidget(ScriptedLoadableModuleWidget, VTKObservationM
 
     def _updateButtons(self, caller=None, event=None):
         ready = bool(self._parameterNode and self._parameterNode.inputVolume and self._parameterNode.segmentation)
-        self.ui.measureButton.enabled = ready
-        self.ui.correctButton.enabled = ready
-        self.ui.measureButton.toolTip = "Measure every level segment" if ready else "Select a CT and a segmentation"
+        for button in (self.ui.classifyButton, self.ui.correctButton, self.ui.shiftUpButton, self.ui.shiftDownButton):
+            button.enabled = ready
+        self.ui.exportButton.enabled = self._lastReport is not None
+        self.ui.classifyButton.toolTip = ("Grade every level segment (Genant) and colour it: red fractured, "
+                                          "green normal, grey not assessable" if ready
+                                          else "Select a CT and a segmentation")
 
     def onCorrectButton(self):
         """Open Segment Editor on this segmentation and CT, so masks can be corrected."""
@@ -120,16 +132,46 @@ class SpineFractureDetectionWidget(ScriptedLoadableModuleWidget, VTKObservationM
         editor.setSegmentationNode(self._parameterNode.segmentation)
         editor.setSourceVolumeNode(self._parameterNode.inputVolume)
 
-    def onMeasureButton(self):
-        with slicer.util.tryWithErrorDisplay("Measuring the vertebrae failed.", waitCursor=True):
+    def onClassifyButton(self):
+        with slicer.util.tryWithErrorDisplay("Classifying the vertebrae failed.", waitCursor=True):
+            self.logic.ensureDependencies()
             if not self._parameterNode.measurementTable:
                 self._parameterNode.measurementTable = slicer.mrmlScene.AddNewNodeByClass(
-                    "vtkMRMLTableNode", "Vertebra measurements")
-            report = self.logic.measure(self._parameterNode.inputVolume, self._parameterNode.segmentation,
-                                        self._parameterNode.measurementTable)
+                    "vtkMRMLTableNode", "Vertebra findings")
+            report = self.logic.classify(self._parameterNode.inputVolume, self._parameterNode.segmentation,
+                                         self._parameterNode.measurementTable, self._parameterNode.fractureThreshold)
+            self._lastReport = report
             self.ui.tableView.setMRMLTableNode(self._parameterNode.measurementTable)
+            fractured = [row["level"] for row in report.rows if row.get("decision") == "fractured"]
+            summary = f"{len(report.rows)} levels; fractured: {', '.join(fractured) or 'none'}."
             notes = "; ".join(report.notes)
-            self.ui.statusLabel.text = f"{len(report.rows)} levels measured." + (f" {notes}" if notes else "")
+            self.ui.statusLabel.text = summary + (f" {notes}" if notes else "")
+            self._updateButtons()
+
+    def onShiftLevels(self, offset):
+        with slicer.util.tryWithErrorDisplay("Renaming the levels failed."):
+            renamed = self.logic.shiftLevels(self._parameterNode.segmentation, offset)
+            self.ui.statusLabel.text = "Renamed " + ", ".join(f"{a} to {b}" for a, b in renamed.items()) + "."
+
+    def onExportButton(self):
+        folder = qt.QFileDialog.getExistingDirectory(self.parent, "Folder for report.json and report.csv")
+        if not folder:
+            return
+        with slicer.util.tryWithErrorDisplay("Writing the report failed."):
+            json_path, csv_path = self.logic.exportReport(self._lastReport, folder)
+            self.ui.statusLabel.text = f"Wrote {json_path} and {csv_path}."
+
+    def onTableSelection(self):
+        """Centre the slice views on the vertebra of the selected row."""
+        table = self._parameterNode.measurementTable if self._parameterNode else None
+        rows = self.ui.tableView.selectedIndexes() if table else []
+        if not rows:
+            return
+        from SpineFractureDetectionLib.mrml_logic import centroid_ras_of_row
+
+        location = centroid_ras_of_row(table, rows[0].row())
+        if location is not None:
+            slicer.modules.markups.logic().JumpSlicesToLocation(*location, True)
 
 
 class SpineFractureDetectionLogic(ScriptedLoadableModuleLogic):
@@ -170,6 +212,36 @@ class SpineFractureDetectionLogic(ScriptedLoadableModuleLogic):
         logging.info(f"SpineFractureDetection: measured {len(report.rows)} levels")
         return report
 
+    def classify(self, volumeNode, segmentationNode, tableNode, fractureThreshold=0.5):
+        """Grade the current (possibly edited) level segments; colours and table follow."""
+        from SpineFractureDetectionLib.mrml_logic import SpineMrmlLogic
+
+        report = SpineMrmlLogic().classify(volumeNode, segmentationNode, tableNode,
+                                           probability_threshold=fractureThreshold)
+        logging.info(f"SpineFractureDetection: classified {len(report.rows)} levels")
+        return report
+
+    def shiftLevels(self, segmentationNode, offset):
+        from SpineFractureDetectionLib.mrml_logic import shift_levels
+
+        return shift_levels(segmentationNode, offset)
+
+    @staticmethod
+    def exportReport(report, folder):
+        """report.json and report.csv, each written to a temporary name and renamed into place."""
+        import pathlib
+        import tempfile
+
+        if report is None:
+            raise ValueError("Classify first: there is no report to export")
+        folder = pathlib.Path(folder)
+        with tempfile.TemporaryDirectory(dir=folder, prefix=".spinefrac-report-") as work:
+            written = report.write(pathlib.Path(work))
+            finals = [folder / path.name for path in written]
+            for path, final in zip(written, finals):
+                path.replace(final)
+        return tuple(finals)
+
 
 class SpineFractureDetectionTest(ScriptedLoadableModuleTest):
     """Runs inside Slicer: a phantom CT and its labels through the logic, with real assertions."""
@@ -186,6 +258,7 @@ class SpineFractureDetectionTest(ScriptedLoadableModuleTest):
         import SimpleITK as sitk
         from SpineFractureDetectionLib import mrml_logic
 
+        from spinefrac.fracture import DECISION_COLORS_RGB, Decision
         from spinefrac.image_io import ct_from_image, to_canonical
         from spinefrac.levels import LEVEL_BY_NAME
         from spinefrac.phantom import Fracture, PhantomSpec, make_phantom
@@ -193,7 +266,7 @@ class SpineFractureDetectionTest(ScriptedLoadableModuleTest):
 
         SpineFractureDetectionLogic().ensureDependencies(askUser=False)
         self.delayDisplay("Building a lumbar phantom")
-        phantom = make_phantom(PhantomSpec(spacing_mm=(2.0, 2.0, 2.0), fractures={"L2": Fracture("wedge", 0.3)}))
+        phantom = make_phantom(PhantomSpec(spacing_mm=(2.0, 2.0, 2.0), fractures={"L2": Fracture("wedge", 0.45)}))
         volume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "Phantom CT")
         mrml_logic.update_volume_from_sitk(volume, phantom.ct)
         ct = ct_from_image(phantom.ct, "phantom", "phantom")
@@ -207,11 +280,17 @@ class SpineFractureDetectionTest(ScriptedLoadableModuleTest):
         self.assertEqual(names, ["T12", "L1", "L2", "L3", "L4", "L5", "sacrum"])
         l2 = segmentation.GetSegmentation().GetSegment(segmentation.GetSegmentation().GetSegmentIdBySegmentName("L2"))
         self.assertTrue(np.allclose(l2.GetColor(), np.array(LEVEL_BY_NAME["l2"].color_rgb) / 255.0))
+        self.assertIn("SCT^14293000^L2 vertebra", l2.GetTerminology())
 
         table = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode")
-        report = SpineFractureDetectionLogic().measure(volume, segmentation, table)
+        report = SpineFractureDetectionLogic().classify(volume, segmentation, table)
         self.assertEqual(table.GetNumberOfRows(), len(names))
         self.assertEqual([table.GetCellText(r, 0) for r in range(table.GetNumberOfRows())], names)
+        decisions = {row["level"]: row["decision"] for row in report.rows}
+        self.assertEqual(decisions["L2"], "fractured")
+        self.assertEqual(decisions["L4"], "normal")
+        red = np.array(DECISION_COLORS_RGB[Decision.FRACTURED]) / 255.0
+        self.assertTrue(np.allclose(l2.GetColor(), red))
         counts = {row["level"]: row["voxel_count"] for row in report.rows}
         array = slicer.util.arrayFromVolume(volume)
         self.assertEqual(array.shape[::-1], phantom.ct.GetSize())

@@ -14,16 +14,31 @@ import slicer
 import vtk
 from slicer.util import arrayFromVolume, updateVolumeFromArray
 
-from spinefrac.errors import InputError
+import hashlib
+
+from spinefrac.errors import InputError, SpineFracError
+from spinefrac.fracture import DECISION_COLORS_RGB, DEFAULT_PROBABILITY_THRESHOLD, assess_fractures
 from spinefrac.image_io import CtVolume, ImageGrid, ct_from_image, to_canonical
-from spinefrac.levels import ANATOMICAL_STRUCTURE_CATEGORY, LEVEL_BY_ID, SNOMED_SCHEME, Level, level_for_name
+from spinefrac.levels import (ANATOMICAL_STRUCTURE_CATEGORY, LEVEL_BY_ID, LEVEL_BY_NAME, LEVELS, SNOMED_SCHEME, Level,
+                              level_for_name, sort_craniocaudal)
 from spinefrac.measurement import measure_vertebrae
+from spinefrac.morphometry import measure_morphometry
 from spinefrac.report import COLUMN_DEFINITIONS, SpineReport
 from spinefrac.segmentation import LabelConvention, VertebraSegmentation
 
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
 TERMINOLOGY_CONTEXT = "Segmentation category and type - DICOM master list"
 ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
+
+CHECKSUM_ATTRIBUTE = "SpineFractureDetection.WrittenLabelsSha256"
+# Shifting labels walks C1..L5 then L6 (a sixth lumbar is the common variant below L5); T13 is
+# reached only by name, and shifts to T12 cranially or L1 caudally.
+SHIFT_SEQUENCE = tuple(level.name for level in sort_craniocaudal(LEVELS) if level.is_vertebra and level.name != "T13")
+
+
+class EditedSegmentsError(SpineFracError):
+    """The segments were edited since they were written; overwriting needs consent."""
+
 
 # Table columns with a unit, shown in the table node's column properties.
 _UNITS = {"_mm3": "mm3", "_ml": "ml", "_mm": "mm", "_hu": "HU"}
@@ -170,9 +185,34 @@ def segmentation_from_node(segmentation_node, volume_node, ct: CtVolume) -> Vert
     )
 
 
-def write_level_segments(segmentation_node, volume_node, segmentation: VertebraSegmentation, ct: CtVolume) -> list[str]:
-    """Replace the segmentation's content with one segment per level, named, coloured and coded."""
+def labels_checksum(segmentation_node, volume_node) -> str:
+    """sha256 of the level labels the segments hold on the volume's grid (edits change it)."""
+    levels, _ = level_segments(segmentation_node)
+    if not levels:
+        return hashlib.sha256(b"").hexdigest()
+    ct_grid = ct_from_volume(volume_node)
+    labels = segmentation_from_node(segmentation_node, volume_node, ct_grid)
+    return hashlib.sha256(np.ascontiguousarray(labels.array()).tobytes()).hexdigest()
+
+
+def has_unsaved_edits(segmentation_node, volume_node) -> bool:
+    """True when segments written by this module were changed since (by hand or another tool)."""
+    written = segmentation_node.GetAttribute(CHECKSUM_ATTRIBUTE)
+    if written is None:
+        return segmentation_node.GetSegmentation().GetNumberOfSegments() > 0  # someone else's segments
+    return labels_checksum(segmentation_node, volume_node) != written
+
+
+def write_level_segments(segmentation_node, volume_node, segmentation: VertebraSegmentation, ct: CtVolume,
+                         overwrite_edits: bool = False) -> list[str]:
+    """Replace the segmentation's content with one segment per level, named, coloured and coded.
+    Refuses (EditedSegmentsError) to replace segments edited since they were written, unless
+    ``overwrite_edits``: the module asks the user first."""
     ensure_segmentation_converters()
+    if not overwrite_edits and has_unsaved_edits(segmentation_node, volume_node):
+        raise EditedSegmentsError(
+            f"segmentation '{segmentation_node.GetName()}' holds segments edited since they were written; "
+            "confirm to replace them, or choose a new segmentation")
     labels = sitk.GetArrayFromImage(ct.to_source_grid(segmentation.label_map))
     scene = volume_node.GetScene()
     labelmap_node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
@@ -187,7 +227,9 @@ def write_level_segments(segmentation_node, volume_node, segmentation: VertebraS
             raise InputError("the level label map cannot be imported into the segmentation")
     finally:
         scene.RemoveNode(labelmap_node)
-    return style_level_segments(segmentation_node)
+    ordered = style_level_segments(segmentation_node)
+    segmentation_node.SetAttribute(CHECKSUM_ATTRIBUTE, labels_checksum(segmentation_node, volume_node))
+    return ordered
 
 
 def style_level_segments(segmentation_node) -> list[str]:
@@ -215,13 +257,16 @@ def fill_table(table_node, report: SpineReport) -> None:
     table_node.RemoveAllColumns()
     table = table_node.GetTable()
     for key in COLUMN_DEFINITIONS:
-        numeric = all(isinstance(row[key], (int, float)) for row in report.rows)
+        values = [row.get(key) for row in report.rows]
+        given = [v for v in values if v is not None]
+        numeric = bool(given) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in given)
         column = vtk.vtkDoubleArray() if numeric else vtk.vtkStringArray()
         column.SetName(key)
-        for row in report.rows:
-            value = row[key]
+        for value in values:
             if numeric:
-                column.InsertNextValue(float(value))
+                column.InsertNextValue(float("nan") if value is None else float(value))
+            elif value is None:
+                column.InsertNextValue("")
             else:
                 column.InsertNextValue(";".join(value) if isinstance(value, list) else str(value))
         table.AddColumn(column)
@@ -232,15 +277,80 @@ def fill_table(table_node, report: SpineReport) -> None:
     table_node.Modified()
 
 
+def colour_by_decision(segmentation_node, report: SpineReport) -> None:
+    """Red fractured, green normal, grey not assessable: one colour per level segment."""
+    decisions = {row["level"]: row["decision"] for row in report.rows if row.get("decision")}
+    segmentation = segmentation_node.GetSegmentation()
+    for segment_id, level in level_segments(segmentation_node)[0].items():
+        decision = decisions.get(level.name)
+        if decision is None:
+            continue
+        rgb = next(c for d, c in DECISION_COLORS_RGB.items() if d.value == decision)
+        segmentation.GetSegment(segment_id).SetColor(*(channel / 255.0 for channel in rgb))
+
+
+def shift_levels(segmentation_node, offset: int) -> dict[str, str]:
+    """Rename every level segment ``offset`` levels caudally (+) or cranially (-), e.g. when a
+    transitional vertebra made the labels start one level off. The sacrum keeps its name.
+    Returns old name -> new name; refuses a shift that leaves C1..L6."""
+    levels, _ = level_segments(segmentation_node)
+    renames = {}
+    for segment_id, level in levels.items():
+        if not level.is_vertebra:
+            continue
+        if level.name == "T13":  # sits between T12 and L1
+            position = SHIFT_SEQUENCE.index("T12") + (offset if offset > 0 else offset + 1)
+        else:
+            position = SHIFT_SEQUENCE.index(level.name) + offset
+        if not 0 <= position < len(SHIFT_SEQUENCE):
+            raise InputError(f"shifting {level.name} by {offset:+d} leaves the spine (C1..L6)")
+        renames[segment_id] = LEVEL_BY_NAME[SHIFT_SEQUENCE[position].lower()]
+    segmentation = segmentation_node.GetSegmentation()
+    changed = {}
+    for segment_id, new_level in renames.items():
+        segment = segmentation.GetSegment(segment_id)
+        changed[segment.GetName()] = new_level.name
+        segment.SetName(new_level.name)
+        segment.SetLabelValue(new_level.verse_id)
+        segment.SetTerminology(terminology_entry(new_level))
+    return changed
+
+
+def centroid_ras_of_row(table_node, row: int) -> tuple[float, float, float] | None:
+    """The level centroid (RAS mm) stored in a table row, for centring the slice views on it."""
+    table = table_node.GetTable()
+    columns = [table.GetColumnByName(name) for name in ("centroid_r_mm", "centroid_a_mm", "centroid_s_mm")]
+    if any(column is None for column in columns) or not 0 <= row < table.GetNumberOfRows():
+        return None
+    return tuple(float(column.GetValue(row)) for column in columns)
+
+
 class SpineMrmlLogic:
-    """Measure the (possibly hand-corrected) level segments of a CT and tabulate them."""
+    """Measure and classify the (possibly hand-corrected) level segments of a CT."""
 
     def measure(self, volume_node, segmentation_node, table_node) -> SpineReport:
+        """Per-level measurements only (no fracture assessment)."""
         ct = ct_from_volume(volume_node)
         segmentation = segmentation_from_node(segmentation_node, volume_node, ct)
         measurements = measure_vertebrae(ct, segmentation)
         report = SpineReport.from_stages(ct, segmentation, measurements)
         report.notes.extend(segmentation.notes)
+        if table_node is not None:
+            fill_table(table_node, report)
+        return report
+
+    def classify(self, volume_node, segmentation_node, table_node, classifier=None,
+                 probability_threshold: float = DEFAULT_PROBABILITY_THRESHOLD) -> SpineReport:
+        """Genant grading of the current segments (edits included), decision colours, table."""
+        ct = ct_from_volume(volume_node)
+        segmentation = segmentation_from_node(segmentation_node, volume_node, ct)
+        measurements = measure_vertebrae(ct, segmentation)
+        morphometry = measure_morphometry(ct, segmentation, measurements)
+        probabilities = classifier.probabilities(ct, segmentation, morphometry) if classifier else None
+        findings = assess_fractures(measurements, morphometry, probabilities, probability_threshold)
+        report = SpineReport.from_stages(ct, segmentation, measurements, findings)
+        report.notes.extend(segmentation.notes)
+        colour_by_decision(segmentation_node, report)
         if table_node is not None:
             fill_table(table_node, report)
         return report

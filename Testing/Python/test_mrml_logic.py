@@ -121,3 +121,107 @@ def test_bad_volume_selections_are_refused(scene, segmentation):
     empty = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty")
     with pytest.raises(InputError, match="no voxels"):
         mrml_logic.SpineMrmlLogic().measure(empty, segmentation, None)
+
+
+# -- classification, label shifts, edit protection -------------------------------------------
+
+
+@pytest.fixture
+def fractured_scene(scene):
+    from spinefrac.image_io import ct_from_image, to_canonical
+    from spinefrac.phantom import Fracture, PhantomSpec, make_phantom
+    from spinefrac.segmentation import LabelConvention, VertebraSegmentation
+
+    phantom = make_phantom(PhantomSpec(spacing_mm=(2.0, 2.0, 2.0), fractures={"L2": Fracture("wedge", 0.45)},
+                                       ribs=False, seed=4))
+    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "Phantom CT")
+    mrml_logic.update_volume_from_sitk(volume, phantom.ct)
+    ct = ct_from_image(phantom.ct, "phantom", "phantom")
+    labels = VertebraSegmentation(to_canonical(phantom.labels), "phantom", "phantom", LabelConvention.VERSE)
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Vertebrae")
+    mrml_logic.write_level_segments(segmentation, volume, labels, ct)
+    return volume, segmentation, phantom, labels, ct
+
+
+def _segment(node, name):
+    segments = node.GetSegmentation()
+    return segments.GetSegment(segments.GetSegmentIdBySegmentName(name))
+
+
+def test_classify_colours_segments_by_decision_and_tabulates_the_evidence(scene, fractured_scene):
+    from spinefrac.fracture import DECISION_COLORS_RGB, Decision
+
+    volume, segmentation, _, _, _ = fractured_scene
+    table = scene.AddNewNodeByClass("vtkMRMLTableNode")
+    report = mrml_logic.SpineMrmlLogic().classify(volume, segmentation, table)
+    decisions = {row["level"]: row["decision"] for row in report.rows}
+    assert decisions["L2"] == "fractured" and decisions["L4"] == "normal" and decisions["sacrum"] == "not_assessable"
+    red, green, grey = (np.array(DECISION_COLORS_RGB[d]) / 255.0
+                        for d in (Decision.FRACTURED, Decision.NORMAL, Decision.NOT_ASSESSABLE))
+    assert np.allclose(_segment(segmentation, "L2").GetColor(), red)
+    assert np.allclose(_segment(segmentation, "L4").GetColor(), green)
+    assert np.allclose(_segment(segmentation, "sacrum").GetColor(), grey)
+    columns = [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())]
+    for name in ("decision", "genant_grade", "genant_type", "height_anterior_mm", "trabecular_hu", "decision_reason"):
+        assert name in columns
+    row = [table.GetCellText(r, 0) for r in range(table.GetNumberOfRows())].index("L2")
+    assert table.GetCellText(row, columns.index("decision")) == "fractured"
+    assert table.GetCellText(row, columns.index("genant_type")) == "wedge"
+    assert table.GetColumnUnitLabel("height_anterior_mm") == "mm"
+
+
+def test_reclassify_after_an_edit_updates_the_decision_and_keeps_the_edit(scene, fractured_scene):
+    volume, segmentation, phantom, _, _ = fractured_scene
+    logic = mrml_logic.SpineMrmlLogic()
+    before = {row["level"]: row for row in logic.classify(volume, segmentation, None).rows}
+    labels = sitk.GetArrayFromImage(phantom.labels)
+    bodies = sitk.GetArrayFromImage(phantom.body_labels)
+    l4 = (labels == 23) & ~((bodies == 23) & (np.arange(labels.shape[0])[:, None, None] >
+                                              np.percentile(np.nonzero(bodies == 23)[0], 50)))
+    mrml_logic.set_segment_mask(segmentation, segmentation.GetSegmentation().GetSegmentIdBySegmentName("L4"), l4,
+                                volume)  # the user erases the upper half of the L4 body: a crush
+    after = {row["level"]: row for row in logic.classify(volume, segmentation, None).rows}
+    assert before["L4"]["decision"] == "normal" and after["L4"]["decision"] == "fractured"
+    assert after["L4"]["voxel_count"] == int(np.count_nonzero(l4))
+    assert after["L2"]["decision"] == "fractured"
+
+
+def test_resegmenting_over_edited_segments_needs_consent(scene, fractured_scene):
+    volume, segmentation, phantom, labels, ct = fractured_scene
+    mrml_logic.write_level_segments(segmentation, volume, labels, ct)  # unedited: replaced silently
+    edited = sitk.GetArrayFromImage(phantom.labels) == 22
+    edited[: int(np.median(np.nonzero(edited)[0]))] = False  # the user erases the lower half of L3
+    mrml_logic.set_segment_mask(segmentation, segmentation.GetSegmentation().GetSegmentIdBySegmentName("L3"),
+                                edited, volume)
+    assert mrml_logic.has_unsaved_edits(segmentation, volume)
+    with pytest.raises(mrml_logic.EditedSegmentsError, match="edited since they were written"):
+        mrml_logic.write_level_segments(segmentation, volume, labels, ct)
+    kept = mrml_logic.segmentation_from_node(segmentation, volume, ct)
+    assert np.count_nonzero(kept.array() == 22) == np.count_nonzero(edited)  # the edit survived the refusal
+    mrml_logic.write_level_segments(segmentation, volume, labels, ct, overwrite_edits=True)
+    assert not mrml_logic.has_unsaved_edits(segmentation, volume)
+    replaced = mrml_logic.segmentation_from_node(segmentation, volume, ct)
+    assert np.count_nonzero(replaced.array() == 22) > np.count_nonzero(edited)
+
+
+def test_shifting_all_labels_by_one_level_is_one_action(fractured_scene):
+    volume, segmentation, _, _, _ = fractured_scene
+    renamed = mrml_logic.shift_levels(segmentation, +1)
+    assert renamed == {"T12": "L1", "L1": "L2", "L2": "L3", "L3": "L4", "L4": "L5", "L5": "L6"}
+    assert _segment_names(segmentation) == ["L1", "L2", "L3", "L4", "L5", "L6", "sacrum"]
+    assert "SCT^122496007^Lumbar vertebra" in _segment(segmentation, "L6").GetTerminology()
+    mrml_logic.shift_levels(segmentation, -1)
+    assert _segment_names(segmentation) == ["T12", "L1", "L2", "L3", "L4", "L5", "sacrum"]
+    with pytest.raises(InputError, match="leaves the spine"):
+        mrml_logic.shift_levels(segmentation, +2)
+
+
+def test_a_table_row_gives_the_level_centroid_to_centre_the_views(scene, fractured_scene):
+    volume, segmentation, phantom, _, _ = fractured_scene
+    table = scene.AddNewNodeByClass("vtkMRMLTableNode")
+    report = mrml_logic.SpineMrmlLogic().classify(volume, segmentation, table)
+    row = [r["level"] for r in report.rows].index("L3")
+    r, a, s = mrml_logic.centroid_ras_of_row(table, row)
+    assert (r, a, s) == (report.rows[row]["centroid_r_mm"], report.rows[row]["centroid_a_mm"],
+                         report.rows[row]["centroid_s_mm"])
+    assert mrml_logic.centroid_ras_of_row(table, 99) is None

@@ -103,5 +103,8 @@ def test_widget_names_and_parameters_exist_in_the_ui_file():
     for used in set(re.findall(r"self\.ui\.(\w+)", source)):
         assert used in widget_names, used
     parameter_names = {p.find("string").text for p in ui.iter("property") if p.get("name") == "SlicerParameterName"}
-    declared = set(re.findall(r"^    (\w+): vtkMRML\w+Node$", source, re.M))
+    tree = ast.parse(source)
+    parameter_class = next(node for node in tree.body
+                           if isinstance(node, ast.ClassDef) and node.name == "SpineFractureDetectionParameterNode")
+    declared = {field.target.id for field in parameter_class.body if isinstance(field, ast.AnnAssign)}
     assert parameter_names == declared
