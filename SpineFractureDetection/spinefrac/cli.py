@@ -53,12 +53,20 @@ reference grades: NAME_genant.csv (level,genant_grade) beside a reference label 
 """
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """Usage mistakes end like every other error: one line, exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{PROG}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _OneLineErrors(prog=PROG, description=DESCRIPTION,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                     parser_class=_OneLineErrors)
 
     run = commands.add_parser(
         "run", help="segment/label, measure and report one CT",
@@ -83,9 +91,25 @@ def build_parser() -> argparse.ArgumentParser:
                           "without one, Genant morphometry alone decides")
     run.add_argument("--fracture-threshold", type=_probability, default=0.5, metavar="P",
                      help="classifier probability at or above which a level is called fractured (default 0.5)")
+    run.add_argument("--no-hu-check", action="store_true",
+                     help="accept an image whose values do not look like CT Hounsfield units (no air values)")
     run.add_argument("--overwrite", action="store_true", help="replace a non-empty OUTDIR")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     run.set_defaults(handler=_run)
+
+    batch = commands.add_parser(
+        "batch", help="run every CT of a folder; bad cases are reported, never stop the batch",
+        description="Run the pipeline on every case of a folder: NAME_ct.nii.gz files (or DICOM sub-folders), "
+                    "each with an optional NAME_seg.nii.gz segmentation beside it. Results go to OUTDIR/NAME/, "
+                    "and OUTDIR/batch_summary.json/.csv list every case with its status. Exit code 0 when every "
+                    "case succeeded, 3 when some failed.",
+    )
+    batch.add_argument("input", type=Path, metavar="INPUT_DIR")
+    batch.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR")
+    batch.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    batch.add_argument("--no-hu-check", action="store_true")
+    batch.add_argument("--overwrite", action="store_true", help="replace existing case folders in OUTDIR")
+    batch.set_defaults(handler=_batch)
 
     evaluate = commands.add_parser(
         "evaluate", help="score predictions against references (Dice, HD95, identification, fracture agreement)",
@@ -128,13 +152,33 @@ def _run(args: argparse.Namespace) -> int:
     result = run_pipeline(
         args.ct, args.output, segmentation_path=args.segmentation, label_convention=convention,
         device=args.device, overwrite=args.overwrite, stages=stages, classifier_path=args.classifier,
-        probability_threshold=args.fracture_threshold,
+        probability_threshold=args.fracture_threshold, check_hu=not args.no_hu_check,
     )
     if not args.quiet:
+        for warning in result.ct.warnings:
+            print(f"{PROG}: warning: {warning}", file=sys.stderr)
         print(_summary(result), file=sys.stderr)
     for path in result.files.values():
         print(path)
     return 0
+
+
+BATCH_SOME_FAILED = 3
+
+
+def _batch(args: argparse.Namespace) -> int:
+    from .batch import SUMMARY_JSON, run_batch
+
+    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    outcomes = run_batch(args.input, args.output, overwrite=args.overwrite, log=log, device=args.device,
+                         check_hu=not args.no_hu_check)
+    failed = [o for o in outcomes if o.status == "failed"]
+    ok = sum(o.status == "ok" for o in outcomes)
+    print(f"{ok} ok, {len(failed)} failed, {len(outcomes) - ok - len(failed)} skipped; "
+          f"summary in {args.output / SUMMARY_JSON}")
+    for outcome in failed:
+        print(f"  failed: {outcome.name}: {outcome.message}")
+    return BATCH_SOME_FAILED if failed else 0
 
 
 def _probability(text: str) -> float:
@@ -169,10 +213,15 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _summary(result) -> str:
-    lines = [f"{len(result.report.rows)} levels:"]
+    lines = [f"{len(result.report.rows)} levels (decision, Genant grade, largest height loss, trabecular HU):"]
     for row in result.report.rows:
-        flag = "" if row["fov_status"] == "inside" else f"  [{row['fov_status']}]"
-        lines.append(f"  {row['level']:>6}  {row['volume_ml']:8.1f} ml  median {row['median_hu']:7.1f} HU{flag}")
+        grade = "" if row["genant_grade"] is None else f"grade {row['genant_grade']} {row['genant_type']}"
+        loss = "" if row["height_loss_percent"] is None else f"{row['height_loss_percent']:5.1f} %"
+        density = "" if row["trabecular_hu"] is None else f"{row['trabecular_hu']:6.0f} HU"
+        lines.append(f"  {row['level']:>6}  {row['decision'] or '':15s} {grade:18s} {loss:8s} {density}")
+    screen = result.report.osteoporosis_screen
+    if screen:
+        lines.append(f"  L1 trabecular {screen['trabecular_hu']:.0f} HU: {screen['category']} (Pickhardt 2013 thresholds)")
     return "\n".join(lines)
 
 
@@ -184,6 +233,10 @@ def _levels(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # ITK's own warnings are multi-line C++ traces; our checks say what matters in one line.
+    import SimpleITK as sitk
+
+    sitk.ProcessObject_SetGlobalWarningDisplay(False)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

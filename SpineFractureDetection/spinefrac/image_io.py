@@ -9,13 +9,15 @@ Outputs are mapped back onto the input's own grid (size, origin, spacing, direct
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError, OutputError
+from .input_checks import (check_compressed_stream, check_geometry, check_hounsfield, check_memory,
+                           check_slice_positions, read_header)
 
 CANONICAL_ORIENTATION = "LPS"
 # Physical tolerance for "same grid": well below any real voxel, above float32 header noise.
@@ -86,6 +88,7 @@ class CtVolume:
     source_format: str  # "NIfTI", "NRRD", "DICOM series", ...
     source_grid: ImageGrid
     source_description: str = ""
+    warnings: list[str] = field(default_factory=list)  # usable but doubtful input, said in the report
 
     @property
     def grid(self) -> ImageGrid:
@@ -127,6 +130,7 @@ def read_image(path: Path, what: str = "image") -> sitk.Image:
         raise InputError(f"{what} not found: {path}")
     if path.is_dir():
         return read_dicom_series(path, what)[0]
+    check_compressed_stream(path, what)
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as error:
@@ -184,16 +188,23 @@ def choose_ct_series(series: list[DicomSeriesInfo], folder: Path) -> DicomSeries
     return max(ct_series, key=lambda s: len(s.file_names))
 
 
-def read_dicom_series(folder: Path, what: str = "image") -> tuple[sitk.Image, str]:
+def read_dicom_series(folder: Path, what: str = "image", warnings: list[str] | None = None) -> tuple[sitk.Image, str]:
     """Read the CT series of a DICOM folder; returns the image and a description of the choice."""
     series = list_dicom_series(folder)
     chosen = choose_ct_series(series, folder)
+    first = read_header(Path(chosen.file_names[0]))
+    if first is not None:
+        check_memory(first.size[0] * first.size[1] * len(chosen.file_names), first.bytes_per_component, folder, what)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(chosen.file_names))
+    reader.MetaDataDictionaryArrayUpdateOn()
     try:
         image = reader.Execute()
     except RuntimeError as error:
         raise InputError(f"{what}: DICOM series in {folder} cannot be read ({_first_itk_line(error)})") from None
+    found = _slice_geometry_warnings(reader, len(chosen.file_names), folder)
+    if warnings is not None:
+        warnings.extend(found)
     description = f"DICOM CT series {chosen.series_uid or '(no series UID)'}, {len(chosen.file_names)} slices"
     if chosen.description:
         description += f", '{chosen.description}'"
@@ -201,6 +212,19 @@ def read_dicom_series(folder: Path, what: str = "image") -> tuple[sitk.Image, st
     if others:
         description += f"; {others} other series in the folder ignored"
     return image, description
+
+
+def _slice_geometry_warnings(reader: sitk.ImageSeriesReader, count: int, folder: Path) -> list[str]:
+    position_tag, orientation_tag = "0020|0032", "0020|0037"
+    if count < 2 or not all(reader.HasMetaDataKey(i, position_tag) for i in range(count)):
+        return []
+    try:
+        positions = np.array([[float(v) for v in reader.GetMetaData(i, position_tag).split("\\")]
+                              for i in range(count)])
+        orientation = np.array([float(v) for v in reader.GetMetaData(0, orientation_tag).split("\\")])
+    except (ValueError, RuntimeError):
+        return ["slice positions unreadable: slice order and spacing taken from the reader"]
+    return check_slice_positions(positions, orientation, folder)
 
 
 def require_3d_scalar(image: sitk.Image, path: Path, what: str) -> None:
@@ -228,28 +252,55 @@ def to_canonical(image: sitk.Image) -> sitk.Image:
     return sitk.DICOMOrient(image, CANONICAL_ORIENTATION)
 
 
-def load_ct(path: Path | str) -> CtVolume:
-    """Stage 0: read a CT (NIfTI, NRRD, MetaImage or DICOM folder) into canonical orientation."""
+def load_ct(path: Path | str, check_hu: bool = True) -> CtVolume:
+    """Stage 0: read a CT (NIfTI, NRRD, MetaImage or DICOM folder) into canonical orientation.
+    The header is checked (dimensions, geometry, memory) before the voxels are read."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"CT not found: {path}")
     description = ""
+    warnings: list[str] = []
     if path.is_dir():
-        image, description = read_dicom_series(path, "CT")
+        image, description = read_dicom_series(path, "CT", warnings)
     else:
-        image = read_image(path, "CT")
-    return ct_from_image(image, path, image_format(path), description or f"{image_format(path)} file")
+        _check_header_first(path, "CT")
+        image = _read_checked(path, "CT")
+    ct = ct_from_image(image, path, image_format(path), description or f"{image_format(path)} file", check_hu)
+    ct.warnings[:0] = warnings
+    return ct
 
 
-def ct_from_image(image: sitk.Image, source: Path | str, source_format: str, description: str = "") -> CtVolume:
+def _read_checked(path: Path, what: str) -> sitk.Image:
+    """read_image without a second pass over a stream that _check_header_first verified."""
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        raise InputError(f"{what} {path} is not a readable image ({_first_itk_line(error)})") from None
+
+
+def _check_header_first(path: Path, what: str) -> None:
+    check_compressed_stream(path, what)
+    header = read_header(path)
+    if header is None:
+        return  # read_image gives the reader's own reason
+    if len(header.size) == 3 and header.components == 1 and min(header.size) >= 2:
+        check_geometry(header.size, header.spacing_mm, header.direction, path, what)
+        check_memory(header.voxels, header.bytes_per_component, path, what)
+
+
+def ct_from_image(image: sitk.Image, source: Path | str, source_format: str, description: str = "",
+                  check_hu: bool = True) -> CtVolume:
     """Stage 0 from an image already in memory (e.g. a volume node in 3D Slicer)."""
     require_3d_scalar(image, Path(source), "CT")
+    check_geometry(image.GetSize(), image.GetSpacing(), image.GetDirection(), Path(source), "CT")
+    warnings = check_hounsfield(image, Path(source), "CT") if check_hu else ["Hounsfield-unit check skipped"]
     return CtVolume(
         image=to_canonical(image),
         source_path=Path(source),
         source_format=source_format,
         source_grid=ImageGrid.of(image),
         source_description=description,
+        warnings=warnings,
     )
 
 

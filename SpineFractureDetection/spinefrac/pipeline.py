@@ -68,6 +68,7 @@ def run_pipeline(
     stages=None,
     classifier_path: Path | str | None = None,
     probability_threshold: float = DEFAULT_PROBABILITY_THRESHOLD,
+    check_hu: bool = True,
 ) -> RunResult:
     """Run every stage; nothing appears under ``output_folder`` unless all of them succeed."""
     stages = stages or SilentStages()
@@ -77,7 +78,7 @@ def run_pipeline(
     classifier = FractureClassifier.load(classifier_path, device_choice.name) if classifier_path else None
 
     stages.stage("Loading CT")
-    ct = load_ct(ct_path)
+    ct = load_ct(ct_path, check_hu=check_hu)
     segmentation = engine.segment(ct, stages.stage(f"Segmentation ({engine.name})"))
     measurements = measure_vertebrae(ct, segmentation, stages.stage("Measuring vertebrae"))
     stages.stage("Fracture assessment (Genant morphometry)")
@@ -87,6 +88,7 @@ def run_pipeline(
     stages.stage("Building report")
     report = SpineReport.from_stages(ct, segmentation, measurements, findings)
     report.segmentation["device"] = device_choice.name
+    report.notes[:0] = [f"input: {warning}" for warning in ct.warnings]
     if classifier is not None:
         report.notes.append(
             f"classifier {classifier.manifest.name} v{classifier.manifest.version} (sha256 "

@@ -11,7 +11,7 @@ from spinefrac.errors import InputError
 from spinefrac.image_io import ImageGrid, load_ct
 
 
-def _random_ct(size=(12, 10, 8), spacing=(0.8, 0.9, 2.5), direction=None, seed=0):
+def _random_ct(size=(30, 28, 10), spacing=(0.8, 0.9, 2.5), direction=None, seed=0):
     array = np.random.default_rng(seed).integers(-1000, 2000, size=size[::-1]).astype(np.int16)
     image = sitk.GetImageFromArray(array)
     image.SetSpacing(spacing)
@@ -59,7 +59,7 @@ def test_nrrd_is_read(tmp_path):
     sitk.WriteImage(_random_ct(), str(path))
     ct = load_ct(path)
     assert ct.source_format == "NRRD"
-    assert ct.image.GetSize() == (12, 10, 8)
+    assert ct.image.GetSize() == (30, 28, 10)
 
 
 def test_dicom_series_matches_simpleitk_series_reader(shared_data):
@@ -75,14 +75,14 @@ def test_dicom_series_matches_simpleitk_series_reader(shared_data):
 
 
 def test_dicom_folder_with_several_series_takes_the_ct_and_mixes_nothing(tmp_path):
-    ct_image = _random_ct(size=(16, 16, 6), spacing=(0.7, 0.7, 3.0), seed=1)
-    mr_image = _random_ct(size=(16, 16, 9), spacing=(0.7, 0.7, 2.0), seed=2)
-    scout = _random_ct(size=(16, 16, 3), spacing=(0.7, 0.7, 3.0), seed=3)
+    ct_image = _random_ct(size=(32, 32, 8), spacing=(0.7, 0.7, 3.0), seed=1)
+    mr_image = _random_ct(size=(32, 32, 12), spacing=(0.7, 0.7, 2.0), seed=2)
+    scout = _random_ct(size=(32, 32, 3), spacing=(0.7, 0.7, 3.0), seed=3)
     write_dicom_series(ct_image, tmp_path, "CT", "1.2.3.4.100", "abdomen")
     write_dicom_series(mr_image, tmp_path, "MR", "1.2.3.4.200", "t2")
     write_dicom_series(scout, tmp_path, "CT", "1.2.3.4.300", "scout")
     ct = load_ct(tmp_path)
-    assert ct.source_grid.size == (16, 16, 6)
+    assert ct.source_grid.size == (32, 32, 8)
     assert np.array_equal(sitk.GetArrayFromImage(ct.to_source_grid(ct.image)), sitk.GetArrayFromImage(ct_image))
     assert "1.2.3.4.100" in ct.source_description and "2 other series" in ct.source_description
 

@@ -1,0 +1,236 @@
+"""One place that decides whether an image can enter the pipeline, before any work starts.
+
+Header checks run before the voxels are read (so a huge file is refused with a memory
+estimate instead of being loaded); value checks run on the loaded image. Each failure is an
+InputError with one line that says what is wrong and what to do; doubtful but usable inputs
+produce warnings that end up in the report.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError
+
+MIN_SPACING_MM = 0.05
+MAX_SPACING_MM = 20.0
+MIN_EXTENT_MM = 20.0  # smaller than a vertebral body: nothing to label
+MAX_VOXELS = 2**31 - 1  # ITK index limits and any sane CT
+# Peak bytes per voxel of the heaviest stages with an existing segmentation: the CT as read and
+# in canonical order, the label map as read (up to 32 bit), as ids and canonical, its lookup
+# table result, and working copies while writing (measured: about 2 GB for 268 M voxels, int16).
+PEAK_BYTES_PER_VOXEL = 8.0
+MEMORY_LIMIT_ENV = "SPINEFRAC_MEMORY_LIMIT_MB"  # override of the available memory, for tests and shared hosts
+HU_AIR_MAX = -500.0  # a CT in HU shows air or lung below this somewhere
+HU_PLAUSIBLE_MAX = 40000.0  # beyond the densest metal at any kVp: not HU
+MR_MODALITIES = {"MR", "PT", "NM", "US", "XA", "CR", "DX", "MG"}
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    size: tuple[int, ...]
+    spacing_mm: tuple[float, ...]
+    direction: tuple[float, ...]
+    components: int
+    bytes_per_component: int
+    pixel_type: str
+
+    @property
+    def voxels(self) -> int:
+        return int(np.prod(self.size, dtype=np.int64))
+
+
+def read_header(path: Path) -> ImageHeader | None:
+    """Size, spacing and pixel type without reading the voxels (None: the reader cannot tell)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    return ImageHeader(
+        size=tuple(reader.GetSize()),
+        spacing_mm=tuple(reader.GetSpacing()),
+        direction=tuple(reader.GetDirection()),
+        components=reader.GetNumberOfComponents(),
+        bytes_per_component=_bytes_per_component(reader.GetPixelID()),
+        pixel_type=sitk.GetPixelIDValueAsString(reader.GetPixelID()),
+    )
+
+
+def _bytes_per_component(pixel_id: int) -> int:
+    name = sitk.GetPixelIDValueAsString(pixel_id)
+    for token, size in (("8-bit", 1), ("16-bit", 2), ("32-bit", 4), ("64-bit", 8)):
+        if token in name:
+            return size
+    return 8
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable from the kernel, or the override; None when neither is known."""
+    override = os.environ.get(MEMORY_LIMIT_ENV)
+    if override:
+        return int(float(override) * 2**20)
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def estimated_peak_bytes(voxels: int, bytes_per_voxel: int = 2) -> int:
+    return int(voxels * (PEAK_BYTES_PER_VOXEL + 2 * max(bytes_per_voxel - 2, 0)))
+
+
+def check_memory(voxels: int, bytes_per_voxel: int, path: Path, what: str = "CT") -> None:
+    """Refuse up front when the run would not fit in memory, instead of being killed mid-way."""
+    if voxels > MAX_VOXELS:
+        raise InputError(f"{what} {path} has {voxels:,} voxels, more than the {MAX_VOXELS:,} supported")
+    needed = estimated_peak_bytes(voxels, bytes_per_voxel)
+    available = available_memory_bytes()
+    if available is not None and needed > available:
+        raise InputError(
+            f"{what} {path} ({voxels / 1e6:.0f} M voxels) needs about {needed / 2**30:.1f} GiB of memory, "
+            f"{available / 2**30:.1f} GiB available: crop it to the spine or resample it to coarser slices"
+        )
+
+
+def _mm(values) -> str:
+    return "(" + ", ".join(f"{float(v):g}" for v in values) + ") mm"
+
+
+def check_compressed_stream(path: Path, what: str = "CT") -> None:
+    """A truncated .gz is read by ITK without complaint (the missing voxels come out as zeros):
+    decompress it to the end first, and for NIfTI compare the data length with the header's."""
+    if not path.name.lower().endswith(".gz"):
+        return
+    length = 0
+    header = b""
+    try:
+        with gzip.open(path, "rb") as stream:
+            while block := stream.read(1 << 24):
+                if len(header) < 352:
+                    header += block[: 352 - len(header)]
+                length += len(block)
+    except gzip.BadGzipFile:
+        raise InputError(f"{what} {path} is not a readable image (not gzip data despite its .gz name)") from None
+    except (EOFError, OSError, zlib.error):
+        raise InputError(f"{what} {path} is truncated or corrupt (its gzip stream breaks off)") from None
+    expected = _nifti_expected_bytes(header) if path.name.lower().endswith(".nii.gz") else None
+    if expected is not None and length < expected:
+        raise InputError(f"{what} {path} is truncated: {length:,} bytes of the {expected:,} its header announces")
+
+
+def _nifti_expected_bytes(header: bytes) -> int | None:
+    """vox_offset + voxels x bytes per voxel from a NIfTI-1 header (None when it is not NIfTI-1)."""
+    if len(header) < 348:
+        return None
+    for endian in ("<", ">"):
+        if struct.unpack(endian + "i", header[:4])[0] == 348:
+            dims = struct.unpack(endian + "8h", header[40:56])
+            bits = struct.unpack(endian + "h", header[72:74])[0]
+            offset = struct.unpack(endian + "f", header[108:112])[0]
+            count = int(np.prod([max(d, 1) for d in dims[1:dims[0] + 1]], dtype=np.int64)) if 0 < dims[0] <= 7 else 0
+            return int(offset) + count * max(bits, 8) // 8
+    return None
+
+
+def check_geometry(size, spacing_mm, direction, path: Path, what: str = "CT") -> None:
+    spacing = np.asarray(spacing_mm, dtype=float)
+    if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
+        raise InputError(f"{what} {path} has invalid voxel spacing {_mm(spacing)}")
+    if np.any(spacing < MIN_SPACING_MM) or np.any(spacing > MAX_SPACING_MM):
+        raise InputError(
+            f"{what} {path} has voxel spacing {_mm(spacing)}, outside "
+            f"{MIN_SPACING_MM}-{MAX_SPACING_MM} mm: the header's units or spacing are wrong"
+        )
+    matrix = np.asarray(direction, dtype=float).reshape(3, 3)
+    if not np.all(np.isfinite(matrix)) or not np.allclose(matrix.T @ matrix, np.eye(3), atol=1e-3):
+        raise InputError(f"{what} {path} has non-orthogonal direction cosines (a sheared grid): resample it first")
+    extent_mm = np.asarray(size, dtype=float) * spacing
+    if np.any(extent_mm < MIN_EXTENT_MM):
+        raise InputError(
+            f"{what} {path} covers only {_mm(extent_mm.round(1))}: too small to hold a vertebra "
+            f"(at least {MIN_EXTENT_MM:.0f} mm along every axis)"
+        )
+
+
+def check_hounsfield(image: sitk.Image, path: Path, what: str = "CT") -> list[str]:
+    """Refuse images whose values cannot be CT in Hounsfield units; warn on doubtful ones."""
+    values = sitk.GetArrayViewFromImage(image)
+    if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
+        raise InputError(f"{what} {path} contains NaN or infinite values")
+    sample = values.ravel()[:: max(1, values.size // 2_000_000)]  # a strided sample is plenty
+    low, high = float(sample.min()), float(sample.max())
+    if low == high:
+        raise InputError(f"{what} {path} is blank: every voxel is {low:g}")
+    if high > HU_PLAUSIBLE_MAX or low < -32768:
+        raise InputError(f"{what} {path} has values from {low:g} to {high:g}: not Hounsfield units")
+    if low > HU_AIR_MAX:
+        raise InputError(
+            f"{what} {path} has no air or lung values (minimum {low:g}): not a CT in Hounsfield units "
+            "(an MR image, or a CT stored without its rescale intercept); pass --no-hu-check to use it anyway"
+        )
+    warnings = []
+    if float(np.percentile(sample, 99.9)) > 3000:
+        warnings.append(f"{what} has values above 3000 HU (metal implants or contrast): nearby levels may be "
+                        "not assessable")
+    return warnings
+
+
+def check_modality(modality: str, path: Path) -> None:
+    if modality.upper() in MR_MODALITIES:
+        raise InputError(f"{path} is a {modality} image, not a CT")
+
+
+# -- DICOM slice geometry ---------------------------------------------------------------------
+
+MAX_GAP_FACTOR = 1.5  # a step over 1.5 x the usual slice distance means slices are missing
+UNEVEN_TOLERANCE = 0.05  # relative spread of slice steps tolerated without a warning
+MAX_TILT_DEG = 0.5
+
+
+def check_slice_positions(positions_mm: np.ndarray, orientation: np.ndarray, folder: Path) -> list[str]:
+    """Refuse duplicated or missing slices; warn on uneven steps and gantry tilt.
+
+    positions_mm: [n, 3] Image Position (Patient) of each slice in reading order;
+    orientation: the six Image Orientation (Patient) cosines of the first slice."""
+    if len(positions_mm) < 2:
+        return []
+    row, column = np.asarray(orientation[:3], float), np.asarray(orientation[3:6], float)
+    normal = np.cross(row, column)
+    along = positions_mm @ normal
+    order = np.argsort(along)
+    steps = np.diff(along[order])
+    if np.any(steps < 1e-3):
+        duplicated = along[order][1:][steps < 1e-3][0]
+        raise InputError(f"DICOM series in {folder} has duplicated slices (two at {duplicated:.2f} mm along the "
+                         "slice normal): export the series again")
+    typical = float(np.median(steps))
+    if steps.max() > MAX_GAP_FACTOR * typical:
+        at = along[order][:-1][np.argmax(steps)]
+        raise InputError(
+            f"DICOM series in {folder} misses slices: a {steps.max():.2f} mm gap after {at:.2f} mm where slices "
+            f"are {typical:.2f} mm apart"
+        )
+    warnings = []
+    if (steps.max() - steps.min()) > UNEVEN_TOLERANCE * typical:
+        warnings.append(f"uneven slice spacing ({steps.min():.2f}-{steps.max():.2f} mm): read on a "
+                        f"{typical:.2f} mm grid")
+    travel = positions_mm[order[-1]] - positions_mm[order[0]]
+    tilt_deg = float(np.degrees(np.arccos(np.clip(abs(travel @ normal) / np.linalg.norm(travel), 0, 1))))
+    if tilt_deg > MAX_TILT_DEG:
+        warnings.append(f"gantry tilt of {tilt_deg:.1f} degrees: slices are sheared against their normal; "
+                        "distances along the table axis are approximate")
+    return warnings
