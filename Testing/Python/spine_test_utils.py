@@ -18,13 +18,16 @@ def reoriented(image: sitk.Image, orientation: str) -> sitk.Image:
 
 
 def write_dicom_series(image: sitk.Image, folder: Path, modality: str = "CT", series_uid: str | None = None,
-                       description: str = "") -> list[Path]:
+                       description: str = "", compressor: str | None = None) -> list[Path]:
     """Write a 3-D image as one DICOM file per slice with geometry tags, like a scanner would."""
     folder.mkdir(parents=True, exist_ok=True)
     series_uid = series_uid or "1.2.826.0.1.3680043.2.1125." + str(abs(hash((str(folder), modality))) % 10**12)
     direction = image.GetDirection()
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
+    if compressor:  # GDCM: "JPEG" (lossless process 14) or "JPEG2000" (lossless)
+        writer.SetUseCompression(True)
+        writer.SetCompressor(compressor)
     pixels = sitk.Cast(image, sitk.sitkInt16)
     paths = []
     for k in range(image.GetDepth()):

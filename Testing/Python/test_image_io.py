@@ -136,3 +136,28 @@ def test_non_image_file(tmp_path):
     path.write_text("this is not an image", encoding="utf-8")
     with pytest.raises(InputError, match="not a readable image"):
         load_ct(path)
+
+
+@pytest.mark.parametrize("compressor", ["JPEG", "JPEG2000"])
+def test_compressed_dicom_series_reads_the_same_voxels(tmp_path, compressor):
+    image = _random_ct(size=(32, 32, 8), spacing=(0.7, 0.7, 3.0), seed=4)
+    write_dicom_series(image, tmp_path, "CT", "1.2.3.4.77", compressor=compressor)
+    ct = load_ct(tmp_path)
+    assert np.array_equal(sitk.GetArrayFromImage(ct.to_source_grid(ct.image)), sitk.GetArrayFromImage(image))
+
+
+def test_uneven_dicom_slices_are_read_with_a_warning(tmp_path):
+    image = _random_ct(size=(32, 32, 10), spacing=(0.7, 0.7, 2.0), seed=5)
+    files = write_dicom_series(image, tmp_path, "CT", "1.2.3.4.78")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(files[-1]))
+    last = reader.Execute()
+    position = [float(v) for v in last.GetMetaData("0020|0032").split("\\")]
+    position[2] += 0.5  # the last slice sits 2.5 mm above the previous one, not 2.0
+    last.SetMetaData("0020|0032", "\\".join(f"{v:.6f}" for v in position))
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    writer.SetFileName(str(files[-1]))
+    writer.Execute(last)
+    ct = load_ct(tmp_path)
+    assert any("uneven slice spacing" in warning for warning in ct.warnings)
