@@ -45,6 +45,36 @@ class SpineFractureDetection(ScriptedLoadableModule):
             "Sample data: TotalSegmentator example CT (Wasserthal et al., Radiology: AI 2023; CC BY 4.0). "
             "Level conventions: VerSe challenge (Sekuboyina et al., Med Image Anal 2021)."
         )
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+# Bundled with the module (Resources/SampleData), registered with the Sample Data module.
+SAMPLE_FILES = {
+    "SpineFractureDetectionCT": ("ts-example-ct.nii.gz",
+                                 "SHA256:dbd3ae6d614d1d7ef3a46925c30c70038ed52da6b37fdd6afdc7b9b71387e3e1"),
+    "SpineFractureDetectionVertebrae": ("ts-example-vertebrae.nii.gz",
+                                        "SHA256:cbbddac6ea8b5a40d8a371b7794e72b147e81c260f13ef79d1fa659531197839"),
+}
+
+
+def registerSampleData():
+    """The lumbar CT and its vertebra labels, from the module's own resources, checksum-verified."""
+    import pathlib
+
+    import SampleData
+
+    folder = pathlib.Path(__file__).parent / "Resources" / "SampleData"
+    for nodeName, (fileName, checksum) in SAMPLE_FILES.items():
+        SampleData.SampleDataLogic.registerCustomSampleDataSource(
+            category="SpineFractureDetection",
+            sampleName=nodeName,
+            thumbnailFileName=str(pathlib.Path(__file__).parent / "Resources" / "Icons" / "SpineFractureDetection.png"),
+            uris=(folder / fileName).as_uri(),
+            fileNames=fileName,
+            nodeNames=nodeName,
+            checksums=checksum,
+            loadFileType="SegmentationFile" if "Vertebrae" in nodeName else "VolumeFile",
+        )
 
 
 @parameterNodeWrapper

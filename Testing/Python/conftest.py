@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # spine_test_utils
 
 from spinefrac.phantom import Fracture, PhantomSpec, make_phantom  # noqa: E402
 
-SAMPLE_DIR = REPO / "Resources" / "SampleData"
+SAMPLE_DIR = REPO / "SpineFractureDetection" / "Resources" / "SampleData"
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 

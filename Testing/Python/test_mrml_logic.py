@@ -225,3 +225,14 @@ def test_a_table_row_gives_the_level_centroid_to_centre_the_views(scene, fractur
     assert (r, a, s) == (report.rows[row]["centroid_r_mm"], report.rows[row]["centroid_a_mm"],
                          report.rows[row]["centroid_s_mm"])
     assert mrml_logic.centroid_ras_of_row(table, 99) is None
+
+
+def test_segments_imported_from_a_verse_label_map_are_recognised_by_value(scene, fractured_scene):
+    volume, segmentation, _, _, _ = fractured_scene
+    segments = segmentation.GetSegmentation()
+    for index in range(segments.GetNumberOfSegments()):
+        segment = segments.GetNthSegment(index)
+        segment.SetName(f"Segment_{segment.GetLabelValue()}")  # as Slicer names an imported label map
+    report = mrml_logic.SpineMrmlLogic().classify(volume, segmentation, None)
+    assert [row["level"] for row in report.rows] == ["T12", "L1", "L2", "L3", "L4", "L5", "sacrum"]
+    assert _segment_names(segmentation) == ["T12", "L1", "L2", "L3", "L4", "L5", "sacrum"]

@@ -108,3 +108,12 @@ def test_widget_names_and_parameters_exist_in_the_ui_file():
                            if isinstance(node, ast.ClassDef) and node.name == "SpineFractureDetectionParameterNode")
     declared = {field.target.id for field in parameter_class.body if isinstance(field, ast.AnnAssign)}
     assert parameter_names == declared
+
+
+def test_sample_data_registered_with_the_checksums_of_the_shipped_files():
+    import hashlib
+
+    source = (MODULE_DIR / "SpineFractureDetection.py").read_text(encoding="utf-8")
+    for name in ("ts-example-ct.nii.gz", "ts-example-vertebrae.nii.gz"):
+        digest = hashlib.sha256((MODULE_DIR / "Resources" / "SampleData" / name).read_bytes()).hexdigest()
+        assert f'("{name}",' in source and f"SHA256:{digest}" in source
