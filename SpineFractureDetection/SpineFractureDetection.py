@@ -49,11 +49,11 @@ class SpineFractureDetection(ScriptedLoadableModule):
 
 
 # Bundled with the module (Resources/SampleData), registered with the Sample Data module.
+# The vertebra label map beside it is for the command line and the tests: loaded in Slicer its
+# segments would be named after label values, not levels.
 SAMPLE_FILES = {
     "SpineFractureDetectionCT": ("ts-example-ct.nii.gz",
                                  "SHA256:dbd3ae6d614d1d7ef3a46925c30c70038ed52da6b37fdd6afdc7b9b71387e3e1"),
-    "SpineFractureDetectionVertebrae": ("ts-example-vertebrae.nii.gz",
-                                        "SHA256:cbbddac6ea8b5a40d8a371b7794e72b147e81c260f13ef79d1fa659531197839"),
 }
 
 
@@ -73,7 +73,7 @@ def registerSampleData():
             fileNames=fileName,
             nodeNames=nodeName,
             checksums=checksum,
-            loadFileType="SegmentationFile" if "Vertebrae" in nodeName else "VolumeFile",
+            loadFileType="VolumeFile",
         )
 
 

@@ -15,7 +15,6 @@ import vtk
 from slicer.util import arrayFromVolume, updateVolumeFromArray
 
 import hashlib
-import re
 
 from spinefrac.errors import InputError, SpineFracError
 from spinefrac.fracture import DECISION_COLORS_RGB, DEFAULT_PROBABILITY_THRESHOLD, assess_fractures
@@ -133,18 +132,12 @@ def level_segments(segmentation_node) -> tuple[dict[str, Level], list[str]]:
     for index in range(segmentation.GetNumberOfSegments()):
         segment_id = segmentation.GetNthSegmentID(index)
         name = segmentation.GetSegment(segment_id).GetName()
-        level = level_for_name(name) or _level_of_generic_name(name)
+        level = level_for_name(name)
         if level is None:
             unknown.append(name)
         else:
             levels[segment_id] = level
     return levels, unknown
-
-
-def _level_of_generic_name(name: str) -> Level | None:
-    """Segments imported from a VerSe label map are named after their value ("Segment_20")."""
-    match = re.fullmatch(r"(?:segment|label)[ _-]?(\d+)", name.strip(), re.IGNORECASE)
-    return LEVEL_BY_ID.get(int(match.group(1))) if match else None
 
 
 def segmentation_from_node(segmentation_node, volume_node, ct: CtVolume) -> VertebraSegmentation:
@@ -357,7 +350,7 @@ class SpineMrmlLogic:
         findings = assess_fractures(measurements, morphometry, probabilities, probability_threshold)
         report = SpineReport.from_stages(ct, segmentation, measurements, findings)
         report.notes.extend(segmentation.notes)
-        style_level_segments(segmentation_node)  # level names and codes, e.g. for imported "Segment_20"
+        style_level_segments(segmentation_node)  # canonical names and codes ("vertebrae_L1" becomes "L1")
         colour_by_decision(segmentation_node, report)
         if table_node is not None:
             fill_table(table_node, report)

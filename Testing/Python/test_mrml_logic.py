@@ -227,12 +227,17 @@ def test_a_table_row_gives_the_level_centroid_to_centre_the_views(scene, fractur
     assert mrml_logic.centroid_ras_of_row(table, 99) is None
 
 
-def test_segments_imported_from_a_verse_label_map_are_recognised_by_value(scene, fractured_scene):
+def test_generic_segment_names_are_never_taken_for_levels(scene, fractured_scene):
+    """Segment Editor names new segments Segment_1, Segment_2...: they must not become C1, C2."""
     volume, segmentation, _, _, _ = fractured_scene
-    segments = segmentation.GetSegmentation()
-    for index in range(segments.GetNumberOfSegments()):
-        segment = segments.GetNthSegment(index)
-        segment.SetName(f"Segment_{segment.GetLabelValue()}")  # as Slicer names an imported label map
+    segmentation.GetSegmentation().AddEmptySegment("Segment_1", "Segment_1", [1, 0, 0])
     report = mrml_logic.SpineMrmlLogic().classify(volume, segmentation, None)
-    assert [row["level"] for row in report.rows] == ["T12", "L1", "L2", "L3", "L4", "L5", "sacrum"]
+    assert "C1" not in [row["level"] for row in report.rows]
+    assert any("Segment_1" in note for note in report.notes)
+
+
+def test_totalsegmentator_segment_names_are_renamed_to_levels(scene, fractured_scene):
+    volume, segmentation, _, _, _ = fractured_scene
+    _segment(segmentation, "L3").SetName("vertebrae_L3")
+    mrml_logic.SpineMrmlLogic().classify(volume, segmentation, None)
     assert _segment_names(segmentation) == ["T12", "L1", "L2", "L3", "L4", "L5", "sacrum"]
