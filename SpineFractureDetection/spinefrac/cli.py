@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--labels", default="auto", choices=["auto", "verse", "totalseg", "names"],
                      help="label convention of --segmentation (default: auto: names when the file "
                           "has segment names, TotalSegmentator when ids exceed 28, otherwise VerSe)")
+    run.add_argument("--engine", default="auto", metavar="auto|monai|PATH",
+                     help="segmentation engine when no --segmentation is given: a model package or MONAI bundle "
+                          "folder, 'monai' for the registry model (downloaded once into ~/.cache/spinefrac), or "
+                          "'auto': a verified model already installed (default)")
     run.add_argument("--device", default="auto", choices=DEVICE_CHOICES,
                      help="compute device for learned engines: auto picks CUDA with mixed precision "
                           "when available, else CPU (default: auto)")
@@ -141,6 +145,22 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     train.set_defaults(handler=_train_classifier)
 
+    train_seg = commands.add_parser(
+        "train-seg", help="train the learned vertebra segmentation (MONAI SegResNet)",
+        description="Train a MONAI SegResNet on a VerSe-layout data set (rawdata/derivatives with _ct.nii.gz and "
+                    "_seg-vert_msk.nii.gz) or CT + label pairs; validates per level each epoch, checkpoints "
+                    "(--resume), and exports a model package for 'spinefrac run --engine PACKAGE_DIR'.",
+    )
+    train_seg.add_argument("data", type=Path, metavar="DATA_DIR")
+    train_seg.add_argument("-o", "--output", type=Path, required=True, metavar="PACKAGE_DIR")
+    train_seg.add_argument("--epochs", type=int, default=100)
+    train_seg.add_argument("--steps-per-epoch", type=int, default=50)
+    train_seg.add_argument("--spacing", type=float, default=1.5, help="training voxel size, mm (default 1.5)")
+    train_seg.add_argument("--patch", type=int, default=96, help="cubic patch edge, voxels (default 96)")
+    train_seg.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt")
+    train_seg.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    train_seg.set_defaults(handler=_train_segmentation)
+
     levels = commands.add_parser("levels", help="print the level conventions (ids, names, SNOMED CT codes)")
     levels.set_defaults(handler=_levels)
     return parser
@@ -152,7 +172,7 @@ def _run(args: argparse.Namespace) -> int:
     result = run_pipeline(
         args.ct, args.output, segmentation_path=args.segmentation, label_convention=convention,
         device=args.device, overwrite=args.overwrite, stages=stages, classifier_path=args.classifier,
-        probability_threshold=args.fracture_threshold, check_hu=not args.no_hu_check,
+        probability_threshold=args.fracture_threshold, check_hu=not args.no_hu_check, engine=args.engine,
     )
     if not args.quiet:
         for warning in result.ct.warnings:
@@ -197,6 +217,19 @@ def _train_classifier(args: argparse.Namespace) -> int:
     examples = examples_from_dataset(args.data, log=log)
     train_classifier(examples, args.output, epochs=args.epochs, batch_size=args.batch_size,
                      learning_rate=args.learning_rate, device=device.name, log=log)
+    print(args.output)
+    return 0
+
+
+def _train_segmentation(args: argparse.Namespace) -> int:
+    from .device import resolve_device
+    from .train_segmentation import SegmentationTrainingConfig, train_segmentation
+
+    config = SegmentationTrainingConfig(spacing_mm=(args.spacing,) * 3, patch_size=(args.patch,) * 3,
+                                        epochs=args.epochs, steps_per_epoch=args.steps_per_epoch)
+    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    train_segmentation(args.data, args.output, config, device=resolve_device(args.device).name,
+                       resume=args.resume, log=log)
     print(args.output)
     return 0
 

@@ -46,15 +46,39 @@ class RunResult:
     files: dict[str, Path] = field(default_factory=dict)
 
 
+ENGINE_CHOICES = ("auto", "monai")  # or the path of a model package / MONAI bundle folder
+
+
 def choose_engine(
-    segmentation_path: Path | str | None, label_convention: str = LabelConvention.AUTO.value
+    segmentation_path: Path | str | None,
+    label_convention: str = LabelConvention.AUTO.value,
+    engine: str = "auto",
+    device: str = "cpu",
 ) -> SegmentationEngine:
-    """The engine for this run: the user's own segmentation when given."""
+    """The engine for this run: the user's own segmentation when given; otherwise a model
+    package path, the registry's model ("monai", downloaded on first use), or for "auto" a
+    verified model already in the cache."""
     if segmentation_path is not None:
         return ExistingLabelMap(segmentation_path, label_convention)
+    from .learned_engine import LearnedEngine
+    from .model_registry import engine_from_registry, installed_engines, is_monai_bundle, read_registry, \
+        write_bundle_manifest
+
+    if engine not in ENGINE_CHOICES:
+        folder = Path(engine)
+        if not folder.is_dir():
+            raise EngineUnavailableError(f"--engine {engine}: not auto, monai, or a model package folder")
+        if is_monai_bundle(folder) and not (folder / "manifest.json").is_file():
+            write_bundle_manifest(folder)
+        return LearnedEngine(folder, device)
+    if engine == "monai":
+        return engine_from_registry(next(iter(read_registry().values())), device)
+    installed = installed_engines()
+    if installed:
+        return engine_from_registry(installed[0], device)
     raise EngineUnavailableError(
-        "no automatic segmentation engine is installed in this version; "
-        "pass --segmentation LABELMAP with a vertebra label map (VerSe or TotalSegmentator labels)"
+        "no segmentation model is installed (run with --engine monai once with network access, or "
+        "--engine PATH to a model package); or pass --segmentation LABELMAP with a vertebra label map"
     )
 
 
@@ -69,12 +93,13 @@ def run_pipeline(
     classifier_path: Path | str | None = None,
     probability_threshold: float = DEFAULT_PROBABILITY_THRESHOLD,
     check_hu: bool = True,
+    engine: str = "auto",
 ) -> RunResult:
     """Run every stage; nothing appears under ``output_folder`` unless all of them succeed."""
     stages = stages or SilentStages()
     output = AtomicOutputFolder(output_folder, overwrite)  # refuses a non-empty folder up front
     device_choice = resolve_device(device)
-    engine = choose_engine(segmentation_path, label_convention)
+    engine = choose_engine(segmentation_path, label_convention, engine, device_choice.name)
     classifier = FractureClassifier.load(classifier_path, device_choice.name) if classifier_path else None
 
     stages.stage("Loading CT")

@@ -39,6 +39,7 @@ def test_every_python_file_and_resource_is_listed_in_the_module_cmake():
     on_disk_py = {p.relative_to(MODULE_DIR).as_posix() for p in MODULE_DIR.rglob("*.py") if "__pycache__" not in p.parts}
     on_disk_resources = {p.relative_to(MODULE_DIR).as_posix() for p in (MODULE_DIR / "Resources").rglob("*")
                          if p.is_file()}
+    on_disk_resources |= {p.relative_to(MODULE_DIR).as_posix() for p in (MODULE_DIR / "spinefrac").glob("*.json")}
     assert scripts == on_disk_py
     assert resources == on_disk_resources
 

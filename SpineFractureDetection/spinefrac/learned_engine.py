@@ -1,0 +1,248 @@
+"""Learned vertebra segmentation on MONAI: model packages, GPU/CPU sliding-window inference.
+
+Network: MONAI SegResNet. It is the network of MONAI's own CT work (Auto3DSeg's default for CT,
+the wholeBody_ct_segmentation bundle), memory-frugal for large 3-D patches, and has few
+hyperparameters to get wrong; a package may name another MONAI network class and its arguments.
+
+Inference, in order:
+  1. resample the canonical CT to the model's spacing (linear; labels come back nearest);
+  2. crop to the spine region: the dense-bone columns near the body's midline, plus a margin,
+     so most of the body never runs through the network;
+  3. clip/scale intensities as the manifest says;
+  4. sliding-window inference with overlap and Gaussian blending, on CUDA with mixed precision
+     when available, otherwise the CPU with all its threads;
+  5. argmax, channel -> VerSe id through the manifest's label map; largest connected component
+     per level; a cranio-caudal order check (labels must run in anatomical order, without gaps)
+     whose violations are reported as notes;
+  6. back onto the CT's canonical grid (nearest neighbour), as a VertebraSegmentation.
+
+A model package is a folder with ``manifest.json`` and the weights file it names (sha256 in the
+manifest, verified at every load). MONAI bundles (``configs/`` + ``models/model.pt``) are read
+through an adapter that maps their channels to VerSe ids (see model_registry.py).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from .classifier import require_torch, sha256_of
+from .errors import InputError
+from .image_io import CtVolume
+from .levels import LEVEL_BY_ID, SACRUM, sort_craniocaudal
+from .progress import Progress, silent
+from .segmentation import LabelConvention, SegmentationEngine, VertebraSegmentation
+
+SEG_MANIFEST_FILE = "manifest.json"
+SEG_PACKAGE_FORMAT = "spinefrac-segmentation-model"
+SEG_PACKAGE_FORMAT_VERSION = 1
+ROI_BONE_HU = 200.0
+ROI_MARGIN_MM = 25.0
+ROI_HALF_WIDTH_MM = 90.0  # left-right and antero-posterior reach around the spine's column
+
+
+@dataclass
+class SegmentationManifest:
+    name: str
+    version: str
+    network: str  # a class in monai.networks.nets
+    network_parameters: dict
+    spacing_mm: tuple[float, float, float]
+    patch_size: tuple[int, int, int]  # sliding-window size, voxels (x, y, z)
+    label_map: dict[str, int]  # output channel (as text) -> VerSe id
+    intensity: dict = field(default_factory=lambda: {"hu_min": -1000.0, "hu_max": 2000.0})
+    weights_file: str = "weights.pt"
+    # How the network sees a volume: "zyx-lps" (our canonical [k, j, i] arrays, what train-seg
+    # produces) or "xyz-ras" (MONAI's LoadImage + Orientation("RAS"), what bundles expect).
+    array_layout: str = "zyx-lps"
+    weights_sha256: str = ""
+    licence: str = ""
+    training: dict = field(default_factory=dict)
+    format: str = SEG_PACKAGE_FORMAT
+    format_version: int = SEG_PACKAGE_FORMAT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def read(cls, path: Path) -> "SegmentationManifest":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            manifest = cls(**data)
+        except (OSError, ValueError, TypeError) as error:
+            raise InputError(f"segmentation model manifest {path} is not valid ({error})") from None
+        if manifest.format != SEG_PACKAGE_FORMAT or manifest.format_version != SEG_PACKAGE_FORMAT_VERSION:
+            raise InputError(f"{path} is not a {SEG_PACKAGE_FORMAT} v{SEG_PACKAGE_FORMAT_VERSION} manifest")
+        manifest.validate_labels(path)
+        return manifest
+
+    def validate_labels(self, where: Path | str) -> None:
+        """Every output channel must map to a VerSe level: a model whose labels we cannot place
+        would write wrong levels, so it is refused."""
+        unknown = {channel: verse_id for channel, verse_id in self.label_map.items()
+                   if int(verse_id) not in LEVEL_BY_ID or not str(channel).isdigit() or int(channel) == 0}
+        if unknown or not self.label_map:
+            raise InputError(
+                f"segmentation model {where}: label map does not map to VerSe levels "
+                f"({unknown or 'empty'}); channels 1..N must map to ids 1-26 or 28"
+            )
+
+
+def build_segmentation_network(manifest: SegmentationManifest):
+    require_torch()
+    import monai.networks.nets as nets
+
+    network_class = getattr(nets, manifest.network, None)
+    if network_class is None:
+        raise InputError(f"segmentation model {manifest.name}: unknown MONAI network '{manifest.network}'")
+    return network_class(**manifest.network_parameters)
+
+
+class LearnedEngine(SegmentationEngine):
+    """Vertebra labels from a verified model package, on CUDA when present, else the CPU."""
+
+    def __init__(self, package: Path | str, device: str = "cpu", sw_batch_size: int = 2, overlap: float = 0.5):
+        self.package = Path(package)
+        manifest_path = self.package / SEG_MANIFEST_FILE
+        if not manifest_path.is_file():
+            raise InputError(f"segmentation model package {self.package} lacks {SEG_MANIFEST_FILE}")
+        self.manifest = SegmentationManifest.read(manifest_path)
+        weights = self.package / self.manifest.weights_file
+        if not weights.is_file():
+            raise InputError(f"segmentation model package {self.package} lacks {self.manifest.weights_file}")
+        actual = sha256_of(weights)
+        if actual != self.manifest.weights_sha256:
+            raise InputError(f"segmentation weights {weights} do not match the manifest's checksum "
+                             f"(sha256 {actual[:12]}... vs {self.manifest.weights_sha256[:12] or 'none'}...)")
+        require_torch()
+        import torch
+
+        self.network = build_segmentation_network(self.manifest)
+        try:
+            self.network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        except Exception as error:  # corrupt, truncated or foreign file: several torch error types
+            raise InputError(f"segmentation weights {weights} cannot be loaded ({type(error).__name__})") from None
+        self.device = device
+        self.network = self.network.to(device).eval()
+        self.sw_batch_size = sw_batch_size
+        self.overlap = overlap
+        self.name = f"learned ({self.manifest.name} v{self.manifest.version})"
+        self.timings_s: dict[str, float] = {}
+
+    def segment(self, ct: CtVolume, progress: Progress = silent) -> VertebraSegmentation:
+        started = time.perf_counter()
+        progress(0.0, "resampling to the model's spacing")
+        resampled = _resample(ct.image, self.manifest.spacing_mm, sitk.sitkLinear, -1000.0)
+        self._tick("resample", started)
+        hu = sitk.GetArrayViewFromImage(resampled)
+        box = spine_box(hu, resampled.GetSpacing())
+        progress(0.2, f"spine region {tuple(s.stop - s.start for s in box)[::-1]} voxels")
+        crop = hu[box].astype(np.float32)
+        low, high = self.manifest.intensity["hu_min"], self.manifest.intensity["hu_max"]
+        crop = (np.clip(crop, low, high) - low) / (high - low)
+        self._tick("roi", started)
+        channels = self._infer(crop)
+        self._tick("network", started)
+        progress(0.8, "post-processing")
+        labels_crop = np.argmax(channels, axis=0).astype(np.uint8)
+        table = np.zeros(max(int(c) for c in self.manifest.label_map) + 1, dtype=np.uint8)
+        for channel, verse_id in self.manifest.label_map.items():
+            table[int(channel)] = int(verse_id)
+        labels_crop = table[np.minimum(labels_crop, table.size - 1)]
+        labels_crop, notes = keep_largest_components(labels_crop)
+        full = np.zeros(hu.shape, dtype=np.uint8)
+        full[box] = labels_crop
+        label_image = sitk.GetImageFromArray(full)
+        label_image.CopyInformation(resampled)
+        back = sitk.Resample(label_image, ct.image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+        notes += order_violations(back)
+        self._tick("postprocess", started)
+        progress(1.0, f"{len(np.unique(full)) - 1} levels")
+        return VertebraSegmentation(back, self.name, str(self.package), LabelConvention.VERSE, notes=notes)
+
+    def _tick(self, stage: str, started: float) -> None:
+        self.timings_s[stage] = time.perf_counter() - started - sum(self.timings_s.values())
+
+    def _infer(self, crop: np.ndarray) -> np.ndarray:
+        import torch
+        from monai.inferers import sliding_window_inference
+
+        ras = self.manifest.array_layout == "xyz-ras"
+        # [z, y, x] LPS -> [x, y, z] RAS: transpose, then flip x (L->R) and y (P->A).
+        array = np.ascontiguousarray(crop.transpose(2, 1, 0)[::-1, ::-1]) if ras else crop
+        patch = self.manifest.patch_size if ras else self.manifest.patch_size[::-1]  # manifest patch: x, y, z
+        volume = torch.from_numpy(array)[None, None].to(self.device)
+        with torch.no_grad(), torch.autocast(device_type="cuda", enabled=self.device == "cuda"):
+            logits = sliding_window_inference(volume, roi_size=tuple(int(p) for p in patch),
+                                              sw_batch_size=self.sw_batch_size, predictor=self.network,
+                                              overlap=self.overlap, mode="gaussian")
+        channels = logits[0].float().cpu().numpy()
+        return np.ascontiguousarray(channels[:, ::-1, ::-1].transpose(0, 3, 2, 1)) if ras else channels
+
+
+def _resample(image: sitk.Image, spacing_mm, interpolator, default: float) -> sitk.Image:
+    spacing = np.asarray(spacing_mm, dtype=float)
+    size = np.maximum(np.round(np.asarray(image.GetSize()) * np.asarray(image.GetSpacing()) / spacing), 1)
+    return sitk.Resample(image, [int(s) for s in size], sitk.Transform(), interpolator, image.GetOrigin(),
+                         spacing.tolist(), image.GetDirection(), default, sitk.sitkFloat32)
+
+
+def spine_box(hu: np.ndarray, spacing_xyz) -> tuple[slice, slice, slice]:
+    """[k, j, i] box around the spine: the column of dense bone nearest the midline, whole height."""
+    spacing_zyx = np.asarray(spacing_xyz, dtype=float)[::-1]
+    bone = hu > ROI_BONE_HU
+    if not bone.any():
+        raise InputError("no bone above 200 HU in the CT: no spine to segment")
+    column = bone.sum(axis=0)  # [j, i] bone voxels per column
+    j_centre, i_centre = ndimage.center_of_mass(column >= np.percentile(column[column > 0], 90))
+    reach = np.round(ROI_HALF_WIDTH_MM / spacing_zyx[1:]).astype(int)
+    margin = int(round(ROI_MARGIN_MM / spacing_zyx[0]))
+    k = np.nonzero(bone.any(axis=(1, 2)))[0]
+    shape = hu.shape
+    return (slice(max(int(k.min()) - margin, 0), min(int(k.max()) + margin + 1, shape[0])),
+            slice(max(int(j_centre) - reach[0], 0), min(int(j_centre) + reach[0] + 1, shape[1])),
+            slice(max(int(i_centre) - reach[1], 0), min(int(i_centre) + reach[1] + 1, shape[2])))
+
+
+def keep_largest_components(labels: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Each level keeps its largest 26-connected piece; stray islands are dropped and counted."""
+    cleaned = np.zeros_like(labels)
+    dropped = 0
+    boxes = ndimage.find_objects(labels)
+    for value, box in enumerate(boxes, start=1):
+        if box is None:
+            continue
+        mask = labels[box] == value
+        components, count = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+        if count > 1:
+            sizes = np.bincount(components.ravel())[1:]
+            keep = components == (np.argmax(sizes) + 1)
+            dropped += int(sizes.sum() - sizes.max())
+        else:
+            keep = mask
+        cleaned[box][keep] = value
+    notes = [f"{dropped} voxels in islands apart from their level's main piece were dropped"] if dropped else []
+    return cleaned, notes
+
+
+def order_violations(labels: sitk.Image) -> list[str]:
+    """Levels must run cranio-caudally in label order without gaps; say where they do not."""
+    shape = sitk.LabelShapeStatisticsImageFilter()
+    shape.Execute(labels)
+    present = sort_craniocaudal(LEVEL_BY_ID[v] for v in shape.GetLabels() if v in LEVEL_BY_ID)
+    notes = []
+    heights = {level.name: shape.GetCentroid(level.verse_id)[2] for level in present}  # LPS z: superior
+    for upper, lower in zip(present, present[1:]):
+        if heights[upper.name] <= heights[lower.name]:
+            notes.append(f"level order violated: {upper.name} lies below {lower.name}")
+        gap = lower.craniocaudal_rank - upper.craniocaudal_rank
+        transitional = upper.is_transitional or lower.is_transitional or lower is SACRUM
+        if gap > 1 and not (transitional and gap == 2):
+            notes.append(f"level gap: nothing labelled between {upper.name} and {lower.name}")
+    return notes
