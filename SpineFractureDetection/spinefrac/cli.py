@@ -83,10 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--labels", default="auto", choices=["auto", "verse", "totalseg", "names"],
                      help="label convention of --segmentation (default: auto: names when the file "
                           "has segment names, TotalSegmentator when ids exceed 28, otherwise VerSe)")
-    run.add_argument("--engine", default="auto", metavar="auto|monai|PATH",
-                     help="segmentation engine when no --segmentation is given: a model package or MONAI bundle "
-                          "folder, 'monai' for the registry model (downloaded once into ~/.cache/spinefrac), or "
-                          "'auto': a verified model already installed (default)")
+    run.add_argument("--engine", default="auto", metavar="auto|offline|monai|PATH",
+                     help="segmentation engine when no --segmentation is given: 'offline' (classical image "
+                          "analysis, no weights), a model package or MONAI bundle folder, 'monai' for the registry "
+                          "model (downloaded once into ~/.cache/spinefrac), or 'auto': a verified model already "
+                          "installed, else offline (default)")
     run.add_argument("--device", default="auto", choices=DEVICE_CHOICES,
                      help="compute device for learned engines: auto picks CUDA with mixed precision "
                           "when available, else CPU (default: auto)")

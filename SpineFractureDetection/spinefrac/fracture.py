@@ -118,14 +118,20 @@ def assess_fractures(
     morphometry: SpineMorphometry,
     probabilities: dict[str, float] | None = None,
     probability_threshold: float = DEFAULT_PROBABILITY_THRESHOLD,
+    masks_fit_for_morphometry: bool = True,
 ) -> FractureFindings:
     probabilities = probabilities or {}
     fov = {m.level.name: m for m in measurements.vertebrae}
     findings = []
     for m in morphometry.vertebrae:
         reason = _not_assessable_reason(m, fov[m.level.name], morphometry.spacing_mm)
+        if reason is None and not masks_fit_for_morphometry:
+            reason = ("masks from the offline engine locate the level but are too coarse for body heights: "
+                      "correct them (3D Slicer Segment Editor) or use a learned engine, then classify again")
+        # Bone-threshold masks leave out low-density marrow: their "trabecular" mean is biased high.
+        trabecular_hu = m.trabecular_hu if masks_fit_for_morphometry else math.nan
         finding = VertebraFinding(m.level, Decision.NOT_ASSESSABLE, reason or "",
-                                  trabecular_hu=m.trabecular_hu,
+                                  trabecular_hu=trabecular_hu,
                                   in_validated_range=m.level.region is not Region.CERVICAL)
         if m.heights is not None:
             _record_heights(finding, m)  # shown even when not graded: the reason says why

@@ -46,7 +46,7 @@ class RunResult:
     files: dict[str, Path] = field(default_factory=dict)
 
 
-ENGINE_CHOICES = ("auto", "monai")  # or the path of a model package / MONAI bundle folder
+ENGINE_CHOICES = ("auto", "offline", "monai")  # or the path of a model package / MONAI bundle folder
 
 
 def choose_engine(
@@ -56,8 +56,8 @@ def choose_engine(
     device: str = "cpu",
 ) -> SegmentationEngine:
     """The engine for this run: the user's own segmentation when given; otherwise a model
-    package path, the registry's model ("monai", downloaded on first use), or for "auto" a
-    verified model already in the cache."""
+    package path, the registry's model ("monai", downloaded on first use), the classical
+    "offline" engine, or for "auto" a verified model already in the cache, else "offline"."""
     if segmentation_path is not None:
         return ExistingLabelMap(segmentation_path, label_convention)
     from .learned_engine import LearnedEngine
@@ -73,13 +73,13 @@ def choose_engine(
         return LearnedEngine(folder, device)
     if engine == "monai":
         return engine_from_registry(next(iter(read_registry().values())), device)
-    installed = installed_engines()
-    if installed:
-        return engine_from_registry(installed[0], device)
-    raise EngineUnavailableError(
-        "no segmentation model is installed (run with --engine monai once with network access, or "
-        "--engine PATH to a model package); or pass --segmentation LABELMAP with a vertebra label map"
-    )
+    if engine == "auto":
+        installed = installed_engines()
+        if installed:
+            return engine_from_registry(installed[0], device)
+    from .offline_engine import OfflineEngine
+
+    return OfflineEngine()
 
 
 def run_pipeline(
@@ -109,7 +109,8 @@ def run_pipeline(
     stages.stage("Fracture assessment (Genant morphometry)")
     morphometry = measure_morphometry(ct, segmentation, measurements)
     probabilities = classifier.probabilities(ct, segmentation, morphometry) if classifier else None
-    findings = assess_fractures(measurements, morphometry, probabilities, probability_threshold)
+    findings = assess_fractures(measurements, morphometry, probabilities, probability_threshold,
+                                segmentation.masks_fit_for_morphometry)
     stages.stage("Building report")
     report = SpineReport.from_stages(ct, segmentation, measurements, findings)
     report.segmentation["device"] = device_choice.name

@@ -43,6 +43,9 @@ class VertebraSegmentation:
     # Source labels that are not vertebrae -> their voxel count (None: file not read).
     ignored_labels: dict[str, int | None] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # False when the engine's masks locate and label vertebrae but are too coarse for body
+    # heights (the offline engine): fracture grading then waits for corrected masks.
+    masks_fit_for_morphometry: bool = True
 
     def array(self) -> np.ndarray:
         return sitk.GetArrayViewFromImage(self.label_map)

@@ -198,10 +198,18 @@ def test_cuda_request_without_a_gpu_is_a_clear_error(tmp_path, sample_ct, sample
     assert not (tmp_path / "out").exists()
 
 
-def test_run_without_any_segmentation_source_says_what_to_do(tmp_path, sample_ct):
-    result = run_cli("run", sample_ct, "-o", tmp_path / "out")
-    assert result.returncode == 2 and "--segmentation" in result.stderr
-    assert not (tmp_path / "out").exists()
+def test_run_without_segmentation_uses_the_offline_engine_and_withholds_grades(tmp_path, sample_ct, monkeypatch):
+    monkeypatch.setenv("SPINEFRAC_CACHE", str(tmp_path / "empty-cache"))  # no learned model installed
+    result = run_cli("run", sample_ct, "-o", tmp_path / "out", "-q")
+    assert result.returncode == 0, result.stderr
+    report = _report(tmp_path / "out")
+    assert report["segmentation"]["engine"] == "offline classical"
+    assert "sacrum" in " ".join(report["segmentation"]["notes"])
+    rows = {row["level"]: row for row in report["levels"]}
+    assert {"L1", "L2", "L3", "L4", "L5", "sacrum"} <= set(rows)
+    assert all(row["decision"] == "not_assessable" for row in rows.values())
+    assert "offline engine" in rows["L3"]["decision_reason"]
+    assert report["osteoporosis_screen"] is None  # threshold masks bias the density: withheld
 
 
 def test_help_explains_the_command():

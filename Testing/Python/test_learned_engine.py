@@ -223,7 +223,21 @@ def test_offline_download_says_so(tmp_path, monkeypatch):
         download_model(entry, timeout_s=2)
 
 
-def test_run_without_any_engine_says_how_to_get_one(tmp_path, monkeypatch, sample_ct):
-    monkeypatch.setenv("SPINEFRAC_CACHE", str(tmp_path / "empty-cache"))
-    result = run_cli("run", sample_ct, "-o", tmp_path / "out")
-    assert result.returncode == 2 and "--segmentation" in result.stderr and "--engine" in result.stderr
+def test_auto_prefers_an_installed_model_and_falls_back_to_offline(tmp_path, monkeypatch, trained):
+    import shutil
+
+    from spinefrac.model_registry import read_registry
+    from spinefrac.offline_engine import OfflineEngine
+    from spinefrac.pipeline import choose_engine
+
+    monkeypatch.setenv("SPINEFRAC_CACHE", str(tmp_path / "cache"))
+    assert isinstance(choose_engine(None, engine="auto"), OfflineEngine)
+    entry = next(iter(read_registry().values()))
+    installed = tmp_path / "cache" / "models" / f"{entry.name}-{entry.version}"
+    installed.mkdir(parents=True)
+    _, package, _ = trained
+    for name in ("manifest.json", "weights.pt"):
+        shutil.copy(package / name, installed / name)
+    (installed / RECORDED_HASH_FILE).write_text("recorded at download\n", encoding="utf-8")
+    engine = choose_engine(None, engine="auto")
+    assert isinstance(engine, LearnedEngine) and engine.package == installed

@@ -1,0 +1,558 @@
+"""Offline classical vertebra segmentation: no trained weights, only thresholds and anatomy.
+
+Steps, all in physical millimetres so that 0.7-5 mm voxels behave alike:
+  1. a coarse (about 4 mm) copy of the CT; the spine axis is tracked through it by dynamic
+     programming over axial slices (compact bone mass near the body's left-right middle,
+     moving smoothly from slice to slice), which ignores the table, ribs and pelvis;
+  2. a working copy (about 1.2-1.6 mm) cropped around the axis; bone = lightly smoothed HU
+     above a threshold, with the marrow inside each axial cortical ring filled in;
+  3. the axis is refined to the vertebral body centres, and the mean HU on small disks
+     perpendicular to it gives a profile whose low-HU dips are the intervertebral discs;
+  4. every bone voxel takes the disc-bounded slab of its nearest axis point (cut planes
+     perpendicular to the spine), limited to a vertebra-sized envelope around the axis so
+     that ribs and iliac bones fall away, and unconnected fragments are dropped;
+  5. levels are counted upwards from the sacrum (a long caudal block or one flanked by the
+     iliac bones), else from the last rib-bearing vertebra (T12), else from an assumed L5.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage, signal
+from scipy.spatial import cKDTree
+
+from .errors import InputError
+from .image_io import CtVolume
+from .levels import LEVEL_BY_ID
+from .progress import Progress, silent
+from .segmentation import LABEL_PIXEL_TYPE, LabelConvention, SegmentationEngine, VertebraSegmentation
+
+SACRUM_ID = 26
+T12_ID = 19
+L5_ID = 24
+
+COARSE_SPACING_MM = 4.0
+WORK_SPACING_MM = 1.2  # finer voxels are block-averaged to about this size
+BODY_HU = -500.0  # anything denser than lung/air belongs to the patient (or the table)
+COARSE_BONE_HU = 150.0
+BONE_HU = 110.0  # on HU smoothed by half a voxel: tuned on the 3 mm TotalSegmentator example
+MARROW_MIN_HU = 60.0  # filled cortical rings keep marrow, not CSF in the spinal canal
+BONE_SMOOTHING_VOXELS = 0.5
+
+AXIS_DENSITY_SIGMA_MM = 10.0  # about a vertebral body radius
+MIDLINE_PRIOR_SIGMA_MM = 35.0
+# Per coarse voxel moved per slice, against a unit bone fraction: the spine drifts sideways
+# slowly (scoliosis) but may run backwards steeply (sacrum).
+LATERAL_MOVE_PENALTY = 0.15
+AP_MOVE_PENALTY = 0.05
+SPINE_PRESENCE_FRACTION = 0.12
+SPINE_GAP_MM = 24.0  # longest stretch with little bone still counted as one spine
+MIN_SPINE_LENGTH_MM = 40.0
+BODY_SEARCH_RADIUS_MM = 25.0
+AXIS_SMOOTHING_MM = 10.0
+
+PROFILE_RADII_MM = (0.0, 3.0, 6.0, 9.0, 12.0)
+PROFILE_SMOOTHING_MM = 1.0
+SPINE_PROFILE_HU = 75.0
+DISC_WIDTH_RATIO = 0.55
+PROFILE_STEP_MM = 1.0
+MIN_SEGMENT_MM = 13.0  # shortest body + disc (upper cervical)
+DISC_PROMINENCE_HU = 15.0
+DISC_MAX_HU = 150.0  # discs are soft tissue (70-130 HU); dips inside bone are not discs
+SACRUM_LENGTH_RATIO = 1.9  # a caudal block this many typical segments long is the sacrum
+
+CROP_LATERAL_MM = 80.0
+CROP_ANTERIOR_MM = 45.0
+CROP_POSTERIOR_MM = 95.0
+ENVELOPE_ANTERIOR_MM = 30.0
+ENVELOPE_POSTERIOR_MM = 85.0
+# Lateral reach from the body centre: transverse processes, not ribs or iliac wings.
+LATERAL_REACH_MM = {"cervical": 35.0, "thoracic": 31.0, "lumbar": 50.0, "sacral": 60.0}
+
+RIB_ZONE_LATERAL_MM = (45.0, 90.0)
+RIB_ZONE_AP_MM = (-60.0, 30.0)  # anterior positive, from the body centre
+RIB_MIN_VOLUME_MM3 = 3000.0  # a pair of rib shafts gives about 7000; an iliac crest tip about 1500
+PELVIS_ZONE_LATERAL_MM = (45.0, 80.0)
+PELVIS_ZONE_AP_MM = (-50.0, 20.0)
+PELVIS_SLICE_FRACTION = 0.8  # L5 beside the iliac crests reaches about 0.6
+PELVIS_BIN_MM = 3.0
+
+
+@dataclass
+class _Grid:
+    """An array with its voxel size and where its voxel 0 sits in the CT's index space."""
+
+    values: np.ndarray  # [k, j, i]
+    spacing_mm: np.ndarray  # (k, j, i)
+    factors: np.ndarray  # native voxels per voxel along (k, j, i)
+    start: np.ndarray  # native index of the first voxel block (k, j, i)
+
+
+@dataclass
+class _Axis:
+    """The spine axis sampled on every working slice: positions in working-grid mm (k, j, i)."""
+
+    points_mm: np.ndarray  # [n, 3]
+    tangents: np.ndarray  # [n, 3], unit, pointing superiorly
+    arc_mm: np.ndarray  # [n], increasing superiorly
+
+    def frame(self) -> tuple[np.ndarray, np.ndarray]:
+        """Unit left and anterior directions perpendicular to the axis at each point."""
+        left = _orthogonal(np.array([0.0, 0.0, 1.0]), self.tangents)
+        anterior = np.cross(self.tangents, left)  # superior x left = anterior (k, j, i order)
+        return left, anterior
+
+
+@dataclass
+class _Segment:
+    low_mm: float  # arc-length interval along the axis
+    high_mm: float
+    bounded_below: bool  # a disc (not the end of the spine) below
+    verse_id: int = 0
+
+    @property
+    def length_mm(self) -> float:
+        return self.high_mm - self.low_mm
+
+
+class OfflineEngine(SegmentationEngine):
+    """Classical vertebra segmentation for machines without a trained model."""
+
+    name = "offline classical"
+
+    def segment(self, ct: CtVolume, progress: Progress = silent) -> VertebraSegmentation:
+        hu = ct.array()
+        spacing = np.array(ct.image.GetSpacing()[::-1], dtype=float)
+        progress(0.05, "tracking the spine axis")
+        coarse = _block_mean(hu, spacing, COARSE_SPACING_MM, np.zeros(3, int), np.array(hu.shape))
+        coarse_path_mm, spine_slices = _track_axis_coarse(coarse)
+        progress(0.25, "extracting bone around the spine")
+        crop_start, crop_stop = _crop_box(coarse, coarse_path_mm, spine_slices, spacing, hu.shape)
+        work = _block_mean(hu, spacing, WORK_SPACING_MM, crop_start, crop_stop)
+        bone = _bone_mask(work.values)
+        axis = _refine_axis(work, bone, coarse, coarse_path_mm, spine_slices)
+        progress(0.45, "finding intervertebral discs")
+        segments = _segments(work, axis)
+        if len(segments) < 3:
+            raise InputError("no spine found in the CT: no sequence of vertebrae separated by discs "
+                             "along the bone column (is the spine in the field of view?)")
+        progress(0.6, "identifying levels")
+        lateral_mm, anterior_mm, arc_mm = _local_coordinates(work, bone, axis)
+        anchor_note = _identify(segments, lateral_mm, anterior_mm, arc_mm, float(np.prod(work.spacing_mm)))
+        progress(0.75, "labelling vertebrae")
+        work_labels = _assign(segments, bone, lateral_mm, anterior_mm, arc_mm)
+        labels = _native_labels(hu, work, work_labels)
+        image = sitk.GetImageFromArray(labels)
+        image.CopyInformation(ct.image)
+        image = sitk.Cast(image, LABEL_PIXEL_TYPE)
+        found = [LEVEL_BY_ID[s.verse_id].name for s in segments if s.verse_id and np.any(work_labels == s.verse_id)]
+        progress(1.0, f"{len(found)} levels labelled ({', '.join(found)})")
+        return VertebraSegmentation(
+            label_map=image, engine=self.name, source="offline classical segmentation (no trained model)",
+            convention=LabelConvention.VERSE, notes=[anchor_note],
+            masks_fit_for_morphometry=False,
+        )
+
+
+# -- grids ----------------------------------------------------------------------------------
+
+
+def _block_mean(hu: np.ndarray, spacing: np.ndarray, target_mm: float, start: np.ndarray, stop: np.ndarray) -> _Grid:
+    """Average whole blocks of native voxels (anti-aliased and fast) inside [start, stop)."""
+    factors = np.maximum(1, np.round(target_mm / spacing)).astype(int)
+    counts = (stop - start) // factors
+    stop = start + counts * factors
+    block = np.asarray(hu[start[0]:stop[0], start[1]:stop[1], start[2]:stop[2]], dtype=np.float32)
+    if np.any(factors > 1):
+        block = block.reshape(counts[0], factors[0], counts[1], factors[1], counts[2], factors[2]).mean(axis=(1, 3, 5))
+    return _Grid(block, spacing * factors, factors, start)
+
+
+def _orthogonal(direction: np.ndarray, tangents: np.ndarray) -> np.ndarray:
+    projected = direction[None, :] - (tangents @ direction)[:, None] * tangents
+    return projected / np.linalg.norm(projected, axis=1, keepdims=True)
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    components, count = ndimage.label(mask)
+    if count == 0:
+        return mask
+    sizes = np.bincount(components.ravel())
+    sizes[0] = 0
+    return components == int(np.argmax(sizes))
+
+
+# -- 1. coarse axis -------------------------------------------------------------------------
+
+
+def _track_axis_coarse(coarse: _Grid) -> tuple[np.ndarray, np.ndarray]:
+    """Per coarse slice the (j, i) position of the spine in mm, and which slices hold spine."""
+    hu, spacing = coarse.values, coarse.spacing_mm
+    body = _largest_component(hu > BODY_HU)
+    if not body.any():
+        raise InputError("no spine found in the CT: the image holds no tissue denser than air")
+    bone = ((hu > COARSE_BONE_HU) & body).astype(np.float32)
+    density = ndimage.gaussian_filter(bone, sigma=AXIS_DENSITY_SIGMA_MM / spacing)
+    midline_i_mm = np.nonzero(body)[2].mean() * spacing[2]
+    i_mm = np.arange(hu.shape[2]) * spacing[2]
+    prior = np.exp(-0.5 * ((i_mm - midline_i_mm) / MIDLINE_PRIOR_SIGMA_MM) ** 2)
+    path = _best_smooth_path(density * prior[None, None, :])
+    along = density[np.arange(hu.shape[0]), path[:, 0], path[:, 1]]
+    spine_slices = _longest_run(along > SPINE_PRESENCE_FRACTION, int(round(SPINE_GAP_MM / spacing[0])))
+    if spine_slices.sum() * spacing[0] < MIN_SPINE_LENGTH_MM:
+        raise InputError("no spine found in the CT: no column of bone near the body's midline "
+                         f"longer than {MIN_SPINE_LENGTH_MM:.0f} mm")
+    return path * spacing[1:], spine_slices
+
+
+def _best_smooth_path(unary: np.ndarray) -> np.ndarray:
+    """Dynamic programming: per slice one (j, i) cell, high unary, moving at most one cell per slice."""
+    slices = unary.shape[0]
+    moves = [(dj, di) for dj in (-1, 0, 1) for di in (-1, 0, 1)]
+    total = unary[0].copy()
+    choices = np.zeros(unary.shape, dtype=np.int8)
+    for k in range(1, slices):
+        candidates = np.stack([_shifted(total, dj, di) - AP_MOVE_PENALTY * abs(dj) - LATERAL_MOVE_PENALTY * abs(di) for dj, di in moves])
+        choices[k] = np.argmax(candidates, axis=0)
+        total = unary[k] + candidates.max(axis=0)
+    path = np.zeros((slices, 2), dtype=int)
+    path[-1] = np.unravel_index(int(np.argmax(total)), total.shape)
+    for k in range(slices - 1, 0, -1):
+        dj, di = moves[choices[k, path[k, 0], path[k, 1]]]
+        path[k - 1] = (path[k, 0] - dj, path[k, 1] - di)
+    return path
+
+
+def _shifted(values: np.ndarray, dj: int, di: int) -> np.ndarray:
+    """values moved by (dj, di): out[j, i] = values[j - dj, i - di], -inf where undefined."""
+    out = np.full_like(values, -np.inf)
+    rows, cols = values.shape
+    out[max(dj, 0):rows + min(dj, 0), max(di, 0):cols + min(di, 0)] = \
+        values[max(-dj, 0):rows + min(-dj, 0), max(-di, 0):cols + min(-di, 0)]
+    return out
+
+
+def _longest_run(present: np.ndarray, max_gap: int) -> np.ndarray:
+    """The longest stretch of True, bridging gaps up to max_gap (discs, osteoporotic bodies)."""
+    bridged = ndimage.binary_closing(np.pad(present, max_gap), structure=np.ones(2 * max_gap + 1))[max_gap:-max_gap] \
+        if max_gap > 0 else present.copy()
+    bridged |= present
+    runs, count = ndimage.label(bridged)
+    if count == 0:
+        return bridged
+    lengths = np.bincount(runs.ravel())
+    lengths[0] = 0
+    return (runs == int(np.argmax(lengths))) & _between_first_and_last(present, runs == int(np.argmax(lengths)))
+
+
+def _between_first_and_last(present: np.ndarray, run: np.ndarray) -> np.ndarray:
+    inside = np.nonzero(present & run)[0]
+    out = np.zeros_like(present)
+    if inside.size:
+        out[inside[0]:inside[-1] + 1] = True
+    return out
+
+
+def _crop_box(coarse: _Grid, path_mm: np.ndarray, spine_slices: np.ndarray, spacing: np.ndarray,
+              shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Native index box around the spine with room for posterior elements and transverse processes."""
+    k = np.nonzero(spine_slices)[0]
+    k_low_mm = k[0] * coarse.spacing_mm[0] - coarse.spacing_mm[0]
+    k_high_mm = (k[-1] + 2) * coarse.spacing_mm[0]
+    centre_mm = path_mm[spine_slices] + coarse.spacing_mm[1:] / 2
+    low_mm = np.array([k_low_mm, centre_mm[:, 0].min() - CROP_ANTERIOR_MM, centre_mm[:, 1].min() - CROP_LATERAL_MM])
+    high_mm = np.array([k_high_mm, centre_mm[:, 0].max() + CROP_POSTERIOR_MM, centre_mm[:, 1].max() + CROP_LATERAL_MM])
+    start = np.clip(np.floor(low_mm / spacing).astype(int), 0, shape)
+    stop = np.clip(np.ceil(high_mm / spacing).astype(int), 0, shape)
+    return start, stop
+
+
+# -- 2. bone --------------------------------------------------------------------------------
+
+
+def _bone_mask(hu: np.ndarray) -> np.ndarray:
+    """Bone with its marrow: smoothed HU above BONE_HU, cortical rings filled per axial slice."""
+    smooth = ndimage.gaussian_filter(hu, BONE_SMOOTHING_VOXELS)
+    bone = smooth > BONE_HU
+    marrow_possible = smooth > MARROW_MIN_HU
+    for k in range(bone.shape[0]):
+        if bone[k].any():
+            bone[k] |= ndimage.binary_fill_holes(bone[k]) & marrow_possible[k]
+    return bone
+
+
+# -- 3. refined axis and discs --------------------------------------------------------------
+
+
+def _refine_axis(work: _Grid, bone: np.ndarray, coarse: _Grid, coarse_path_mm: np.ndarray,
+                 spine_slices: np.ndarray) -> _Axis:
+    """Follow the vertebral body centres: the thickest bone (deepest inside the mask) near the coarse axis."""
+    spacing = work.spacing_mm
+    offset_mm = work.start * (spacing / work.factors)  # working voxel 0 in the CT's index mm
+    coarse_k_mm = (np.arange(coarse.values.shape[0]) + 0.5) * coarse.spacing_mm[0] - offset_mm[0]
+    coarse_ji_mm = coarse_path_mm + coarse.spacing_mm[1:] / 2 - offset_mm[1:]
+    valid = np.nonzero(spine_slices)[0]
+    work_k_mm = (np.arange(bone.shape[0]) + 0.5) * spacing[0]
+    guide = np.stack([np.interp(work_k_mm, coarse_k_mm[valid], coarse_ji_mm[valid, axis]) for axis in (0, 1)], 1)
+    found = guide.copy()
+    depth_mm = np.zeros(bone.shape[0])
+    for k in range(bone.shape[0]):
+        found[k], depth_mm[k] = _thickest_near(bone[k], guide[k], spacing[1:])
+    smoothed = _weighted_smooth(found, depth_mm ** 2, AXIS_SMOOTHING_MM / spacing[0])
+    points = np.column_stack([work_k_mm, smoothed])
+    tangents = np.gradient(points, axis=0)
+    tangents /= np.linalg.norm(tangents, axis=1, keepdims=True)
+    arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))])
+    return _Axis(points, tangents, arc)
+
+
+def _thickest_near(bone_slice: np.ndarray, guide_mm: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarray, float]:
+    """The point deepest inside bone near the guide: a body centre, not a thin arch or rib."""
+    radius = np.ceil(BODY_SEARCH_RADIUS_MM / spacing).astype(int)
+    centre = np.round(guide_mm / spacing - 0.5).astype(int)
+    low = np.clip(centre - radius, 0, bone_slice.shape)
+    high = np.clip(centre + radius + 1, 0, bone_slice.shape)
+    window = bone_slice[low[0]:high[0], low[1]:high[1]]
+    if window.size == 0 or not window.any():
+        return guide_mm, 0.0
+    depth = ndimage.distance_transform_edt(window, sampling=spacing)
+    best = np.unravel_index(int(np.argmax(depth)), depth.shape)
+    return (np.array(best) + low + 0.5) * spacing, float(depth[best])
+
+
+def _weighted_smooth(values: np.ndarray, weight: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian smoothing that trusts slices through bodies more than slices through discs."""
+    weight = weight + 1e-6
+    numerator = ndimage.gaussian_filter1d(values * weight[:, None], sigma, axis=0, mode="nearest")
+    return numerator / ndimage.gaussian_filter1d(weight, sigma, mode="nearest")[:, None]
+
+
+def _segments(work: _Grid, axis: _Axis) -> list[_Segment]:
+    """Disc-bounded slabs along the axis, caudal first."""
+    arc_grid = np.arange(axis.arc_mm[0], axis.arc_mm[-1], PROFILE_STEP_MM)
+    if arc_grid.size < 3:
+        return []
+    profile = ndimage.gaussian_filter1d(np.interp(arc_grid, axis.arc_mm, _disk_profile(work, axis)),
+                                        PROFILE_SMOOTHING_MM / PROFILE_STEP_MM)
+    # Sparse trabecular bone can sit below BONE_HU; soft tissue stays below SPINE_PROFILE_HU.
+    spine = _longest_run(profile > SPINE_PROFILE_HU, int(round(MIN_SEGMENT_MM / PROFILE_STEP_MM)))
+    if not spine.any():
+        return []
+    first, last = np.nonzero(spine)[0][[0, -1]]
+    discs = _disc_positions(profile[first:last + 1]) + first
+    bounds = [arc_grid[first]] + [arc_grid[d] for d in discs] + [arc_grid[last] + PROFILE_STEP_MM]
+    return [_Segment(low, high, bounded_below=index > 0) for index, (low, high) in enumerate(zip(bounds[:-1], bounds[1:]))]
+
+
+def _disc_positions(profile: np.ndarray) -> np.ndarray:
+    """Profile indices of the discs.
+
+    A body with sparse trabecular bone dips between its own endplates too; a disc is the dip
+    whose flanking endplate peaks are close together compared with the spacing of the dips
+    around it (disc height is a fraction of body height at every level of the spine).
+    """
+    dips = signal.find_peaks(-profile, prominence=DISC_PROMINENCE_HU)[0]
+    peaks = signal.find_peaks(profile)[0]
+    if dips.size == 0:
+        return dips
+    discs = []
+    for n, dip in enumerate(dips):
+        left = peaks[peaks < dip]
+        right = peaks[peaks > dip]
+        before = dip - left[-1] if left.size else None
+        after = right[0] - dip if right.size else None
+        width = (before or after or 0) + (after or before or 0)
+        previous_dip = dips[n - 1] if n > 0 else dip - profile.size
+        next_dip = dips[n + 1] if n + 1 < dips.size else dip + profile.size
+        if width < DISC_WIDTH_RATIO * (next_dip - previous_dip) and profile[dip] < DISC_MAX_HU:
+            discs.append(dip)
+    return _thinned(np.array(discs, dtype=int), profile, int(MIN_SEGMENT_MM / PROFILE_STEP_MM))
+
+
+def _thinned(discs: np.ndarray, profile: np.ndarray, min_gap: int) -> np.ndarray:
+    """Of discs closer than min_gap keep the deeper one."""
+    kept: list[int] = []
+    for disc in discs[np.argsort(profile[discs])] if discs.size else []:
+        if all(abs(disc - other) >= min_gap for other in kept):
+            kept.append(int(disc))
+    return np.array(sorted(kept), dtype=int)
+
+
+def _disk_profile(work: _Grid, axis: _Axis) -> np.ndarray:
+    """Median HU on a disk perpendicular to the axis at every axis point (robust to the canal's edge)."""
+    left, anterior = axis.frame()
+    smooth = ndimage.gaussian_filter(work.values, BONE_SMOOTHING_VOXELS)
+    angles = np.linspace(0, 2 * np.pi, 12, endpoint=False)
+    offsets = [(0.0, 0.0)] + [(r * np.cos(a), r * np.sin(a)) for r in PROFILE_RADII_MM[1:] for a in angles]
+    samples = []
+    for du, dv in offsets:
+        points_mm = axis.points_mm + du * left + dv * anterior
+        index = points_mm / work.spacing_mm - 0.5
+        samples.append(ndimage.map_coordinates(smooth, index.T, order=1, mode="nearest"))
+    return np.median(samples, axis=0)
+
+
+# -- 4. voxels to slabs ---------------------------------------------------------------------
+
+
+def _local_coordinates(work: _Grid, bone: np.ndarray, axis: _Axis) -> tuple[np.ndarray, ...]:
+    """For each bone voxel: lateral and anterior offsets from, and arc length along, the axis."""
+    dense = _densified(axis, 0.5)
+    voxels_mm = (np.argwhere(bone) + 0.5) * work.spacing_mm
+    _, nearest = cKDTree(dense.points_mm).query(voxels_mm)
+    offset = voxels_mm - dense.points_mm[nearest]
+    left, anterior = dense.frame()
+    lateral = np.einsum("ij,ij->i", offset, left[nearest])
+    forward = np.einsum("ij,ij->i", offset, anterior[nearest])
+    return lateral, forward, dense.arc_mm[nearest]
+
+
+def _densified(axis: _Axis, step_mm: float) -> _Axis:
+    arc = np.arange(axis.arc_mm[0], axis.arc_mm[-1] + step_mm, step_mm)
+    points = np.column_stack([np.interp(arc, axis.arc_mm, axis.points_mm[:, c]) for c in range(3)])
+    tangents = np.column_stack([np.interp(arc, axis.arc_mm, axis.tangents[:, c]) for c in range(3)])
+    tangents /= np.linalg.norm(tangents, axis=1, keepdims=True)
+    # Extend the ends along the tangent so voxels beyond them do not all collapse onto one point.
+    reach = np.arange(step_mm, 40.0, step_mm)
+    below = points[0] - reach[::-1, None] * tangents[0]
+    above = points[-1] + reach[:, None] * tangents[-1]
+    return _Axis(np.vstack([below, points, above]),
+                 np.vstack([np.repeat(tangents[:1], reach.size, 0), tangents, np.repeat(tangents[-1:], reach.size, 0)]),
+                 np.concatenate([arc[0] - reach[::-1], arc, arc[-1] + reach]))
+
+
+def _segment_index(segments: list[_Segment], arc_mm: np.ndarray) -> np.ndarray:
+    """Index of the slab holding each arc position (-1 outside the spine)."""
+    edges = np.array([s.low_mm for s in segments] + [segments[-1].high_mm])
+    index = np.searchsorted(edges, arc_mm, side="right") - 1
+    index[(arc_mm < edges[0]) | (arc_mm >= edges[-1])] = -1
+    return index
+
+
+def _assign(segments: list[_Segment], bone: np.ndarray, lateral_mm: np.ndarray, anterior_mm: np.ndarray,
+            arc_mm: np.ndarray) -> np.ndarray:
+    """Working-grid label map: each bone voxel inside a vertebra's envelope gets its slab's level."""
+    index = _segment_index(segments, arc_mm)
+    verse_ids = np.array([s.verse_id for s in segments] + [0], dtype=np.uint8)
+    reach = np.array([_lateral_reach(s.verse_id) for s in segments] + [0.0])
+    inside = ((index >= 0) & (np.abs(lateral_mm) <= reach[index])
+              & (anterior_mm <= ENVELOPE_ANTERIOR_MM) & (anterior_mm >= -ENVELOPE_POSTERIOR_MM))
+    labels = np.zeros(bone.shape, dtype=np.uint8)
+    labels[tuple(np.argwhere(bone)[inside].T)] = verse_ids[index[inside]]
+    return _keep_connected_to_body(labels)
+
+
+def _lateral_reach(verse_id: int) -> float:
+    if verse_id == 0:
+        return 0.0
+    return LATERAL_REACH_MM[LEVEL_BY_ID[verse_id].region.value]
+
+
+def _keep_connected_to_body(labels: np.ndarray) -> np.ndarray:
+    """Per level keep the largest piece and pieces almost as big: rib stubs and vessels fall away."""
+    for box_index, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        mask = labels[box] == box_index
+        pieces, count = ndimage.label(mask)
+        if count <= 1:
+            continue
+        sizes = np.bincount(pieces.ravel())
+        sizes[0] = 0
+        drop = (sizes < 0.2 * sizes.max())[pieces] & mask
+        labels[box][drop] = 0
+    return labels
+
+
+# -- 5. level identification ----------------------------------------------------------------
+
+
+def _identify(segments: list[_Segment], lateral_mm: np.ndarray, anterior_mm: np.ndarray, arc_mm: np.ndarray,
+              voxel_mm3: float) -> str:
+    """Give each segment a VerSe id from the best anchor; returns the note that says which."""
+    index = _segment_index(segments, arc_mm)
+    sacral = _sacral_segments(segments, index, lateral_mm, anterior_mm, arc_mm)
+    rib_bearing = _rib_bearing(segments, index, lateral_mm, anterior_mm, voxel_mm3)
+    # Ribs come in runs (T12, T11, ...); an iliac crest beside L5 is a single rib-like hit.
+    lowest_rib = next((i for i in range(len(sacral), len(segments) - 1) if rib_bearing[i] and rib_bearing[i + 1]), None)
+    if sacral:
+        _count_from(segments, anchor_index=len(sacral), anchor_id=L5_ID)
+        for i in sacral:
+            segments[i].verse_id = SACRUM_ID
+        if lowest_rib is None or segments[lowest_rib].verse_id == T12_ID:
+            return "levels counted upwards from the sacrum (confidence high)"
+        rib_level = LEVEL_BY_ID[segments[lowest_rib].verse_id].name if segments[lowest_rib].verse_id else "unlabelled"
+        return ("levels counted upwards from the sacrum (confidence medium: the last rib-bearing vertebra came out "
+                f"as {rib_level}, not T12; a transitional vertebra or a missed disc is possible)")
+    if lowest_rib is not None and lowest_rib < len(segments) - 1:
+        _count_from(segments, anchor_index=lowest_rib, anchor_id=T12_ID)
+        return "levels counted from the last rib-bearing vertebra taken as T12 (confidence medium)"
+    _count_from(segments, anchor_index=0, anchor_id=L5_ID)
+    return "no anchor visible: levels uncertain (the lowest vertebra in view was assumed to be L5)"
+
+
+def _count_from(segments: list[_Segment], anchor_index: int, anchor_id: int) -> None:
+    """Number the segments (caudal first) so that ``anchor_index`` gets ``anchor_id``; C1..L6 only."""
+    for i, segment in enumerate(segments):
+        verse_id = anchor_id - (i - anchor_index)
+        segment.verse_id = verse_id if 1 <= verse_id <= L5_ID + 1 else 0
+
+
+def _sacral_segments(segments: list[_Segment], index: np.ndarray, lateral_mm: np.ndarray,
+                     anterior_mm: np.ndarray, arc_mm: np.ndarray) -> list[int]:
+    """The caudal segments that make up the sacrum (empty when it is not in view)."""
+    inner_mm = [s.length_mm for s in segments[1:-1]]
+    typical_mm = float(np.median(inner_mm)) if inner_mm else 0.0
+    sacral = []
+    for i, segment in enumerate(segments[:-2]):  # at least two vertebrae must stay above it
+        long_block = i == 0 and typical_mm > 0 and segment.length_mm >= SACRUM_LENGTH_RATIO * typical_mm
+        if long_block or _flanked_by_pelvis(segment, index == i, lateral_mm, anterior_mm, arc_mm):
+            sacral.append(i)
+        else:
+            break
+    return sacral
+
+
+def _flanked_by_pelvis(segment: _Segment, in_segment: np.ndarray, lateral_mm: np.ndarray,
+                       anterior_mm: np.ndarray, arc_mm: np.ndarray) -> bool:
+    """Bone beside the axis, where the iliac bones meet the sacrum, over most of the segment's height."""
+    zone = (in_segment & (np.abs(lateral_mm) >= PELVIS_ZONE_LATERAL_MM[0])
+            & (np.abs(lateral_mm) <= PELVIS_ZONE_LATERAL_MM[1])
+            & (anterior_mm >= PELVIS_ZONE_AP_MM[0]) & (anterior_mm <= PELVIS_ZONE_AP_MM[1]))
+    bins = np.arange(segment.low_mm, segment.high_mm + PELVIS_BIN_MM, PELVIS_BIN_MM)
+    if bins.size < 2 or not zone.any():
+        return False
+    occupied = np.histogram(arc_mm[zone], bins=bins)[0] > 0
+    return float(occupied.mean()) >= PELVIS_SLICE_FRACTION
+
+
+def _rib_bearing(segments: list[_Segment], index: np.ndarray, lateral_mm: np.ndarray, anterior_mm: np.ndarray,
+                 voxel_mm3: float) -> list[bool]:
+    """Segments (caudal first) with enough bone far out laterally behind the bodies: ribs."""
+    in_zone = ((np.abs(lateral_mm) >= RIB_ZONE_LATERAL_MM[0]) & (np.abs(lateral_mm) <= RIB_ZONE_LATERAL_MM[1])
+               & (anterior_mm >= RIB_ZONE_AP_MM[0]) & (anterior_mm <= RIB_ZONE_AP_MM[1]) & (index >= 0))
+    counts = np.bincount(index[in_zone], minlength=len(segments))
+    return [bool(count * voxel_mm3 >= RIB_MIN_VOLUME_MM3) for count in counts]
+
+
+# -- back to the CT grid --------------------------------------------------------------------
+
+
+def _native_labels(hu: np.ndarray, work: _Grid, work_labels: np.ndarray) -> np.ndarray:
+    """Labels on the CT's own grid: working labels spread over the native bone voxels."""
+    labels = np.zeros(hu.shape, dtype=np.uint8)
+    if np.all(work.factors == 1):
+        stop = work.start + np.array(work_labels.shape)
+        labels[tuple(slice(a, b) for a, b in zip(work.start, stop))] = work_labels
+        return labels
+    # One working voxel of growth first: native bone reaches a little beyond the averaged bone.
+    grown = np.where(work_labels > 0, work_labels, ndimage.grey_dilation(work_labels, size=3))
+    for axis, factor in enumerate(work.factors):
+        grown = np.repeat(grown, factor, axis=axis)
+    box = tuple(slice(a, a + n) for a, n in zip(work.start, grown.shape))
+    native_bone = _bone_mask(np.asarray(hu[box], dtype=np.float32))
+    labels[box] = np.where(native_bone, grown, 0)
+    return labels
