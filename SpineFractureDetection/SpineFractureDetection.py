@@ -12,7 +12,7 @@ import qt
 import slicer
 import vtk
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
-from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -83,6 +83,8 @@ class SpineFractureDetectionParameterNode:
     segmentation: vtkMRMLSegmentationNode
     measurementTable: vtkMRMLTableNode
     fractureThreshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+    engine: Annotated[str, Choice(["auto", "offline", "monai"])] = "auto"
+    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
 
 
 class SpineFractureDetectionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -108,6 +110,10 @@ class SpineFractureDetectionWidget(ScriptedLoadableModuleWidget, VTKObservationM
         self.ui.shiftUpButton.connect("clicked(bool)", lambda: self.onShiftLevels(-1))
         self.ui.shiftDownButton.connect("clicked(bool)", lambda: self.onShiftLevels(+1))
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
+        self.ui.segmentButton.connect("clicked(bool)", self.onSegmentButton)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.ui.cancelButton.enabled = False
+        self._segmentationRun = None
         self.ui.tableView.connect("selectionChanged()", self.onTableSelection)
         self._lastReport = None
         self.initializeParameterNode()
@@ -148,8 +154,11 @@ class SpineFractureDetectionWidget(ScriptedLoadableModuleWidget, VTKObservationM
 
     def _updateButtons(self, caller=None, event=None):
         ready = bool(self._parameterNode and self._parameterNode.inputVolume and self._parameterNode.segmentation)
+        running = self._segmentationRun is not None
         for button in (self.ui.classifyButton, self.ui.correctButton, self.ui.shiftUpButton, self.ui.shiftDownButton):
-            button.enabled = ready
+            button.enabled = ready and not running
+        self.ui.segmentButton.enabled = bool(self._parameterNode and self._parameterNode.inputVolume) and not running
+        self.ui.cancelButton.enabled = running
         self.ui.exportButton.enabled = self._lastReport is not None
         self.ui.classifyButton.toolTip = ("Grade every level segment (Genant) and colour it: red fractured, "
                                           "green normal, grey not assessable" if ready
@@ -177,6 +186,49 @@ class SpineFractureDetectionWidget(ScriptedLoadableModuleWidget, VTKObservationM
             notes = "; ".join(report.notes)
             self.ui.statusLabel.text = summary + (f" {notes}" if notes else "")
             self._updateButtons()
+
+    def onSegmentButton(self):
+        """Segment in a child process; progress from its stage lines; Cancel kills it."""
+        from SpineFractureDetectionLib.mrml_logic import has_unsaved_edits
+
+        with slicer.util.tryWithErrorDisplay("Segmentation could not start.", waitCursor=True):
+            volume = self._parameterNode.inputVolume
+            if not self._parameterNode.segmentation:
+                self._parameterNode.segmentation = slicer.mrmlScene.AddNewNodeByClass(
+                    "vtkMRMLSegmentationNode", f"{volume.GetName()} vertebrae")
+            segmentation = self._parameterNode.segmentation
+            overwrite = False
+            if segmentation.GetSegmentation().GetNumberOfSegments() and has_unsaved_edits(segmentation, volume):
+                if not slicer.util.confirmYesNoDisplay(
+                        f"'{segmentation.GetName()}' holds segments edited since they were written. Replace them?"):
+                    return
+                overwrite = True
+            self._segmentationRun = self.logic.startSegmentation(
+                volume, segmentation, self._parameterNode.engine, self._parameterNode.device,
+                onProgress=self._onSegmentationProgress, onFinished=self._onSegmentationFinished,
+                overwriteEdits=overwrite)
+            self.ui.progressBar.value = 0
+            self._updateButtons()
+
+    def onCancelButton(self):
+        if self._segmentationRun is not None:
+            self._segmentationRun.cancel()
+            self.ui.statusLabel.text = "Segmentation cancelled; the scene is unchanged."
+
+    def _onSegmentationProgress(self, fraction, message):
+        self.ui.progressBar.value = int(100 * fraction)
+        self.ui.statusLabel.text = message
+
+    def _onSegmentationFinished(self, error):
+        self._segmentationRun = None
+        self.ui.progressBar.value = 0 if error else 100
+        if error == CANCELLED:
+            self.ui.statusLabel.text = "Segmentation cancelled; the scene is unchanged."
+        elif error:
+            slicer.util.errorDisplay(error)
+        else:
+            self.ui.statusLabel.text = "Segmented. Correct the masks if needed, then Classify."
+        self._updateButtons()
 
     def onShiftLevels(self, offset):
         with slicer.util.tryWithErrorDisplay("Renaming the levels failed."):
@@ -251,6 +303,46 @@ class SpineFractureDetectionLogic(ScriptedLoadableModuleLogic):
         logging.info(f"SpineFractureDetection: classified {len(report.rows)} levels")
         return report
 
+    @staticmethod
+    def _childCommand(volumeNode, workFolder, engine, device):
+        """Export the CT and build the PythonSlicer command that segments it."""
+        import pathlib
+        import shutil
+        import sys
+
+        from SpineFractureDetectionLib.mrml_logic import export_volume, segmentation_command
+
+        ctPath = export_volume(volumeNode, pathlib.Path(workFolder) / "ct.nrrd")
+        python = shutil.which("PythonSlicer") or sys.executable
+        command = segmentation_command(python, ctPath, pathlib.Path(workFolder) / "out", engine, device)
+        env = qt.QProcessEnvironment.systemEnvironment()
+        env.insert("PYTHONPATH", str(pathlib.Path(__file__).parent))
+        return command, env
+
+    def segment(self, volumeNode, segmentationNode, engine="auto", device="auto", overwriteEdits=False):
+        """Blocking segmentation for scripting: runs the child process and waits."""
+        import os
+        import pathlib
+        import subprocess
+        import tempfile
+
+        from SpineFractureDetectionLib.mrml_logic import import_segmentation_result
+
+        with tempfile.TemporaryDirectory(prefix="spinefrac-") as work:
+            command, _ = self._childCommand(volumeNode, work, engine, device)
+            env = dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).parent))
+            completed = subprocess.run(command, capture_output=True, text=True, env=env)
+            if completed.returncode != 0:
+                raise RuntimeError(completed.stderr.strip().splitlines()[-1] if completed.stderr else "failed")
+            return import_segmentation_result(segmentationNode, volumeNode,
+                                              pathlib.Path(work) / "out" / "vertebrae.nii.gz", overwriteEdits)
+
+    def startSegmentation(self, volumeNode, segmentationNode, engine, device, onProgress, onFinished,
+                          overwriteEdits=False):
+        """Non-blocking segmentation in a QProcess; returns a handle with cancel()."""
+        return _SegmentationRun(self, volumeNode, segmentationNode, engine, device, onProgress, onFinished,
+                                overwriteEdits)
+
     def shiftLevels(self, segmentationNode, offset):
         from SpineFractureDetectionLib.mrml_logic import shift_levels
 
@@ -271,6 +363,64 @@ class SpineFractureDetectionLogic(ScriptedLoadableModuleLogic):
             for path, final in zip(written, finals):
                 path.replace(final)
         return tuple(finals)
+
+
+CANCELLED = "cancelled"
+
+
+class _SegmentationRun:
+    """One child-process segmentation: progress from its '[k/n] stage ...' lines, Cancel kills
+    it and deletes its files, success imports the labels (the scene changes only then)."""
+
+    def __init__(self, logic, volumeNode, segmentationNode, engine, device, onProgress, onFinished, overwriteEdits):
+        import tempfile
+
+        self._work = tempfile.TemporaryDirectory(prefix="spinefrac-")
+        self._volume, self._segmentation = volumeNode, segmentationNode
+        self._onProgress, self._onFinished, self._overwrite = onProgress, onFinished, overwriteEdits
+        self._cancelled = False
+        self._lastError = ""
+        command, env = logic._childCommand(volumeNode, self._work.name, engine, device)
+        self._process = qt.QProcess()
+        self._process.setProcessEnvironment(env)
+        self._process.connect("readyReadStandardError()", self._readProgress)
+        self._process.connect("finished(int,QProcess::ExitStatus)", self._finished)
+        self._process.start(command[0], command[1:])
+
+    def cancel(self):
+        self._cancelled = True
+        self._process.kill()
+
+    def _readProgress(self):
+        from SpineFractureDetectionLib.mrml_logic import parse_progress
+
+        text = bytes(self._process.readAllStandardError()).decode("utf-8", "replace")
+        for line in text.splitlines():
+            if line.startswith("spinefrac: error:"):
+                self._lastError = line
+            progress = parse_progress(line)
+            if progress:
+                self._onProgress(*progress)
+
+    def _finished(self, exitCode, exitStatus):
+        import pathlib
+
+        from SpineFractureDetectionLib.mrml_logic import import_segmentation_result
+
+        error = None
+        try:
+            if self._cancelled:
+                return
+            if exitCode != 0:
+                error = self._lastError or f"segmentation process ended with code {exitCode}"
+                return
+            import_segmentation_result(self._segmentation, self._volume,
+                                       pathlib.Path(self._work.name) / "out" / "vertebrae.nii.gz", self._overwrite)
+        except Exception as exception:
+            error = str(exception)
+        finally:
+            self._work.cleanup()
+            self._onFinished(CANCELLED if self._cancelled else error)
 
 
 class SpineFractureDetectionTest(ScriptedLoadableModuleTest):

@@ -8,13 +8,15 @@ between MRML nodes and the core's typed results.
 
 from __future__ import annotations
 
+import hashlib
+import re
+from pathlib import Path
+
 import numpy as np
 import SimpleITK as sitk
 import slicer
 import vtk
 from slicer.util import arrayFromVolume, updateVolumeFromArray
-
-import hashlib
 
 from spinefrac.errors import InputError, SpineFracError
 from spinefrac.fracture import DECISION_COLORS_RGB, DEFAULT_PROBABILITY_THRESHOLD, assess_fractures
@@ -24,7 +26,7 @@ from spinefrac.levels import (ANATOMICAL_STRUCTURE_CATEGORY, LEVEL_BY_ID, LEVEL_
 from spinefrac.measurement import measure_vertebrae
 from spinefrac.morphometry import measure_morphometry
 from spinefrac.report import COLUMN_DEFINITIONS, SpineReport
-from spinefrac.segmentation import LabelConvention, VertebraSegmentation
+from spinefrac.segmentation import ExistingLabelMap, LabelConvention, VertebraSegmentation
 
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
 TERMINOLOGY_CONTEXT = "Segmentation category and type - DICOM master list"
@@ -323,6 +325,41 @@ def centroid_ras_of_row(table_node, row: int) -> tuple[float, float, float] | No
     if any(column is None for column in columns) or not 0 <= row < table.GetNumberOfRows():
         return None
     return tuple(float(column.GetValue(row)) for column in columns)
+
+
+# -- segmentation out of the GUI process ------------------------------------------------------
+
+PROGRESS_LINE = re.compile(r"^\[(\d+)/(\d+)\] (.+?) \.\.\.$")
+
+
+def segmentation_command(python_executable: str, ct_path: Path, output: Path, engine: str, device: str) -> list[str]:
+    """The child-process command that segments (and measures) a CT exported from the scene."""
+    return [python_executable, "-m", "spinefrac", "run", str(ct_path), "-o", str(output), "--engine", engine,
+            "--device", device, "--overwrite"]
+
+
+def parse_progress(line: str) -> tuple[float, str] | None:
+    """'[3/6] Measuring vertebrae ...' -> (fraction done before this stage, stage name)."""
+    match = PROGRESS_LINE.match(line.strip())
+    if not match:
+        return None
+    index, count, name = int(match.group(1)), int(match.group(2)), match.group(3)
+    return (index - 1) / count, name
+
+
+def export_volume(volume_node, path: Path) -> Path:
+    """The CT as a file for the child process (NRRD, its grid exactly)."""
+    sitk.WriteImage(sitk_from_volume(volume_node), str(path), useCompression=False)
+    return path
+
+
+def import_segmentation_result(segmentation_node, volume_node, labels_path: Path,
+                               overwrite_edits: bool = False) -> list[str]:
+    """Load the child's label map (VerSe ids, on the CT's grid) into level segments. Refuses to
+    replace edited segments without consent (EditedSegmentsError)."""
+    ct = ct_from_volume(volume_node)
+    segmentation = ExistingLabelMap(labels_path, LabelConvention.VERSE).segment(ct)
+    return write_level_segments(segmentation_node, volume_node, segmentation, ct, overwrite_edits)
 
 
 class SpineMrmlLogic:

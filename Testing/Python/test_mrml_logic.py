@@ -241,3 +241,23 @@ def test_totalsegmentator_segment_names_are_renamed_to_levels(scene, fractured_s
     _segment(segmentation, "L3").SetName("vertebrae_L3")
     mrml_logic.SpineMrmlLogic().classify(volume, segmentation, None)
     assert _segment_names(segmentation) == ["T12", "L1", "L2", "L3", "L4", "L5", "sacrum"]
+
+
+def test_a_child_process_segmentation_is_imported_as_level_segments(tmp_path, scene, volume, sample_ct,
+                                                                     sample_labels):
+    import subprocess
+    import sys
+
+    ct_file = mrml_logic.export_volume(volume, tmp_path / "ct.nrrd")
+    command = mrml_logic.segmentation_command(sys.executable, ct_file, tmp_path / "out", "offline", "cpu")
+    env = dict(__import__("os").environ, PYTHONPATH=str(mrml_logic.Path(mrml_logic.__file__).parents[1]))
+    completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    stages = [mrml_logic.parse_progress(line) for line in completed.stderr.splitlines()]
+    stages = [stage for stage in stages if stage]
+    assert stages[0] == (0.0, "Loading CT") and [s[0] for s in stages] == sorted(s[0] for s in stages)
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    names = mrml_logic.import_segmentation_result(node, volume, tmp_path / "out" / "vertebrae.nii.gz")
+    assert [node.GetSegmentation().GetSegment(i).GetName() for i in names][-6:] == ["L1", "L2", "L3", "L4", "L5",
+                                                                                       "sacrum"]
+    assert node.GetAttribute(mrml_logic.CHECKSUM_ATTRIBUTE)  # later edits will be detected
