@@ -22,8 +22,10 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 # Packages the core needs beyond what Slicer ships, at tested versions; installed on first use
-# with the user's consent (never at import).
+# with the user's consent (never at import). torch comes from the PyTorch extension
+# (PyTorchUtils, in EXTENSION_DEPENDS) so that its CUDA build matches the machine.
 PIP_REQUIREMENTS = {"scipy": "scipy==1.18.1", "matplotlib": "matplotlib==3.11.2"}
+LEARNED_PIP_REQUIREMENTS = {"monai": "monai==1.6.1"}
 
 
 class SpineFractureDetection(ScriptedLoadableModule):
@@ -203,6 +205,12 @@ class SpineFractureDetectionWidget(ScriptedLoadableModuleWidget, VTKObservationM
                         f"'{segmentation.GetName()}' holds segments edited since they were written. Replace them?"):
                     return
                 overwrite = True
+            self.logic.ensureDependencies()
+            from spinefrac.model_registry import installed_engines
+
+            engine = self._parameterNode.engine
+            if engine == "monai" or (engine == "auto" and installed_engines()):
+                self.logic.ensureLearnedDependencies()
             self._segmentationRun = self.logic.startSegmentation(
                 volume, segmentation, self._parameterNode.engine, self._parameterNode.device,
                 onProgress=self._onSegmentationProgress, onFinished=self._onSegmentationFinished,
@@ -271,11 +279,31 @@ class SpineFractureDetectionLogic(ScriptedLoadableModuleLogic):
 
         return [pip for module, pip in PIP_REQUIREMENTS.items() if importlib.util.find_spec(module) is None]
 
+    def ensureLearnedDependencies(self, askUser=True):
+        """torch through Slicer's PyTorch extension, then MONAI, for learned engines and the classifier."""
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:
+            try:
+                import PyTorchUtils
+            except ImportError:
+                raise RuntimeError("The PyTorch extension is required for learned models: install it from the "
+                                   "Extensions Manager, restart Slicer, and try again") from None
+            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+            if torchLogic.installTorch(askConfirmation=askUser) is None:
+                raise RuntimeError("PyTorch was not installed; learned models cannot run (the offline engine can)")
+        missing = [pip for module, pip in LEARNED_PIP_REQUIREMENTS.items() if importlib.util.find_spec(module) is None]
+        if missing:
+            self._pipInstall(missing, askUser)
+
     def ensureDependencies(self, askUser=True):
         """Install missing Python packages with the user's consent; raise with a clear message on refusal."""
         missing = self.missingPackages()
         if not missing:
             return
+        self._pipInstall(missing, askUser)
+
+    def _pipInstall(self, missing, askUser):
         if askUser and not slicer.util.confirmOkCancelDisplay(
             "Spine Fracture Detection needs these Python packages: " + ", ".join(missing)
             + ". Install them now (internet access required)?"
@@ -432,6 +460,24 @@ class SpineFractureDetectionTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_levels_are_named_ordered_and_measured()
+        self.setUp()
+        self.test_segment_in_a_child_process_with_the_offline_engine()
+
+    def test_segment_in_a_child_process_with_the_offline_engine(self):
+        from SpineFractureDetectionLib import mrml_logic
+
+        from spinefrac.phantom import PhantomSpec, make_phantom
+
+        SpineFractureDetectionLogic().ensureDependencies(askUser=False)
+        phantom = make_phantom(PhantomSpec(spacing_mm=(2.0, 2.0, 2.0), ribs=False))
+        volume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "Phantom CT")
+        mrml_logic.update_volume_from_sitk(volume, phantom.ct)
+        segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Vertebrae")
+        SpineFractureDetectionLogic().segment(volume, segmentation, engine="offline", device="cpu")
+        names = [segmentation.GetSegmentation().GetNthSegment(i).GetName()
+                 for i in range(segmentation.GetSegmentation().GetNumberOfSegments())]
+        self.assertEqual(names[-6:], ["L1", "L2", "L3", "L4", "L5", "sacrum"])
+        self.assertTrue(segmentation.GetAttribute(mrml_logic.CHECKSUM_ATTRIBUTE))
 
     def test_levels_are_named_ordered_and_measured(self):
         import numpy as np
