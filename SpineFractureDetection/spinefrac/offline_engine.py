@@ -123,6 +123,9 @@ class OfflineEngine(SegmentationEngine):
 
     name = "offline classical"
 
+    def __init__(self, fallback_reason: str = ""):
+        self.fallback_reason = fallback_reason  # why a requested learned model is not used instead
+
     def segment(self, ct: CtVolume, progress: Progress = silent) -> VertebraSegmentation:
         hu = ct.array()
         spacing = np.array(ct.image.GetSpacing()[::-1], dtype=float)
@@ -152,7 +155,9 @@ class OfflineEngine(SegmentationEngine):
         progress(1.0, f"{len(found)} levels labelled ({', '.join(found)})")
         return VertebraSegmentation(
             label_map=image, engine=self.name, source="offline classical segmentation (no trained model)",
-            convention=LabelConvention.VERSE, notes=[anchor_note],
+            convention=LabelConvention.VERSE,
+            notes=([f"learned model unavailable ({self.fallback_reason}): offline engine used"]
+                   if self.fallback_reason else []) + [anchor_note],
             masks_fit_for_morphometry=False,
         )
 

@@ -71,14 +71,17 @@ def choose_engine(
         if is_monai_bundle(folder) and not (folder / "manifest.json").is_file():
             write_bundle_manifest(folder)
         return LearnedEngine(folder, device)
+    from .offline_engine import OfflineEngine
+
     if engine == "monai":
-        return engine_from_registry(next(iter(read_registry().values())), device)
+        try:
+            return engine_from_registry(next(iter(read_registry().values())), device)
+        except EngineUnavailableError as error:  # offline: say so, and still give a result
+            return OfflineEngine(fallback_reason=str(error))
     if engine == "auto":
         installed = installed_engines()
         if installed:
             return engine_from_registry(installed[0], device)
-    from .offline_engine import OfflineEngine
-
     return OfflineEngine()
 
 

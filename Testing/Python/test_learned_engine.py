@@ -241,3 +241,31 @@ def test_auto_prefers_an_installed_model_and_falls_back_to_offline(tmp_path, mon
     (installed / RECORDED_HASH_FILE).write_text("recorded at download\n", encoding="utf-8")
     engine = choose_engine(None, engine="auto")
     assert isinstance(engine, LearnedEngine) and engine.package == installed
+
+
+
+def test_monai_engine_offline_falls_back_to_the_offline_engine_and_says_why(tmp_path, monkeypatch):
+    import spinefrac.model_registry as registry
+    from spinefrac.offline_engine import OfflineEngine
+    from spinefrac.pipeline import choose_engine
+
+    monkeypatch.setenv("SPINEFRAC_CACHE", str(tmp_path / "cache"))
+    unreachable = RegistryEntry("tiny", "1", "package", "http://127.0.0.1:9/model.zip", None, "test", "")
+    monkeypatch.setattr(registry, "read_registry", lambda path=None: {"tiny": unreachable})
+    engine = choose_engine(None, engine="monai")
+    assert isinstance(engine, OfflineEngine) and "offline" in engine.fallback_reason
+
+
+def test_training_resumes_from_its_checkpoint(tmp_path, trained):
+    import dataclasses
+    import shutil
+
+    data, package, history = trained
+    resumed = tmp_path / "resumed"
+    shutil.copytree(package, resumed)
+    longer = dataclasses.replace(TINY, epochs=TINY.epochs + 1)
+    lines = []
+    new_history = train_segmentation(data, resumed, longer, resume=True, log=lines.append)
+    assert lines[0] == f"resumed after epoch {TINY.epochs}"
+    assert new_history["train_loss"][: TINY.epochs] == history["train_loss"]
+    assert len(new_history["train_loss"]) == TINY.epochs + 1
