@@ -125,6 +125,7 @@ def train_segmentation(data: Path | str | list[TrainingCase], output: Path | str
                                num_samples=config.batch_size, allow_smaller=True),
         RandFlipd(keys=("image", "label"), prob=0.5, spatial_axis=2),  # left-right: anatomy is symmetric
     ])
+    sampler.set_random_state(seed=config.seed)  # MONAI transforms keep their own generators
     history = {"train_loss": [], "validation_dice": [], "validation_dice_per_level": []}
     start_epoch = 0
     checkpoint_path = output / CHECKPOINT_FILE

@@ -26,8 +26,8 @@ from spinefrac.train_segmentation import SegmentationTrainingConfig, train_segme
 
 LEVELS = ("L3", "L4", "L5", "sacrum")
 TINY = SegmentationTrainingConfig(spacing_mm=(4.0, 4.0, 4.0), patch_size=(24, 24, 24), init_filters=8,
-                                  blocks_down=(1, 1), blocks_up=(1,), epochs=6, steps_per_epoch=6, batch_size=2,
-                                  learning_rate=5e-3, validation_fraction=0.34)
+                                  blocks_down=(1, 1), blocks_up=(1,), epochs=8, steps_per_epoch=8, batch_size=2,
+                                  learning_rate=1e-2, validation_fraction=0.34)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def trained(tmp_path_factory):
 def test_training_lowers_the_loss_and_raises_validation_dice(trained):
     _, _, history = trained
     assert history["train_loss"][-1] < history["train_loss"][0]
-    assert max(history["validation_dice"][-2:]) > history["validation_dice"][0]
+    assert np.mean(history["validation_dice"][-3:]) > history["validation_dice"][0]
     assert set(history["validation_dice_per_level"][-1]) <= {"L3", "L4", "L5", "sacrum"}
 
 
