@@ -56,7 +56,7 @@ from .errors import InputError, OutputError
 from .image_io import ImageGrid, read_image, require_3d_scalar, to_canonical
 from .levels import LEVEL_BY_ID, Level, level_for_name, sort_craniocaudal
 from .measurement import LPS_TO_RAS
-from .pipeline import LABEL_MAP_FILE, REPORT_JSON_FILE
+from .outputs import LABEL_MAP_FILE, REPORT_JSON_FILE
 from .progress import Progress, silent
 
 EVALUATION_SCHEMA = "spinefrac-evaluation"

@@ -14,6 +14,14 @@ from pathlib import Path
 
 from .errors import OutputError
 
+# The files of a run's output folder (spinefrac run, batch cases), read back by evaluation.
+LABEL_MAP_FILE = "vertebrae.nii.gz"
+BODY_LABEL_MAP_FILE = "vertebral_bodies.nii.gz"
+REPORT_JSON_FILE = "report.json"
+REPORT_CSV_FILE = "report.csv"
+OVERVIEW_FILE = "overview.png"
+GALLERY_FILE = "gallery.png"
+
 
 class AtomicOutputFolder:
     """``with AtomicOutputFolder(out) as work: ...write into work...`` then it becomes ``out``."""

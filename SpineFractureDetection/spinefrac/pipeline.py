@@ -18,18 +18,13 @@ from .errors import EngineUnavailableError
 from .image_io import CtVolume, load_ct, write_image
 from .measurement import SpineMeasurements, measure_vertebrae
 from .morphometry import SpineMorphometry, measure_morphometry
-from .outputs import AtomicOutputFolder
+from .outputs import (BODY_LABEL_MAP_FILE, GALLERY_FILE, LABEL_MAP_FILE, OVERVIEW_FILE, REPORT_CSV_FILE,
+                      REPORT_JSON_FILE, AtomicOutputFolder)
 from .overview import write_gallery_png, write_overview_png
 from .progress import SilentStages
 from .report import SpineReport
 from .segmentation import ExistingLabelMap, LabelConvention, SegmentationEngine, VertebraSegmentation
 
-LABEL_MAP_FILE = "vertebrae.nii.gz"
-BODY_LABEL_MAP_FILE = "vertebral_bodies.nii.gz"
-REPORT_JSON_FILE = "report.json"
-REPORT_CSV_FILE = "report.csv"
-OVERVIEW_FILE = "overview.png"
-GALLERY_FILE = "gallery.png"
 STAGE_COUNT = 6
 
 

@@ -19,6 +19,7 @@ from . import __version__
 from .image_io import CtVolume
 from .fracture import FractureFindings, VertebraFinding
 from .measurement import SpineMeasurements, VertebraMeasurement
+from .outputs import REPORT_CSV_FILE, REPORT_JSON_FILE
 from .segmentation import VertebraSegmentation
 
 REPORT_SCHEMA = "spinefrac-report"
@@ -142,7 +143,7 @@ class SpineReport:
         return buffer.getvalue()
 
     def write(self, folder: Path) -> tuple[Path, Path]:
-        json_path, csv_path = folder / "report.json", folder / "report.csv"
+        json_path, csv_path = folder / REPORT_JSON_FILE, folder / REPORT_CSV_FILE
         json_path.write_text(self.to_json(), encoding="utf-8")
         csv_path.write_text(self.to_csv(), encoding="utf-8")
         return json_path, csv_path
