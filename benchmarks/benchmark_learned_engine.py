@@ -25,7 +25,7 @@ import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SpineFractureDetection"))
 
-from spinefrac.classifier import sha256_of  # noqa: E402
+from spinefrac.model_packages import sha256_of  # noqa: E402
 from spinefrac.device import resolve_device  # noqa: E402
 from spinefrac.image_io import ct_from_image  # noqa: E402
 from spinefrac.learned_engine import SEG_MANIFEST_FILE, LearnedEngine, SegmentationManifest  # noqa: E402

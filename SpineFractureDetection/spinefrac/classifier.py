@@ -17,7 +17,6 @@ and refuses anything that does not match. No weights ship with this project.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
@@ -26,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import EngineUnavailableError, InputError
+from .errors import InputError
 from .image_io import CtVolume
+from .model_packages import require_torch, sha256_of, write_model_package
 from .morphometry import SpineMorphometry, VertebraMorphometry, _Grid, sample_at
 from .segmentation import VertebraSegmentation
 
@@ -91,17 +91,6 @@ class ClassifierManifest:
         return manifest
 
 
-def require_torch():
-    try:
-        import torch  # noqa: F401
-        import monai  # noqa: F401
-    except ImportError as error:
-        raise EngineUnavailableError(
-            f"the learned classifier needs PyTorch and MONAI ({error.name} is not installed): "
-            "pip install 'spinefrac[learned]'"
-        ) from None
-
-
 def build_network(config: NetworkConfig):
     require_torch()
     from monai.networks.nets import DenseNet
@@ -143,14 +132,6 @@ def level_crops(ct, segmentation, morphometry: SpineMorphometry, crop: CropGeome
 
 
 # -- the trained classifier -----------------------------------------------------------------
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class FractureClassifier:
@@ -308,20 +289,7 @@ def _predict(network, examples: list[TrainingExample], device: str) -> tuple[np.
 
 
 def write_package(network, manifest: ClassifierManifest, output: Path) -> Path:
-    """weights.pt then manifest.json (with the weights' checksum), each written atomically."""
-    import torch
-
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    weights = output / WEIGHTS_FILE
-    temporary = output / f".{WEIGHTS_FILE}.partial"
-    torch.save(network.state_dict(), temporary)
-    temporary.replace(weights)
-    manifest.weights_sha256 = sha256_of(weights)
-    manifest_temporary = output / f".{MANIFEST_FILE}.partial"
-    manifest_temporary.write_text(manifest.to_json(), encoding="utf-8")
-    manifest_temporary.replace(output / MANIFEST_FILE)
-    return output
+    return write_model_package(network, manifest, output, WEIGHTS_FILE, MANIFEST_FILE)
 
 
 def examples_from_dataset(root: Path | str, crop: CropGeometry | None = None, log=print) -> list[TrainingExample]:

@@ -32,7 +32,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .classifier import require_torch, sha256_of
+from .model_packages import require_torch, sha256_of
 from .errors import InputError
 from .image_io import CtVolume
 from .levels import LEVEL_BY_ID, SACRUM, sort_craniocaudal

@@ -23,7 +23,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .classifier import sha256_of
+from .model_packages import sha256_of
 from .errors import EngineUnavailableError, InputError
 from .learned_engine import SEG_MANIFEST_FILE, SegmentationManifest
 from .levels import TOTALSEGMENTATOR_V1_IDS

@@ -165,8 +165,6 @@ def measure_morphometry(
         if result.frame is None:
             continue
         neighbour_axis = _craniocaudal_axis(result.level, vertebrae, body_centres, fallback=result.frame.superior)
-        box, body = result.body_mask_box
-        body_points = grid.lps(np.argwhere(body) + np.array([s.start for s in box]))
         frame = _frame(result.frame.centre_lps_mm, neighbour_axis, result.frame.anterior)
         _measure_body(result, frame, grid)
     return SpineMorphometry(results, tuple(ct.image.GetSpacing()))

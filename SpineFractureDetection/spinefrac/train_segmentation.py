@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .classifier import require_torch, sha256_of
+from .model_packages import require_torch, write_model_package
 from .datasets import SpineCase, read_dataset
 from .errors import InputError
 from .image_io import load_ct
@@ -204,15 +204,4 @@ def _validate(network, cases: list[TrainingCase], manifest: SegmentationManifest
 
 
 def export_package(network, manifest: SegmentationManifest, output: Path) -> Path:
-    """weights.pt, then manifest.json with the weights' sha256; each renamed into place."""
-    import torch
-
-    weights = output / manifest.weights_file
-    partial = output / f".{manifest.weights_file}.partial"
-    torch.save(network.state_dict(), partial)
-    partial.replace(weights)
-    manifest.weights_sha256 = sha256_of(weights)
-    manifest_partial = output / f".{SEG_MANIFEST_FILE}.partial"
-    manifest_partial.write_text(manifest.to_json(), encoding="utf-8")
-    manifest_partial.replace(output / SEG_MANIFEST_FILE)
-    return output
+    return write_model_package(network, manifest, output, manifest.weights_file, SEG_MANIFEST_FILE)

@@ -97,7 +97,7 @@ def test_corrupted_weights_are_refused(tmp_path, package):
 
 
 def test_unloadable_weights_with_a_matching_checksum_are_refused(tmp_path, package):
-    from spinefrac.classifier import sha256_of
+    from spinefrac.model_packages import sha256_of
 
     output, _, _ = package
     foreign = tmp_path / "foreign"

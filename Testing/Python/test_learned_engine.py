@@ -18,7 +18,7 @@ from spine_test_utils import run_cli  # noqa: E402
 
 from spinefrac.errors import EngineUnavailableError, InputError  # noqa: E402
 from spinefrac.image_io import load_ct, to_canonical  # noqa: E402
-from spinefrac.learned_engine import SEG_MANIFEST_FILE, LearnedEngine, SegmentationManifest, order_violations  # noqa: E402
+from spinefrac.learned_engine import SEG_MANIFEST_FILE, LearnedEngine, order_violations  # noqa: E402
 from spinefrac.model_registry import (RECORDED_HASH_FILE, RegistryEntry, download_model,  # noqa: E402
                                       manifest_from_monai_bundle)
 from spinefrac.phantom import PhantomSpec, make_phantom  # noqa: E402
