@@ -116,7 +116,7 @@ class SpineFractureDetectionWidget(ScriptedLoadableModuleWidget, VTKObservationM
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.cancelButton.enabled = False
         self._segmentationRun = None
-        self.ui.tableView.connect("selectionChanged()", self.onTableSelection)
+        self.ui.tableView.connect("clicked(QModelIndex)", self.onTableClicked)
         self._lastReport = None
         self.initializeParameterNode()
 
@@ -251,15 +251,14 @@ class SpineFractureDetectionWidget(ScriptedLoadableModuleWidget, VTKObservationM
             json_path, csv_path = self.logic.exportReport(self._lastReport, folder)
             self.ui.statusLabel.text = f"Wrote {json_path} and {csv_path}."
 
-    def onTableSelection(self):
-        """Centre the slice views on the vertebra of the selected row."""
+    def onTableClicked(self, index):
+        """Centre the slice views on the vertebra of the clicked row."""
         table = self._parameterNode.measurementTable if self._parameterNode else None
-        rows = self.ui.tableView.selectedIndexes() if table else []
-        if not rows:
+        if table is None:
             return
         from SpineFractureDetectionLib.mrml_logic import centroid_ras_of_row
 
-        location = centroid_ras_of_row(table, rows[0].row())
+        location = centroid_ras_of_row(table, index.row())
         if location is not None:
             slicer.modules.markups.logic().JumpSlicesToLocation(*location, True)
 
@@ -422,7 +421,7 @@ class _SegmentationRun:
     def _readProgress(self):
         from SpineFractureDetectionLib.mrml_logic import parse_progress
 
-        text = bytes(self._process.readAllStandardError()).decode("utf-8", "replace")
+        text = bytes(self._process.readAllStandardError().data()).decode("utf-8", "replace")
         for line in text.splitlines():
             if line.startswith("spinefrac: error:"):
                 self._lastError = line
