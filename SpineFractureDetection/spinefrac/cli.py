@@ -7,6 +7,7 @@ behind in the output folder. Unexpected failures exit 1 (``--debug`` shows the t
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -239,10 +240,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_folders, format_table, write_evaluation
 
     summary = evaluate_folders(args.predictions, args.references, probability_threshold=args.probability_threshold)
+    written = write_evaluation(summary, args.output).values() if args.output is not None else []
     print(format_table(summary))
-    if args.output is not None:
-        for path in write_evaluation(summary, args.output).values():
-            print(path)
+    for path in written:
+        print(path)
     return 0
 
 
@@ -281,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; no output was written", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of our stdout went away (e.g. '| head'): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except MemoryError:
         print(f"{PROG}: error: out of memory; no output was written", file=sys.stderr)
         return 1

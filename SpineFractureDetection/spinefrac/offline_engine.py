@@ -7,10 +7,14 @@ Steps, all in physical millimetres so that 0.7-5 mm voxels behave alike:
   2. a working copy (about 1.2-1.6 mm) cropped around the axis; bone = lightly smoothed HU
      above a threshold, with the marrow inside each axial cortical ring filled in;
   3. the axis is refined to the vertebral body centres, and the mean HU on small disks
-     perpendicular to it gives a profile whose low-HU dips are the intervertebral discs;
+     perpendicular to it gives a profile whose low-HU dips are the intervertebral discs; a
+     segment much longer than its neighbours is cut at its best endplate-flanked dip (thin
+     discs vanish in partial volume at 3 mm);
   4. every bone voxel takes the disc-bounded slab of its nearest axis point (cut planes
      perpendicular to the spine), limited to a vertebra-sized envelope around the axis so
-     that ribs and iliac bones fall away, and unconnected fragments are dropped;
+     that ribs and iliac bones fall away; bone near a cut is then re-assigned to the level it
+     is most cheaply joined to through dense bone (so facet joints, not planes, part the
+     posterior elements), the partial-volume shell is dropped, and so are unconnected fragments;
   5. levels are counted upwards from the sacrum (a long caudal block or one flanked by the
      iliac bones), else from the last rib-bearing vertebra (T12), else from an assumed L5.
 """
@@ -21,7 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage, signal
+from scipy import ndimage, signal, sparse
+from scipy.sparse import csgraph
 from scipy.spatial import cKDTree
 
 from .errors import InputError
@@ -41,6 +46,8 @@ COARSE_BONE_HU = 150.0
 BONE_HU = 110.0  # on HU smoothed by half a voxel: tuned on the 3 mm TotalSegmentator example
 MARROW_MIN_HU = 60.0  # filled cortical rings keep marrow, not CSF in the spinal canal
 BONE_SMOOTHING_VOXELS = 0.5
+# Labelled voxels keep at least this fraction of the peak HU around them (drops the partial-volume shell).
+EDGE_FRACTION = 0.3
 
 AXIS_DENSITY_SIGMA_MM = 10.0  # about a vertebral body radius
 MIDLINE_PRIOR_SIGMA_MM = 35.0
@@ -62,6 +69,10 @@ PROFILE_STEP_MM = 1.0
 MIN_SEGMENT_MM = 13.0  # shortest body + disc (upper cervical)
 DISC_PROMINENCE_HU = 15.0
 DISC_MAX_HU = 150.0  # discs are soft tissue (70-130 HU); dips inside bone are not discs
+SPLIT_LENGTH_RATIO = 1.6  # a segment this many times its neighbours' length hides a disc
+MIN_PIECE_RATIO = 0.6
+MAX_SACRUM_RATIO = 3.3  # S1 to the coccyx along the curve: up to about three lumbar segments
+ENDPLATE_REACH_MM = 8.0  # a disc's endplates sit within this of its centre, a body's further apart
 SACRUM_LENGTH_RATIO = 1.9  # a caudal block this many typical segments long is the sacrum
 
 CROP_LATERAL_MM = 80.0
@@ -71,6 +82,11 @@ ENVELOPE_ANTERIOR_MM = 30.0
 ENVELOPE_POSTERIOR_MM = 85.0
 # Lateral reach from the body centre: transverse processes, not ribs or iliac wings.
 LATERAL_REACH_MM = {"cervical": 35.0, "thoracic": 31.0, "lumbar": 50.0, "sacral": 60.0}
+
+CUT_BAND_MM = 10.0  # bone this close to a cut plane is re-assigned by geodesic competition
+CUT_BAND_FRACTION = 0.3  # of the shorter neighbouring segment, at most
+DIM_BONE_PENALTY = 8.0  # extra path cost per mm through dim bone (joint gaps, partial volume)
+DENSE_BONE_HU = 400.0  # bone this dense costs nothing extra
 
 RIB_ZONE_LATERAL_MM = (45.0, 90.0)
 RIB_ZONE_AP_MM = (-60.0, 30.0)  # anterior positive, from the body centre
@@ -147,6 +163,8 @@ class OfflineEngine(SegmentationEngine):
         anchor_note = _identify(segments, lateral_mm, anterior_mm, arc_mm, float(np.prod(work.spacing_mm)))
         progress(0.75, "labelling vertebrae")
         work_labels = _assign(segments, bone, lateral_mm, anterior_mm, arc_mm)
+        work_labels = _refine_boundaries(work, segments, bone, work_labels, arc_mm)
+        work_labels[~_bone_mask(work.values, EDGE_FRACTION)] = 0
         labels = _native_labels(hu, work, work_labels)
         image = sitk.GetImageFromArray(labels)
         image.CopyInformation(ct.image)
@@ -278,10 +296,16 @@ def _crop_box(coarse: _Grid, path_mm: np.ndarray, spine_slices: np.ndarray, spac
 # -- 2. bone --------------------------------------------------------------------------------
 
 
-def _bone_mask(hu: np.ndarray) -> np.ndarray:
-    """Bone with its marrow: smoothed HU above BONE_HU, cortical rings filled per axial slice."""
+def _bone_mask(hu: np.ndarray, edge_fraction: float = 0.0) -> np.ndarray:
+    """Bone with its marrow: smoothed HU above BONE_HU, cortical rings filled per axial slice.
+
+    With an edge fraction, voxels below that fraction of their neighbourhood's peak are left
+    out: the partial-volume shell outside the cortex, which a fixed threshold keeps.
+    """
     smooth = ndimage.gaussian_filter(hu, BONE_SMOOTHING_VOXELS)
     bone = smooth > BONE_HU
+    if edge_fraction > 0:
+        bone &= smooth >= edge_fraction * ndimage.maximum_filter(smooth, size=3)
     marrow_possible = smooth > MARROW_MIN_HU
     for k in range(bone.shape[0]):
         if bone[k].any():
@@ -347,7 +371,8 @@ def _segments(work: _Grid, axis: _Axis) -> list[_Segment]:
     if not spine.any():
         return []
     first, last = np.nonzero(spine)[0][[0, -1]]
-    discs = _disc_positions(profile[first:last + 1]) + first
+    section = profile[first:last + 1]
+    discs = _split_long_segments(_disc_positions(section), section) + first
     bounds = [arc_grid[first]] + [arc_grid[d] for d in discs] + [arc_grid[last] + PROFILE_STEP_MM]
     return [_Segment(low, high, bounded_below=index > 0) for index, (low, high) in enumerate(zip(bounds[:-1], bounds[1:]))]
 
@@ -375,6 +400,58 @@ def _disc_positions(profile: np.ndarray) -> np.ndarray:
         if width < DISC_WIDTH_RATIO * (next_dip - previous_dip) and profile[dip] < DISC_MAX_HU:
             discs.append(dip)
     return _thinned(np.array(discs, dtype=int), profile, int(MIN_SEGMENT_MM / PROFILE_STEP_MM))
+
+
+def _split_long_segments(discs: np.ndarray, profile: np.ndarray) -> np.ndarray:
+    """Add the discs that partial volume hid: a segment much longer than its neighbours holds
+    whole vertebrae, cut where a narrow dip is flanked by two endplate peaks."""
+    discs = list(discs)
+    for _ in range(len(discs) + 1):
+        bounds = [0] + discs + [profile.size]
+        lengths = np.diff(bounds)
+        added = False
+        for n in range(1, len(lengths)):  # the caudal block may be the sacrum: not split here
+            neighbours = np.concatenate([lengths[max(n - 2, 1):n], lengths[n + 1:n + 3]])
+            if neighbours.size == 0:
+                continue
+            typical = float(np.median(neighbours))
+            pieces = int(round(lengths[n] / typical))
+            if lengths[n] < SPLIT_LENGTH_RATIO * typical or pieces < 2:
+                continue
+            cuts = _best_cuts(profile, bounds[n], bounds[n + 1], pieces - 1, MIN_PIECE_RATIO * typical)
+            discs.extend(cuts)
+            added = added or bool(cuts)
+        discs.sort()
+        if not added:
+            break
+    return np.array(_split_caudal_block(discs, profile), dtype=int)
+
+
+def _split_caudal_block(discs: list[int], profile: np.ndarray) -> list[int]:
+    """A caudal block longer than any sacrum carries the lowest lumbar vertebra: cut it off the top."""
+    lengths = np.diff([0] + discs + [profile.size])
+    if lengths.size < 3:
+        return discs
+    typical = float(np.median(lengths[1:4]))
+    if lengths[0] < MAX_SACRUM_RATIO * typical:
+        return discs
+    # The lumbar piece cut off is 0.6-1.4 typical segments long.
+    low = int(discs[0] - 2 * typical)
+    return sorted(discs + _best_cuts(profile, low, discs[0], 1, MIN_PIECE_RATIO * typical))
+
+
+def _best_cuts(profile: np.ndarray, low: int, high: int, count: int, min_piece: float) -> list[int]:
+    """Up to count dips in [low, high) of highest endplate contrast, min_piece from the ends and each other."""
+    reach = int(round(ENDPLATE_REACH_MM / PROFILE_STEP_MM))
+    dips = [d for d in signal.argrelmin(profile, order=1)[0] if low + min_piece <= d <= high - min_piece]
+    contrast = [min(profile[max(d - reach, 0):d].max(), profile[d + 1:d + reach + 1].max()) - profile[d] for d in dips]
+    cuts: list[int] = []
+    for order in np.argsort(contrast)[::-1]:
+        if contrast[order] < DISC_PROMINENCE_HU or len(cuts) == count:
+            break
+        if all(abs(dips[order] - cut) >= min_piece for cut in cuts):
+            cuts.append(int(dips[order]))
+    return cuts
 
 
 def _thinned(discs: np.ndarray, profile: np.ndarray, min_gap: int) -> np.ndarray:
@@ -448,6 +525,53 @@ def _assign(segments: list[_Segment], bone: np.ndarray, lateral_mm: np.ndarray, 
     labels = np.zeros(bone.shape, dtype=np.uint8)
     labels[tuple(np.argwhere(bone)[inside].T)] = verse_ids[index[inside]]
     return _keep_connected_to_body(labels)
+
+
+def _refine_boundaries(work: _Grid, segments: list[_Segment], bone: np.ndarray, labels: np.ndarray,
+                       arc_mm: np.ndarray) -> np.ndarray:
+    """Re-draw the cuts between levels: bone near a cut plane goes to the level it is joined to
+    most cheaply through bone (geodesic competition, dim voxels costly), so the facet-joint gap
+    rather than the plane parts neighbouring posterior elements."""
+    if len(segments) < 2:
+        return labels
+    cuts_mm = np.array([s.low_mm for s in segments[1:]])
+    # Short (cervical, upper thoracic) segments keep a seeded middle.
+    band_mm = np.minimum(CUT_BAND_MM, CUT_BAND_FRACTION * np.minimum(
+        [s.length_mm for s in segments[:-1]], [s.length_mm for s in segments[1:]]))
+    arc_volume = np.full(bone.shape, np.inf)
+    arc_volume[bone] = arc_mm
+    labelled = labels > 0
+    near_cut = np.any(np.abs(arc_volume[labelled][:, None] - cuts_mm[None, :]) <= band_mm[None, :], axis=1)
+    number = np.full(bone.shape, -1)
+    number[labelled] = np.arange(int(labelled.sum()))
+    smooth = ndimage.gaussian_filter(work.values, BONE_SMOOTHING_VOXELS)
+    cost = 1.0 + DIM_BONE_PENALTY * np.clip((DENSE_BONE_HU - smooth[labelled]) / DENSE_BONE_HU, 0.0, 1.0)
+    graph = _neighbour_graph(number, cost, work.spacing_mm)
+    _, _, sources = csgraph.dijkstra(graph, directed=False, indices=np.nonzero(~near_cut)[0], min_only=True,
+                                     return_predecessors=True)
+    values = labels[labelled]
+    reached = sources >= 0
+    values[reached] = values[sources[reached]]
+    refined = np.zeros_like(labels)
+    refined[labelled] = values
+    return _keep_connected_to_body(refined)
+
+
+def _neighbour_graph(number: np.ndarray, cost: np.ndarray, spacing_mm: np.ndarray) -> sparse.csr_matrix:
+    """Face-neighbour edges between numbered voxels, weighted by length times mean cost."""
+    rows, cols, weights = [], [], []
+    for axis in range(3):
+        low = [slice(None)] * 3
+        high = [slice(None)] * 3
+        low[axis], high[axis] = slice(0, -1), slice(1, None)
+        a, b = number[tuple(low)].ravel(), number[tuple(high)].ravel()
+        both = (a >= 0) & (b >= 0)
+        a, b = a[both], b[both]
+        rows.append(a)
+        cols.append(b)
+        weights.append(spacing_mm[axis] * (cost[a] + cost[b]) / 2)
+    edges = (np.concatenate(rows), np.concatenate(cols))
+    return sparse.csr_matrix((np.concatenate(weights), edges), shape=(cost.size, cost.size))
 
 
 def _lateral_reach(verse_id: int) -> float:
@@ -558,6 +682,6 @@ def _native_labels(hu: np.ndarray, work: _Grid, work_labels: np.ndarray) -> np.n
     for axis, factor in enumerate(work.factors):
         grown = np.repeat(grown, factor, axis=axis)
     box = tuple(slice(a, a + n) for a, n in zip(work.start, grown.shape))
-    native_bone = _bone_mask(np.asarray(hu[box], dtype=np.float32))
+    native_bone = _bone_mask(np.asarray(hu[box], dtype=np.float32), EDGE_FRACTION)
     labels[box] = np.where(native_bone, grown, 0)
     return labels

@@ -37,7 +37,7 @@ def test_phantom_levels_identified_from_the_sacrum(curved_lumbar, curved_lumbar_
     assert [level.name for level in result.levels] == list(LUMBAR)
     evaluation = evaluate_segmentation(result.label_map, sitk.DICOMOrient(curved_lumbar.labels, "LPS"))
     assert evaluation.identification_rate == 1.0  # measured 1.00
-    assert evaluation.mean_dice >= 0.80  # measured 0.85 at 3 mm
+    assert evaluation.mean_dice >= 0.90  # measured 0.95 at 3 mm
 
 
 @pytest.mark.parametrize("orientation", ["RAS", "PIR"])
@@ -56,7 +56,7 @@ def test_real_ct_lumbar_levels_and_sacrum(shared_data):
     scores = {score.level.name: score for score in evaluation.levels}
     for name in ("T12", "L1", "L2", "L3", "L4", "L5"):
         assert scores[name].identified, name
-        assert scores[name].dice >= 0.75, (name, scores[name].dice)  # measured 0.79-0.81
+        assert scores[name].dice >= 0.77, (name, scores[name].dice)  # measured 0.79-0.86
     assert scores["sacrum"].predicted_voxels > 0
     assert result.notes[0].startswith("levels counted upwards from the sacrum")
 
