@@ -20,11 +20,11 @@ from pathlib import Path
 
 from . import __version__
 from .errors import InputError, OutputError, SpineFracError
+from .image_io import IMAGE_SUFFIX_PATTERN
 from .pipeline import run_pipeline
 
-_IMAGE_SUFFIX = r"\.(?:nii\.gz|nii|nrrd|mha)$"
-_CT_FILE = re.compile(r"^(?P<name>.+)_ct" + _IMAGE_SUFFIX, re.IGNORECASE)
-_SEG_FILE = re.compile(r"^(?P<name>.+)_seg" + _IMAGE_SUFFIX, re.IGNORECASE)
+_CT_FILE = re.compile(rf"^(?P<name>.+)_ct{IMAGE_SUFFIX_PATTERN}$", re.IGNORECASE)
+_SEG_FILE = re.compile(rf"^(?P<name>.+)_seg{IMAGE_SUFFIX_PATTERN}$", re.IGNORECASE)
 SUMMARY_JSON = "batch_summary.json"
 SUMMARY_CSV = "batch_summary.csv"
 

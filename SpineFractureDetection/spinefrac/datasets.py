@@ -34,16 +34,15 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
-from .image_io import ImageGrid
+from .image_io import IMAGE_SUFFIX_PATTERN, ImageGrid
 from .levels import LEVEL_BY_ID
 
-IMAGE_EXTENSION_PATTERN = r"\.(?:nii\.gz|nii|nrrd|mha)"
-_VERSE_CT = re.compile(rf"^(?P<key>.+)_ct{IMAGE_EXTENSION_PATTERN}$", re.IGNORECASE)
-_VERSE_MASK = re.compile(rf"^(?P<key>.+)_seg-vert_msk{IMAGE_EXTENSION_PATTERN}$", re.IGNORECASE)
+_VERSE_CT = re.compile(rf"^(?P<key>.+)_ct{IMAGE_SUFFIX_PATTERN}$", re.IGNORECASE)
+_VERSE_MASK = re.compile(rf"^(?P<key>.+)_seg-vert_msk{IMAGE_SUFFIX_PATTERN}$", re.IGNORECASE)
 _VERSE_CENTROIDS = re.compile(r"^(?P<key>.+?)(?:_seg-[a-z]+)?_ctd\.json$", re.IGNORECASE)
 _PAIR_CT = _VERSE_CT
-_PAIR_LABELS = re.compile(rf"^(?P<key>.+)_seg{IMAGE_EXTENSION_PATTERN}$", re.IGNORECASE)
-_IMAGE_FILE = re.compile(rf"^(?P<key>.+?){IMAGE_EXTENSION_PATTERN}$", re.IGNORECASE)
+_PAIR_LABELS = re.compile(rf"^(?P<key>.+)_seg{IMAGE_SUFFIX_PATTERN}$", re.IGNORECASE)
+_IMAGE_FILE = re.compile(rf"^(?P<key>.+?){IMAGE_SUFFIX_PATTERN}$", re.IGNORECASE)
 _NNUNET_CHANNEL = re.compile(r"_0000$")
 
 IMAGE_FOLDERS = ("images", "imagesTr")

@@ -53,7 +53,7 @@ from scipy.stats import rankdata
 from . import __version__
 from .datasets import LABEL_FOLDERS, read_dataset
 from .errors import InputError, OutputError
-from .image_io import ImageGrid, read_image, require_3d_scalar, to_canonical
+from .image_io import IMAGE_SUFFIX_PATTERN, ImageGrid, read_image, require_3d_scalar, to_canonical
 from .levels import LEVEL_BY_ID, Level, level_for_name, sort_craniocaudal
 from .measurement import LPS_TO_RAS
 from .outputs import LABEL_MAP_FILE, REPORT_JSON_FILE
@@ -73,7 +73,7 @@ DEFAULT_PROBABILITY_THRESHOLD = 0.5
 MAX_VERSE_ID = max(LEVEL_BY_ID)
 LABEL_MAP_SUFFIXES = ("_seg-vert_msk", "_vertebrae", "_labels", "_label", "_seg", "_msk", "_mask")
 GRADES_FILE_STEM = "genant"  # NAME_genant.csv beside a label map, genant.csv in a run folder
-_LABEL_MAP_FILE = re.compile(r"^(?P<stem>.+?)(?:\.seg)?\.(?:nii\.gz|nii|nrrd|mha)$", re.IGNORECASE)
+_LABEL_MAP_FILE = re.compile(rf"^(?P<stem>.+?)(?:\.seg)?{IMAGE_SUFFIX_PATTERN}$", re.IGNORECASE)
 _CT_STEM = re.compile(r"_ct$", re.IGNORECASE)  # CTs often sit beside their label maps
 _FACE_NEIGHBOURS = ndimage.generate_binary_structure(3, 1)
 

@@ -28,6 +28,8 @@ DICOM_MODALITY_TAG = "0008|0060"
 DICOM_SERIES_DESCRIPTION_TAG = "0008|103e"
 DICOM_SERIES_UID_TAG = "0020|000e"
 
+# File names the readers take for a volume or label map, as a regex suffix (case-insensitive).
+IMAGE_SUFFIX_PATTERN = r"\.(?:nii\.gz|nii|nrrd|mha)"
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _NRRD_SUFFIXES = (".nrrd", ".nhdr")
 

@@ -18,7 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
-from .image_io import CtVolume, ImageGrid, read_image, require_3d_scalar, to_canonical
+from .image_io import IMAGE_SUFFIX_PATTERN, CtVolume, ImageGrid, read_image, require_3d_scalar, to_canonical
 from .levels import LEVEL_BY_ID, TOTALSEGMENTATOR_V2_IDS, Level, level_for_name, sort_craniocaudal
 from .progress import Progress, silent
 
@@ -145,13 +145,15 @@ class ExistingLabelMap(SegmentationEngine):
         )
 
 
+_MASK_FILE = re.compile(rf"^(?P<stem>.+?)(?:\.seg)?{IMAGE_SUFFIX_PATTERN}$", re.IGNORECASE)
+
+
 def _is_image_file(path: Path) -> bool:
-    name = path.name.lower()
-    return path.is_file() and name.endswith((".nii", ".nii.gz", ".nrrd", ".mha"))
+    return path.is_file() and _MASK_FILE.match(path.name) is not None
 
 
 def _stem(path: Path) -> str:
-    return re.sub(r"(\.seg)?\.(nii\.gz|nii|nrrd|mha)$", "", path.name, flags=re.IGNORECASE)
+    return _MASK_FILE.match(path.name).group("stem")
 
 
 def _on_ct_grid(image: sitk.Image, ct: CtVolume, path: Path) -> sitk.Image:
