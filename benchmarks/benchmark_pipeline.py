@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 
 import spinefrac  # noqa: E402
-from spinefrac.evaluation import write_text_atomically  # noqa: E402
+from spinefrac.outputs import write_text_atomically  # noqa: E402
 from spinefrac.levels import LEVELS  # noqa: E402
 from spinefrac.phantom import PhantomSpec, make_phantom  # noqa: E402
 

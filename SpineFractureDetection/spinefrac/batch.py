@@ -21,6 +21,7 @@ from pathlib import Path
 from . import __version__
 from .errors import InputError, OutputError, SpineFracError
 from .image_io import IMAGE_SUFFIX_PATTERN
+from .outputs import write_text_atomically
 from .pipeline import run_pipeline
 
 _CT_FILE = re.compile(rf"^(?P<name>.+)_ct{IMAGE_SUFFIX_PATTERN}$", re.IGNORECASE)
@@ -110,15 +111,9 @@ def write_summary(outcomes: list[CaseOutcome], output: Path) -> None:
     summary = {"schema": "spinefrac-batch", "schema_version": "1.0.0", "software_version": __version__,
                "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "counts": counts,
                "cases": [asdict(o) for o in outcomes]}
-    _write_atomically(output / SUMMARY_JSON, json.dumps(summary, indent=2) + "\n")
+    write_text_atomically(output / SUMMARY_JSON, json.dumps(summary, indent=2) + "\n")
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(asdict(outcomes[0])), lineterminator="\n")
     writer.writeheader()
     writer.writerows(asdict(o) for o in outcomes)
-    _write_atomically(output / SUMMARY_CSV, buffer.getvalue())
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.partial")
-    temporary.write_text(text, encoding="utf-8")
-    temporary.replace(path)
+    write_text_atomically(output / SUMMARY_CSV, buffer.getvalue())

@@ -37,9 +37,7 @@ import csv
 import io
 import json
 import math
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -52,11 +50,11 @@ from scipy.stats import rankdata
 
 from . import __version__
 from .datasets import LABEL_FOLDERS, read_dataset
-from .errors import InputError, OutputError
+from .errors import InputError
 from .image_io import IMAGE_SUFFIX_PATTERN, ImageGrid, read_image, require_3d_scalar, to_canonical
 from .levels import LEVEL_BY_ID, Level, level_for_name, sort_craniocaudal
 from .measurement import LPS_TO_RAS
-from .outputs import LABEL_MAP_FILE, REPORT_JSON_FILE
+from .outputs import LABEL_MAP_FILE, REPORT_JSON_FILE, write_text_atomically
 from .progress import Progress, silent
 
 EVALUATION_SCHEMA = "spinefrac-evaluation"
@@ -935,23 +933,6 @@ def write_evaluation(summary: EvaluationSummary, folder: Path | str) -> dict[str
     write_text_atomically(json_path, to_json(summary))
     write_text_atomically(csv_path, to_csv(summary))
     return {"json": json_path, "csv": csv_path}
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """Write to a temporary file beside ``path``, then rename: readers never see half a file."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.",
-                                             suffix=".tmp", delete=False)
-    except OSError as error:
-        raise OutputError(f"cannot write in {path.parent} ({error.strerror})") from None
-    try:
-        with handle:
-            handle.write(text)
-        os.replace(handle.name, path)
-    except OSError as error:
-        Path(handle.name).unlink(missing_ok=True)
-        raise OutputError(f"cannot write {path} ({error.strerror})") from None
 
 
 def format_table(summary: EvaluationSummary) -> str:
