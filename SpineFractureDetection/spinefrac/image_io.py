@@ -266,22 +266,14 @@ def load_ct(path: Path | str, check_hu: bool = True) -> CtVolume:
         image, description = read_dicom_series(path, "CT", warnings)
     else:
         _check_header_first(path, "CT")
-        image = _read_checked(path, "CT")
+        image = read_image(path, "CT")
     ct = ct_from_image(image, path, image_format(path), description or f"{image_format(path)} file", check_hu)
     ct.warnings[:0] = warnings
     return ct
 
 
-def _read_checked(path: Path, what: str) -> sitk.Image:
-    """read_image without a second pass over a stream that _check_header_first verified."""
-    try:
-        return sitk.ReadImage(str(path))
-    except RuntimeError as error:
-        raise InputError(f"{what} {path} is not a readable image ({_first_itk_line(error)})") from None
-
-
 def _check_header_first(path: Path, what: str) -> None:
-    check_compressed_stream(path, what)
+    """Geometry and memory from the header alone, before read_image decompresses anything."""
     header = read_header(path)
     if header is None:
         return  # read_image gives the reader's own reason
