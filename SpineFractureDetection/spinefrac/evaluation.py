@@ -659,26 +659,28 @@ def _row_level(row: Mapping, where: str) -> Level:
         raise InputError(f"{where}: no level name and no VerSe id") from None
 
 
-def _optional_grade(value, where: str) -> int | None:
+def _optional_number(value) -> float | None:
+    """None for a missing or empty cell; NaN for text that is not a number (then refused)."""
     if value is None or str(value).strip() == "":
         return None
     try:
-        grade = float(value)
+        return float(value)
     except (TypeError, ValueError):
-        grade = math.nan
+        return math.nan
+
+
+def _optional_grade(value, where: str) -> int | None:
+    grade = _optional_number(value)
+    if grade is None:
+        return None
     if grade not in GENANT_GRADES:
         raise InputError(f"{where}: genant_grade {value!r} is not 0, 1, 2 or 3")
     return int(grade)
 
 
 def _optional_probability(value, where: str) -> float | None:
-    if value is None or str(value).strip() == "":
-        return None
-    try:
-        probability = float(value)
-    except (TypeError, ValueError):
-        probability = math.nan
-    if not 0.0 <= probability <= 1.0:
+    probability = _optional_number(value)
+    if probability is not None and not 0.0 <= probability <= 1.0:
         raise InputError(f"{where}: fracture_probability {value!r} is not a number from 0 to 1")
     return probability
 
