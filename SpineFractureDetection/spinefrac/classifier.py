@@ -28,7 +28,7 @@ import numpy as np
 from .errors import InputError
 from .image_io import CtVolume
 from .model_packages import require_torch, sha256_of, write_model_package
-from .morphometry import SpineMorphometry, VertebraMorphometry, _Grid, sample_at
+from .morphometry import SpineMorphometry, VertebraMorphometry, VoxelGrid, sample_at
 from .segmentation import VertebraSegmentation
 
 MANIFEST_FILE = "manifest.json"
@@ -112,7 +112,7 @@ def vertebra_crop(ct: CtVolume, segmentation: VertebraSegmentation, m: VertebraM
     axis = np.linspace(-half, half, crop.size_voxels)
     s, a, l = np.meshgrid(axis, axis, axis, indexing="ij")
     local = np.stack([l, a, s], axis=-1)
-    kji = _Grid(ct.image).kji(m.frame.to_lps(local)).reshape(-1, 3).T
+    kji = VoxelGrid(ct.image).kji(m.frame.to_lps(local)).reshape(-1, 3).T
     hu = sample_at(ct.array(), kji, order=1, cval=-1000.0)
     labels = sample_at(segmentation.array(), kji, order=0, cval=0.0)
     mask = (np.rint(labels) == m.level.verse_id).astype(np.float32)

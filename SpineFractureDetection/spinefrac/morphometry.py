@@ -124,7 +124,7 @@ def sample_at(volume: np.ndarray, kji: np.ndarray, order: int = 1, cval: float =
     return ndimage.map_coordinates(box, kji - low[:, None], order=order, mode="constant", cval=cval)
 
 
-class _Grid:
+class VoxelGrid:
     """Index <-> LPS conversions of the canonical grid, vectorised."""
 
     def __init__(self, image):
@@ -144,7 +144,7 @@ class _Grid:
 def measure_morphometry(
     ct: CtVolume, segmentation: VertebraSegmentation, measurements: SpineMeasurements
 ) -> SpineMorphometry:
-    grid = _Grid(ct.image)
+    grid = VoxelGrid(ct.image)
     labels = segmentation.array()
     hu = ct.array()
     centroids = {m.level.name: np.asarray(m.centroid_ras_mm) * [-1, -1, 1] for m in measurements.vertebrae}
@@ -194,7 +194,7 @@ def _padded(box: tuple[slice, ...], shape, pad: int = 2) -> tuple[slice, ...]:
     return tuple(slice(max(s.start - pad, 0), min(s.stop + pad, n)) for s, n in zip(box, shape))
 
 
-def _isolate_and_measure(result: VertebraMorphometry, labels, hu, grid: _Grid, centroid, axis, label_box) -> None:
+def _isolate_and_measure(result: VertebraMorphometry, labels, hu, grid: VoxelGrid, centroid, axis, label_box) -> None:
     box = _padded(label_box, labels.shape)
     vertebra = labels[box] == result.level.verse_id
     offset = np.array([s.start for s in box])
@@ -287,11 +287,11 @@ def sagittal_plane_heights(ct: CtVolume, m: VertebraMorphometry, plane_fractions
     if m.frame is None or m.body_mask_box is None:
         return np.empty((0, 3))
     probe = replace(m, problems=[], heights=None)
-    _measure_body(probe, m.frame, _Grid(ct.image), tuple(plane_fractions))
+    _measure_body(probe, m.frame, VoxelGrid(ct.image), tuple(plane_fractions))
     return probe.heights.per_plane_mm if probe.heights is not None else np.empty((0, 3))
 
 
-def _measure_body(result: VertebraMorphometry, frame: VertebralFrame, grid: _Grid,
+def _measure_body(result: VertebraMorphometry, frame: VertebralFrame, grid: VoxelGrid,
                   plane_fractions: tuple[float, ...] = PLANE_OFFSETS) -> None:
     box, body = result.body_mask_box
     offset = np.array([s.start for s in box])
@@ -348,7 +348,7 @@ def _mid_height_slab(local: np.ndarray, voxel_mm: float) -> np.ndarray:
     return np.abs(local[:, 2] - 0.5 * (low + high)) <= half_thickness
 
 
-def _extent_along_axis(mask, offset, grid: _Grid, frame: VertebralFrame, u: float, v: float, reach: float):
+def _extent_along_axis(mask, offset, grid: VoxelGrid, frame: VertebralFrame, u: float, v: float, reach: float):
     """Outermost inferior and superior 0.5-crossings of the interpolated body mask on the line
     (u, v, t), in mm along the axis: the endplate surfaces, also where a waisted body's side wall
     curves inside the line between them."""

@@ -17,7 +17,7 @@ from .fracture import DECISION_COLORS_RGB, Decision, FractureFindings  # noqa: E
 from .image_io import CtVolume  # noqa: E402
 from .levels import LEVEL_BY_ID  # noqa: E402
 from .measurement import LPS_TO_RAS, SpineMeasurements  # noqa: E402
-from .morphometry import SpineMorphometry, VertebraMorphometry, _Grid, sample_at  # noqa: E402
+from .morphometry import SpineMorphometry, VertebraMorphometry, VoxelGrid, sample_at  # noqa: E402
 from .segmentation import VertebraSegmentation  # noqa: E402
 
 BONE_WINDOW_LEVEL_HU = 400.0
@@ -133,7 +133,7 @@ def write_overview_png(
 
 def _draw_height_lines(axis_plot, ct, morphometry, h_low, k_low, spacing_h, spacing_k) -> None:
     """Anterior, middle and posterior heights as measured, projected onto the sagittal view."""
-    grid = _Grid(ct.image)
+    grid = VoxelGrid(ct.image)
     for m in morphometry.vertebrae:
         if m.heights is None:
             continue
@@ -179,7 +179,7 @@ def write_gallery_png(
     columns = min(GALLERY_COLUMNS, max(len(levels), 1))
     figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.0 * rows + 0.4), squeeze=False)
     figure.patch.set_facecolor("black")
-    grid = _Grid(ct.image)
+    grid = VoxelGrid(ct.image)
     by_name = findings.by_name()
     for axis_plot in axes.ravel():
         axis_plot.set_axis_off()
