@@ -187,22 +187,22 @@ def segmentation_from_node(segmentation_node, volume_node, ct: CtVolume) -> Vert
     )
 
 
-def labels_checksum(segmentation_node, volume_node) -> str:
-    """sha256 of the level labels the segments hold on the volume's grid (edits change it)."""
+def labels_checksum(segmentation_node, volume_node, ct: CtVolume | None = None) -> str:
+    """sha256 of the level labels the segments hold on the volume's grid (edits change it).
+    Pass ``ct`` when the caller has the volume as a CtVolume already: reading it again is costly."""
     levels, _ = level_segments(segmentation_node)
     if not levels:
         return hashlib.sha256(b"").hexdigest()
-    ct_grid = ct_from_volume(volume_node)
-    labels = segmentation_from_node(segmentation_node, volume_node, ct_grid)
+    labels = segmentation_from_node(segmentation_node, volume_node, ct or ct_from_volume(volume_node))
     return hashlib.sha256(np.ascontiguousarray(labels.array()).tobytes()).hexdigest()
 
 
-def has_unsaved_edits(segmentation_node, volume_node) -> bool:
+def has_unsaved_edits(segmentation_node, volume_node, ct: CtVolume | None = None) -> bool:
     """True when segments written by this module were changed since (by hand or another tool)."""
     written = segmentation_node.GetAttribute(CHECKSUM_ATTRIBUTE)
     if written is None:
         return segmentation_node.GetSegmentation().GetNumberOfSegments() > 0  # someone else's segments
-    return labels_checksum(segmentation_node, volume_node) != written
+    return labels_checksum(segmentation_node, volume_node, ct) != written
 
 
 def write_level_segments(segmentation_node, volume_node, segmentation: VertebraSegmentation, ct: CtVolume,
@@ -211,7 +211,7 @@ def write_level_segments(segmentation_node, volume_node, segmentation: VertebraS
     Refuses (EditedSegmentsError) to replace segments edited since they were written, unless
     ``overwrite_edits``: the module asks the user first."""
     ensure_segmentation_converters()
-    if not overwrite_edits and has_unsaved_edits(segmentation_node, volume_node):
+    if not overwrite_edits and has_unsaved_edits(segmentation_node, volume_node, ct):
         raise EditedSegmentsError(
             f"segmentation '{segmentation_node.GetName()}' holds segments edited since they were written; "
             "confirm to replace them, or choose a new segmentation")
@@ -230,7 +230,7 @@ def write_level_segments(segmentation_node, volume_node, segmentation: VertebraS
     finally:
         scene.RemoveNode(labelmap_node)
     ordered = style_level_segments(segmentation_node)
-    segmentation_node.SetAttribute(CHECKSUM_ATTRIBUTE, labels_checksum(segmentation_node, volume_node))
+    segmentation_node.SetAttribute(CHECKSUM_ATTRIBUTE, labels_checksum(segmentation_node, volume_node, ct))
     return ordered
 
 
