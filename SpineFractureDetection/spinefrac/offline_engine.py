@@ -30,12 +30,15 @@ from scipy.sparse import csgraph
 from scipy.spatial import cKDTree
 
 from .errors import InputError
+from .fracture import METAL_HU
 from .image_io import CtVolume
 from .levels import LEVEL_BY_ID
 from .progress import Progress, silent
 from .segmentation import LABEL_PIXEL_TYPE, LabelConvention, SegmentationEngine, VertebraSegmentation
 
 SACRUM_ID = 26
+C1_ID = 1
+T1_ID = 8
 T12_ID = 19
 L5_ID = 24
 
@@ -46,8 +49,15 @@ COARSE_BONE_HU = 150.0
 BONE_HU = 110.0  # on HU smoothed by half a voxel: tuned on the 3 mm TotalSegmentator example
 MARROW_MIN_HU = 60.0  # filled cortical rings keep marrow, not CSF in the spinal canal
 BONE_SMOOTHING_VOXELS = 0.5
-# Labelled voxels keep at least this fraction of the peak HU around them (drops the partial-volume shell).
-EDGE_FRACTION = 0.3
+# A blurred bone edge lies where HU has risen a fraction of the way from soft tissue to the nearest
+# cortical peak: half way (half maximum) where voxels resolve the cortex; on coarse voxels the peak
+# itself is diluted by partial volume, so the edge sits lower. Voxels below it are the
+# partial-volume shell that a fixed threshold keeps. Fractions measured on phantoms (0.7-3 mm) and
+# the 3 mm TotalSegmentator example.
+EDGE_FRACTION_FINE = 0.5  # voxels up to 1 mm
+EDGE_FRACTION_COARSE = 0.3  # voxels of 2 mm and more
+EDGE_REACH_MM = 1.5  # the peak is looked for this far around each voxel
+SOFT_TISSUE_HU = 40.0
 
 AXIS_DENSITY_SIGMA_MM = 10.0  # about a vertebral body radius
 MIDLINE_PRIOR_SIGMA_MM = 35.0
@@ -60,6 +70,7 @@ SPINE_GAP_MM = 24.0  # longest stretch with little bone still counted as one spi
 MIN_SPINE_LENGTH_MM = 40.0
 BODY_SEARCH_RADIUS_MM = 25.0
 AXIS_SMOOTHING_MM = 10.0
+FIELD_EDGE_REACH_MM = 20.0  # an end vertebra cut by the field of view extends this far beyond the axis
 
 PROFILE_RADII_MM = (0.0, 3.0, 6.0, 9.0, 12.0)
 PROFILE_SMOOTHING_MM = 1.0
@@ -74,6 +85,10 @@ MIN_PIECE_RATIO = 0.6
 MAX_SACRUM_RATIO = 3.3  # S1 to the coccyx along the curve: up to about three lumbar segments
 ENDPLATE_REACH_MM = 8.0  # a disc's endplates sit within this of its centre, a body's further apart
 SACRUM_LENGTH_RATIO = 1.9  # a caudal block this many typical segments long is the sacrum
+# Cervical body + disc is about 20 mm (lumbar about 40): the top segments of a spine that ends in view
+# this short and without ribs are the cervical spine, the top one the atlas.
+CERVICAL_SEGMENT_MAX_MM = 24.0
+CERVICAL_RUN = 3
 
 CROP_LATERAL_MM = 80.0
 CROP_ANTERIOR_MM = 45.0
@@ -126,7 +141,7 @@ class _Axis:
 class _Segment:
     low_mm: float  # arc-length interval along the axis
     high_mm: float
-    bounded_below: bool  # a disc (not the end of the spine) below
+    at_field_edge: bool = False  # an end segment cut by the field of view
     verse_id: int = 0
 
     @property
@@ -151,7 +166,7 @@ class OfflineEngine(SegmentationEngine):
         progress(0.25, "extracting bone around the spine")
         crop_start, crop_stop = _crop_box(coarse, coarse_path_mm, spine_slices, spacing, hu.shape)
         work = _block_mean(hu, spacing, WORK_SPACING_MM, crop_start, crop_stop)
-        bone = _bone_mask(work.values)
+        bone = _bone_mask(work.values, work.spacing_mm)
         axis = _refine_axis(work, bone, coarse, coarse_path_mm, spine_slices)
         progress(0.45, "finding intervertebral discs")
         segments = _segments(work, axis)
@@ -164,19 +179,22 @@ class OfflineEngine(SegmentationEngine):
         progress(0.75, "labelling vertebrae")
         work_labels = _assign(segments, bone, lateral_mm, anterior_mm, arc_mm)
         work_labels = _refine_boundaries(work, segments, bone, work_labels, arc_mm)
-        work_labels[~_bone_mask(work.values, EDGE_FRACTION)] = 0
-        labels = _native_labels(hu, work, work_labels)
+        work_labels[~_bone_mask(work.values, work.spacing_mm, edge=True)] = 0
+        labels = _fill_enclosed_marrow(_native_labels(hu, spacing, work, work_labels))
         image = sitk.GetImageFromArray(labels)
         image.CopyInformation(ct.image)
         image = sitk.Cast(image, LABEL_PIXEL_TYPE)
-        found = [LEVEL_BY_ID[s.verse_id].name for s in segments if s.verse_id and np.any(work_labels == s.verse_id)]
+        found = [LEVEL_BY_ID[verse_id].name for verse_id in sorted(set(np.unique(labels)) - {0}, reverse=True)]
         progress(1.0, f"{len(found)} levels labelled ({', '.join(found)})")
+        notes = [f"learned model unavailable ({self.fallback_reason}): offline engine used"] if self.fallback_reason else []
+        notes.append(anchor_note)
+        metal = _levels_with_metal(hu, labels)
+        if metal:
+            notes.append(f"metal (>= {METAL_HU:.0f} HU) in {', '.join(metal)}: the masks there follow the implant "
+                         "and its streaks as well as the bone")
         return VertebraSegmentation(
             label_map=image, engine=self.name, source="offline classical segmentation (no trained model)",
-            convention=LabelConvention.VERSE,
-            notes=([f"learned model unavailable ({self.fallback_reason}): offline engine used"]
-                   if self.fallback_reason else []) + [anchor_note],
-            masks_fit_for_morphometry=False,
+            convention=LabelConvention.VERSE, notes=notes, masks_fit_for_morphometry=False,
         )
 
 
@@ -296,21 +314,28 @@ def _crop_box(coarse: _Grid, path_mm: np.ndarray, spine_slices: np.ndarray, spac
 # -- 2. bone --------------------------------------------------------------------------------
 
 
-def _bone_mask(hu: np.ndarray, edge_fraction: float = 0.0) -> np.ndarray:
+def _bone_mask(hu: np.ndarray, spacing_mm: np.ndarray, edge: bool = False) -> np.ndarray:
     """Bone with its marrow: smoothed HU above BONE_HU, cortical rings filled per axial slice.
 
-    With an edge fraction, voxels below that fraction of their neighbourhood's peak are left
-    out: the partial-volume shell outside the cortex, which a fixed threshold keeps.
+    With ``edge``, voxels below the edge fraction of the rise from soft tissue to the nearest peak are
+    left out: the partial-volume shell outside the cortex.
     """
     smooth = ndimage.gaussian_filter(hu, BONE_SMOOTHING_VOXELS)
     bone = smooth > BONE_HU
-    if edge_fraction > 0:
-        bone &= smooth >= edge_fraction * ndimage.maximum_filter(smooth, size=3)
+    if edge:
+        size = 2 * np.ceil(EDGE_REACH_MM / np.asarray(spacing_mm)).astype(int) + 1
+        peak = ndimage.maximum_filter(smooth, size=tuple(size))
+        bone &= smooth - SOFT_TISSUE_HU >= _edge_fraction(spacing_mm) * (peak - SOFT_TISSUE_HU)
     marrow_possible = smooth > MARROW_MIN_HU
     for k in range(bone.shape[0]):
         if bone[k].any():
             bone[k] |= ndimage.binary_fill_holes(bone[k]) & marrow_possible[k]
     return bone
+
+
+def _edge_fraction(spacing_mm: np.ndarray) -> float:
+    coarseness = np.clip(float(np.max(spacing_mm)) - 1.0, 0.0, 1.0)  # 0 at 1 mm, 1 from 2 mm
+    return EDGE_FRACTION_FINE + coarseness * (EDGE_FRACTION_COARSE - EDGE_FRACTION_FINE)
 
 
 # -- 3. refined axis and discs --------------------------------------------------------------
@@ -374,7 +399,10 @@ def _segments(work: _Grid, axis: _Axis) -> list[_Segment]:
     section = profile[first:last + 1]
     discs = _split_long_segments(_disc_positions(section), section) + first
     bounds = [arc_grid[first]] + [arc_grid[d] for d in discs] + [arc_grid[last] + PROFILE_STEP_MM]
-    return [_Segment(low, high, bounded_below=index > 0) for index, (low, high) in enumerate(zip(bounds[:-1], bounds[1:]))]
+    segments = [_Segment(low, high) for low, high in zip(bounds[:-1], bounds[1:])]
+    segments[0].at_field_edge = segments[0].at_field_edge or first == 0
+    segments[-1].at_field_edge = segments[-1].at_field_edge or last == arc_grid.size - 1
+    return segments
 
 
 def _disc_positions(profile: np.ndarray) -> np.ndarray:
@@ -411,10 +439,11 @@ def _split_long_segments(discs: np.ndarray, profile: np.ndarray) -> np.ndarray:
         lengths = np.diff(bounds)
         added = False
         for n in range(1, len(lengths)):  # the caudal block may be the sacrum: not split here
-            neighbours = np.concatenate([lengths[max(n - 2, 1):n], lengths[n + 1:n + 3]])
+            neighbours = np.concatenate([lengths[max(n - 3, 1):n], lengths[n + 1:n + 4]])
             if neighbours.size == 0:
                 continue
-            typical = float(np.median(neighbours))
+            # The shorter neighbours: a run of merged segments must not set its own standard.
+            typical = float(np.percentile(neighbours, 25))
             pieces = int(round(lengths[n] / typical))
             if lengths[n] < SPLIT_LENGTH_RATIO * typical or pieces < 2:
                 continue
@@ -509,6 +538,10 @@ def _densified(axis: _Axis, step_mm: float) -> _Axis:
 def _segment_index(segments: list[_Segment], arc_mm: np.ndarray) -> np.ndarray:
     """Index of the slab holding each arc position (-1 outside the spine)."""
     edges = np.array([s.low_mm for s in segments] + [segments[-1].high_mm])
+    # A vertebra cut by the field of view reaches the border in every part of it, even where the
+    # cut plane through the axis's last point would stop short (a tilted spine).
+    edges[0] -= FIELD_EDGE_REACH_MM if segments[0].at_field_edge else 0.0
+    edges[-1] += FIELD_EDGE_REACH_MM if segments[-1].at_field_edge else 0.0
     index = np.searchsorted(edges, arc_mm, side="right") - 1
     index[(arc_mm < edges[0]) | (arc_mm >= edges[-1])] = -1
     return index
@@ -599,46 +632,98 @@ def _keep_connected_to_body(labels: np.ndarray) -> np.ndarray:
 # -- 5. level identification ----------------------------------------------------------------
 
 
+@dataclass
+class _Anchor:
+    segment_index: int  # caudal first
+    verse_id: int
+    evidence: str
+
+
 def _identify(segments: list[_Segment], lateral_mm: np.ndarray, anterior_mm: np.ndarray, arc_mm: np.ndarray,
               voxel_mm3: float) -> str:
-    """Give each segment a VerSe id from the best anchor; returns the note that says which."""
+    """Give each segment a VerSe id counted from the nearest anchor in view; returns the note that
+    says which anchors were used, whether they agree, and how confident the count is."""
     index = _segment_index(segments, arc_mm)
-    sacral = _sacral_segments(segments, index, lateral_mm, anterior_mm, arc_mm)
-    rib_bearing = _rib_bearing(segments, index, lateral_mm, anterior_mm, voxel_mm3)
-    # Ribs come in runs (T12, T11, ...); an iliac crest beside L5 is a single rib-like hit.
-    lowest_rib = next((i for i in range(len(sacral), len(segments) - 1) if rib_bearing[i] and rib_bearing[i + 1]), None)
+    ribs = _rib_bearing(segments, index, lateral_mm, anterior_mm, voxel_mm3)
+    sacral = _sacral_segments(segments, ribs, index, lateral_mm, anterior_mm, arc_mm)
+    anchors = _anchors(segments, sacral, ribs)
+    if not anchors:
+        # Ribs on every vertebra in view: a thoracic stretch; without them a lumbar one is likelier.
+        _count_from(segments, [_Anchor(0, T12_ID if all(ribs) else L5_ID, "")])
+        assumed = "every vertebra in view bears ribs, the lowest was assumed to be T12" if all(ribs) \
+            else "the lowest vertebra in view was assumed to be L5"
+        return f"no anchor visible (no sacrum, C1 or first/last rib): levels uncertain ({assumed})"
+    _count_from(segments, anchors)
+    for i in sacral:
+        segments[i].verse_id = SACRUM_ID
+    used, others = anchors[0], anchors[1:]
+    disagreeing = [a for a in others if a.verse_id + a.segment_index != used.verse_id + used.segment_index]
+    if disagreeing:
+        found = "; ".join(f"{a.evidence} would be {_level_name(used.verse_id - (a.segment_index - used.segment_index))}"
+                          f" counted from {used.evidence}" for a in disagreeing)
+        return (f"levels counted from the nearest of {', '.join(a.evidence for a in anchors)} (confidence low: "
+                f"{found}; a transitional vertebra, a rib variant or a missed disc between them is possible)")
+    if others:
+        agreeing = " and ".join(a.evidence for a in others)
+        return f"levels counted from {used.evidence} (confidence high, in agreement with {agreeing})"
+    confidence = "high" if used.verse_id == L5_ID else "medium"
+    return f"levels counted from {used.evidence} (confidence {confidence})"
+
+
+def _anchors(segments: list[_Segment], sacral: list[int], ribs: list[bool]) -> list[_Anchor]:
+    """Landmarks that fix a level, most reliable first: the sacrum, the atlas at the top of the
+    spine, the last rib-bearing vertebra (T12) and the first (T1)."""
+    anchors = []
     if sacral:
-        _count_from(segments, anchor_index=len(sacral), anchor_id=L5_ID)
-        for i in sacral:
-            segments[i].verse_id = SACRUM_ID
-        if lowest_rib is None or segments[lowest_rib].verse_id == T12_ID:
-            return "levels counted upwards from the sacrum (confidence high)"
-        rib_level = LEVEL_BY_ID[segments[lowest_rib].verse_id].name if segments[lowest_rib].verse_id else "unlabelled"
-        return ("levels counted upwards from the sacrum (confidence medium: the last rib-bearing vertebra came out "
-                f"as {rib_level}, not T12; a transitional vertebra or a missed disc is possible)")
-    if lowest_rib is not None and lowest_rib < len(segments) - 1:
-        _count_from(segments, anchor_index=lowest_rib, anchor_id=T12_ID)
-        return "levels counted from the last rib-bearing vertebra taken as T12 (confidence medium)"
-    _count_from(segments, anchor_index=0, anchor_id=L5_ID)
-    return "no anchor visible: levels uncertain (the lowest vertebra in view was assumed to be L5)"
+        anchors.append(_Anchor(len(sacral), L5_ID, "the sacrum upwards"))
+    if _atlas_on_top(segments, ribs):
+        anchors.append(_Anchor(len(segments) - 1, C1_ID, "the atlas (C1, top of the spine in view) downwards"))
+    # Ribs come in runs; an iliac crest beside L5 or the iliac bones beside the sacrum are single hits.
+    rib_runs = [i for i in range(len(sacral), len(segments) - 1) if ribs[i] and ribs[i + 1]]
+    if rib_runs:
+        lowest, highest = rib_runs[0], rib_runs[-1] + 1
+        if lowest > len(sacral) and not ribs[lowest - 1]:
+            anchors.append(_Anchor(lowest, T12_ID, "the last rib-bearing vertebra (T12)"))
+        if highest < len(segments) - 1 and not ribs[highest + 1]:
+            anchors.append(_Anchor(highest, T1_ID, "the first rib-bearing vertebra (T1)"))
+    return anchors
 
 
-def _count_from(segments: list[_Segment], anchor_index: int, anchor_id: int) -> None:
-    """Number the segments (caudal first) so that ``anchor_index`` gets ``anchor_id``; C1..L6 only."""
+def _atlas_on_top(segments: list[_Segment], ribs: list[bool]) -> bool:
+    """The spine ends inside the field of view above short rib-free segments: the top one is C1
+    (an end inside the view below the lumbar or thoracic spine is never the top of the spine)."""
+    top = segments[-CERVICAL_RUN:]
+    return (not segments[-1].at_field_edge and len(segments) >= CERVICAL_RUN and not any(ribs[-CERVICAL_RUN:])
+            and float(np.median([s.length_mm for s in top])) <= CERVICAL_SEGMENT_MAX_MM)
+
+
+def _level_name(verse_id: int) -> str:
+    return LEVEL_BY_ID[verse_id].name if verse_id else "outside C1-L6"
+
+
+def _count_from(segments: list[_Segment], anchors: list[_Anchor]) -> None:
+    """Number each segment (caudal first) by counting from its nearest anchor, the more reliable
+    on a tie; C1..L6 only. Anchors that disagree then meet between them: a missed disc leaves a
+    level out there, a spurious one gives one level two segments."""
     for i, segment in enumerate(segments):
-        verse_id = anchor_id - (i - anchor_index)
+        nearest = min(anchors, key=lambda anchor: abs(i - anchor.segment_index))  # first of equals
+        verse_id = nearest.verse_id - (i - nearest.segment_index)
         segment.verse_id = verse_id if 1 <= verse_id <= L5_ID + 1 else 0
 
 
-def _sacral_segments(segments: list[_Segment], index: np.ndarray, lateral_mm: np.ndarray,
+def _sacral_segments(segments: list[_Segment], ribs: list[bool], index: np.ndarray, lateral_mm: np.ndarray,
                      anterior_mm: np.ndarray, arc_mm: np.ndarray) -> list[int]:
-    """The caudal segments that make up the sacrum (empty when it is not in view)."""
+    """The caudal segments that make up the sacrum (empty when it is not in view). The pelvis
+    lies under the lumbar spine: a block with rib-bearing vertebrae right above it is the lower
+    edge of a chest CT, and the bone beside it is ribs."""
     inner_mm = [s.length_mm for s in segments[1:-1]]
     typical_mm = float(np.median(inner_mm)) if inner_mm else 0.0
     sacral = []
     for i, segment in enumerate(segments[:-2]):  # at least two vertebrae must stay above it
         long_block = i == 0 and typical_mm > 0 and segment.length_mm >= SACRUM_LENGTH_RATIO * typical_mm
-        if long_block or _flanked_by_pelvis(segment, index == i, lateral_mm, anterior_mm, arc_mm):
+        under_rib_cage = ribs[i + 1] and ribs[i + 2]
+        if not under_rib_cage and (long_block or _flanked_by_pelvis(segment, index == i, lateral_mm, anterior_mm,
+                                                                    arc_mm)):
             sacral.append(i)
         else:
             break
@@ -670,7 +755,7 @@ def _rib_bearing(segments: list[_Segment], index: np.ndarray, lateral_mm: np.nda
 # -- back to the CT grid --------------------------------------------------------------------
 
 
-def _native_labels(hu: np.ndarray, work: _Grid, work_labels: np.ndarray) -> np.ndarray:
+def _native_labels(hu: np.ndarray, spacing_mm: np.ndarray, work: _Grid, work_labels: np.ndarray) -> np.ndarray:
     """Labels on the CT's own grid: working labels spread over the native bone voxels."""
     labels = np.zeros(hu.shape, dtype=np.uint8)
     if np.all(work.factors == 1):
@@ -682,6 +767,30 @@ def _native_labels(hu: np.ndarray, work: _Grid, work_labels: np.ndarray) -> np.n
     for axis, factor in enumerate(work.factors):
         grown = np.repeat(grown, factor, axis=axis)
     box = tuple(slice(a, a + n) for a, n in zip(work.start, grown.shape))
-    native_bone = _bone_mask(np.asarray(hu[box], dtype=np.float32), EDGE_FRACTION)
+    native_bone = _bone_mask(np.asarray(hu[box], dtype=np.float32), spacing_mm, edge=True)
     labels[box] = np.where(native_bone, grown, 0)
     return labels
+
+
+def _fill_enclosed_marrow(labels: np.ndarray) -> np.ndarray:
+    """Per level, fill what its bone encloses in sagittal planes: marrow darker than the bone
+    threshold (osteoporosis, fat) inside the cortical shell. Sagittal planes, because there the
+    spinal canal is an open channel, never a hole, while the body is a closed box."""
+    for box_index, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        mask = labels[box] == box_index
+        filled = np.zeros_like(mask)
+        for i in range(mask.shape[2]):
+            filled[:, :, i] = ndimage.binary_fill_holes(ndimage.binary_closing(mask[:, :, i], border_value=0))
+        labels[box][filled & (labels[box] == 0)] = box_index
+    return labels
+
+
+def _levels_with_metal(hu: np.ndarray, labels: np.ndarray) -> list[str]:
+    """Names of the levels whose mask holds voxels as dense as an implant or cement."""
+    verse_ids = [int(v) for v in np.unique(labels) if v]
+    if not verse_ids:
+        return []
+    densest = ndimage.maximum(hu, labels, index=verse_ids)
+    return [LEVEL_BY_ID[v].name for v, value in zip(verse_ids, densest) if value >= METAL_HU]
