@@ -34,7 +34,8 @@ from .fracture import METAL_HU
 from .image_io import CtVolume
 from .levels import LEVEL_BY_ID
 from .progress import Progress, silent
-from .segmentation import LABEL_PIXEL_TYPE, LabelConvention, SegmentationEngine, VertebraSegmentation
+from .segmentation import (LABEL_PIXEL_TYPE, LabelConvention, LevelIdentification, SegmentationEngine,
+                           VertebraSegmentation)
 
 SACRUM_ID = 26
 C1_ID = 1
@@ -175,7 +176,7 @@ class OfflineEngine(SegmentationEngine):
                              "along the bone column (is the spine in the field of view?)")
         progress(0.6, "identifying levels")
         lateral_mm, anterior_mm, arc_mm = _local_coordinates(work, bone, axis)
-        anchor_note = _identify(segments, lateral_mm, anterior_mm, arc_mm, float(np.prod(work.spacing_mm)))
+        identification = _identify(segments, lateral_mm, anterior_mm, arc_mm, float(np.prod(work.spacing_mm)))
         progress(0.75, "labelling vertebrae")
         work_labels = _assign(segments, bone, lateral_mm, anterior_mm, arc_mm)
         work_labels = _refine_boundaries(work, segments, bone, work_labels, arc_mm)
@@ -187,7 +188,7 @@ class OfflineEngine(SegmentationEngine):
         found = [LEVEL_BY_ID[verse_id].name for verse_id in sorted(set(np.unique(labels)) - {0}, reverse=True)]
         progress(1.0, f"{len(found)} levels labelled ({', '.join(found)})")
         notes = [f"learned model unavailable ({self.fallback_reason}): offline engine used"] if self.fallback_reason else []
-        notes.append(anchor_note)
+        notes.append(identification.summary)
         metal = _levels_with_metal(hu, labels)
         if metal:
             notes.append(f"metal (>= {METAL_HU:.0f} HU) in {', '.join(metal)}: the masks there follow the implant "
@@ -195,6 +196,7 @@ class OfflineEngine(SegmentationEngine):
         return VertebraSegmentation(
             label_map=image, engine=self.name, source="offline classical segmentation (no trained model)",
             convention=LabelConvention.VERSE, notes=notes, masks_fit_for_morphometry=False,
+            identification=identification,
         )
 
 
@@ -640,9 +642,9 @@ class _Anchor:
 
 
 def _identify(segments: list[_Segment], lateral_mm: np.ndarray, anterior_mm: np.ndarray, arc_mm: np.ndarray,
-              voxel_mm3: float) -> str:
-    """Give each segment a VerSe id counted from the nearest anchor in view; returns the note that
-    says which anchors were used, whether they agree, and how confident the count is."""
+              voxel_mm3: float) -> LevelIdentification:
+    """Give each segment a VerSe id counted from the nearest anchor in view; returns which anchors
+    were used, whether they agree, and how confident the count is."""
     index = _segment_index(segments, arc_mm)
     ribs = _rib_bearing(segments, index, lateral_mm, anterior_mm, voxel_mm3)
     sacral = _sacral_segments(segments, ribs, index, lateral_mm, anterior_mm, arc_mm)
@@ -652,22 +654,26 @@ def _identify(segments: list[_Segment], lateral_mm: np.ndarray, anterior_mm: np.
         _count_from(segments, [_Anchor(0, T12_ID if all(ribs) else L5_ID, "")])
         assumed = "every vertebra in view bears ribs, the lowest was assumed to be T12" if all(ribs) \
             else "the lowest vertebra in view was assumed to be L5"
-        return f"no anchor visible (no sacrum, C1 or first/last rib): levels uncertain ({assumed})"
+        return LevelIdentification((), "uncertain",
+                                   f"no anchor visible (no sacrum, C1 or first/last rib): levels uncertain ({assumed})")
     _count_from(segments, anchors)
     for i in sacral:
         segments[i].verse_id = SACRUM_ID
     used, others = anchors[0], anchors[1:]
+    names = tuple(anchor.evidence for anchor in anchors)
     disagreeing = [a for a in others if a.verse_id + a.segment_index != used.verse_id + used.segment_index]
     if disagreeing:
         found = "; ".join(f"{a.evidence} would be {_level_name(used.verse_id - (a.segment_index - used.segment_index))}"
                           f" counted from {used.evidence}" for a in disagreeing)
-        return (f"levels counted from the nearest of {', '.join(a.evidence for a in anchors)} (confidence low: "
-                f"{found}; a transitional vertebra, a rib variant or a missed disc between them is possible)")
+        return LevelIdentification(names, "low", f"levels counted from the nearest of {', '.join(names)} (confidence "
+                                   f"low: {found}; a transitional vertebra, a rib variant or a missed disc between "
+                                   "them is possible)")
     if others:
         agreeing = " and ".join(a.evidence for a in others)
-        return f"levels counted from {used.evidence} (confidence high, in agreement with {agreeing})"
+        return LevelIdentification(names, "high",
+                                   f"levels counted from {used.evidence} (confidence high, in agreement with {agreeing})")
     confidence = "high" if used.verse_id == L5_ID else "medium"
-    return f"levels counted from {used.evidence} (confidence {confidence})"
+    return LevelIdentification(names, confidence, f"levels counted from {used.evidence} (confidence {confidence})")
 
 
 def _anchors(segments: list[_Segment], sacral: list[int], ribs: list[bool]) -> list[_Anchor]:

@@ -23,7 +23,7 @@ from .outputs import REPORT_CSV_FILE, REPORT_JSON_FILE
 from .segmentation import VertebraSegmentation
 
 REPORT_SCHEMA = "spinefrac-report"
-REPORT_SCHEMA_VERSION = "1.1.0"  # 1.1: fracture findings per level
+REPORT_SCHEMA_VERSION = "1.2.0"  # 1.1: fracture findings per level; 1.2: segmentation.level_identification
 
 SACRUM_NOTE = "sacrum: fused bone, reported for level counting; not graded for fracture"
 
@@ -109,6 +109,9 @@ class SpineReport:
                 "label_convention": segmentation.convention.value,
                 "ignored_labels": segmentation.ignored_labels,
                 "notes": segmentation.notes,
+                "level_identification": (segmentation.identification.to_dict() if segmentation.identification
+                                         else {"anchors": [], "confidence": None,
+                                               "summary": "levels as labelled by the segmentation source"}),
             },
             rows=[level_row(m, by_level.get(m.level.name)) for m in measurements.vertebrae],
             notes=list(measurements.notes) + (list(findings.notes) if findings else []),

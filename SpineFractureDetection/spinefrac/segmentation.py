@@ -32,6 +32,19 @@ class LabelConvention(str, Enum):
     NAMES = "names"  # segment names (Slicer .seg.nrrd) or mask file names
 
 
+@dataclass(frozen=True)
+class LevelIdentification:
+    """How an engine decided which vertebra is which (engines that count from landmarks)."""
+
+    anchors: tuple[str, ...]  # the landmarks counted from, most reliable first; empty: none in view
+    confidence: str  # "high" (anchors agree, or the sacrum), "medium" (one other anchor), "low" (anchors
+    # disagree), "uncertain" (no anchor: the numbering is an assumption)
+    summary: str  # one sentence for people: anchors, agreement, assumption
+
+    def to_dict(self) -> dict:
+        return {"anchors": list(self.anchors), "confidence": self.confidence, "summary": self.summary}
+
+
 @dataclass
 class VertebraSegmentation:
     """Stage 1 result: vertebra labels (VerSe ids) on the CT's canonical grid."""
@@ -46,6 +59,8 @@ class VertebraSegmentation:
     # False when the engine's masks locate and label vertebrae but are too coarse for body
     # heights (the offline engine): fracture grading then waits for corrected masks.
     masks_fit_for_morphometry: bool = True
+    # None: the levels are as the source or the model labelled them.
+    identification: LevelIdentification | None = None
 
     def array(self) -> np.ndarray:
         return sitk.GetArrayViewFromImage(self.label_map)

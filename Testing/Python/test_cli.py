@@ -48,7 +48,8 @@ def test_sample_report_levels_fov_and_sacrum(sample_run, sample_labels):
     for row in report["levels"]:
         counted_mm3 = np.count_nonzero(labels == row["verse_id"]) * 27.0  # 3 mm isotropic voxels
         assert abs(row["volume_mm3"] - counted_mm3) <= 0.01 * counted_mm3
-    assert report["schema_version"] == "1.1.0"
+    assert report["schema_version"] == "1.2.0"
+    assert report["segmentation"]["level_identification"]["confidence"] is None  # levels as the file has them
     assert "volume_mm3" in report["definitions"] and "mean_hu" in report["definitions"]
 
 
@@ -205,6 +206,9 @@ def test_run_without_segmentation_uses_the_offline_engine_and_withholds_grades(t
     report = _report(tmp_path / "out")
     assert report["segmentation"]["engine"] == "offline classical"
     assert "sacrum" in " ".join(report["segmentation"]["notes"])
+    identification = report["segmentation"]["level_identification"]
+    assert identification["anchors"][0] == "the sacrum upwards" and identification["confidence"] == "high"
+    assert identification["summary"] in report["segmentation"]["notes"]
     rows = {row["level"]: row for row in report["levels"]}
     assert {"L1", "L2", "L3", "L4", "L5", "sacrum"} <= set(rows)
     assert all(row["decision"] == "not_assessable" for row in rows.values())

@@ -77,6 +77,9 @@ def test_neck_ct_is_counted_down_from_the_atlas_and_checked_against_the_first_ri
     result = OfflineEngine().segment(ct_from_image(phantom.ct, "phantom", "phantom"))
     assert result.notes[0] == ("levels counted from the atlas (C1, top of the spine in view) downwards "
                                "(confidence high, in agreement with the first rib-bearing vertebra (T1))")
+    assert result.identification.confidence == "high"
+    assert result.identification.anchors == ("the atlas (C1, top of the spine in view) downwards",
+                                             "the first rib-bearing vertebra (T1)")
     assert _identified(phantom, result) == list(levels)
 
 
@@ -95,6 +98,7 @@ def test_without_an_anchor_the_levels_are_called_uncertain():
     result = OfflineEngine().segment(ct_from_image(phantom.ct, "phantom", "phantom"))
     assert "levels uncertain" in result.notes[0] and "no anchor visible" in result.notes[0]
     assert "confidence" not in result.notes[0]
+    assert result.identification.confidence == "uncertain" and result.identification.anchors == ()
 
 
 def test_ribs_at_the_lower_edge_of_a_neck_ct_are_not_taken_for_the_pelvis():
