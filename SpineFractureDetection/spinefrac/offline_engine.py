@@ -8,15 +8,18 @@ Steps, all in physical millimetres so that 0.7-5 mm voxels behave alike:
      above a threshold, with the marrow inside each axial cortical ring filled in;
   3. the axis is refined to the vertebral body centres, and the mean HU on small disks
      perpendicular to it gives a profile whose low-HU dips are the intervertebral discs; a
-     segment much longer than its neighbours is cut at its best endplate-flanked dip (thin
-     discs vanish in partial volume at 3 mm);
+     segment much longer than the shorter of its neighbours is cut at its best endplate-flanked
+     dips (thin discs vanish in partial volume at 3 mm, several in a row in the neck);
   4. every bone voxel takes the disc-bounded slab of its nearest axis point (cut planes
      perpendicular to the spine), limited to a vertebra-sized envelope around the axis so
      that ribs and iliac bones fall away; bone near a cut is then re-assigned to the level it
      is most cheaply joined to through dense bone (so facet joints, not planes, part the
-     posterior elements), the partial-volume shell is dropped, and so are unconnected fragments;
-  5. levels are counted upwards from the sacrum (a long caudal block or one flanked by the
-     iliac bones), else from the last rib-bearing vertebra (T12), else from an assumed L5.
+     posterior elements), the partial-volume shell outside the half-maximum edge is dropped,
+     marrow enclosed by each level's cortex is filled in, and unconnected fragments go;
+  5. levels are counted from landmarks: the sacrum (upwards), the atlas at the top of a spine
+     that ends in view (downwards), the last and the first rib-bearing vertebra (T12, T1); each
+     level from its nearest landmark, and the note and ``LevelIdentification`` say which were
+     used, whether they agree, and when none is in view that the levels are uncertain.
 """
 
 from __future__ import annotations
