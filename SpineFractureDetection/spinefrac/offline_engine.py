@@ -723,15 +723,16 @@ def _count_from(segments: list[_Segment], anchors: list[_Anchor]) -> None:
 def _sacral_segments(segments: list[_Segment], ribs: list[bool], index: np.ndarray, lateral_mm: np.ndarray,
                      anterior_mm: np.ndarray, arc_mm: np.ndarray) -> list[int]:
     """The caudal segments that make up the sacrum (empty when it is not in view). The pelvis
-    lies under the lumbar spine: a block with rib-bearing vertebrae right above it is the lower
-    edge of a chest CT, and the bone beside it is ribs."""
+    lies under the lumbar spine: a block with rib-bearing or short (cervical, upper thoracic)
+    vertebrae right above it is the lower edge of a neck or chest CT, and the bone beside it is ribs."""
     inner_mm = [s.length_mm for s in segments[1:-1]]
     typical_mm = float(np.median(inner_mm)) if inner_mm else 0.0
     sacral = []
     for i, segment in enumerate(segments[:-2]):  # at least two vertebrae must stay above it
         long_block = i == 0 and typical_mm > 0 and segment.length_mm >= SACRUM_LENGTH_RATIO * typical_mm
         under_rib_cage = ribs[i + 1] and ribs[i + 2]
-        if not under_rib_cage and (long_block or _flanked_by_pelvis(segment, index == i, lateral_mm, anterior_mm,
+        under_short_vertebrae = np.median([s.length_mm for s in segments[i + 1:i + 4]]) <= CERVICAL_SEGMENT_MAX_MM
+        if not (under_rib_cage or under_short_vertebrae) and (long_block or _flanked_by_pelvis(segment, index == i, lateral_mm, anterior_mm,
                                                                     arc_mm)):
             sacral.append(i)
         else:

@@ -101,13 +101,17 @@ def test_without_an_anchor_the_levels_are_called_uncertain():
     assert result.identification.confidence == "uncertain" and result.identification.anchors == ()
 
 
-def test_ribs_at_the_lower_edge_of_a_neck_ct_are_not_taken_for_the_pelvis():
+@pytest.mark.parametrize("curvature_mm, orientation, seed", [(20.0, "LPS", 0), (0.0, "PIR", 24)])
+def test_ribs_at_the_lower_edge_of_a_neck_ct_are_not_taken_for_the_pelvis(curvature_mm, orientation, seed):
+    # 3 mm voxels: T2 and T3 merge into one long caudal block with ribs beside it, like a sacrum.
     levels = CERVICAL + ("T1", "T2", "T3")
     phantom = make_phantom(PhantomSpec(levels=levels, spacing_mm=(3.0,) * 3, crop_inferior_mm=10.0,
-                                       sagittal_curvature_mm=20.0, coronal_curvature_mm=10.0, seed=0))
+                                       orientation=orientation, sagittal_curvature_mm=curvature_mm,
+                                       coronal_curvature_mm=curvature_mm / 2, seed=seed))
     result = OfflineEngine().segment(ct_from_image(phantom.ct, "phantom", "phantom"))
     assert "sacrum" not in [level.name for level in result.levels]
     assert "sacrum" not in result.notes[0]
+    assert {"C1", "C2", "C3", "C4", "C5", "C6", "C7", "T1"} <= set(_identified(phantom, result))
 
 
 def test_anchors_that_disagree_each_label_their_own_side():
