@@ -94,6 +94,9 @@ SACRUM_LENGTH_RATIO = 1.9  # a caudal block this many typical segments long is t
 CERVICAL_SEGMENT_MAX_MM = 24.0
 CERVICAL_RUN = 3
 
+# Face neighbours within a sagittal plane (k, j) and none across planes (i): per-plane morphology in one call.
+SAGITTAL_CROSS = ndimage.generate_binary_structure(2, 1)[:, :, None]
+
 CROP_LATERAL_MM = 80.0
 CROP_ANTERIOR_MM = 45.0
 CROP_POSTERIOR_MM = 95.0
@@ -145,7 +148,8 @@ class _Axis:
 class _Segment:
     low_mm: float  # arc-length interval along the axis
     high_mm: float
-    at_field_edge: bool = False  # an end segment cut by the field of view
+    cut_below: bool = False  # the lowest segment, cut by the field of view
+    cut_above: bool = False  # the highest segment, cut by the field of view
     verse_id: int = 0
 
     @property
@@ -188,11 +192,12 @@ class OfflineEngine(SegmentationEngine):
         image = sitk.GetImageFromArray(labels)
         image.CopyInformation(ct.image)
         image = sitk.Cast(image, LABEL_PIXEL_TYPE)
-        found = [LEVEL_BY_ID[verse_id].name for verse_id in sorted(set(np.unique(labels)) - {0}, reverse=True)]
+        present_ids = [int(v) for v in np.flatnonzero(np.bincount(labels.ravel())) if v]  # one pass, no sort
+        found = [LEVEL_BY_ID[verse_id].name for verse_id in reversed(present_ids)]
         progress(1.0, f"{len(found)} levels labelled ({', '.join(found)})")
         notes = [f"learned model unavailable ({self.fallback_reason}): offline engine used"] if self.fallback_reason else []
         notes.append(identification.summary)
-        metal = _levels_with_metal(hu, labels)
+        metal = _levels_with_metal(hu, labels, present_ids)
         if metal:
             notes.append(f"metal (>= {METAL_HU:.0f} HU) in {', '.join(metal)}: the masks there follow the implant "
                          "and its streaks as well as the bone")
@@ -405,8 +410,8 @@ def _segments(work: _Grid, axis: _Axis) -> list[_Segment]:
     discs = _split_long_segments(_disc_positions(section), section) + first
     bounds = [arc_grid[first]] + [arc_grid[d] for d in discs] + [arc_grid[last] + PROFILE_STEP_MM]
     segments = [_Segment(low, high) for low, high in zip(bounds[:-1], bounds[1:])]
-    segments[0].at_field_edge = segments[0].at_field_edge or first == 0
-    segments[-1].at_field_edge = segments[-1].at_field_edge or last == arc_grid.size - 1
+    segments[0].cut_below = first == 0
+    segments[-1].cut_above = last == arc_grid.size - 1
     return segments
 
 
@@ -545,8 +550,8 @@ def _segment_index(segments: list[_Segment], arc_mm: np.ndarray) -> np.ndarray:
     edges = np.array([s.low_mm for s in segments] + [segments[-1].high_mm])
     # A vertebra cut by the field of view reaches the border in every part of it, even where the
     # cut plane through the axis's last point would stop short (a tilted spine).
-    edges[0] -= FIELD_EDGE_REACH_MM if segments[0].at_field_edge else 0.0
-    edges[-1] += FIELD_EDGE_REACH_MM if segments[-1].at_field_edge else 0.0
+    edges[0] -= FIELD_EDGE_REACH_MM if segments[0].cut_below else 0.0
+    edges[-1] += FIELD_EDGE_REACH_MM if segments[-1].cut_above else 0.0
     index = np.searchsorted(edges, arc_mm, side="right") - 1
     index[(arc_mm < edges[0]) | (arc_mm >= edges[-1])] = -1
     return index
@@ -702,7 +707,7 @@ def _atlas_on_top(segments: list[_Segment], ribs: list[bool]) -> bool:
     """The spine ends inside the field of view above short rib-free segments: the top one is C1
     (an end inside the view below the lumbar or thoracic spine is never the top of the spine)."""
     top = segments[-CERVICAL_RUN:]
-    return (not segments[-1].at_field_edge and len(segments) >= CERVICAL_RUN and not any(ribs[-CERVICAL_RUN:])
+    return (not segments[-1].cut_above and len(segments) >= CERVICAL_RUN and not any(ribs[-CERVICAL_RUN:])
             and float(np.median([s.length_mm for s in top])) <= CERVICAL_SEGMENT_MAX_MM)
 
 
@@ -732,11 +737,11 @@ def _sacral_segments(segments: list[_Segment], ribs: list[bool], index: np.ndarr
         long_block = i == 0 and typical_mm > 0 and segment.length_mm >= SACRUM_LENGTH_RATIO * typical_mm
         under_rib_cage = ribs[i + 1] and ribs[i + 2]
         under_short_vertebrae = np.median([s.length_mm for s in segments[i + 1:i + 4]]) <= CERVICAL_SEGMENT_MAX_MM
-        if not (under_rib_cage or under_short_vertebrae) and (long_block or _flanked_by_pelvis(segment, index == i, lateral_mm, anterior_mm,
-                                                                    arc_mm)):
-            sacral.append(i)
-        else:
+        if under_rib_cage or under_short_vertebrae:
             break
+        if not (long_block or _flanked_by_pelvis(segment, index == i, lateral_mm, anterior_mm, arc_mm)):
+            break
+        sacral.append(i)
     return sacral
 
 
@@ -790,16 +795,13 @@ def _fill_enclosed_marrow(labels: np.ndarray) -> np.ndarray:
         if box is None:
             continue
         mask = labels[box] == box_index
-        filled = np.zeros_like(mask)
-        for i in range(mask.shape[2]):
-            filled[:, :, i] = ndimage.binary_fill_holes(ndimage.binary_closing(mask[:, :, i], border_value=0))
+        filled = ndimage.binary_fill_holes(ndimage.binary_closing(mask, SAGITTAL_CROSS, border_value=0), SAGITTAL_CROSS)
         labels[box][filled & (labels[box] == 0)] = box_index
     return labels
 
 
-def _levels_with_metal(hu: np.ndarray, labels: np.ndarray) -> list[str]:
+def _levels_with_metal(hu: np.ndarray, labels: np.ndarray, verse_ids: list[int]) -> list[str]:
     """Names of the levels whose mask holds voxels as dense as an implant or cement."""
-    verse_ids = [int(v) for v in np.unique(labels) if v]
     if not verse_ids:
         return []
     densest = ndimage.maximum(hu, labels, index=verse_ids)
