@@ -195,7 +195,8 @@ class OfflineEngine(SegmentationEngine):
         present_ids = [int(v) for v in np.flatnonzero(np.bincount(labels.ravel())) if v]  # one pass, no sort
         found = [LEVEL_BY_ID[verse_id].name for verse_id in reversed(present_ids)]
         progress(1.0, f"{len(found)} levels labelled ({', '.join(found)})")
-        notes = [f"learned model unavailable ({self.fallback_reason}): offline engine used"] if self.fallback_reason else []
+        notes = ([f"learned model unavailable ({self.fallback_reason}): offline engine used"]
+                 if self.fallback_reason else [])
         notes.append(identification.summary)
         metal = _levels_with_metal(hu, labels, present_ids)
         if metal:
@@ -669,17 +670,18 @@ def _identify(segments: list[_Segment], lateral_mm: np.ndarray, anterior_mm: np.
         segments[i].verse_id = SACRUM_ID
     used, others = anchors[0], anchors[1:]
     names = tuple(anchor.evidence for anchor in anchors)
-    disagreeing = [a for a in others if a.verse_id + a.segment_index != used.verse_id + used.segment_index]
+    offset = used.verse_id + used.segment_index  # a segment's id counted from the most reliable anchor, plus its index
+    disagreeing = [a for a in others if a.verse_id + a.segment_index != offset]
     if disagreeing:
-        found = "; ".join(f"{a.evidence} would be {_level_name(used.verse_id - (a.segment_index - used.segment_index))}"
-                          f" counted from {used.evidence}" for a in disagreeing)
+        found = "; ".join(f"{a.evidence} would be {_level_name(offset - a.segment_index)} counted from {used.evidence}"
+                          for a in disagreeing)
         return LevelIdentification(names, "low", f"levels counted from the nearest of {', '.join(names)} (confidence "
                                    f"low: {found}; a transitional vertebra, a rib variant or a missed disc between "
                                    "them is possible)")
     if others:
         agreeing = " and ".join(a.evidence for a in others)
-        return LevelIdentification(names, "high",
-                                   f"levels counted from {used.evidence} (confidence high, in agreement with {agreeing})")
+        return LevelIdentification(names, "high", f"levels counted from {used.evidence} "
+                                                  f"(confidence high, in agreement with {agreeing})")
     confidence = "high" if used.verse_id == L5_ID else "medium"
     return LevelIdentification(names, confidence, f"levels counted from {used.evidence} (confidence {confidence})")
 
@@ -712,7 +714,8 @@ def _atlas_on_top(segments: list[_Segment], ribs: list[bool]) -> bool:
 
 
 def _level_name(verse_id: int) -> str:
-    return LEVEL_BY_ID[verse_id].name if verse_id else "outside C1-L6"
+    """A counted level's name; a count can run past either end of the spine when anchors disagree."""
+    return LEVEL_BY_ID[verse_id].name if 1 <= verse_id <= L5_ID + 1 else "outside C1-L6"
 
 
 def _count_from(segments: list[_Segment], anchors: list[_Anchor]) -> None:

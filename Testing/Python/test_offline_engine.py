@@ -28,7 +28,7 @@ def curved_lumbar():
 
 @pytest.fixture(scope="module")
 def curved_lumbar_result(curved_lumbar):
-    return OfflineEngine().segment(ct_from_image(curved_lumbar.ct, "phantom", "phantom"))
+    return _segment(curved_lumbar.ct)
 
 
 def test_phantom_levels_identified_from_the_sacrum(curved_lumbar, curved_lumbar_result):
@@ -45,7 +45,7 @@ def test_phantom_levels_identified_from_the_sacrum(curved_lumbar, curved_lumbar_
 @pytest.mark.parametrize("orientation", ["RAS", "PIR"])
 def test_same_physical_result_whatever_the_storage_orientation(curved_lumbar, curved_lumbar_result, orientation):
     stored = sitk.DICOMOrient(curved_lumbar.ct, orientation)
-    result = OfflineEngine().segment(ct_from_image(stored, "phantom", "phantom"))
+    result = _segment(stored)
     assert np.array_equal(sitk.GetArrayFromImage(result.label_map),
                           sitk.GetArrayFromImage(curved_lumbar_result.label_map))
 
@@ -63,6 +63,10 @@ def test_real_ct_lumbar_levels_and_sacrum(shared_data):
     assert result.notes[0].startswith("levels counted from the sacrum upwards")
 
 
+def _segment(ct_image: sitk.Image):
+    return OfflineEngine().segment(ct_from_image(ct_image, "phantom", "phantom"))
+
+
 def _identified(phantom, result) -> list[str]:
     evaluation = evaluate_segmentation(result.label_map, sitk.DICOMOrient(phantom.labels, "LPS"))
     return [score.level.name for score in evaluation.levels if score.identified]
@@ -74,7 +78,7 @@ CERVICAL = ("C1", "C2", "C3", "C4", "C5", "C6", "C7")
 def test_neck_ct_is_counted_down_from_the_atlas_and_checked_against_the_first_rib():
     levels = CERVICAL + ("T1", "T2", "T3")
     phantom = make_phantom(PhantomSpec(levels=levels, spacing_mm=(1.5,) * 3, crop_inferior_mm=10.0, seed=4))
-    result = OfflineEngine().segment(ct_from_image(phantom.ct, "phantom", "phantom"))
+    result = _segment(phantom.ct)
     assert result.notes[0] == ("levels counted from the atlas (C1, top of the spine in view) downwards "
                                "(confidence high, in agreement with the first rib-bearing vertebra (T1))")
     assert result.identification.confidence == "high"
@@ -87,7 +91,7 @@ def test_chest_ct_cut_at_both_ends_is_counted_from_the_last_rib():
     levels = tuple(f"T{n}" for n in range(4, 13)) + ("L1", "L2")
     phantom = make_phantom(PhantomSpec(levels=levels, spacing_mm=(2.0,) * 3, crop_superior_mm=10.0,
                                        crop_inferior_mm=10.0, sagittal_curvature_mm=-20.0, seed=5))
-    result = OfflineEngine().segment(ct_from_image(phantom.ct, "phantom", "phantom"))
+    result = _segment(phantom.ct)
     assert result.notes[0] == "levels counted from the last rib-bearing vertebra (T12) (confidence medium)"
     assert _identified(phantom, result) == list(levels)
 
@@ -95,7 +99,7 @@ def test_chest_ct_cut_at_both_ends_is_counted_from_the_last_rib():
 def test_without_an_anchor_the_levels_are_called_uncertain():
     phantom = make_phantom(PhantomSpec(levels=tuple(f"T{n}" for n in range(4, 11)), spacing_mm=(2.0,) * 3,
                                        crop_superior_mm=10.0, crop_inferior_mm=10.0, seed=6))
-    result = OfflineEngine().segment(ct_from_image(phantom.ct, "phantom", "phantom"))
+    result = _segment(phantom.ct)
     assert "levels uncertain" in result.notes[0] and "no anchor visible" in result.notes[0]
     assert "confidence" not in result.notes[0]
     assert result.identification.confidence == "uncertain" and result.identification.anchors == ()
@@ -108,7 +112,7 @@ def test_ribs_at_the_lower_edge_of_a_neck_ct_are_not_taken_for_the_pelvis(curvat
     phantom = make_phantom(PhantomSpec(levels=levels, spacing_mm=(3.0,) * 3, crop_inferior_mm=10.0,
                                        orientation=orientation, sagittal_curvature_mm=curvature_mm,
                                        coronal_curvature_mm=curvature_mm / 2, seed=seed))
-    result = OfflineEngine().segment(ct_from_image(phantom.ct, "phantom", "phantom"))
+    result = _segment(phantom.ct)
     assert "sacrum" not in [level.name for level in result.levels]
     assert "sacrum" not in result.notes[0]
     assert {"C1", "C2", "C3", "C4", "C5", "C6", "C7", "T1"} <= set(_identified(phantom, result))
@@ -124,6 +128,9 @@ def test_anchors_that_disagree_each_label_their_own_side():
     assert ids[1:4] == [24, 23, 22]  # nearest to the sacrum
     assert ids[5:] == [21, 20, 19]  # nearest to T12
     assert ids[4] in (21, 22)  # where the two counts meet one level has two segments
+    # A count that runs past either end of the spine is named as such, not looked up.
+    assert [offline_engine._level_name(v) for v in (-2, 0, 1, 25, 26, 30)] == \
+        ["outside C1-L6", "outside C1-L6", "C1", "L6", "outside C1-L6", "outside C1-L6"]
 
 
 def test_metal_implant_is_named_and_the_levels_still_counted():
@@ -135,7 +142,7 @@ def test_metal_implant_is_named_and_the_levels_still_counted():
     hu[tuple(slice(c - 1, c + 2) for c in centre)] = 3071  # a cement plug in the body of L3
     implanted = sitk.GetImageFromArray(hu)
     implanted.CopyInformation(phantom.ct)
-    result = OfflineEngine().segment(ct_from_image(implanted, "phantom", "phantom"))
+    result = _segment(implanted)
     assert [level.name for level in result.levels] == list(LUMBAR)
     metal_notes = [note for note in result.notes if note.startswith("metal")]
     assert len(metal_notes) == 1 and "L3" in metal_notes[0] and "L2" not in metal_notes[0]
