@@ -54,7 +54,7 @@ from .errors import InputError
 from .image_io import IMAGE_SUFFIX_PATTERN, ImageGrid, read_image, require_3d_scalar, to_canonical
 from .levels import LEVEL_BY_ID, Level, level_for_name, sort_craniocaudal
 from .measurement import LPS_TO_RAS
-from .outputs import LABEL_MAP_FILE, REPORT_JSON_FILE, write_text_atomically
+from .outputs import LABEL_MAP_FILE, REPORT_JSON_FILE, rounded_or_none, write_text_atomically
 from .progress import Progress, silent
 
 EVALUATION_SCHEMA = "spinefrac-evaluation"
@@ -108,9 +108,9 @@ class LevelSegmentationScore:
             "status": self.status,
             "reference_voxels": self.reference_voxels,
             "predicted_voxels": self.predicted_voxels,
-            "dice": _rounded(self.dice, 4),
-            "hd95_mm": _rounded(self.hd95_mm, 2),
-            "localisation_mm": _rounded(self.localisation_mm, 2),
+            "dice": rounded_or_none(self.dice, 4),
+            "hd95_mm": rounded_or_none(self.hd95_mm, 2),
+            "localisation_mm": rounded_or_none(self.localisation_mm, 2),
             "identified": self.identified,
             "reference_centroid_ras_mm": _rounded_point(self.reference_centroid_ras_mm),
             "predicted_centroid_ras_mm": _rounded_point(self.predicted_centroid_ras_mm),
@@ -138,7 +138,7 @@ class LevelGrade:
             "level": self.level.name,
             "reference_grade": self.reference_grade,
             "predicted_grade": self.predicted_grade,
-            "fracture_probability": _rounded(self.fracture_probability, 4),
+            "fracture_probability": rounded_or_none(self.fracture_probability, 4),
         }
 
 
@@ -196,10 +196,10 @@ class CaseEvaluation:
             "reference": self.reference_source,
             "reference_level_count": len(self.reference_levels),
             "identified_level_count": self.identified_count,
-            "identification_rate": _rounded(self.identification_rate, 4),
-            "mean_dice": _rounded(self.mean_dice, 4),
-            "mean_hd95_mm": _rounded(self.mean_hd95_mm, 2),
-            "mean_localisation_mm": _rounded(self.mean_localisation_mm, 2),
+            "identification_rate": rounded_or_none(self.identification_rate, 4),
+            "mean_dice": rounded_or_none(self.mean_dice, 4),
+            "mean_hd95_mm": rounded_or_none(self.mean_hd95_mm, 2),
+            "mean_localisation_mm": rounded_or_none(self.mean_localisation_mm, 2),
             "missed_levels": self.missed_levels,
             "extra_levels": self.extra_levels,
             "levels": [score.to_dict() for score in self.levels],
@@ -249,9 +249,9 @@ class BinaryAgreement:
             "false_negatives": self.false_negatives,
             "true_negatives": self.true_negatives,
             "false_positives": self.false_positives,
-            "sensitivity": _rounded(self.sensitivity, 4),
-            "specificity": _rounded(self.specificity, 4),
-            "auc": _rounded(self.auc, 4),
+            "sensitivity": rounded_or_none(self.sensitivity, 4),
+            "specificity": rounded_or_none(self.specificity, 4),
+            "auc": rounded_or_none(self.auc, 4),
             "probability_count": self.probability_count,
         }
 
@@ -274,9 +274,9 @@ class FractureAgreement:
             "per_level": self.per_level.to_dict(),
             "per_patient": self.per_patient.to_dict(),
             "graded_level_count": self.graded_level_count,
-            "kappa_linear": _rounded(self.kappa_linear, 4),
-            "kappa_quadratic": _rounded(self.kappa_quadratic, 4),
-            "exact_grade_agreement": _rounded(self.exact_grade_agreement, 4),
+            "kappa_linear": rounded_or_none(self.kappa_linear, 4),
+            "kappa_quadratic": rounded_or_none(self.kappa_quadratic, 4),
+            "exact_grade_agreement": rounded_or_none(self.exact_grade_agreement, 4),
             "reference_levels_without_prediction": self.reference_levels_without_prediction,
             "probability_threshold": self.probability_threshold,
         }
@@ -327,10 +327,10 @@ class EvaluationSummary:
             "summary": {
                 "case_count": len(self.cases),
                 "reference_level_count": sum(len(case.reference_levels) for case in self.cases),
-                "mean_dice": _rounded(self.mean_dice, 4),
-                "mean_hd95_mm": _rounded(self.mean_hd95_mm, 2),
-                "identification_rate": _rounded(self.identification_rate, 4),
-                "mean_localisation_mm": _rounded(self.mean_localisation_mm, 2),
+                "mean_dice": rounded_or_none(self.mean_dice, 4),
+                "mean_hd95_mm": rounded_or_none(self.mean_hd95_mm, 2),
+                "identification_rate": rounded_or_none(self.identification_rate, 4),
+                "mean_localisation_mm": rounded_or_none(self.mean_localisation_mm, 2),
                 "missed_level_count": sum(len(case.missed_levels) for case in self.cases),
                 "extra_level_count": sum(len(case.extra_levels) for case in self.cases),
             },
@@ -998,10 +998,6 @@ def _level_list(names: list[str]) -> str:
 def _mean(values: Iterable[float | None]) -> float | None:
     present = [v for v in values if v is not None]
     return float(np.mean(present)) if present else None
-
-
-def _rounded(value: float | None, digits: int) -> float | None:
-    return None if value is None or not math.isfinite(value) else round(float(value), digits)
 
 
 def _rounded_point(point: tuple[float, float, float] | None) -> list[float] | None:

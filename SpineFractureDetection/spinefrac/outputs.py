@@ -7,6 +7,7 @@ looks like a finished result, and an existing result is replaced only with ``ove
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -21,6 +22,11 @@ REPORT_JSON_FILE = "report.json"
 REPORT_CSV_FILE = "report.csv"
 OVERVIEW_FILE = "overview.png"
 GALLERY_FILE = "gallery.png"
+
+
+def rounded_or_none(value: float | None, digits: int) -> float | None:
+    """A number as written to JSON/CSV: rounded, and None (null, an empty cell) when missing or not finite."""
+    return None if value is None or not math.isfinite(value) else round(float(value), digits)
 
 
 class AtomicOutputFolder:

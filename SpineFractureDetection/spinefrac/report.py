@@ -19,7 +19,7 @@ from . import __version__
 from .image_io import CtVolume
 from .fracture import FractureFindings, VertebraFinding
 from .measurement import SpineMeasurements, VertebraMeasurement
-from .outputs import REPORT_CSV_FILE, REPORT_JSON_FILE
+from .outputs import REPORT_CSV_FILE, REPORT_JSON_FILE, rounded_or_none
 from .segmentation import VertebraSegmentation
 
 REPORT_SCHEMA = "spinefrac-report"
@@ -176,26 +176,22 @@ def _finding_columns(f: VertebraFinding | None) -> dict:
                                       "trabecular_hu", "fracture_probability", "decision", "decision_reason",
                                       "in_validated_range")}
     return {
-        "height_anterior_mm": _round(f.height_anterior_mm, 1),
-        "height_middle_mm": _round(f.height_middle_mm, 1),
-        "height_posterior_mm": _round(f.height_posterior_mm, 1),
-        "height_posterior_expected_mm": _round(f.height_posterior_expected_mm, 1),
-        "wedge_ratio": _round(1.0 - f.wedge_reduction, 3),
-        "biconcave_ratio": _round(1.0 - f.biconcave_reduction, 3),
-        "crush_ratio": _round(1.0 - f.crush_reduction, 3),
-        "height_loss_percent": _round(100.0 * f.height_loss, 1),
+        "height_anterior_mm": rounded_or_none(f.height_anterior_mm, 1),
+        "height_middle_mm": rounded_or_none(f.height_middle_mm, 1),
+        "height_posterior_mm": rounded_or_none(f.height_posterior_mm, 1),
+        "height_posterior_expected_mm": rounded_or_none(f.height_posterior_expected_mm, 1),
+        "wedge_ratio": rounded_or_none(1.0 - f.wedge_reduction, 3),
+        "biconcave_ratio": rounded_or_none(1.0 - f.biconcave_reduction, 3),
+        "crush_ratio": rounded_or_none(1.0 - f.crush_reduction, 3),
+        "height_loss_percent": rounded_or_none(100.0 * f.height_loss, 1),
         "genant_grade": f.genant_grade,
         "genant_type": f.genant_type.value if f.genant_grade is not None else None,
-        "trabecular_hu": _round(f.trabecular_hu, 1),
+        "trabecular_hu": rounded_or_none(f.trabecular_hu, 1),
         "fracture_probability": f.fracture_probability,
         "decision": f.decision.value,
         "decision_reason": f.reason,
         "in_validated_range": f.in_validated_range,
     }
-
-
-def _round(value: float, digits: int):
-    return round(value, digits) if value is not None and math.isfinite(value) else None
 
 
 def level_row(m: VertebraMeasurement, finding: VertebraFinding | None = None) -> dict:
