@@ -206,7 +206,7 @@ class SpineFractureDetectionWidget(ScriptedLoadableModuleWidget, VTKObservationM
                     return
                 overwrite = True
             self.logic.ensureDependencies()
-            from spinefrac.model_registry import installed_engines
+            from spinefrac.segmentation.learned.registry import installed_engines
 
             engine = self._parameterNode.engine
             if engine == "monai" or (engine == "auto" and installed_engines()):
@@ -465,7 +465,7 @@ class SpineFractureDetectionTest(ScriptedLoadableModuleTest):
     def test_segment_in_a_child_process_with_the_offline_engine(self):
         from SpineFractureDetectionLib import mrml_logic
 
-        from spinefrac.phantom import PhantomSpec, make_phantom
+        from spinefrac.synthetic.phantom import PhantomSpec, make_phantom
 
         SpineFractureDetectionLogic().ensureDependencies(askUser=False)
         phantom = make_phantom(PhantomSpec(spacing_mm=(2.0, 2.0, 2.0), ribs=False))
@@ -483,11 +483,11 @@ class SpineFractureDetectionTest(ScriptedLoadableModuleTest):
         import SimpleITK as sitk
         from SpineFractureDetectionLib import mrml_logic
 
-        from spinefrac.fracture import DECISION_COLORS_RGB, Decision
-        from spinefrac.image_io import ct_from_image, to_canonical
+        from spinefrac.assessment.fracture import DECISION_COLORS_RGB, Decision
+        from spinefrac.io.images import ct_from_image, to_canonical
         from spinefrac.levels import LEVEL_BY_NAME
-        from spinefrac.phantom import Fracture, PhantomSpec, make_phantom
-        from spinefrac.segmentation import LabelConvention, VertebraSegmentation
+        from spinefrac.synthetic.phantom import Fracture, PhantomSpec, make_phantom
+        from spinefrac.segmentation.base import LabelConvention, VertebraSegmentation
 
         SpineFractureDetectionLogic().ensureDependencies(askUser=False)
         self.delayDisplay("Building a lumbar phantom")

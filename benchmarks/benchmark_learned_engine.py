@@ -25,11 +25,11 @@ import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SpineFractureDetection"))
 
-from spinefrac.model_packages import sha256_of  # noqa: E402
+from spinefrac.io.model_packages import sha256_of  # noqa: E402
 from spinefrac.device import resolve_device  # noqa: E402
-from spinefrac.image_io import ct_from_image  # noqa: E402
-from spinefrac.learned_engine import SEG_MANIFEST_FILE, LearnedEngine, SegmentationManifest  # noqa: E402
-from spinefrac.phantom import PhantomSpec, make_phantom  # noqa: E402
+from spinefrac.io.images import ct_from_image  # noqa: E402
+from spinefrac.segmentation.learned.engine import SEG_MANIFEST_FILE, LearnedEngine, SegmentationManifest  # noqa: E402
+from spinefrac.synthetic.phantom import PhantomSpec, make_phantom  # noqa: E402
 
 LEVELS = ("T10", "T11", "T12", "L1", "L2", "L3", "L4", "L5", "sacrum")
 

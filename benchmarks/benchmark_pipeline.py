@@ -41,9 +41,9 @@ import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 
 import spinefrac  # noqa: E402
-from spinefrac.outputs import write_text_atomically  # noqa: E402
+from spinefrac.io.outputs import write_text_atomically  # noqa: E402
 from spinefrac.levels import LEVELS  # noqa: E402
-from spinefrac.phantom import PhantomSpec, make_phantom  # noqa: E402
+from spinefrac.synthetic.phantom import PhantomSpec, make_phantom  # noqa: E402
 
 DEFAULT_SIZES = (128, 256, 512)
 LARGEST_SIZE = 1024
@@ -156,13 +156,13 @@ class GpuMemory:
 
 def run_stages(ct_path: str, labels_path: str, output_dir: str, use_gpu: bool) -> tuple[list[dict], float]:
     """The stages of ``spinefrac run --segmentation``, one at a time, in this (fresh) process."""
-    from spinefrac.fracture import assess_fractures
-    from spinefrac.image_io import load_ct, write_image
-    from spinefrac.measurement import measure_vertebrae
-    from spinefrac.morphometry import measure_morphometry
-    from spinefrac.overview import write_gallery_png, write_overview_png
-    from spinefrac.report import SpineReport
-    from spinefrac.segmentation import ExistingLabelMap
+    from spinefrac.assessment.fracture import assess_fractures
+    from spinefrac.io.images import load_ct, write_image
+    from spinefrac.assessment.measurement import measure_vertebrae
+    from spinefrac.assessment.morphometry import measure_morphometry
+    from spinefrac.reporting.overview import write_gallery_png, write_overview_png
+    from spinefrac.reporting.report import SpineReport
+    from spinefrac.segmentation.base import ExistingLabelMap
 
     output = Path(output_dir)
     gpu = GpuMemory(use_gpu)

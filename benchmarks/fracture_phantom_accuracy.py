@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SpineFractureDetection"))
 
-from spinefrac.validation import GEOMETRIES, LOSSES, run_case, summarise  # noqa: E402
+from spinefrac.synthetic.validation import GEOMETRIES, LOSSES, run_case, summarise  # noqa: E402
 
 
 def main(argv=None) -> int:

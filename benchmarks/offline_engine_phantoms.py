@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SpineFractureDetec
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared CT grid of the engine benchmarks
 
 from spinefrac.errors import SpineFracError  # noqa: E402
-from spinefrac.evaluation import evaluate_segmentation  # noqa: E402
-from spinefrac.image_io import ct_from_image, to_canonical  # noqa: E402
-from spinefrac.offline_engine import OfflineEngine  # noqa: E402
-from spinefrac.phantom import PhantomSpec, make_phantom  # noqa: E402
+from spinefrac.evaluation.cases import evaluate_segmentation  # noqa: E402
+from spinefrac.io.images import ct_from_image, to_canonical  # noqa: E402
+from spinefrac.segmentation.offline.engine import OfflineEngine  # noqa: E402
+from spinefrac.synthetic.phantom import PhantomSpec, make_phantom  # noqa: E402
 
 CERVICAL = ("C1", "C2", "C3", "C4", "C5", "C6", "C7")
 THORACIC = tuple(f"T{n}" for n in range(1, 13))

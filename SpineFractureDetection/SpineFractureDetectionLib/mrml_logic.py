@@ -19,14 +19,14 @@ import vtk
 from slicer.util import arrayFromVolume, updateVolumeFromArray
 
 from spinefrac.errors import InputError, SpineFracError
-from spinefrac.fracture import DECISION_COLORS_RGB, DEFAULT_PROBABILITY_THRESHOLD, assess_fractures
-from spinefrac.image_io import CtVolume, ImageGrid, ct_from_image, to_canonical
+from spinefrac.assessment.fracture import DECISION_COLORS_RGB, DEFAULT_PROBABILITY_THRESHOLD, assess_fractures
+from spinefrac.io.images import CtVolume, ImageGrid, ct_from_image, to_canonical
 from spinefrac.levels import (ANATOMICAL_STRUCTURE_CATEGORY, LEVEL_BY_ID, LEVEL_BY_NAME, LEVELS, SNOMED_SCHEME, Level,
                               level_for_name, sort_craniocaudal)
-from spinefrac.measurement import measure_vertebrae
-from spinefrac.morphometry import measure_morphometry
-from spinefrac.report import COLUMN_DEFINITIONS, SpineReport
-from spinefrac.segmentation import ExistingLabelMap, LabelConvention, VertebraSegmentation
+from spinefrac.assessment.measurement import measure_vertebrae
+from spinefrac.assessment.morphometry import measure_morphometry
+from spinefrac.reporting.report import COLUMN_DEFINITIONS, SpineReport
+from spinefrac.segmentation.base import ExistingLabelMap, LabelConvention, VertebraSegmentation
 
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
 TERMINOLOGY_CONTEXT = "Segmentation category and type - DICOM master list"

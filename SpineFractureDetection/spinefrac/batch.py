@@ -18,11 +18,11 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import __version__
-from .errors import InputError, OutputError, SpineFracError
-from .image_io import IMAGE_SUFFIX_PATTERN
-from .outputs import write_text_atomically
-from .pipeline import run_pipeline
+from spinefrac import __version__
+from spinefrac.errors import InputError, OutputError, SpineFracError
+from spinefrac.io.images import IMAGE_SUFFIX_PATTERN
+from spinefrac.io.outputs import write_text_atomically
+from spinefrac.pipeline import run_pipeline
 
 _CT_FILE = re.compile(rf"^(?P<name>.+)_ct{IMAGE_SUFFIX_PATTERN}$", re.IGNORECASE)
 _SEG_FILE = re.compile(rf"^(?P<name>.+)_seg{IMAGE_SUFFIX_PATTERN}$", re.IGNORECASE)

@@ -12,12 +12,12 @@ import sys
 import traceback
 from pathlib import Path
 
-from . import __version__
-from .device import DEVICE_CHOICES
-from .errors import SpineFracError
-from .levels import LEVELS
-from .pipeline import STAGE_COUNT, run_pipeline
-from .progress import SilentStages, TerminalProgress
+from spinefrac import __version__
+from spinefrac.device import DEVICE_CHOICES
+from spinefrac.errors import SpineFracError
+from spinefrac.levels import LEVELS
+from spinefrac.pipeline import STAGE_COUNT, run_pipeline
+from spinefrac.progress import SilentStages, TerminalProgress
 
 PROG = "spinefrac"
 
@@ -189,7 +189,7 @@ BATCH_SOME_FAILED = 3
 
 
 def _batch(args: argparse.Namespace) -> int:
-    from .batch import SUMMARY_JSON, run_batch
+    from spinefrac.batch import SUMMARY_JSON, run_batch
 
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     outcomes = run_batch(args.input, args.output, overwrite=args.overwrite, log=log, device=args.device,
@@ -211,8 +211,8 @@ def _probability(text: str) -> float:
 
 
 def _train_classifier(args: argparse.Namespace) -> int:
-    from .classifier import examples_from_dataset, train_classifier
-    from .device import resolve_device
+    from spinefrac.assessment.classifier import examples_from_dataset, train_classifier
+    from spinefrac.device import resolve_device
 
     device = resolve_device(args.device)
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
@@ -224,8 +224,8 @@ def _train_classifier(args: argparse.Namespace) -> int:
 
 
 def _train_segmentation(args: argparse.Namespace) -> int:
-    from .device import resolve_device
-    from .train_segmentation import SegmentationTrainingConfig, train_segmentation
+    from spinefrac.device import resolve_device
+    from spinefrac.training.segmentation import SegmentationTrainingConfig, train_segmentation
 
     config = SegmentationTrainingConfig(spacing_mm=(args.spacing,) * 3, patch_size=(args.patch,) * 3,
                                         epochs=args.epochs, steps_per_epoch=args.steps_per_epoch)
@@ -237,7 +237,7 @@ def _train_segmentation(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate_folders, format_table, write_evaluation
+    from spinefrac.evaluation.cases import evaluate_folders, format_table, write_evaluation
 
     summary = evaluate_folders(args.predictions, args.references, probability_threshold=args.probability_threshold)
     written = write_evaluation(summary, args.output).values() if args.output is not None else []

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from .errors import EngineUnavailableError
+from spinefrac.errors import EngineUnavailableError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 

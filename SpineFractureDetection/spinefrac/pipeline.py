@@ -11,19 +11,19 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from .device import DeviceChoice, resolve_device
-from .classifier import FractureClassifier
-from .fracture import DEFAULT_PROBABILITY_THRESHOLD, FractureFindings, assess_fractures
-from .errors import EngineUnavailableError
-from .image_io import CtVolume, load_ct, write_image
-from .measurement import SpineMeasurements, measure_vertebrae
-from .morphometry import SpineMorphometry, measure_morphometry
-from .outputs import (BODY_LABEL_MAP_FILE, GALLERY_FILE, LABEL_MAP_FILE, OVERVIEW_FILE, REPORT_CSV_FILE,
+from spinefrac.device import DeviceChoice, resolve_device
+from spinefrac.assessment.classifier import FractureClassifier
+from spinefrac.assessment.fracture import DEFAULT_PROBABILITY_THRESHOLD, FractureFindings, assess_fractures
+from spinefrac.errors import EngineUnavailableError
+from spinefrac.io.images import CtVolume, load_ct, write_image
+from spinefrac.assessment.measurement import SpineMeasurements, measure_vertebrae
+from spinefrac.assessment.morphometry import SpineMorphometry, measure_morphometry
+from spinefrac.io.outputs import (BODY_LABEL_MAP_FILE, GALLERY_FILE, LABEL_MAP_FILE, OVERVIEW_FILE, REPORT_CSV_FILE,
                       REPORT_JSON_FILE, AtomicOutputFolder)
-from .overview import write_gallery_png, write_overview_png
-from .progress import SilentStages
-from .report import SpineReport
-from .segmentation import ExistingLabelMap, LabelConvention, SegmentationEngine, VertebraSegmentation
+from spinefrac.reporting.overview import write_gallery_png, write_overview_png
+from spinefrac.progress import SilentStages
+from spinefrac.reporting.report import SpineReport
+from spinefrac.segmentation.base import ExistingLabelMap, LabelConvention, SegmentationEngine, VertebraSegmentation
 
 STAGE_COUNT = 6
 
@@ -55,8 +55,8 @@ def choose_engine(
     "offline" engine, or for "auto" a verified model already in the cache, else "offline"."""
     if segmentation_path is not None:
         return ExistingLabelMap(segmentation_path, label_convention)
-    from .learned_engine import LearnedEngine
-    from .model_registry import engine_from_registry, installed_engines, is_monai_bundle, read_registry, \
+    from spinefrac.segmentation.learned.engine import LearnedEngine
+    from spinefrac.segmentation.learned.registry import engine_from_registry, installed_engines, is_monai_bundle, read_registry, \
         write_bundle_manifest
 
     if engine not in ENGINE_CHOICES:
@@ -66,7 +66,7 @@ def choose_engine(
         if is_monai_bundle(folder) and not (folder / "manifest.json").is_file():
             write_bundle_manifest(folder)
         return LearnedEngine(folder, device)
-    from .offline_engine import OfflineEngine
+    from spinefrac.segmentation.offline.engine import OfflineEngine
 
     if engine == "monai":
         try:

@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "SpineFractureDetection"))  # the core, also when not pip-installed
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # spine_test_utils
 
-from spinefrac.phantom import Fracture, PhantomSpec, make_phantom  # noqa: E402
+from spinefrac.synthetic.phantom import Fracture, PhantomSpec, make_phantom  # noqa: E402
 
 SAMPLE_DIR = REPO / "SpineFractureDetection" / "Resources" / "SampleData"
 SHARED_DATA = REPO.parent / "shared" / "data"

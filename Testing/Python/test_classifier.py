@@ -11,15 +11,15 @@ pytest.importorskip("monai", reason="MONAI is not installed (pip install '.[lear
 
 from spine_test_utils import run_cli  # noqa: E402
 
-from spinefrac.classifier import (  # noqa: E402
+from spinefrac.assessment.classifier import (  # noqa: E402
     MANIFEST_FILE, WEIGHTS_FILE, CropGeometry, FractureClassifier, NetworkConfig, examples_from_dataset,
     fit_temperature, train_classifier)
 from spinefrac.errors import InputError  # noqa: E402
-from spinefrac.image_io import load_ct  # noqa: E402
-from spinefrac.measurement import measure_vertebrae  # noqa: E402
-from spinefrac.morphometry import measure_morphometry  # noqa: E402
-from spinefrac.phantom import Fracture, PhantomSpec, make_phantom  # noqa: E402
-from spinefrac.segmentation import ExistingLabelMap  # noqa: E402
+from spinefrac.io.images import load_ct  # noqa: E402
+from spinefrac.assessment.measurement import measure_vertebrae  # noqa: E402
+from spinefrac.assessment.morphometry import measure_morphometry  # noqa: E402
+from spinefrac.synthetic.phantom import Fracture, PhantomSpec, make_phantom  # noqa: E402
+from spinefrac.segmentation.base import ExistingLabelMap  # noqa: E402
 
 TINY_NETWORK = NetworkConfig(init_features=4, growth_rate=4, block_config=(1, 1), dropout_prob=0.0)
 TINY_CROP = CropGeometry(size_voxels=16, spacing_mm=4.0)
@@ -97,7 +97,7 @@ def test_corrupted_weights_are_refused(tmp_path, package):
 
 
 def test_unloadable_weights_with_a_matching_checksum_are_refused(tmp_path, package):
-    from spinefrac.model_packages import sha256_of
+    from spinefrac.io.model_packages import sha256_of
 
     output, _, _ = package
     foreign = tmp_path / "foreign"

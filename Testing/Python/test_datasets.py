@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 from spine_test_utils import label_centroids_lps
 
-from spinefrac.datasets import (
+from spinefrac.io.datasets import (
     SpineCase,
     case_centroids_lps_mm,
     image_grid,
@@ -18,7 +18,7 @@ from spinefrac.datasets import (
     read_verse_layout,
 )
 from spinefrac.errors import InputError
-from spinefrac.phantom import PhantomSpec, make_phantom
+from spinefrac.synthetic.phantom import PhantomSpec, make_phantom
 
 VERSE004_LEVELS = list(range(16, 25))  # T9-L5
 

@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from spinefrac.errors import InputError
-from spinefrac.evaluation import (
+from spinefrac.evaluation.cases import (
     IDENTIFICATION_RADIUS_MM,
     LevelGrade,
     auc_mann_whitney,
@@ -25,7 +25,7 @@ from spinefrac.evaluation import (
     write_evaluation,
 )
 from spinefrac.levels import LEVEL_BY_NAME
-from spinefrac.phantom import PhantomSpec, make_phantom
+from spinefrac.synthetic.phantom import PhantomSpec, make_phantom
 from spinefrac.pipeline import run_pipeline
 
 LEVELS = ("T12", "L1", "L2", "L3", "L4", "L5")

@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from spinefrac.fracture import Decision, GenantType, assess_fractures, genant_grade
-from spinefrac.image_io import ct_from_image, to_canonical
-from spinefrac.measurement import measure_vertebrae
-from spinefrac.morphometry import measure_morphometry
-from spinefrac.phantom import Fracture, PhantomSpec, make_phantom
-from spinefrac.segmentation import LabelConvention, VertebraSegmentation
-from spinefrac.validation import (GEOMETRIES, HEIGHT_TOLERANCE_SLACK_MM, LOSSES, run_case, single_worst_plane_grades,
+from spinefrac.assessment.fracture import Decision, GenantType, assess_fractures, genant_grade
+from spinefrac.io.images import ct_from_image, to_canonical
+from spinefrac.assessment.measurement import measure_vertebrae
+from spinefrac.assessment.morphometry import measure_morphometry
+from spinefrac.synthetic.phantom import Fracture, PhantomSpec, make_phantom
+from spinefrac.segmentation.base import LabelConvention, VertebraSegmentation
+from spinefrac.synthetic.validation import (GEOMETRIES, HEIGHT_TOLERANCE_SLACK_MM, LOSSES, run_case, single_worst_plane_grades,
                                   summarise)
 
-from spinefrac.validation import LEVELS  # noqa: E402
+from spinefrac.synthetic.validation import LEVELS  # noqa: E402
 
 OBLIQUE = tuple(np.array([[np.cos(0.3), -np.sin(0.3), 0], [np.sin(0.3), np.cos(0.3), 0], [0, 0, 1]]).ravel())
 
@@ -160,8 +160,8 @@ def test_metal_in_the_body_is_not_assessable(lumbar):
 
 
 def test_real_sample_reports_heights_grades_and_density(sample_ct, sample_labels):
-    from spinefrac.image_io import load_ct
-    from spinefrac.segmentation import ExistingLabelMap
+    from spinefrac.io.images import load_ct
+    from spinefrac.segmentation.base import ExistingLabelMap
 
     ct = load_ct(sample_ct)
     segmentation = ExistingLabelMap(sample_labels).segment(ct)

@@ -17,12 +17,12 @@ pytest.importorskip("monai", reason="MONAI is not installed (pip install '.[lear
 from spine_test_utils import run_cli  # noqa: E402
 
 from spinefrac.errors import EngineUnavailableError, InputError  # noqa: E402
-from spinefrac.image_io import load_ct, to_canonical  # noqa: E402
-from spinefrac.learned_engine import SEG_MANIFEST_FILE, LearnedEngine, order_violations  # noqa: E402
-from spinefrac.model_registry import (RECORDED_HASH_FILE, RegistryEntry, download_model,  # noqa: E402
+from spinefrac.io.images import load_ct, to_canonical  # noqa: E402
+from spinefrac.segmentation.learned.engine import SEG_MANIFEST_FILE, LearnedEngine, order_violations  # noqa: E402
+from spinefrac.segmentation.learned.registry import (RECORDED_HASH_FILE, RegistryEntry, download_model,  # noqa: E402
                                       manifest_from_monai_bundle)
-from spinefrac.phantom import PhantomSpec, make_phantom  # noqa: E402
-from spinefrac.train_segmentation import SegmentationTrainingConfig, train_segmentation  # noqa: E402
+from spinefrac.synthetic.phantom import PhantomSpec, make_phantom  # noqa: E402
+from spinefrac.training.segmentation import SegmentationTrainingConfig, train_segmentation  # noqa: E402
 
 LEVELS = ("L3", "L4", "L5", "sacrum")
 TINY = SegmentationTrainingConfig(spacing_mm=(4.0, 4.0, 4.0), patch_size=(24, 24, 24), init_filters=8,
@@ -226,8 +226,8 @@ def test_offline_download_says_so(tmp_path, monkeypatch):
 def test_auto_prefers_an_installed_model_and_falls_back_to_offline(tmp_path, monkeypatch, trained):
     import shutil
 
-    from spinefrac.model_registry import read_registry
-    from spinefrac.offline_engine import OfflineEngine
+    from spinefrac.segmentation.learned.registry import read_registry
+    from spinefrac.segmentation.offline.engine import OfflineEngine
     from spinefrac.pipeline import choose_engine
 
     monkeypatch.setenv("SPINEFRAC_CACHE", str(tmp_path / "cache"))
@@ -245,8 +245,8 @@ def test_auto_prefers_an_installed_model_and_falls_back_to_offline(tmp_path, mon
 
 
 def test_monai_engine_offline_falls_back_to_the_offline_engine_and_says_why(tmp_path, monkeypatch):
-    import spinefrac.model_registry as registry
-    from spinefrac.offline_engine import OfflineEngine
+    import spinefrac.segmentation.learned.registry as registry
+    from spinefrac.segmentation.offline.engine import OfflineEngine
     from spinefrac.pipeline import choose_engine
 
     monkeypatch.setenv("SPINEFRAC_CACHE", str(tmp_path / "cache"))

@@ -10,9 +10,9 @@ pytest.importorskip("slicer.util", reason="slicer-core is not installed")
 from SpineFractureDetectionLib import mrml_logic  # noqa: E402
 
 from spinefrac.errors import InputError  # noqa: E402
-from spinefrac.image_io import load_ct  # noqa: E402
+from spinefrac.io.images import load_ct  # noqa: E402
 from spinefrac.levels import LEVEL_BY_NAME  # noqa: E402
-from spinefrac.segmentation import ExistingLabelMap  # noqa: E402
+from spinefrac.segmentation.base import ExistingLabelMap  # noqa: E402
 
 LEVEL_NAMES = ["T11", "T12", "L1", "L2", "L3", "L4", "L5", "sacrum"]
 
@@ -128,9 +128,9 @@ def test_bad_volume_selections_are_refused(scene, segmentation):
 
 @pytest.fixture
 def fractured_scene(scene):
-    from spinefrac.image_io import ct_from_image, to_canonical
-    from spinefrac.phantom import Fracture, PhantomSpec, make_phantom
-    from spinefrac.segmentation import LabelConvention, VertebraSegmentation
+    from spinefrac.io.images import ct_from_image, to_canonical
+    from spinefrac.synthetic.phantom import Fracture, PhantomSpec, make_phantom
+    from spinefrac.segmentation.base import LabelConvention, VertebraSegmentation
 
     phantom = make_phantom(PhantomSpec(spacing_mm=(2.0, 2.0, 2.0), fractures={"L2": Fracture("wedge", 0.45)},
                                        ribs=False, seed=4))
@@ -149,7 +149,7 @@ def _segment(node, name):
 
 
 def test_classify_colours_segments_by_decision_and_tabulates_the_evidence(scene, fractured_scene):
-    from spinefrac.fracture import DECISION_COLORS_RGB, Decision
+    from spinefrac.assessment.fracture import DECISION_COLORS_RGB, Decision
 
     volume, segmentation, _, _, _ = fractured_scene
     table = scene.AddNewNodeByClass("vtkMRMLTableNode")

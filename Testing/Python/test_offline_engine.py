@@ -5,12 +5,12 @@ import pytest
 import SimpleITK as sitk
 
 from spinefrac.errors import InputError
-from spinefrac.evaluation import evaluate_segmentation
-from spinefrac.image_io import ct_from_image, load_ct
-from spinefrac import offline_engine
-from spinefrac.offline_engine import OfflineEngine
-from spinefrac.phantom import PhantomSpec, make_phantom
-from spinefrac.segmentation import ExistingLabelMap, LabelConvention
+from spinefrac.evaluation.cases import evaluate_segmentation
+from spinefrac.io.images import ct_from_image, load_ct
+from spinefrac.segmentation.offline import engine as offline_engine
+from spinefrac.segmentation.offline.engine import OfflineEngine
+from spinefrac.synthetic.phantom import PhantomSpec, make_phantom
+from spinefrac.segmentation.base import ExistingLabelMap, LabelConvention
 from spine_test_utils import run_cli
 
 LUMBAR = ("T11", "T12", "L1", "L2", "L3", "L4", "L5", "sacrum")

@@ -36,10 +36,12 @@ def test_every_python_file_and_resource_is_listed_in_the_module_cmake():
     cmake = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
     scripts = _cmake_list(cmake, "MODULE_PYTHON_SCRIPTS")
     resources = _cmake_list(cmake, "MODULE_PYTHON_RESOURCES")
-    on_disk_py = {p.relative_to(MODULE_DIR).as_posix() for p in MODULE_DIR.rglob("*.py") if "__pycache__" not in p.parts}
+    on_disk_py = {p.relative_to(MODULE_DIR).as_posix() for p in MODULE_DIR.rglob("*.py")
+                  if "__pycache__" not in p.parts and ".egg-info" not in str(p)}
     on_disk_resources = {p.relative_to(MODULE_DIR).as_posix() for p in (MODULE_DIR / "Resources").rglob("*")
                          if p.is_file()}
-    on_disk_resources |= {p.relative_to(MODULE_DIR).as_posix() for p in (MODULE_DIR / "spinefrac").glob("*.json")}
+    on_disk_resources |= {p.relative_to(MODULE_DIR).as_posix() for p in (MODULE_DIR / "spinefrac").rglob("*")
+                          if p.is_file() and p.suffix != ".py" and "__pycache__" not in p.parts}
     assert scripts == on_disk_py
     assert resources == on_disk_resources
 
@@ -75,7 +77,8 @@ def _imported_top_level_modules(path: Path) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("path", sorted((MODULE_DIR / "spinefrac").glob("*.py")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((MODULE_DIR / "spinefrac").rglob("*.py")),
+                         ids=lambda p: p.relative_to(MODULE_DIR / "spinefrac").as_posix())
 def test_the_core_never_imports_slicer_or_qt(path):
     assert not _imported_top_level_modules(path) & {"slicer", "qt", "ctk", "vtk", "PythonQt"}
 

@@ -5,7 +5,7 @@ import pytest
 import SimpleITK as sitk
 from spine_test_utils import label_centroids_lps
 
-from spinefrac.phantom import HEIGHT_SAMPLE_FRACTION, Fracture, PhantomSpec, make_phantom
+from spinefrac.synthetic.phantom import HEIGHT_SAMPLE_FRACTION, Fracture, PhantomSpec, make_phantom
 
 
 def measured_height_mm(phantom, level_name: str, q: float, step_mm: float = 0.05) -> float:

@@ -25,10 +25,10 @@ import SimpleITK as sitk
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from spinefrac.fracture import GRADE_THRESHOLDS, genant_grade
+from spinefrac.assessment.fracture import GRADE_THRESHOLDS, genant_grade
 from spinefrac.errors import InputError
-from spinefrac.image_io import ImageGrid, ct_from_image, load_ct, to_canonical
-from spinefrac.input_checks import MIN_EXTENT_MM
+from spinefrac.io.images import ImageGrid, ct_from_image, load_ct, to_canonical
+from spinefrac.io.input_checks import MIN_EXTENT_MM
 from spinefrac.levels import (
     LEVEL_BY_ID,
     LEVEL_BY_NAME,
@@ -37,9 +37,9 @@ from spinefrac.levels import (
     TOTALSEGMENTATOR_V2_IDS,
     level_for_name,
 )
-from spinefrac.measurement import measure_vertebrae
-from spinefrac.phantom import Fracture, FractureType, PhantomSpec, make_phantom
-from spinefrac.segmentation import LabelConvention, VertebraSegmentation
+from spinefrac.assessment.measurement import measure_vertebrae
+from spinefrac.synthetic.phantom import Fracture, FractureType, PhantomSpec, make_phantom
+from spinefrac.segmentation.base import LabelConvention, VertebraSegmentation
 
 # No example database: the tests must not write files into the checkout.
 FAST = settings(max_examples=60, deadline=None, database=None,

@@ -17,7 +17,7 @@ import SimpleITK as sitk
 from spine_test_utils import run_cli, write_dicom_series
 
 from spinefrac.batch import run_batch
-from spinefrac.phantom import Fracture, PhantomSpec, make_phantom
+from spinefrac.synthetic.phantom import Fracture, PhantomSpec, make_phantom
 
 RESULT_FILES = {"gallery.png", "overview.png", "report.csv", "report.json", "vertebrae.nii.gz",
                 "vertebral_bodies.nii.gz"}

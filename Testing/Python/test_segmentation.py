@@ -6,9 +6,9 @@ import SimpleITK as sitk
 from spine_test_utils import reoriented
 
 from spinefrac.errors import InputError
-from spinefrac.image_io import load_ct
+from spinefrac.io.images import load_ct
 from spinefrac.levels import TOTALSEGMENTATOR_V2_IDS
-from spinefrac.segmentation import ExistingLabelMap, LabelConvention
+from spinefrac.segmentation.base import ExistingLabelMap, LabelConvention
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from .levels import LEVEL_BY_NAME, Level, Region
+from spinefrac.levels import LEVEL_BY_NAME, Level, Region
 
 HEIGHT_SAMPLE_FRACTION = 0.85
 

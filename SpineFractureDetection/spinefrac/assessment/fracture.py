@@ -28,9 +28,9 @@ from enum import Enum
 
 import numpy as np
 
-from .levels import Level, Region
-from .measurement import FovStatus, SpineMeasurements
-from .morphometry import SpineMorphometry, VertebraMorphometry
+from spinefrac.levels import Level, Region
+from spinefrac.assessment.measurement import FovStatus, SpineMeasurements
+from spinefrac.assessment.morphometry import SpineMorphometry, VertebraMorphometry
 
 GRADE_THRESHOLDS = (0.20, 0.25, 0.40)  # height reduction at which grades 1, 2, 3 begin
 NEIGHBOUR_DEFORMATION_LIMIT = 0.15  # neighbours deformed more than this do not set expectations

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from .errors import EngineUnavailableError
+from spinefrac.errors import EngineUnavailableError
 
 
 def require_torch() -> None:

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError
-from .image_io import IMAGE_SUFFIX_PATTERN, CtVolume, ImageGrid, read_image, require_3d_scalar, to_canonical
-from .levels import LEVEL_BY_ID, TOTALSEGMENTATOR_V2_IDS, Level, level_for_name, sort_craniocaudal
-from .progress import Progress, silent
+from spinefrac.errors import InputError
+from spinefrac.io.images import IMAGE_SUFFIX_PATTERN, CtVolume, ImageGrid, read_image, require_3d_scalar, to_canonical
+from spinefrac.levels import LEVEL_BY_ID, TOTALSEGMENTATOR_V2_IDS, Level, level_for_name, sort_craniocaudal
+from spinefrac.progress import Progress, silent
 
 LABEL_PIXEL_TYPE = sitk.sitkUInt8  # VerSe ids fit in a byte
 

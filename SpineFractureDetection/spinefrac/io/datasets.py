@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError
-from .image_io import IMAGE_SUFFIX_PATTERN, ImageGrid
-from .levels import LEVEL_BY_ID
+from spinefrac.errors import InputError
+from spinefrac.io.images import IMAGE_SUFFIX_PATTERN, ImageGrid
+from spinefrac.levels import LEVEL_BY_ID
 
 _VERSE_CT = re.compile(rf"^(?P<key>.+)_ct{IMAGE_SUFFIX_PATTERN}$", re.IGNORECASE)
 _VERSE_MASK = re.compile(rf"^(?P<key>.+)_seg-vert_msk{IMAGE_SUFFIX_PATTERN}$", re.IGNORECASE)

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError, OutputError
-from .input_checks import (check_compressed_stream, check_geometry, check_hounsfield, check_memory,
+from spinefrac.errors import InputError, OutputError
+from spinefrac.io.input_checks import (check_compressed_stream, check_geometry, check_hounsfield, check_memory,
                            check_slice_positions, read_header)
 
 CANONICAL_ORIENTATION = "LPS"

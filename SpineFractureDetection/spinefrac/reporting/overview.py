@@ -13,12 +13,12 @@ import matplotlib.patheffects as path_effects  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .fracture import DECISION_COLORS_RGB, Decision, FractureFindings  # noqa: E402
-from .image_io import CtVolume  # noqa: E402
-from .levels import LEVEL_BY_ID  # noqa: E402
-from .measurement import LPS_TO_RAS, SpineMeasurements  # noqa: E402
-from .morphometry import SpineMorphometry, VertebraMorphometry, VoxelGrid, sample_at  # noqa: E402
-from .segmentation import VertebraSegmentation  # noqa: E402
+from spinefrac.assessment.fracture import DECISION_COLORS_RGB, Decision, FractureFindings  # noqa: E402
+from spinefrac.io.images import CtVolume  # noqa: E402
+from spinefrac.levels import LEVEL_BY_ID  # noqa: E402
+from spinefrac.assessment.measurement import LPS_TO_RAS, SpineMeasurements  # noqa: E402
+from spinefrac.assessment.morphometry import SpineMorphometry, VertebraMorphometry, VoxelGrid, sample_at  # noqa: E402
+from spinefrac.segmentation.base import VertebraSegmentation  # noqa: E402
 
 BONE_WINDOW_LEVEL_HU = 400.0
 BONE_WINDOW_WIDTH_HU = 1800.0

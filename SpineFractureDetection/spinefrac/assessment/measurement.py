@@ -15,10 +15,10 @@ from itertools import product
 import numpy as np
 import SimpleITK as sitk
 
-from .image_io import CtVolume
-from .levels import LEVEL_BY_ID, Level, sort_craniocaudal
-from .progress import Progress, silent
-from .segmentation import VertebraSegmentation
+from spinefrac.io.images import CtVolume
+from spinefrac.levels import LEVEL_BY_ID, Level, sort_craniocaudal
+from spinefrac.progress import Progress, silent
+from spinefrac.segmentation.base import VertebraSegmentation
 
 LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
 

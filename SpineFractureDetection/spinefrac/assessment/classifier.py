@@ -25,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
-from .image_io import CtVolume
-from .model_packages import require_torch, sha256_of, write_model_package
-from .morphometry import SpineMorphometry, VertebraMorphometry, VoxelGrid, sample_at
-from .segmentation import VertebraSegmentation
+from spinefrac.errors import InputError
+from spinefrac.io.images import CtVolume
+from spinefrac.io.model_packages import require_torch, sha256_of, write_model_package
+from spinefrac.assessment.morphometry import SpineMorphometry, VertebraMorphometry, VoxelGrid, sample_at
+from spinefrac.segmentation.base import VertebraSegmentation
 
 MANIFEST_FILE = "manifest.json"
 WEIGHTS_FILE = "weights.pt"
@@ -295,12 +295,12 @@ def write_package(network, manifest: ClassifierManifest, output: Path) -> Path:
 def examples_from_dataset(root: Path | str, crop: CropGeometry | None = None, log=print) -> list[TrainingExample]:
     """Labelled crops from a data set (VerSe layout or CT + label pairs) with Genant grade files
     (NAME_genant.csv beside each label map: level,genant_grade). Ungraded levels are skipped."""
-    from .datasets import read_dataset
-    from .evaluation import _grade_file, read_gradings
-    from .image_io import load_ct
-    from .measurement import measure_vertebrae
-    from .morphometry import measure_morphometry
-    from .segmentation import ExistingLabelMap
+    from spinefrac.io.datasets import read_dataset
+    from spinefrac.evaluation.cases import _grade_file, read_gradings
+    from spinefrac.io.images import load_ct
+    from spinefrac.assessment.measurement import measure_vertebrae
+    from spinefrac.assessment.morphometry import measure_morphometry
+    from spinefrac.segmentation.base import ExistingLabelMap
 
     crop = crop or CropGeometry()
     examples = []

@@ -48,14 +48,14 @@ import SimpleITK as sitk
 from scipy import ndimage
 from scipy.stats import rankdata
 
-from . import __version__
-from .datasets import LABEL_FOLDERS, read_dataset
-from .errors import InputError
-from .image_io import IMAGE_SUFFIX_PATTERN, ImageGrid, read_image, require_3d_scalar, to_canonical
-from .levels import LEVEL_BY_ID, Level, level_for_name, sort_craniocaudal
-from .measurement import LPS_TO_RAS
-from .outputs import LABEL_MAP_FILE, REPORT_JSON_FILE, rounded_or_none, write_text_atomically
-from .progress import Progress, silent
+from spinefrac import __version__
+from spinefrac.io.datasets import LABEL_FOLDERS, read_dataset
+from spinefrac.errors import InputError
+from spinefrac.io.images import IMAGE_SUFFIX_PATTERN, ImageGrid, read_image, require_3d_scalar, to_canonical
+from spinefrac.levels import LEVEL_BY_ID, Level, level_for_name, sort_craniocaudal
+from spinefrac.assessment.measurement import LPS_TO_RAS
+from spinefrac.io.outputs import LABEL_MAP_FILE, REPORT_JSON_FILE, rounded_or_none, write_text_atomically
+from spinefrac.progress import Progress, silent
 
 EVALUATION_SCHEMA = "spinefrac-evaluation"
 EVALUATION_SCHEMA_VERSION = "1.0.0"

@@ -25,10 +25,10 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
-from .image_io import CtVolume
-from .levels import Level, Region
-from .measurement import SpineMeasurements
-from .segmentation import VertebraSegmentation
+from spinefrac.io.images import CtVolume
+from spinefrac.levels import Level, Region
+from spinefrac.assessment.measurement import SpineMeasurements
+from spinefrac.segmentation.base import VertebraSegmentation
 
 HEIGHT_SAMPLE_FRACTION = 0.85  # Genant's anterior/posterior points, fraction of the semi-depth
 PLANE_OFFSETS = (-0.2, -0.1, 0.0, 0.1, 0.2)  # parasagittal planes, fraction of the body width

@@ -23,11 +23,11 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .model_packages import sha256_of
-from .errors import EngineUnavailableError, InputError
-from .learned_engine import SEG_MANIFEST_FILE, SegmentationManifest
-from .levels import TOTALSEGMENTATOR_V1_IDS
-from .progress import Progress, silent
+from spinefrac.io.model_packages import sha256_of
+from spinefrac.errors import EngineUnavailableError, InputError
+from spinefrac.segmentation.learned.engine import SEG_MANIFEST_FILE, SegmentationManifest
+from spinefrac.levels import TOTALSEGMENTATOR_V1_IDS
+from spinefrac.progress import Progress, silent
 
 REGISTRY_FILE = Path(__file__).with_name("models.json")
 CACHE_ENV = "SPINEFRAC_CACHE"
@@ -188,7 +188,7 @@ def write_bundle_manifest(folder: Path) -> Path:
 
 def engine_from_registry(entry: RegistryEntry, device: str = "cpu", progress: Progress = silent):
     """Download (or find in the cache) a registry model and open it as a LearnedEngine."""
-    from .learned_engine import LearnedEngine
+    from spinefrac.segmentation.learned.engine import LearnedEngine
 
     folder = download_model(entry, progress)
     if entry.kind == "monai-bundle" and not (folder / SEG_MANIFEST_FILE).is_file():

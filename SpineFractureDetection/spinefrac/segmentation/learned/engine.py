@@ -32,12 +32,12 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .model_packages import require_torch, sha256_of
-from .errors import InputError
-from .image_io import CtVolume
-from .levels import LEVEL_BY_ID, SACRUM, sort_craniocaudal
-from .progress import Progress, silent
-from .segmentation import LabelConvention, SegmentationEngine, VertebraSegmentation
+from spinefrac.io.model_packages import require_torch, sha256_of
+from spinefrac.errors import InputError
+from spinefrac.io.images import CtVolume
+from spinefrac.levels import LEVEL_BY_ID, SACRUM, sort_craniocaudal
+from spinefrac.progress import Progress, silent
+from spinefrac.segmentation.base import LabelConvention, SegmentationEngine, VertebraSegmentation
 
 SEG_MANIFEST_FILE = "manifest.json"
 SEG_PACKAGE_FORMAT = "spinefrac-segmentation-model"

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError
+from spinefrac.errors import InputError
 
 MIN_SPACING_MM = 0.05
 MAX_SPACING_MM = 20.0

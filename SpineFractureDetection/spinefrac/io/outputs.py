@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import OutputError
+from spinefrac.errors import OutputError
 
 # The files of a run's output folder (spinefrac run, batch cases), read back by evaluation.
 LABEL_MAP_FILE = "vertebrae.nii.gz"

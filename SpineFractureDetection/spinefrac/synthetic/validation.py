@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .fracture import assess_fractures, genant_grade
-from .image_io import ct_from_image, to_canonical
-from .measurement import measure_vertebrae
-from .morphometry import measure_morphometry, sagittal_plane_heights
-from .phantom import Fracture, PhantomSpec, make_phantom
-from .segmentation import LabelConvention, VertebraSegmentation
+from spinefrac.assessment.fracture import assess_fractures, genant_grade
+from spinefrac.io.images import ct_from_image, to_canonical
+from spinefrac.assessment.measurement import measure_vertebrae
+from spinefrac.assessment.morphometry import measure_morphometry, sagittal_plane_heights
+from spinefrac.synthetic.phantom import Fracture, PhantomSpec, make_phantom
+from spinefrac.segmentation.base import LabelConvention, VertebraSegmentation
 
 LEVELS = ("T10", "T11", "T12", "L1", "L2", "L3", "L4", "L5", "sacrum")
 FRACTURED = ("T11", "L1", "L3")

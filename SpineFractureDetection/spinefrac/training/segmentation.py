@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .model_packages import require_torch, write_model_package
-from .datasets import SpineCase, read_dataset
-from .errors import InputError
-from .image_io import load_ct
-from .learned_engine import SEG_MANIFEST_FILE, SegmentationManifest, _resample, build_segmentation_network
-from .levels import LEVEL_BY_ID, sort_craniocaudal
-from .segmentation import ExistingLabelMap
+from spinefrac.io.model_packages import require_torch, write_model_package
+from spinefrac.io.datasets import SpineCase, read_dataset
+from spinefrac.errors import InputError
+from spinefrac.io.images import load_ct
+from spinefrac.segmentation.learned.engine import SEG_MANIFEST_FILE, SegmentationManifest, _resample, build_segmentation_network
+from spinefrac.levels import LEVEL_BY_ID, sort_craniocaudal
+from spinefrac.segmentation.base import ExistingLabelMap
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CROP_MARGIN_MM = 20.0

@@ -32,12 +32,12 @@ from scipy import ndimage, signal, sparse
 from scipy.sparse import csgraph
 from scipy.spatial import cKDTree
 
-from .errors import InputError
-from .fracture import METAL_HU
-from .image_io import CtVolume
-from .levels import LEVEL_BY_ID
-from .progress import Progress, silent
-from .segmentation import (LABEL_PIXEL_TYPE, LabelConvention, LevelIdentification, SegmentationEngine,
+from spinefrac.errors import InputError
+from spinefrac.assessment.fracture import METAL_HU
+from spinefrac.io.images import CtVolume
+from spinefrac.levels import LEVEL_BY_ID
+from spinefrac.progress import Progress, silent
+from spinefrac.segmentation.base import (LABEL_PIXEL_TYPE, LabelConvention, LevelIdentification, SegmentationEngine,
                            VertebraSegmentation)
 
 SACRUM_ID = 26

@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import __version__
-from .image_io import CtVolume
-from .fracture import FractureFindings, VertebraFinding
-from .measurement import SpineMeasurements, VertebraMeasurement
-from .outputs import REPORT_CSV_FILE, REPORT_JSON_FILE, rounded_or_none
-from .segmentation import VertebraSegmentation
+from spinefrac import __version__
+from spinefrac.io.images import CtVolume
+from spinefrac.assessment.fracture import FractureFindings, VertebraFinding
+from spinefrac.assessment.measurement import SpineMeasurements, VertebraMeasurement
+from spinefrac.io.outputs import REPORT_CSV_FILE, REPORT_JSON_FILE, rounded_or_none
+from spinefrac.segmentation.base import VertebraSegmentation
 
 REPORT_SCHEMA = "spinefrac-report"
 REPORT_SCHEMA_VERSION = "1.2.0"  # 1.1: fracture findings per level; 1.2: segmentation.level_identification

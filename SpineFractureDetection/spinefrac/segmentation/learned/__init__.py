@@ -1,0 +1,1 @@
+"""Learned engines: model packages, MONAI bundles, the registry of downloadable models and the shared preprocessing."""
