@@ -18,6 +18,7 @@ import slicer
 import vtk
 from slicer.util import arrayFromVolume, updateVolumeFromArray
 
+from spinefrac.coordinates import LPS_RAS_MATRIX
 from spinefrac.errors import InputError, SpineFracError
 from spinefrac.assessment.fracture import DECISION_COLORS_RGB, DEFAULT_PROBABILITY_THRESHOLD, assess_fractures
 from spinefrac.io.images import CtVolume, ImageGrid, ct_from_image, to_canonical
@@ -28,7 +29,6 @@ from spinefrac.assessment.morphometry import measure_morphometry
 from spinefrac.reporting.report import COLUMN_DEFINITIONS, SpineReport
 from spinefrac.segmentation.base import ExistingLabelMap, LabelConvention, VertebraSegmentation
 
-LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
 TERMINOLOGY_CONTEXT = "Segmentation category and type - DICOM master list"
 ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
 
@@ -85,8 +85,8 @@ def set_volume_geometry(image: sitk.Image, volume_node) -> sitk.Image:
     volume_node.GetIJKToRASDirectionMatrix(ijk_to_ras)
     direction_ras = np.array([[ijk_to_ras.GetElement(r, c) for c in range(3)] for r in range(3)])
     image.SetSpacing(volume_node.GetSpacing())
-    image.SetOrigin((LPS_FROM_RAS @ np.array(volume_node.GetOrigin())).tolist())
-    image.SetDirection((LPS_FROM_RAS @ direction_ras).ravel().tolist())
+    image.SetOrigin((LPS_RAS_MATRIX @ np.array(volume_node.GetOrigin())).tolist())
+    image.SetDirection((LPS_RAS_MATRIX @ direction_ras).ravel().tolist())
     return image
 
 
@@ -98,9 +98,9 @@ def sitk_from_volume(volume_node) -> sitk.Image:
 def update_volume_from_sitk(volume_node, image: sitk.Image) -> None:
     """Put a SimpleITK image (voxels and grid) into a volume node."""
     updateVolumeFromArray(volume_node, sitk.GetArrayFromImage(image))
-    direction_ras = LPS_FROM_RAS @ np.array(image.GetDirection()).reshape(3, 3)
+    direction_ras = LPS_RAS_MATRIX @ np.array(image.GetDirection()).reshape(3, 3)
     volume_node.SetSpacing(image.GetSpacing())
-    volume_node.SetOrigin((LPS_FROM_RAS @ np.array(image.GetOrigin())).tolist())
+    volume_node.SetOrigin((LPS_RAS_MATRIX @ np.array(image.GetOrigin())).tolist())
     volume_node.SetIJKToRASDirections(*[direction_ras[row, column] for row in range(3) for column in range(3)])
 
 

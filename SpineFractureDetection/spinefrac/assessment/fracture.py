@@ -28,6 +28,7 @@ from enum import Enum
 
 import numpy as np
 
+from spinefrac.hounsfield import METAL_HU
 from spinefrac.levels import Level, Region
 from spinefrac.assessment.measurement import FovStatus, SpineMeasurements
 from spinefrac.assessment.morphometry import SpineMorphometry, VertebraMorphometry
@@ -35,7 +36,6 @@ from spinefrac.assessment.morphometry import SpineMorphometry, VertebraMorphomet
 GRADE_THRESHOLDS = (0.20, 0.25, 0.40)  # height reduction at which grades 1, 2, 3 begin
 NEIGHBOUR_DEFORMATION_LIMIT = 0.15  # neighbours deformed more than this do not set expectations
 MAX_AXIAL_VOXEL_FRACTION = 0.2  # heights need at least five voxels along the body axis
-METAL_HU = 2500.0  # denser than any bone: an implant or cement
 L1_OSTEOPOROSIS_HU = 110.0
 L1_OSTEOPENIA_HU = 160.0
 DEFAULT_PROBABILITY_THRESHOLD = 0.5

@@ -15,12 +15,12 @@ from itertools import product
 import numpy as np
 import SimpleITK as sitk
 
+from spinefrac.coordinates import LPS_RAS_SIGNS, ras_from_lps
 from spinefrac.io.images import CtVolume
 from spinefrac.levels import LEVEL_BY_ID, Level, sort_craniocaudal
 from spinefrac.progress import Progress, silent
 from spinefrac.segmentation.base import VertebraSegmentation
 
-LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
 
 # Faces of the canonical (closest-to-LPS) grid: (axis, side) -> patient side of that face.
 _FACE_NAMES = {
@@ -94,7 +94,7 @@ def measure_vertebrae(
             dict(
                 level=level,
                 voxel_count=int(shape.GetNumberOfPixels(label)),
-                centroid_ras_mm=_ras(shape.GetCentroid(label)),
+                centroid_ras_mm=ras_from_lps(shape.GetCentroid(label)),
                 bbox=_bbox_ras(labels, start, size),
                 hu_mean=float(values.mean()),
                 hu_median=float(np.median(values)),
@@ -106,17 +106,13 @@ def measure_vertebrae(
     return SpineMeasurements(vertebrae, voxel_volume_mm3, tuple(labels.GetSpacing()))
 
 
-def _ras(point_lps) -> tuple[float, float, float]:
-    return tuple(float(v) for v in np.asarray(point_lps) * LPS_TO_RAS)
-
-
 def _bbox_ras(image: sitk.Image, start: np.ndarray, size: np.ndarray):
     """Axis-aligned RAS box around the voxel centres of an index box (exact for oblique grids too)."""
     corners = [
         image.TransformContinuousIndexToPhysicalPoint([float(s + c * (n - 1)) for s, n, c in zip(start, size, pick)])
         for pick in product((0, 1), repeat=3)
     ]
-    ras = np.array(corners) * LPS_TO_RAS
+    ras = np.array(corners) * LPS_RAS_SIGNS
     return tuple(map(float, ras.min(axis=0))), tuple(map(float, ras.max(axis=0)))
 
 

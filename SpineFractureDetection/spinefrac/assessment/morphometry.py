@@ -25,6 +25,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
+from spinefrac.coordinates import lps_from_ras
 from spinefrac.io.images import CtVolume
 from spinefrac.levels import Level, Region
 from spinefrac.assessment.measurement import SpineMeasurements
@@ -147,7 +148,7 @@ def measure_morphometry(
     grid = VoxelGrid(ct.image)
     labels = segmentation.array()
     hu = ct.array()
-    centroids = {m.level.name: np.asarray(m.centroid_ras_mm) * [-1, -1, 1] for m in measurements.vertebrae}
+    centroids = {m.level.name: lps_from_ras(m.centroid_ras_mm) for m in measurements.vertebrae}
     vertebrae = [m.level for m in measurements.vertebrae]
     boxes = ndimage.find_objects(labels)  # one pass over the volume for every level's box
     results = []

@@ -53,7 +53,7 @@ from spinefrac.io.datasets import LABEL_FOLDERS, read_dataset
 from spinefrac.errors import InputError
 from spinefrac.io.images import IMAGE_SUFFIX_PATTERN, ImageGrid, read_image, require_3d_scalar, to_canonical
 from spinefrac.levels import LEVEL_BY_ID, Level, level_for_name, sort_craniocaudal
-from spinefrac.assessment.measurement import LPS_TO_RAS
+from spinefrac.coordinates import ras_from_lps
 from spinefrac.io.outputs import LABEL_MAP_FILE, REPORT_JSON_FILE, rounded_or_none, write_text_atomically
 from spinefrac.progress import Progress, silent
 
@@ -584,7 +584,7 @@ def _identified_levels(predicted_lps_mm: Mapping[int, np.ndarray],
 
 
 def _ras(point_lps: np.ndarray | None) -> tuple[float, float, float] | None:
-    return None if point_lps is None else tuple(float(v) for v in point_lps * LPS_TO_RAS)
+    return None if point_lps is None else ras_from_lps(point_lps)
 
 
 # -- fracture -------------------------------------------------------------------------------

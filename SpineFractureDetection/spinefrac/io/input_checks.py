@@ -19,6 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from spinefrac.errors import InputError
+from spinefrac.hounsfield import AIR_MAX_HU, METAL_HU, PLAUSIBLE_MAX_HU
 
 MIN_SPACING_MM = 0.05
 MAX_SPACING_MM = 20.0
@@ -29,8 +30,6 @@ MAX_VOXELS = 2**31 - 1  # ITK index limits and any sane CT
 # table result, and working copies while writing (measured: about 2 GB for 268 M voxels, int16).
 PEAK_BYTES_PER_VOXEL = 8.0
 MEMORY_LIMIT_ENV = "SPINEFRAC_MEMORY_LIMIT_MB"  # override of the available memory, for tests and shared hosts
-HU_AIR_MAX = -500.0  # a CT in HU shows air or lung below this somewhere
-HU_PLAUSIBLE_MAX = 40000.0  # beyond the densest metal at any kVp: not HU
 MR_MODALITIES = {"MR", "PT", "NM", "US", "XA", "CR", "DX", "MG"}
 
 
@@ -175,16 +174,16 @@ def check_hounsfield(image: sitk.Image, path: Path, what: str = "CT") -> list[st
     low, high = float(sample.min()), float(sample.max())
     if low == high:
         raise InputError(f"{what} {path} is blank: every voxel is {low:g}")
-    if high > HU_PLAUSIBLE_MAX or low < -32768:
+    if high > PLAUSIBLE_MAX_HU or low < -32768:
         raise InputError(f"{what} {path} has values from {low:g} to {high:g}: not Hounsfield units")
-    if low > HU_AIR_MAX:
+    if low > AIR_MAX_HU:
         raise InputError(
             f"{what} {path} has no air or lung values (minimum {low:g}): not a CT in Hounsfield units "
             "(an MR image, or a CT stored without its rescale intercept); pass --no-hu-check to use it anyway"
         )
     warnings = []
-    if float(np.percentile(sample, 99.9)) > 3000:
-        warnings.append(f"{what} has values above 3000 HU (metal implants or contrast): nearby levels may be "
+    if float(np.percentile(sample, 99.9)) >= METAL_HU:
+        warnings.append(f"{what} has values above {METAL_HU:.0f} HU (metal implants or contrast): nearby levels may be "
                         "not assessable")
     return warnings
 

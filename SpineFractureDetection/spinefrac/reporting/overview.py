@@ -14,9 +14,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from spinefrac.assessment.fracture import DECISION_COLORS_RGB, Decision, FractureFindings  # noqa: E402
+from spinefrac.coordinates import lps_from_ras  # noqa: E402
 from spinefrac.io.images import CtVolume  # noqa: E402
 from spinefrac.levels import LEVEL_BY_ID  # noqa: E402
-from spinefrac.assessment.measurement import LPS_TO_RAS, SpineMeasurements  # noqa: E402
+from spinefrac.assessment.measurement import SpineMeasurements  # noqa: E402
 from spinefrac.assessment.morphometry import SpineMorphometry, VertebraMorphometry, VoxelGrid, sample_at  # noqa: E402
 from spinefrac.segmentation.base import VertebraSegmentation  # noqa: E402
 
@@ -147,7 +148,7 @@ def _draw_height_lines(axis_plot, ct, morphometry, h_low, k_low, spacing_h, spac
 def _name_levels(axis_plot, ct, measurements, removed_axis, h_low, k_low, spacing_h, spacing_k,
                  findings=None) -> None:
     for m in measurements.vertebrae:
-        lps = np.asarray(m.centroid_ras_mm) * LPS_TO_RAS
+        lps = lps_from_ras(m.centroid_ras_mm)
         i, j, k = ct.image.TransformPhysicalPointToContinuousIndex(lps.tolist())
         horizontal = (j if removed_axis == 2 else i) - h_low
         x_mm, y_mm = (horizontal + 0.5) * spacing_h, (k - k_low + 0.5) * spacing_k

@@ -33,7 +33,7 @@ from scipy.sparse import csgraph
 from scipy.spatial import cKDTree
 
 from spinefrac.errors import InputError
-from spinefrac.assessment.fracture import METAL_HU
+from spinefrac.hounsfield import AIR_MAX_HU, METAL_HU
 from spinefrac.io.images import CtVolume
 from spinefrac.levels import LEVEL_BY_ID
 from spinefrac.progress import Progress, silent
@@ -48,7 +48,6 @@ L5_ID = 24
 
 COARSE_SPACING_MM = 4.0
 WORK_SPACING_MM = 1.2  # finer voxels are block-averaged to about this size
-BODY_HU = -500.0  # anything denser than lung/air belongs to the patient (or the table)
 COARSE_BONE_HU = 150.0
 BONE_HU = 110.0  # on HU smoothed by half a voxel: tuned on the 3 mm TotalSegmentator example
 MARROW_MIN_HU = 60.0  # filled cortical rings keep marrow, not CSF in the spinal canal
@@ -243,7 +242,7 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
 def _track_axis_coarse(coarse: _Grid) -> tuple[np.ndarray, np.ndarray]:
     """Per coarse slice the (j, i) position of the spine in mm, and which slices hold spine."""
     hu, spacing = coarse.values, coarse.spacing_mm
-    body = _largest_component(hu > BODY_HU)
+    body = _largest_component(hu > AIR_MAX_HU)
     if not body.any():
         raise InputError("no spine found in the CT: the image holds no tissue denser than air")
     bone = ((hu > COARSE_BONE_HU) & body).astype(np.float32)
