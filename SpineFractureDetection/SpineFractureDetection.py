@@ -21,6 +21,8 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+from spinefrac.io.filenames import LABEL_MAP_FILE
+
 # Packages the core needs beyond what Slicer ships, at tested versions; installed on first use
 # with the user's consent (never at import). torch comes from the PyTorch extension
 # (PyTorchUtils, in EXTENSION_DEPENDS) so that its CUDA build matches the machine.
@@ -362,7 +364,7 @@ class SpineFractureDetectionLogic(ScriptedLoadableModuleLogic):
             if completed.returncode != 0:
                 raise RuntimeError(completed.stderr.strip().splitlines()[-1] if completed.stderr else "failed")
             return import_segmentation_result(segmentationNode, volumeNode,
-                                              pathlib.Path(work) / "out" / "vertebrae.nii.gz", overwriteEdits)
+                                              pathlib.Path(work) / "out" / LABEL_MAP_FILE, overwriteEdits)
 
     def startSegmentation(self, volumeNode, segmentationNode, engine, device, onProgress, onFinished,
                           overwriteEdits=False):
@@ -442,7 +444,7 @@ class _SegmentationRun:
                 error = self._lastError or f"segmentation process ended with code {exitCode}"
                 return
             import_segmentation_result(self._segmentation, self._volume,
-                                       pathlib.Path(self._work.name) / "out" / "vertebrae.nii.gz", self._overwrite)
+                                       pathlib.Path(self._work.name) / "out" / LABEL_MAP_FILE, self._overwrite)
         except Exception as exception:
             error = str(exception)
         finally:

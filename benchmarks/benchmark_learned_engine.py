@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SpineFractureDetec
 from spinefrac.io.model_packages import sha256_of  # noqa: E402
 from spinefrac.device import resolve_device  # noqa: E402
 from spinefrac.io.images import ct_from_image  # noqa: E402
-from spinefrac.segmentation.learned.engine import SEG_MANIFEST_FILE, LearnedEngine, SegmentationManifest  # noqa: E402
+from spinefrac.io.filenames import MODEL_MANIFEST_FILE  # noqa: E402
+from spinefrac.segmentation.learned.engine import LearnedEngine, SegmentationManifest  # noqa: E402
 from spinefrac.synthetic.phantom import PhantomSpec, make_phantom  # noqa: E402
 
 LEVELS = ("T10", "T11", "T12", "L1", "L2", "L3", "L4", "L5", "sacrum")
@@ -58,7 +59,7 @@ def random_package(folder: Path) -> Path:
         spacing_mm=(1.5, 1.5, 1.5), patch_size=(96, 96, 96),
         label_map={str(channel): channel if channel < 25 else 26 for channel in range(1, 26)},
         weights_sha256=sha256_of(folder / "weights.pt"), licence="benchmark only: random weights, not a model")
-    (folder / SEG_MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
+    (folder / MODEL_MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
     return folder
 
 

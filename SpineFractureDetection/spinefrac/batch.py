@@ -20,14 +20,13 @@ from pathlib import Path
 
 from spinefrac import __version__
 from spinefrac.errors import InputError, OutputError, SpineFracError
+from spinefrac.io.filenames import BATCH_SUMMARY_CSV_FILE, BATCH_SUMMARY_JSON_FILE
 from spinefrac.io.images import IMAGE_SUFFIX_PATTERN
 from spinefrac.io.outputs import write_text_atomically
 from spinefrac.pipeline import run_pipeline
 
 _CT_FILE = re.compile(rf"^(?P<name>.+)_ct{IMAGE_SUFFIX_PATTERN}$", re.IGNORECASE)
 _SEG_FILE = re.compile(rf"^(?P<name>.+)_seg{IMAGE_SUFFIX_PATTERN}$", re.IGNORECASE)
-SUMMARY_JSON = "batch_summary.json"
-SUMMARY_CSV = "batch_summary.csv"
 
 
 @dataclass(frozen=True)
@@ -111,9 +110,9 @@ def write_summary(outcomes: list[CaseOutcome], output: Path) -> None:
     summary = {"schema": "spinefrac-batch", "schema_version": "1.0.0", "software_version": __version__,
                "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "counts": counts,
                "cases": [asdict(o) for o in outcomes]}
-    write_text_atomically(output / SUMMARY_JSON, json.dumps(summary, indent=2) + "\n")
+    write_text_atomically(output / BATCH_SUMMARY_JSON_FILE, json.dumps(summary, indent=2) + "\n")
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(asdict(outcomes[0])), lineterminator="\n")
     writer.writeheader()
     writer.writerows(asdict(o) for o in outcomes)
-    write_text_atomically(output / SUMMARY_CSV, buffer.getvalue())
+    write_text_atomically(output / BATCH_SUMMARY_CSV_FILE, buffer.getvalue())

@@ -189,7 +189,8 @@ BATCH_SOME_FAILED = 3
 
 
 def _batch(args: argparse.Namespace) -> int:
-    from spinefrac.batch import SUMMARY_JSON, run_batch
+    from spinefrac.batch import run_batch
+    from spinefrac.io.filenames import BATCH_SUMMARY_JSON_FILE
 
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     outcomes = run_batch(args.input, args.output, overwrite=args.overwrite, log=log, device=args.device,
@@ -197,7 +198,7 @@ def _batch(args: argparse.Namespace) -> int:
     failed = [o for o in outcomes if o.status == "failed"]
     ok = sum(o.status == "ok" for o in outcomes)
     print(f"{ok} ok, {len(failed)} failed, {len(outcomes) - ok - len(failed)} skipped; "
-          f"summary in {args.output / SUMMARY_JSON}")
+          f"summary in {args.output / BATCH_SUMMARY_JSON_FILE}")
     for outcome in failed:
         print(f"  failed: {outcome.name}: {outcome.message}")
     return BATCH_SOME_FAILED if failed else 0

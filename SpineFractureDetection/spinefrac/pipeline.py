@@ -18,8 +18,9 @@ from spinefrac.errors import EngineUnavailableError
 from spinefrac.io.images import CtVolume, load_ct, write_image
 from spinefrac.assessment.measurement import SpineMeasurements, measure_vertebrae
 from spinefrac.assessment.morphometry import SpineMorphometry, measure_morphometry
-from spinefrac.io.outputs import (BODY_LABEL_MAP_FILE, GALLERY_FILE, LABEL_MAP_FILE, OVERVIEW_FILE, REPORT_CSV_FILE,
-                      REPORT_JSON_FILE, AtomicOutputFolder)
+from spinefrac.io.filenames import (BODY_LABEL_MAP_FILE, GALLERY_FILE, LABEL_MAP_FILE, OVERVIEW_FILE, REPORT_CSV_FILE,
+                                    REPORT_JSON_FILE)
+from spinefrac.io.outputs import AtomicOutputFolder
 from spinefrac.reporting.overview import write_gallery_png, write_overview_png
 from spinefrac.progress import SilentStages
 from spinefrac.reporting.report import SpineReport

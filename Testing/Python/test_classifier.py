@@ -12,7 +12,7 @@ pytest.importorskip("monai", reason="MONAI is not installed (pip install '.[lear
 from spine_test_utils import run_cli  # noqa: E402
 
 from spinefrac.assessment.classifier import (  # noqa: E402
-    MANIFEST_FILE, WEIGHTS_FILE, CropGeometry, FractureClassifier, NetworkConfig, examples_from_dataset,
+    MODEL_MANIFEST_FILE, MODEL_WEIGHTS_FILE, CropGeometry, FractureClassifier, NetworkConfig, examples_from_dataset,
     fit_temperature, train_classifier)
 from spinefrac.errors import InputError  # noqa: E402
 from spinefrac.io.images import load_ct  # noqa: E402
@@ -67,7 +67,7 @@ def test_examples_carry_the_grade_files_labels(package):
 def test_training_lowers_the_loss_and_writes_a_verified_package(package):
     output, history, _ = package
     assert history["train_loss"][-1] < history["train_loss"][0]
-    manifest = json.loads((output / MANIFEST_FILE).read_text(encoding="utf-8"))
+    manifest = json.loads((output / MODEL_MANIFEST_FILE).read_text(encoding="utf-8"))
     assert manifest["temperature"] > 0 and len(manifest["weights_sha256"]) == 64
     assert manifest["crop"] == {"size_voxels": 16, "spacing_mm": 4.0}
 
@@ -88,10 +88,10 @@ def test_corrupted_weights_are_refused(tmp_path, package):
     output, _, _ = package
     broken = tmp_path / "broken"
     broken.mkdir()
-    (broken / MANIFEST_FILE).write_text((output / MANIFEST_FILE).read_text(encoding="utf-8"), encoding="utf-8")
-    weights = bytearray((output / WEIGHTS_FILE).read_bytes())
+    (broken / MODEL_MANIFEST_FILE).write_text((output / MODEL_MANIFEST_FILE).read_text(encoding="utf-8"), encoding="utf-8")
+    weights = bytearray((output / MODEL_WEIGHTS_FILE).read_bytes())
     weights[len(weights) // 2] ^= 0xFF
-    (broken / WEIGHTS_FILE).write_bytes(bytes(weights))
+    (broken / MODEL_WEIGHTS_FILE).write_bytes(bytes(weights))
     with pytest.raises(InputError, match="do not match the manifest's checksum"):
         FractureClassifier.load(broken)
 
@@ -102,10 +102,10 @@ def test_unloadable_weights_with_a_matching_checksum_are_refused(tmp_path, packa
     output, _, _ = package
     foreign = tmp_path / "foreign"
     foreign.mkdir()
-    (foreign / WEIGHTS_FILE).write_bytes(b"not a state dict" * 10)
-    manifest = json.loads((output / MANIFEST_FILE).read_text(encoding="utf-8"))
-    manifest["weights_sha256"] = sha256_of(foreign / WEIGHTS_FILE)
-    (foreign / MANIFEST_FILE).write_text(json.dumps(manifest), encoding="utf-8")
+    (foreign / MODEL_WEIGHTS_FILE).write_bytes(b"not a state dict" * 10)
+    manifest = json.loads((output / MODEL_MANIFEST_FILE).read_text(encoding="utf-8"))
+    manifest["weights_sha256"] = sha256_of(foreign / MODEL_WEIGHTS_FILE)
+    (foreign / MODEL_MANIFEST_FILE).write_text(json.dumps(manifest), encoding="utf-8")
     with pytest.raises(InputError, match="cannot be loaded"):
         FractureClassifier.load(foreign)
 

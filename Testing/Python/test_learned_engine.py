@@ -18,7 +18,8 @@ from spine_test_utils import run_cli  # noqa: E402
 
 from spinefrac.errors import EngineUnavailableError, InputError  # noqa: E402
 from spinefrac.io.images import load_ct, to_canonical  # noqa: E402
-from spinefrac.segmentation.learned.engine import SEG_MANIFEST_FILE, LearnedEngine, order_violations  # noqa: E402
+from spinefrac.io.filenames import MODEL_MANIFEST_FILE  # noqa: E402
+from spinefrac.segmentation.learned.engine import LearnedEngine, order_violations  # noqa: E402
 from spinefrac.segmentation.learned.registry import (RECORDED_HASH_FILE, RegistryEntry, download_model,  # noqa: E402
                                       manifest_from_monai_bundle)
 from spinefrac.synthetic.phantom import PhantomSpec, make_phantom  # noqa: E402
@@ -52,7 +53,7 @@ def test_training_lowers_the_loss_and_raises_validation_dice(trained):
 
 def test_package_manifest_maps_channels_to_levels_and_pins_the_weights(trained):
     _, package, _ = trained
-    manifest = json.loads((package / SEG_MANIFEST_FILE).read_text(encoding="utf-8"))
+    manifest = json.loads((package / MODEL_MANIFEST_FILE).read_text(encoding="utf-8"))
     assert manifest["label_map"] == {"1": 22, "2": 23, "3": 24, "4": 26}
     assert manifest["network"] == "SegResNet" and len(manifest["weights_sha256"]) == 64
     assert (package / "checkpoint.pt").is_file()
@@ -132,7 +133,7 @@ def test_monai_bundle_is_adapted_with_vertebra_channels_mapped(tmp_path):
     manifest = manifest_from_monai_bundle(bundle)
     assert manifest.label_map["18"] == 24 and manifest.label_map["22"] == 20 and manifest.label_map["41"] == 1
     assert manifest.array_layout == "xyz-ras" and manifest.spacing_mm == (1.5, 1.5, 1.5)
-    (bundle / SEG_MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
+    (bundle / MODEL_MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
     engine = LearnedEngine(bundle)  # loads and verifies; random weights are never presented as a model
     assert engine.manifest.weights_file == "models/model.pt"
 

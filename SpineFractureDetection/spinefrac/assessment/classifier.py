@@ -26,13 +26,12 @@ from pathlib import Path
 import numpy as np
 
 from spinefrac.errors import InputError
+from spinefrac.io.filenames import MODEL_MANIFEST_FILE, MODEL_WEIGHTS_FILE
 from spinefrac.io.images import CtVolume
 from spinefrac.io.model_packages import require_torch, sha256_of, write_model_package
 from spinefrac.assessment.morphometry import SpineMorphometry, VertebraMorphometry, VoxelGrid, sample_at
 from spinefrac.segmentation.base import VertebraSegmentation
 
-MANIFEST_FILE = "manifest.json"
-WEIGHTS_FILE = "weights.pt"
 PACKAGE_FORMAT = "spinefrac-classifier"
 PACKAGE_FORMAT_VERSION = 1
 HU_MIN, HU_MAX = -200.0, 1500.0
@@ -145,7 +144,7 @@ class FractureClassifier:
     @classmethod
     def load(cls, folder: Path | str, device: str = "cpu") -> "FractureClassifier":
         folder = Path(folder)
-        manifest_path, weights_path = folder / MANIFEST_FILE, folder / WEIGHTS_FILE
+        manifest_path, weights_path = folder / MODEL_MANIFEST_FILE, folder / MODEL_WEIGHTS_FILE
         for needed in (manifest_path, weights_path):
             if not needed.is_file():
                 raise InputError(f"classifier package {folder} lacks {needed.name}")
@@ -289,7 +288,7 @@ def _predict(network, examples: list[TrainingExample], device: str) -> tuple[np.
 
 
 def write_package(network, manifest: ClassifierManifest, output: Path) -> Path:
-    return write_model_package(network, manifest, output, WEIGHTS_FILE, MANIFEST_FILE)
+    return write_model_package(network, manifest, output, MODEL_WEIGHTS_FILE, MODEL_MANIFEST_FILE)
 
 
 def examples_from_dataset(root: Path | str, crop: CropGeometry | None = None, log=print) -> list[TrainingExample]:

@@ -54,13 +54,12 @@ from spinefrac.errors import InputError
 from spinefrac.io.images import IMAGE_SUFFIX_PATTERN, ImageGrid, read_image, require_3d_scalar, to_canonical
 from spinefrac.levels import LEVEL_BY_ID, Level, level_for_name, sort_craniocaudal
 from spinefrac.coordinates import ras_from_lps
-from spinefrac.io.outputs import LABEL_MAP_FILE, REPORT_JSON_FILE, rounded_or_none, write_text_atomically
+from spinefrac.io.filenames import EVALUATION_CSV_FILE, EVALUATION_JSON_FILE, LABEL_MAP_FILE, REPORT_JSON_FILE
+from spinefrac.io.outputs import rounded_or_none, write_text_atomically
 from spinefrac.progress import Progress, silent
 
 EVALUATION_SCHEMA = "spinefrac-evaluation"
 EVALUATION_SCHEMA_VERSION = "1.0.0"
-EVALUATION_JSON_FILE = "evaluation.json"
-EVALUATION_CSV_FILE = "evaluation.csv"
 
 IDENTIFICATION_RADIUS_MM = 20.0  # VerSe challenge
 HAUSDORFF_PERCENTILE = 95.0

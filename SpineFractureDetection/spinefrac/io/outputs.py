@@ -15,15 +15,6 @@ from pathlib import Path
 
 from spinefrac.errors import OutputError
 
-# The files of a run's output folder (spinefrac run, batch cases), read back by evaluation.
-LABEL_MAP_FILE = "vertebrae.nii.gz"
-BODY_LABEL_MAP_FILE = "vertebral_bodies.nii.gz"
-REPORT_JSON_FILE = "report.json"
-REPORT_CSV_FILE = "report.csv"
-OVERVIEW_FILE = "overview.png"
-GALLERY_FILE = "gallery.png"
-
-
 def rounded_or_none(value: float | None, digits: int) -> float | None:
     """A number as written to JSON/CSV: rounded, and None (null, an empty cell) when missing or not finite."""
     return None if value is None or not math.isfinite(value) else round(float(value), digits)

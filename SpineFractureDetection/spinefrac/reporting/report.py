@@ -19,7 +19,8 @@ from spinefrac import __version__
 from spinefrac.io.images import CtVolume
 from spinefrac.assessment.fracture import FractureFindings, VertebraFinding
 from spinefrac.assessment.measurement import SpineMeasurements, VertebraMeasurement
-from spinefrac.io.outputs import REPORT_CSV_FILE, REPORT_JSON_FILE, rounded_or_none
+from spinefrac.io.filenames import REPORT_CSV_FILE, REPORT_JSON_FILE
+from spinefrac.io.outputs import rounded_or_none
 from spinefrac.segmentation.base import VertebraSegmentation
 
 REPORT_SCHEMA = "spinefrac-report"

@@ -23,11 +23,11 @@ from spinefrac.io.model_packages import require_torch, write_model_package
 from spinefrac.io.datasets import SpineCase, read_dataset
 from spinefrac.errors import InputError
 from spinefrac.io.images import load_ct
-from spinefrac.segmentation.learned.engine import SEG_MANIFEST_FILE, SegmentationManifest, _resample, build_segmentation_network
+from spinefrac.io.filenames import MODEL_MANIFEST_FILE, TRAINING_CHECKPOINT_FILE
+from spinefrac.segmentation.learned.engine import SegmentationManifest, _resample, build_segmentation_network
 from spinefrac.levels import LEVEL_BY_ID, sort_craniocaudal
 from spinefrac.segmentation.base import ExistingLabelMap
 
-CHECKPOINT_FILE = "checkpoint.pt"
 CROP_MARGIN_MM = 20.0
 
 
@@ -128,7 +128,7 @@ def train_segmentation(data: Path | str | list[TrainingCase], output: Path | str
     sampler.set_random_state(seed=config.seed)  # MONAI transforms keep their own generators
     history = {"train_loss": [], "validation_dice": [], "validation_dice_per_level": []}
     start_epoch = 0
-    checkpoint_path = output / CHECKPOINT_FILE
+    checkpoint_path = output / TRAINING_CHECKPOINT_FILE
     if resume and checkpoint_path.is_file():
         state = torch.load(checkpoint_path, map_location=device, weights_only=False)
         network.load_state_dict(state["network"])
@@ -204,4 +204,4 @@ def _validate(network, cases: list[TrainingCase], manifest: SegmentationManifest
 
 
 def export_package(network, manifest: SegmentationManifest, output: Path) -> Path:
-    return write_model_package(network, manifest, output, manifest.weights_file, SEG_MANIFEST_FILE)
+    return write_model_package(network, manifest, output, manifest.weights_file, MODEL_MANIFEST_FILE)

@@ -34,12 +34,12 @@ from scipy import ndimage
 
 from spinefrac.io.model_packages import require_torch, sha256_of
 from spinefrac.errors import InputError
+from spinefrac.io.filenames import MODEL_MANIFEST_FILE, MODEL_WEIGHTS_FILE
 from spinefrac.io.images import CtVolume
 from spinefrac.levels import LEVEL_BY_ID, SACRUM, sort_craniocaudal
 from spinefrac.progress import Progress, silent
 from spinefrac.segmentation.base import LabelConvention, SegmentationEngine, VertebraSegmentation
 
-SEG_MANIFEST_FILE = "manifest.json"
 SEG_PACKAGE_FORMAT = "spinefrac-segmentation-model"
 SEG_PACKAGE_FORMAT_VERSION = 1
 ROI_BONE_HU = 200.0
@@ -57,7 +57,7 @@ class SegmentationManifest:
     patch_size: tuple[int, int, int]  # sliding-window size, voxels (x, y, z)
     label_map: dict[str, int]  # output channel (as text) -> VerSe id
     intensity: dict = field(default_factory=lambda: {"hu_min": -1000.0, "hu_max": 2000.0})
-    weights_file: str = "weights.pt"
+    weights_file: str = MODEL_WEIGHTS_FILE
     # How the network sees a volume: "zyx-lps" (our canonical [k, j, i] arrays, what train-seg
     # produces) or "xyz-ras" (MONAI's LoadImage + Orientation("RAS"), what bundles expect).
     array_layout: str = "zyx-lps"
@@ -109,9 +109,9 @@ class LearnedEngine(SegmentationEngine):
 
     def __init__(self, package: Path | str, device: str = "cpu", sw_batch_size: int = 2, overlap: float = 0.5):
         self.package = Path(package)
-        manifest_path = self.package / SEG_MANIFEST_FILE
+        manifest_path = self.package / MODEL_MANIFEST_FILE
         if not manifest_path.is_file():
-            raise InputError(f"segmentation model package {self.package} lacks {SEG_MANIFEST_FILE}")
+            raise InputError(f"segmentation model package {self.package} lacks {MODEL_MANIFEST_FILE}")
         self.manifest = SegmentationManifest.read(manifest_path)
         weights = self.package / self.manifest.weights_file
         if not weights.is_file():

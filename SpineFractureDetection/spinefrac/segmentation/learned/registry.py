@@ -25,7 +25,8 @@ from pathlib import Path
 
 from spinefrac.io.model_packages import sha256_of
 from spinefrac.errors import EngineUnavailableError, InputError
-from spinefrac.segmentation.learned.engine import SEG_MANIFEST_FILE, SegmentationManifest
+from spinefrac.io.filenames import MODEL_MANIFEST_FILE
+from spinefrac.segmentation.learned.engine import SegmentationManifest
 from spinefrac.levels import TOTALSEGMENTATOR_V1_IDS
 from spinefrac.progress import Progress, silent
 
@@ -182,7 +183,7 @@ def _preprocessing(config: dict) -> list[dict]:
 def write_bundle_manifest(folder: Path) -> Path:
     """Adapt a MONAI bundle in place: write our manifest beside it (the bundle is not changed)."""
     manifest = manifest_from_monai_bundle(folder)
-    (folder / SEG_MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
+    (folder / MODEL_MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
     return folder
 
 
@@ -191,7 +192,7 @@ def engine_from_registry(entry: RegistryEntry, device: str = "cpu", progress: Pr
     from spinefrac.segmentation.learned.engine import LearnedEngine
 
     folder = download_model(entry, progress)
-    if entry.kind == "monai-bundle" and not (folder / SEG_MANIFEST_FILE).is_file():
+    if entry.kind == "monai-bundle" and not (folder / MODEL_MANIFEST_FILE).is_file():
         write_bundle_manifest(folder)
     return LearnedEngine(folder, device)
 

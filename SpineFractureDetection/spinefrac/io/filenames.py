@@ -1,0 +1,23 @@
+"""Every file name the project writes and reads back, in one place.
+
+A run's output folder (``spinefrac run``, each case of ``spinefrac batch``, the Slicer module's
+child process) holds the first six; evaluation, the module and batch summaries read them back
+by these names.
+"""
+
+LABEL_MAP_FILE = "vertebrae.nii.gz"  # VerSe ids on the input CT's grid
+BODY_LABEL_MAP_FILE = "vertebral_bodies.nii.gz"  # the bodies as isolated for the heights
+REPORT_JSON_FILE = "report.json"
+REPORT_CSV_FILE = "report.csv"
+OVERVIEW_FILE = "overview.png"
+GALLERY_FILE = "gallery.png"
+
+BATCH_SUMMARY_JSON_FILE = "batch_summary.json"
+BATCH_SUMMARY_CSV_FILE = "batch_summary.csv"
+EVALUATION_JSON_FILE = "evaluation.json"
+EVALUATION_CSV_FILE = "evaluation.csv"
+
+# Model packages (segmentation and classifier): a manifest naming the network and pinning the weights.
+MODEL_MANIFEST_FILE = "manifest.json"
+MODEL_WEIGHTS_FILE = "weights.pt"
+TRAINING_CHECKPOINT_FILE = "checkpoint.pt"
