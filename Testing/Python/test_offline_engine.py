@@ -7,7 +7,8 @@ import SimpleITK as sitk
 from spinefrac.errors import InputError
 from spinefrac.evaluation.cases import evaluate_segmentation
 from spinefrac.io.images import ct_from_image, load_ct
-from spinefrac.segmentation.offline import engine as offline_engine
+from spinefrac.segmentation.offline.discs import Segment
+from spinefrac.segmentation.offline.identification import Anchor, count_from, level_name
 from spinefrac.segmentation.offline.engine import OfflineEngine
 from spinefrac.synthetic.phantom import PhantomSpec, make_phantom
 from spinefrac.segmentation.base import ExistingLabelMap, LabelConvention
@@ -121,15 +122,15 @@ def test_ribs_at_the_lower_edge_of_a_neck_ct_are_not_taken_for_the_pelvis(curvat
 def test_anchors_that_disagree_each_label_their_own_side():
     # Caudal first: sacrum, then six lumbar-like segments where five belong (a missed or a
     # spurious disc somewhere), then T12 found by its ribs.
-    segments = [offline_engine._Segment(float(n), float(n + 1)) for n in range(8)]
-    anchors = [offline_engine._Anchor(1, 24, "the sacrum upwards"), offline_engine._Anchor(7, 19, "T12")]
-    offline_engine._count_from(segments, anchors)
+    segments = [Segment(float(n), float(n + 1)) for n in range(8)]
+    anchors = [Anchor(1, 24, "the sacrum upwards"), Anchor(7, 19, "T12")]
+    count_from(segments, anchors)
     ids = [segment.verse_id for segment in segments]
     assert ids[1:4] == [24, 23, 22]  # nearest to the sacrum
     assert ids[5:] == [21, 20, 19]  # nearest to T12
     assert ids[4] in (21, 22)  # where the two counts meet one level has two segments
     # A count that runs past either end of the spine is named as such, not looked up.
-    assert [offline_engine._level_name(v) for v in (-2, 0, 1, 25, 26, 30)] == \
+    assert [level_name(v) for v in (-2, 0, 1, 25, 26, 30)] == \
         ["outside C1-L6", "outside C1-L6", "C1", "L6", "outside C1-L6", "outside C1-L6"]
 
 

@@ -1,0 +1,164 @@
+"""Intervertebral discs along the spine axis (step 3): the median HU on small disks perpendicular
+to the axis gives a profile whose low-HU dips are the discs; a segment much longer than the
+shorter of its neighbours is cut at its best endplate-flanked dips (thin discs vanish in partial
+volume at 3 mm, several in a row in the neck).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage, signal
+
+from spinefrac.segmentation.offline.axis import SpineAxis, WorkGrid, longest_run
+from spinefrac.segmentation.offline.bone import BONE_SMOOTHING_VOXELS
+
+
+PROFILE_RADII_MM = (0.0, 3.0, 6.0, 9.0, 12.0)
+PROFILE_SMOOTHING_MM = 1.0
+SPINE_PROFILE_HU = 75.0
+DISC_WIDTH_RATIO = 0.55
+PROFILE_STEP_MM = 1.0
+MIN_SEGMENT_MM = 13.0  # shortest body + disc (upper cervical)
+DISC_PROMINENCE_HU = 15.0
+DISC_MAX_HU = 150.0  # discs are soft tissue (70-130 HU); dips inside bone are not discs
+SPLIT_LENGTH_RATIO = 1.6  # a segment this many times its neighbours' length hides a disc
+MIN_PIECE_RATIO = 0.6
+MAX_SACRUM_RATIO = 3.3  # S1 to the coccyx along the curve: up to about three lumbar segments
+ENDPLATE_REACH_MM = 8.0  # a disc's endplates sit within this of its centre, a body's further apart
+
+
+@dataclass
+class Segment:
+    low_mm: float  # arc-length interval along the axis
+    high_mm: float
+    cut_below: bool = False  # the lowest segment, cut by the field of view
+    cut_above: bool = False  # the highest segment, cut by the field of view
+    verse_id: int = 0
+
+    @property
+    def length_mm(self) -> float:
+        return self.high_mm - self.low_mm
+
+
+def find_segments(work: WorkGrid, axis: SpineAxis) -> list[Segment]:
+    """Disc-bounded slabs along the axis, caudal first."""
+    arc_grid = np.arange(axis.arc_mm[0], axis.arc_mm[-1], PROFILE_STEP_MM)
+    if arc_grid.size < 3:
+        return []
+    profile = ndimage.gaussian_filter1d(np.interp(arc_grid, axis.arc_mm, _disk_profile(work, axis)),
+                                        PROFILE_SMOOTHING_MM / PROFILE_STEP_MM)
+    # Sparse trabecular bone can sit below the bone threshold; soft tissue stays below SPINE_PROFILE_HU.
+    spine = longest_run(profile > SPINE_PROFILE_HU, int(round(MIN_SEGMENT_MM / PROFILE_STEP_MM)))
+    if not spine.any():
+        return []
+    first, last = np.nonzero(spine)[0][[0, -1]]
+    section = profile[first:last + 1]
+    discs = _split_long_segments(_disc_positions(section), section) + first
+    bounds = [arc_grid[first]] + [arc_grid[d] for d in discs] + [arc_grid[last] + PROFILE_STEP_MM]
+    segments = [Segment(low, high) for low, high in zip(bounds[:-1], bounds[1:])]
+    segments[0].cut_below = first == 0
+    segments[-1].cut_above = last == arc_grid.size - 1
+    return segments
+
+
+def _disc_positions(profile: np.ndarray) -> np.ndarray:
+    """Profile indices of the discs.
+
+    A body with sparse trabecular bone dips between its own endplates too; a disc is the dip
+    whose flanking endplate peaks are close together compared with the spacing of the dips
+    around it (disc height is a fraction of body height at every level of the spine).
+    """
+    dips = signal.find_peaks(-profile, prominence=DISC_PROMINENCE_HU)[0]
+    peaks = signal.find_peaks(profile)[0]
+    if dips.size == 0:
+        return dips
+    discs = []
+    for n, dip in enumerate(dips):
+        left = peaks[peaks < dip]
+        right = peaks[peaks > dip]
+        before = dip - left[-1] if left.size else None
+        after = right[0] - dip if right.size else None
+        width = (before or after or 0) + (after or before or 0)
+        previous_dip = dips[n - 1] if n > 0 else dip - profile.size
+        next_dip = dips[n + 1] if n + 1 < dips.size else dip + profile.size
+        if width < DISC_WIDTH_RATIO * (next_dip - previous_dip) and profile[dip] < DISC_MAX_HU:
+            discs.append(dip)
+    return _thinned(np.array(discs, dtype=int), profile, int(MIN_SEGMENT_MM / PROFILE_STEP_MM))
+
+
+def _split_long_segments(discs: np.ndarray, profile: np.ndarray) -> np.ndarray:
+    """Add the discs that partial volume hid: a segment much longer than its neighbours holds
+    whole vertebrae, cut where a narrow dip is flanked by two endplate peaks."""
+    discs = list(discs)
+    for _ in range(len(discs) + 1):
+        bounds = [0] + discs + [profile.size]
+        lengths = np.diff(bounds)
+        added = False
+        for n in range(1, len(lengths)):  # the caudal block may be the sacrum: not split here
+            neighbours = np.concatenate([lengths[max(n - 3, 1):n], lengths[n + 1:n + 4]])
+            if neighbours.size == 0:
+                continue
+            # The shorter neighbours: a run of merged segments must not set its own standard.
+            typical = float(np.percentile(neighbours, 25))
+            pieces = int(round(lengths[n] / typical))
+            if lengths[n] < SPLIT_LENGTH_RATIO * typical or pieces < 2:
+                continue
+            cuts = _best_cuts(profile, bounds[n], bounds[n + 1], pieces - 1, MIN_PIECE_RATIO * typical)
+            discs.extend(cuts)
+            added = added or bool(cuts)
+        discs.sort()
+        if not added:
+            break
+    return np.array(_split_caudal_block(discs, profile), dtype=int)
+
+
+def _split_caudal_block(discs: list[int], profile: np.ndarray) -> list[int]:
+    """A caudal block longer than any sacrum carries the lowest lumbar vertebra: cut it off the top."""
+    lengths = np.diff([0] + discs + [profile.size])
+    if lengths.size < 3:
+        return discs
+    typical = float(np.median(lengths[1:4]))
+    if lengths[0] < MAX_SACRUM_RATIO * typical:
+        return discs
+    # The lumbar piece cut off is 0.6-1.4 typical segments long.
+    low = int(discs[0] - 2 * typical)
+    return sorted(discs + _best_cuts(profile, low, discs[0], 1, MIN_PIECE_RATIO * typical))
+
+
+def _best_cuts(profile: np.ndarray, low: int, high: int, count: int, min_piece: float) -> list[int]:
+    """Up to count dips in [low, high) of highest endplate contrast, min_piece from the ends and each other."""
+    reach = int(round(ENDPLATE_REACH_MM / PROFILE_STEP_MM))
+    dips = [d for d in signal.argrelmin(profile, order=1)[0] if low + min_piece <= d <= high - min_piece]
+    contrast = [min(profile[max(d - reach, 0):d].max(), profile[d + 1:d + reach + 1].max()) - profile[d] for d in dips]
+    cuts: list[int] = []
+    for order in np.argsort(contrast)[::-1]:
+        if contrast[order] < DISC_PROMINENCE_HU or len(cuts) == count:
+            break
+        if all(abs(dips[order] - cut) >= min_piece for cut in cuts):
+            cuts.append(int(dips[order]))
+    return cuts
+
+
+def _thinned(discs: np.ndarray, profile: np.ndarray, min_gap: int) -> np.ndarray:
+    """Of discs closer than min_gap keep the deeper one."""
+    kept: list[int] = []
+    for disc in discs[np.argsort(profile[discs])] if discs.size else []:
+        if all(abs(disc - other) >= min_gap for other in kept):
+            kept.append(int(disc))
+    return np.array(sorted(kept), dtype=int)
+
+
+def _disk_profile(work: WorkGrid, axis: SpineAxis) -> np.ndarray:
+    """Median HU on a disk perpendicular to the axis at every axis point (robust to the canal's edge)."""
+    left, anterior = axis.frame()
+    smooth = ndimage.gaussian_filter(work.values, BONE_SMOOTHING_VOXELS)
+    angles = np.linspace(0, 2 * np.pi, 12, endpoint=False)
+    offsets = [(0.0, 0.0)] + [(r * np.cos(a), r * np.sin(a)) for r in PROFILE_RADII_MM[1:] for a in angles]
+    samples = []
+    for du, dv in offsets:
+        points_mm = axis.points_mm + du * left + dv * anterior
+        index = points_mm / work.spacing_mm - 0.5
+        samples.append(ndimage.map_coordinates(smooth, index.T, order=1, mode="nearest"))
+    return np.median(samples, axis=0)

@@ -1,0 +1,166 @@
+"""Level identification (step 5): levels are counted from landmarks, the sacrum (upwards), the
+atlas at the top of a spine that ends in view (downwards), the last and the first rib-bearing
+vertebra (T12, T1); each level from its nearest landmark. The ``LevelIdentification`` says which
+were used, whether they agree, and when none is in view that the levels are uncertain.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from spinefrac.levels import LEVEL_BY_ID
+from spinefrac.segmentation.base import LevelIdentification
+from spinefrac.segmentation.offline.discs import Segment
+from spinefrac.segmentation.offline.labelling import segment_index
+
+
+SACRUM_ID = 26
+C1_ID = 1
+T1_ID = 8
+T12_ID = 19
+L5_ID = 24
+
+
+SACRUM_LENGTH_RATIO = 1.9  # a caudal block this many typical segments long is the sacrum
+# Cervical body + disc is about 20 mm (lumbar about 40): the top segments of a spine that ends in view
+# this short and without ribs are the cervical spine, the top one the atlas.
+CERVICAL_SEGMENT_MAX_MM = 24.0
+CERVICAL_RUN = 3
+
+
+RIB_ZONE_LATERAL_MM = (45.0, 90.0)
+RIB_ZONE_AP_MM = (-60.0, 30.0)  # anterior positive, from the body centre
+RIB_MIN_VOLUME_MM3 = 3000.0  # a pair of rib shafts gives about 7000; an iliac crest tip about 1500
+PELVIS_ZONE_LATERAL_MM = (45.0, 80.0)
+PELVIS_ZONE_AP_MM = (-50.0, 20.0)
+PELVIS_SLICE_FRACTION = 0.8  # L5 beside the iliac crests reaches about 0.6
+PELVIS_BIN_MM = 3.0
+
+
+@dataclass
+class Anchor:
+    segment_index: int  # caudal first
+    verse_id: int
+    evidence: str
+
+
+def identify_levels(segments: list[Segment], lateral_mm: np.ndarray, anterior_mm: np.ndarray, arc_mm: np.ndarray,
+              voxel_mm3: float) -> LevelIdentification:
+    """Give each segment a VerSe id counted from the nearest anchor in view; returns which anchors
+    were used, whether they agree, and how confident the count is."""
+    index = segment_index(segments, arc_mm)
+    ribs = _rib_bearing(segments, index, lateral_mm, anterior_mm, voxel_mm3)
+    sacral = _sacral_segments(segments, ribs, index, lateral_mm, anterior_mm, arc_mm)
+    anchors = _anchors(segments, sacral, ribs)
+    if not anchors:
+        # Ribs on every vertebra in view: a thoracic stretch; without them a lumbar one is likelier.
+        count_from(segments, [Anchor(0, T12_ID if all(ribs) else L5_ID, "")])
+        assumed = "every vertebra in view bears ribs, the lowest was assumed to be T12" if all(ribs) \
+            else "the lowest vertebra in view was assumed to be L5"
+        return LevelIdentification((), "uncertain",
+                                   f"no anchor visible (no sacrum, C1 or first/last rib): levels uncertain ({assumed})")
+    count_from(segments, anchors)
+    for i in sacral:
+        segments[i].verse_id = SACRUM_ID
+    used, others = anchors[0], anchors[1:]
+    names = tuple(anchor.evidence for anchor in anchors)
+    offset = used.verse_id + used.segment_index  # a segment's id counted from the most reliable anchor, plus its index
+    disagreeing = [a for a in others if a.verse_id + a.segment_index != offset]
+    if disagreeing:
+        found = "; ".join(f"{a.evidence} would be {level_name(offset - a.segment_index)} counted from {used.evidence}"
+                          for a in disagreeing)
+        return LevelIdentification(names, "low", f"levels counted from the nearest of {', '.join(names)} (confidence "
+                                   f"low: {found}; a transitional vertebra, a rib variant or a missed disc between "
+                                   "them is possible)")
+    if others:
+        agreeing = " and ".join(a.evidence for a in others)
+        return LevelIdentification(names, "high", f"levels counted from {used.evidence} "
+                                                  f"(confidence high, in agreement with {agreeing})")
+    confidence = "high" if used.verse_id == L5_ID else "medium"
+    return LevelIdentification(names, confidence, f"levels counted from {used.evidence} (confidence {confidence})")
+
+
+def _anchors(segments: list[Segment], sacral: list[int], ribs: list[bool]) -> list[Anchor]:
+    """Landmarks that fix a level, most reliable first: the sacrum, the atlas at the top of the
+    spine, the last rib-bearing vertebra (T12) and the first (T1)."""
+    anchors = []
+    if sacral:
+        anchors.append(Anchor(len(sacral), L5_ID, "the sacrum upwards"))
+    if _atlas_on_top(segments, ribs):
+        anchors.append(Anchor(len(segments) - 1, C1_ID, "the atlas (C1, top of the spine in view) downwards"))
+    # Ribs come in runs; an iliac crest beside L5 or the iliac bones beside the sacrum are single hits.
+    rib_runs = [i for i in range(len(sacral), len(segments) - 1) if ribs[i] and ribs[i + 1]]
+    if rib_runs:
+        lowest, highest = rib_runs[0], rib_runs[-1] + 1
+        if lowest > len(sacral) and not ribs[lowest - 1]:
+            anchors.append(Anchor(lowest, T12_ID, "the last rib-bearing vertebra (T12)"))
+        if highest < len(segments) - 1 and not ribs[highest + 1]:
+            anchors.append(Anchor(highest, T1_ID, "the first rib-bearing vertebra (T1)"))
+    return anchors
+
+
+def _atlas_on_top(segments: list[Segment], ribs: list[bool]) -> bool:
+    """The spine ends inside the field of view above short rib-free segments: the top one is C1
+    (an end inside the view below the lumbar or thoracic spine is never the top of the spine)."""
+    top = segments[-CERVICAL_RUN:]
+    return (not segments[-1].cut_above and len(segments) >= CERVICAL_RUN and not any(ribs[-CERVICAL_RUN:])
+            and float(np.median([s.length_mm for s in top])) <= CERVICAL_SEGMENT_MAX_MM)
+
+
+def level_name(verse_id: int) -> str:
+    """A counted level's name; a count can run past either end of the spine when anchors disagree."""
+    return LEVEL_BY_ID[verse_id].name if 1 <= verse_id <= L5_ID + 1 else "outside C1-L6"
+
+
+def count_from(segments: list[Segment], anchors: list[Anchor]) -> None:
+    """Number each segment (caudal first) by counting from its nearest anchor, the more reliable
+    on a tie; C1..L6 only. Anchors that disagree then meet between them: a missed disc leaves a
+    level out there, a spurious one gives one level two segments."""
+    for i, segment in enumerate(segments):
+        nearest = min(anchors, key=lambda anchor: abs(i - anchor.segment_index))  # first of equals
+        verse_id = nearest.verse_id - (i - nearest.segment_index)
+        segment.verse_id = verse_id if 1 <= verse_id <= L5_ID + 1 else 0
+
+
+def _sacral_segments(segments: list[Segment], ribs: list[bool], index: np.ndarray, lateral_mm: np.ndarray,
+                     anterior_mm: np.ndarray, arc_mm: np.ndarray) -> list[int]:
+    """The caudal segments that make up the sacrum (empty when it is not in view). The pelvis
+    lies under the lumbar spine: a block with rib-bearing or short (cervical, upper thoracic)
+    vertebrae right above it is the lower edge of a neck or chest CT, and the bone beside it is ribs."""
+    inner_mm = [s.length_mm for s in segments[1:-1]]
+    typical_mm = float(np.median(inner_mm)) if inner_mm else 0.0
+    sacral = []
+    for i, segment in enumerate(segments[:-2]):  # at least two vertebrae must stay above it
+        long_block = i == 0 and typical_mm > 0 and segment.length_mm >= SACRUM_LENGTH_RATIO * typical_mm
+        under_rib_cage = ribs[i + 1] and ribs[i + 2]
+        under_short_vertebrae = np.median([s.length_mm for s in segments[i + 1:i + 4]]) <= CERVICAL_SEGMENT_MAX_MM
+        if under_rib_cage or under_short_vertebrae:
+            break
+        if not (long_block or _flanked_by_pelvis(segment, index == i, lateral_mm, anterior_mm, arc_mm)):
+            break
+        sacral.append(i)
+    return sacral
+
+
+def _flanked_by_pelvis(segment: Segment, in_segment: np.ndarray, lateral_mm: np.ndarray,
+                       anterior_mm: np.ndarray, arc_mm: np.ndarray) -> bool:
+    """Bone beside the axis, where the iliac bones meet the sacrum, over most of the segment's height."""
+    zone = (in_segment & (np.abs(lateral_mm) >= PELVIS_ZONE_LATERAL_MM[0])
+            & (np.abs(lateral_mm) <= PELVIS_ZONE_LATERAL_MM[1])
+            & (anterior_mm >= PELVIS_ZONE_AP_MM[0]) & (anterior_mm <= PELVIS_ZONE_AP_MM[1]))
+    bins = np.arange(segment.low_mm, segment.high_mm + PELVIS_BIN_MM, PELVIS_BIN_MM)
+    if bins.size < 2 or not zone.any():
+        return False
+    occupied = np.histogram(arc_mm[zone], bins=bins)[0] > 0
+    return float(occupied.mean()) >= PELVIS_SLICE_FRACTION
+
+
+def _rib_bearing(segments: list[Segment], index: np.ndarray, lateral_mm: np.ndarray, anterior_mm: np.ndarray,
+                 voxel_mm3: float) -> list[bool]:
+    """Segments (caudal first) with enough bone far out laterally behind the bodies: ribs."""
+    in_zone = ((np.abs(lateral_mm) >= RIB_ZONE_LATERAL_MM[0]) & (np.abs(lateral_mm) <= RIB_ZONE_LATERAL_MM[1])
+               & (anterior_mm >= RIB_ZONE_AP_MM[0]) & (anterior_mm <= RIB_ZONE_AP_MM[1]) & (index >= 0))
+    counts = np.bincount(index[in_zone], minlength=len(segments))
+    return [bool(count * voxel_mm3 >= RIB_MIN_VOLUME_MM3) for count in counts]

@@ -1,0 +1,168 @@
+"""Voxels to levels (step 4): every bone voxel takes the disc-bounded slab of its nearest axis point
+(cut planes perpendicular to the spine), limited to a vertebra-sized envelope so that ribs and
+iliac bones fall away; bone near a cut is re-assigned to the level it is most cheaply joined to
+through dense bone (facet joints, not planes, part the posterior elements); then back to the
+CT's grid, with the marrow each level's cortex encloses filled in.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage, sparse
+from scipy.sparse import csgraph
+
+from spinefrac.hounsfield import METAL_HU
+from spinefrac.levels import LEVEL_BY_ID
+from spinefrac.segmentation.offline.axis import WorkGrid
+from spinefrac.segmentation.offline.bone import BONE_SMOOTHING_VOXELS, bone_mask
+from spinefrac.segmentation.offline.discs import Segment
+
+
+FIELD_EDGE_REACH_MM = 20.0  # an end vertebra cut by the field of view extends this far beyond the axis
+
+
+# Face neighbours within a sagittal plane (k, j) and none across planes (i): per-plane morphology in one call.
+SAGITTAL_CROSS = ndimage.generate_binary_structure(2, 1)[:, :, None]
+
+
+ENVELOPE_ANTERIOR_MM = 30.0
+ENVELOPE_POSTERIOR_MM = 85.0
+# Lateral reach from the body centre: transverse processes, not ribs or iliac wings.
+LATERAL_REACH_MM = {"cervical": 35.0, "thoracic": 31.0, "lumbar": 50.0, "sacral": 60.0}
+
+CUT_BAND_MM = 10.0  # bone this close to a cut plane is re-assigned by geodesic competition
+CUT_BAND_FRACTION = 0.3  # of the shorter neighbouring segment, at most
+DIM_BONE_PENALTY = 8.0  # extra path cost per mm through dim bone (joint gaps, partial volume)
+DENSE_BONE_HU = 400.0  # bone this dense costs nothing extra
+
+
+def segment_index(segments: list[Segment], arc_mm: np.ndarray) -> np.ndarray:
+    """Index of the slab holding each arc position (-1 outside the spine)."""
+    edges = np.array([s.low_mm for s in segments] + [segments[-1].high_mm])
+    # A vertebra cut by the field of view reaches the border in every part of it, even where the
+    # cut plane through the axis's last point would stop short (a tilted spine).
+    edges[0] -= FIELD_EDGE_REACH_MM if segments[0].cut_below else 0.0
+    edges[-1] += FIELD_EDGE_REACH_MM if segments[-1].cut_above else 0.0
+    index = np.searchsorted(edges, arc_mm, side="right") - 1
+    index[(arc_mm < edges[0]) | (arc_mm >= edges[-1])] = -1
+    return index
+
+
+def assign_levels(segments: list[Segment], bone: np.ndarray, lateral_mm: np.ndarray, anterior_mm: np.ndarray,
+            arc_mm: np.ndarray) -> np.ndarray:
+    """Working-grid label map: each bone voxel inside a vertebra's envelope gets its slab's level."""
+    index = segment_index(segments, arc_mm)
+    verse_ids = np.array([s.verse_id for s in segments] + [0], dtype=np.uint8)
+    reach = np.array([_lateral_reach(s.verse_id) for s in segments] + [0.0])
+    inside = ((index >= 0) & (np.abs(lateral_mm) <= reach[index])
+              & (anterior_mm <= ENVELOPE_ANTERIOR_MM) & (anterior_mm >= -ENVELOPE_POSTERIOR_MM))
+    labels = np.zeros(bone.shape, dtype=np.uint8)
+    labels[tuple(np.argwhere(bone)[inside].T)] = verse_ids[index[inside]]
+    return _keep_connected_to_body(labels)
+
+
+def refine_boundaries(work: WorkGrid, segments: list[Segment], bone: np.ndarray, labels: np.ndarray,
+                       arc_mm: np.ndarray) -> np.ndarray:
+    """Re-draw the cuts between levels: bone near a cut plane goes to the level it is joined to
+    most cheaply through bone (geodesic competition, dim voxels costly), so the facet-joint gap
+    rather than the plane parts neighbouring posterior elements."""
+    if len(segments) < 2:
+        return labels
+    cuts_mm = np.array([s.low_mm for s in segments[1:]])
+    # Short (cervical, upper thoracic) segments keep a seeded middle.
+    band_mm = np.minimum(CUT_BAND_MM, CUT_BAND_FRACTION * np.minimum(
+        [s.length_mm for s in segments[:-1]], [s.length_mm for s in segments[1:]]))
+    arc_volume = np.full(bone.shape, np.inf)
+    arc_volume[bone] = arc_mm
+    labelled = labels > 0
+    near_cut = np.any(np.abs(arc_volume[labelled][:, None] - cuts_mm[None, :]) <= band_mm[None, :], axis=1)
+    number = np.full(bone.shape, -1)
+    number[labelled] = np.arange(int(labelled.sum()))
+    smooth = ndimage.gaussian_filter(work.values, BONE_SMOOTHING_VOXELS)
+    cost = 1.0 + DIM_BONE_PENALTY * np.clip((DENSE_BONE_HU - smooth[labelled]) / DENSE_BONE_HU, 0.0, 1.0)
+    graph = _neighbour_graph(number, cost, work.spacing_mm)
+    _, _, sources = csgraph.dijkstra(graph, directed=False, indices=np.nonzero(~near_cut)[0], min_only=True,
+                                     return_predecessors=True)
+    values = labels[labelled]
+    reached = sources >= 0
+    values[reached] = values[sources[reached]]
+    refined = np.zeros_like(labels)
+    refined[labelled] = values
+    return _keep_connected_to_body(refined)
+
+
+def _neighbour_graph(number: np.ndarray, cost: np.ndarray, spacing_mm: np.ndarray) -> sparse.csr_matrix:
+    """Face-neighbour edges between numbered voxels, weighted by length times mean cost."""
+    rows, cols, weights = [], [], []
+    for axis in range(3):
+        low = [slice(None)] * 3
+        high = [slice(None)] * 3
+        low[axis], high[axis] = slice(0, -1), slice(1, None)
+        a, b = number[tuple(low)].ravel(), number[tuple(high)].ravel()
+        both = (a >= 0) & (b >= 0)
+        a, b = a[both], b[both]
+        rows.append(a)
+        cols.append(b)
+        weights.append(spacing_mm[axis] * (cost[a] + cost[b]) / 2)
+    edges = (np.concatenate(rows), np.concatenate(cols))
+    return sparse.csr_matrix((np.concatenate(weights), edges), shape=(cost.size, cost.size))
+
+
+def _lateral_reach(verse_id: int) -> float:
+    if verse_id == 0:
+        return 0.0
+    return LATERAL_REACH_MM[LEVEL_BY_ID[verse_id].region.value]
+
+
+def _keep_connected_to_body(labels: np.ndarray) -> np.ndarray:
+    """Per level keep the largest piece and pieces almost as big: rib stubs and vessels fall away."""
+    for box_index, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        mask = labels[box] == box_index
+        pieces, count = ndimage.label(mask)
+        if count <= 1:
+            continue
+        sizes = np.bincount(pieces.ravel())
+        sizes[0] = 0
+        drop = (sizes < 0.2 * sizes.max())[pieces] & mask
+        labels[box][drop] = 0
+    return labels
+
+
+def native_labels(hu: np.ndarray, spacing_mm: np.ndarray, work: WorkGrid, work_labels: np.ndarray) -> np.ndarray:
+    """Labels on the CT's own grid: working labels spread over the native bone voxels."""
+    labels = np.zeros(hu.shape, dtype=np.uint8)
+    if np.all(work.factors == 1):
+        stop = work.start + np.array(work_labels.shape)
+        labels[tuple(slice(a, b) for a, b in zip(work.start, stop))] = work_labels
+        return labels
+    # One working voxel of growth first: native bone reaches a little beyond the averaged bone.
+    grown = np.where(work_labels > 0, work_labels, ndimage.grey_dilation(work_labels, size=3))
+    for axis, factor in enumerate(work.factors):
+        grown = np.repeat(grown, factor, axis=axis)
+    box = tuple(slice(a, a + n) for a, n in zip(work.start, grown.shape))
+    native_bone = bone_mask(np.asarray(hu[box], dtype=np.float32), spacing_mm, edge=True)
+    labels[box] = np.where(native_bone, grown, 0)
+    return labels
+
+
+def fill_enclosed_marrow(labels: np.ndarray) -> np.ndarray:
+    """Per level, fill what its bone encloses in sagittal planes: marrow darker than the bone
+    threshold (osteoporosis, fat) inside the cortical shell. Sagittal planes, because there the
+    spinal canal is an open channel, never a hole, while the body is a closed box."""
+    for box_index, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        mask = labels[box] == box_index
+        filled = ndimage.binary_fill_holes(ndimage.binary_closing(mask, SAGITTAL_CROSS, border_value=0), SAGITTAL_CROSS)
+        labels[box][filled & (labels[box] == 0)] = box_index
+    return labels
+
+
+def levels_with_metal(hu: np.ndarray, labels: np.ndarray, verse_ids: list[int]) -> list[str]:
+    """Names of the levels whose mask holds voxels as dense as an implant or cement."""
+    if not verse_ids:
+        return []
+    densest = ndimage.maximum(hu, labels, index=verse_ids)
+    return [LEVEL_BY_ID[v].name for v, value in zip(verse_ids, densest) if value >= METAL_HU]
