@@ -230,6 +230,8 @@ class SpineFractureDetectionWidget(ScriptedLoadableModuleWidget, VTKObservationM
         self.ui.statusLabel.text = message
 
     def _onSegmentationFinished(self, error):
+        from SpineFractureDetectionLib.process import CANCELLED
+
         self._segmentationRun = None
         self.ui.progressBar.value = 0 if error else 100
         if error == CANCELLED:
@@ -333,7 +335,7 @@ class SpineFractureDetectionLogic(ScriptedLoadableModuleLogic):
         return report
 
     @staticmethod
-    def _childCommand(volumeNode, workFolder, engine, device):
+    def childCommand(volumeNode, workFolder, engine, device):
         """Export the CT and build the PythonSlicer command that segments it."""
         import pathlib
         import shutil
@@ -358,7 +360,7 @@ class SpineFractureDetectionLogic(ScriptedLoadableModuleLogic):
         from SpineFractureDetectionLib.mrml_logic import import_segmentation_result
 
         with tempfile.TemporaryDirectory(prefix="spinefrac-") as work:
-            command, _ = self._childCommand(volumeNode, work, engine, device)
+            command, _ = self.childCommand(volumeNode, work, engine, device)
             env = dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).parent))
             completed = subprocess.run(command, capture_output=True, text=True, env=env)
             if completed.returncode != 0:
@@ -369,7 +371,9 @@ class SpineFractureDetectionLogic(ScriptedLoadableModuleLogic):
     def startSegmentation(self, volumeNode, segmentationNode, engine, device, onProgress, onFinished,
                           overwriteEdits=False):
         """Non-blocking segmentation in a QProcess; returns a handle with cancel()."""
-        return _SegmentationRun(self, volumeNode, segmentationNode, engine, device, onProgress, onFinished,
+        from SpineFractureDetectionLib.process import SegmentationRun
+
+        return SegmentationRun(self, volumeNode, segmentationNode, engine, device, onProgress, onFinished,
                                 overwriteEdits)
 
     def shiftLevels(self, segmentationNode, offset):
@@ -392,64 +396,6 @@ class SpineFractureDetectionLogic(ScriptedLoadableModuleLogic):
             for path, final in zip(written, finals):
                 path.replace(final)
         return tuple(finals)
-
-
-CANCELLED = "cancelled"
-
-
-class _SegmentationRun:
-    """One child-process segmentation: progress from its '[k/n] stage ...' lines, Cancel kills
-    it and deletes its files, success imports the labels (the scene changes only then)."""
-
-    def __init__(self, logic, volumeNode, segmentationNode, engine, device, onProgress, onFinished, overwriteEdits):
-        import tempfile
-
-        self._work = tempfile.TemporaryDirectory(prefix="spinefrac-")
-        self._volume, self._segmentation = volumeNode, segmentationNode
-        self._onProgress, self._onFinished, self._overwrite = onProgress, onFinished, overwriteEdits
-        self._cancelled = False
-        self._lastError = ""
-        command, env = logic._childCommand(volumeNode, self._work.name, engine, device)
-        self._process = qt.QProcess()
-        self._process.setProcessEnvironment(env)
-        self._process.connect("readyReadStandardError()", self._readProgress)
-        self._process.connect("finished(int,QProcess::ExitStatus)", self._finished)
-        self._process.start(command[0], command[1:])
-
-    def cancel(self):
-        self._cancelled = True
-        self._process.kill()
-
-    def _readProgress(self):
-        from SpineFractureDetectionLib.mrml_logic import parse_progress
-
-        text = bytes(self._process.readAllStandardError().data()).decode("utf-8", "replace")
-        for line in text.splitlines():
-            if line.startswith("spinefrac: error:"):
-                self._lastError = line
-            progress = parse_progress(line)
-            if progress:
-                self._onProgress(*progress)
-
-    def _finished(self, exitCode, exitStatus):
-        import pathlib
-
-        from SpineFractureDetectionLib.mrml_logic import import_segmentation_result
-
-        error = None
-        try:
-            if self._cancelled:
-                return
-            if exitCode != 0:
-                error = self._lastError or f"segmentation process ended with code {exitCode}"
-                return
-            import_segmentation_result(self._segmentation, self._volume,
-                                       pathlib.Path(self._work.name) / "out" / LABEL_MAP_FILE, self._overwrite)
-        except Exception as exception:
-            error = str(exception)
-        finally:
-            self._work.cleanup()
-            self._onFinished(CANCELLED if self._cancelled else error)
 
 
 class SpineFractureDetectionTest(ScriptedLoadableModuleTest):

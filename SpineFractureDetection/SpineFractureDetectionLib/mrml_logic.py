@@ -20,12 +20,12 @@ from slicer.util import arrayFromVolume, updateVolumeFromArray
 
 from spinefrac.coordinates import LPS_RAS_MATRIX
 from spinefrac.errors import InputError, SpineFracError
-from spinefrac.assessment.fracture import DECISION_COLORS_RGB, DEFAULT_PROBABILITY_THRESHOLD, assess_fractures
+from spinefrac.assessment.chain import assess
+from spinefrac.assessment.fracture import DECISION_COLORS_RGB, DEFAULT_PROBABILITY_THRESHOLD
 from spinefrac.io.images import CtVolume, ImageGrid, ct_from_image, to_canonical
 from spinefrac.levels import (ANATOMICAL_STRUCTURE_CATEGORY, LEVEL_BY_ID, LEVEL_BY_NAME, LEVELS, SNOMED_SCHEME, Level,
                               level_for_name, sort_craniocaudal)
 from spinefrac.assessment.measurement import measure_vertebrae
-from spinefrac.assessment.morphometry import measure_morphometry
 from spinefrac.reporting.report import COLUMN_DEFINITIONS, SpineReport
 from spinefrac.segmentation.base import ExistingLabelMap, LabelConvention, VertebraSegmentation
 
@@ -381,11 +381,8 @@ class SpineMrmlLogic:
         """Genant grading of the current segments (edits included), decision colours, table."""
         ct = ct_from_volume(volume_node)
         segmentation = segmentation_from_node(segmentation_node, volume_node, ct)
-        measurements = measure_vertebrae(ct, segmentation)
-        morphometry = measure_morphometry(ct, segmentation, measurements)
-        probabilities = classifier.probabilities(ct, segmentation, morphometry) if classifier else None
-        findings = assess_fractures(measurements, morphometry, probabilities, probability_threshold)
-        report = SpineReport.from_stages(ct, segmentation, measurements, findings)
+        assessment = assess(ct, segmentation, classifier, probability_threshold)
+        report = SpineReport.from_stages(ct, segmentation, assessment.measurements, assessment.findings)
         report.notes.extend(segmentation.notes)
         style_level_segments(segmentation_node)  # canonical names and codes ("vertebrae_L1" becomes "L1")
         colour_by_decision(segmentation_node, report)

@@ -1,7 +1,7 @@
 """The whole job: CT in, label map + report + pictures out, one typed result per stage.
 
-load_ct -> CtVolume -> engine.segment -> VertebraSegmentation -> measure_vertebrae ->
-SpineMeasurements -> SpineReport -> files (written atomically).
+load_ct -> CtVolume -> engine.segment -> VertebraSegmentation -> assess (measurement, morphometry,
+grading: the same chain the Slicer module runs) -> SpineReport -> files (written atomically).
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ import SimpleITK as sitk
 
 from spinefrac.device import DeviceChoice, resolve_device
 from spinefrac.assessment.classifier import FractureClassifier
-from spinefrac.assessment.fracture import DEFAULT_PROBABILITY_THRESHOLD, FractureFindings, assess_fractures
+from spinefrac.assessment.chain import assess
+from spinefrac.assessment.fracture import DEFAULT_PROBABILITY_THRESHOLD, FractureFindings
 from spinefrac.errors import EngineUnavailableError
 from spinefrac.io.images import CtVolume, load_ct, write_image
-from spinefrac.assessment.measurement import SpineMeasurements, measure_vertebrae
-from spinefrac.assessment.morphometry import SpineMorphometry, measure_morphometry
+from spinefrac.assessment.measurement import SpineMeasurements
+from spinefrac.assessment.morphometry import SpineMorphometry
 from spinefrac.io.filenames import (BODY_LABEL_MAP_FILE, GALLERY_FILE, LABEL_MAP_FILE, OVERVIEW_FILE, REPORT_CSV_FILE,
                                     REPORT_JSON_FILE)
 from spinefrac.io.outputs import AtomicOutputFolder
@@ -104,12 +105,8 @@ def run_pipeline(
     stages.stage("Loading CT")
     ct = load_ct(ct_path, check_hu=check_hu)
     segmentation = engine.segment(ct, stages.stage(f"Segmentation ({engine.name})"))
-    measurements = measure_vertebrae(ct, segmentation, stages.stage("Measuring vertebrae"))
-    stages.stage("Fracture assessment (Genant morphometry)")
-    morphometry = measure_morphometry(ct, segmentation, measurements)
-    probabilities = classifier.probabilities(ct, segmentation, morphometry) if classifier else None
-    findings = assess_fractures(measurements, morphometry, probabilities, probability_threshold,
-                                segmentation.masks_fit_for_morphometry)
+    assessment = assess(ct, segmentation, classifier, probability_threshold, stages)
+    measurements, morphometry, findings = assessment.measurements, assessment.morphometry, assessment.findings
     stages.stage("Building report")
     report = SpineReport.from_stages(ct, segmentation, measurements, findings)
     report.segmentation["device"] = device_choice.name
