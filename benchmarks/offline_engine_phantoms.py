@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SpineFractureDetec
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared CT grid of the engine benchmarks
 
 from spinefrac.errors import SpineFracError  # noqa: E402
-from spinefrac.evaluation.cases import evaluate_segmentation  # noqa: E402
+from spinefrac.evaluation.segmentation import evaluate_segmentation  # noqa: E402
 from spinefrac.io.images import ct_from_image, to_canonical  # noqa: E402
 from spinefrac.segmentation.offline.engine import OfflineEngine  # noqa: E402
 from spinefrac.synthetic.phantom import PhantomSpec, make_phantom  # noqa: E402

@@ -69,6 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
                                      parser_class=_OneLineErrors)
 
+    _add_run_parser(commands)
+    _add_batch_parser(commands)
+    _add_evaluate_parser(commands)
+    _add_train_classifier_parser(commands)
+    _add_train_segmentation_parser(commands)
+    _add_levels_parser(commands)
+    return parser
+
+
+def _add_run_parser(commands) -> None:
+    """The 'run' sub-command: one CT."""
     run = commands.add_parser(
         "run", help="segment/label, measure and report one CT",
         description="Run the pipeline on one CT: labels, per-level measurements, report and picture.",
@@ -103,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     run.set_defaults(handler=_run)
 
+
+def _add_batch_parser(commands) -> None:
+    """The 'batch' sub-command: every CT of a folder."""
     batch = commands.add_parser(
         "batch", help="run every CT of a folder; bad cases are reported, never stop the batch",
         description="Run the pipeline on every case of a folder: NAME_ct.nii.gz files (or DICOM sub-folders), "
@@ -117,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--overwrite", action="store_true", help="replace existing case folders in OUTDIR")
     batch.set_defaults(handler=_batch)
 
+
+def _add_evaluate_parser(commands) -> None:
+    """The 'evaluate' sub-command: predictions against references."""
     evaluate = commands.add_parser(
         "evaluate", help="score predictions against references (Dice, HD95, identification, fracture agreement)",
         description="Compare predicted and reference vertebra label maps (VerSe ids), case by case, "
@@ -133,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="classifier probability counted as fractured when no grade is given (default 0.5)")
     evaluate.set_defaults(handler=_evaluate)
 
+
+def _add_train_classifier_parser(commands) -> None:
+    """The 'train-cls' sub-command: the fracture classifier."""
     train = commands.add_parser(
         "train-cls", help="train the optional fracture classifier on graded vertebrae",
         description="Train a MONAI 3-D classifier on per-vertebra crops of a data set with Genant grades "
@@ -147,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     train.set_defaults(handler=_train_classifier)
 
+
+def _add_train_segmentation_parser(commands) -> None:
+    """The 'train-seg' sub-command: the learned segmentation."""
     train_seg = commands.add_parser(
         "train-seg", help="train the learned vertebra segmentation (MONAI SegResNet)",
         description="Train a MONAI SegResNet on a VerSe-layout data set (rawdata/derivatives with _ct.nii.gz and "
@@ -163,9 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     train_seg.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     train_seg.set_defaults(handler=_train_segmentation)
 
+
+def _add_levels_parser(commands) -> None:
+    """The 'levels' sub-command: the level conventions."""
     levels = commands.add_parser("levels", help="print the level conventions (ids, names, SNOMED CT codes)")
     levels.set_defaults(handler=_levels)
-    return parser
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -212,7 +237,7 @@ def _probability(text: str) -> float:
 
 
 def _train_classifier(args: argparse.Namespace) -> int:
-    from spinefrac.assessment.classifier import examples_from_dataset, train_classifier
+    from spinefrac.training.classifier import examples_from_dataset, train_classifier
     from spinefrac.device import resolve_device
 
     device = resolve_device(args.device)
@@ -238,7 +263,8 @@ def _train_segmentation(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from spinefrac.evaluation.cases import evaluate_folders, format_table, write_evaluation
+    from spinefrac.evaluation.cases import evaluate_folders
+    from spinefrac.evaluation.writers import format_table, write_evaluation
 
     summary = evaluate_folders(args.predictions, args.references, probability_threshold=args.probability_threshold)
     written = write_evaluation(summary, args.output).values() if args.output is not None else []

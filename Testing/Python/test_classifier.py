@@ -11,9 +11,9 @@ pytest.importorskip("monai", reason="MONAI is not installed (pip install '.[lear
 
 from spine_test_utils import run_cli  # noqa: E402
 
-from spinefrac.assessment.classifier import (  # noqa: E402
-    MODEL_MANIFEST_FILE, MODEL_WEIGHTS_FILE, CropGeometry, FractureClassifier, NetworkConfig, examples_from_dataset,
-    fit_temperature, train_classifier)
+from spinefrac.assessment.classifier import CropGeometry, FractureClassifier, NetworkConfig  # noqa: E402
+from spinefrac.io.filenames import MODEL_MANIFEST_FILE, MODEL_WEIGHTS_FILE  # noqa: E402
+from spinefrac.training.classifier import examples_from_dataset, fit_temperature, train_classifier  # noqa: E402
 from spinefrac.errors import InputError  # noqa: E402
 from spinefrac.io.images import load_ct  # noqa: E402
 from spinefrac.assessment.measurement import measure_vertebrae  # noqa: E402

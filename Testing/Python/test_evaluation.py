@@ -10,20 +10,12 @@ import pytest
 import SimpleITK as sitk
 
 from spinefrac.errors import InputError
-from spinefrac.evaluation.cases import (
-    IDENTIFICATION_RADIUS_MM,
-    LevelGrade,
-    auc_mann_whitney,
-    case_name,
-    evaluate_folders,
-    evaluate_segmentation,
-    format_table,
-    fracture_agreement,
-    read_gradings,
-    to_csv,
-    weighted_kappa,
-    write_evaluation,
-)
+from spinefrac.evaluation.cases import case_name, evaluate_folders
+from spinefrac.evaluation.grading import LevelGrade, fracture_agreement
+from spinefrac.evaluation.metrics import auc_mann_whitney, weighted_kappa
+from spinefrac.evaluation.segmentation import IDENTIFICATION_RADIUS_MM, evaluate_segmentation
+from spinefrac.evaluation.writers import format_table, to_csv, write_evaluation
+from spinefrac.io.grades import read_gradings
 from spinefrac.levels import LEVEL_BY_NAME
 from spinefrac.synthetic.phantom import PhantomSpec, make_phantom
 from spinefrac.pipeline import run_pipeline

@@ -5,7 +5,7 @@ import pytest
 import SimpleITK as sitk
 
 from spinefrac.errors import InputError
-from spinefrac.evaluation.cases import evaluate_segmentation
+from spinefrac.evaluation.segmentation import evaluate_segmentation
 from spinefrac.io.images import ct_from_image, load_ct
 from spinefrac.segmentation.offline.discs import Segment
 from spinefrac.segmentation.offline.identification import Anchor, count_from, level_name
