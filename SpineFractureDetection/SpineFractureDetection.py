@@ -27,7 +27,7 @@ from spinefrac.io.filenames import LABEL_MAP_FILE
 # with the user's consent (never at import). torch comes from the PyTorch extension
 # (PyTorchUtils, in EXTENSION_DEPENDS) so that its CUDA build matches the machine.
 PIP_REQUIREMENTS = {"scipy": "scipy==1.18.1", "matplotlib": "matplotlib==3.11.2"}
-LEARNED_PIP_REQUIREMENTS = {"monai": "monai==1.6.1"}
+LEARNED_PIP_REQUIREMENTS = {"monai": "monai==1.6.1", "nibabel": "nibabel==5.4.2"}
 
 
 class SpineFractureDetection(ScriptedLoadableModule):

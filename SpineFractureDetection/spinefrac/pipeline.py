@@ -15,7 +15,7 @@ from spinefrac.device import DeviceChoice, resolve_device
 from spinefrac.assessment.classifier import FractureClassifier
 from spinefrac.assessment.chain import assess
 from spinefrac.assessment.fracture import DEFAULT_PROBABILITY_THRESHOLD, FractureFindings
-from spinefrac.errors import EngineUnavailableError
+from spinefrac.errors import EngineUnavailableError, InputError
 from spinefrac.io.images import CtVolume, load_ct, write_image
 from spinefrac.assessment.measurement import SpineMeasurements
 from spinefrac.assessment.morphometry import SpineMorphometry
@@ -57,29 +57,29 @@ def choose_engine(
     "offline" engine, or for "auto" a verified model already in the cache, else "offline"."""
     if segmentation_path is not None:
         return ExistingLabelMap(segmentation_path, label_convention)
+    from spinefrac.segmentation.learned.bundle import MonaiBundleEngine, is_monai_bundle
     from spinefrac.segmentation.learned.engine import LearnedEngine
-    from spinefrac.segmentation.learned.registry import engine_from_registry, installed_engines, is_monai_bundle, read_registry, \
-        write_bundle_manifest
+    from spinefrac.segmentation.learned.registry import engine_from_registry, installed_engines, read_registry
+    from spinefrac.segmentation.offline.engine import OfflineEngine
 
     if engine not in ENGINE_CHOICES:
         folder = Path(engine)
         if not folder.is_dir():
             raise EngineUnavailableError(f"--engine {engine}: not auto, monai, or a model package folder")
-        if is_monai_bundle(folder) and not (folder / "manifest.json").is_file():
-            write_bundle_manifest(folder)
-        return LearnedEngine(folder, device)
-    from spinefrac.segmentation.offline.engine import OfflineEngine
-
+        return MonaiBundleEngine(folder, device) if is_monai_bundle(folder) else LearnedEngine(folder, device)
     if engine == "monai":
         try:
             return engine_from_registry(next(iter(read_registry().values())), device)
         except EngineUnavailableError as error:  # offline: say so, and still give a result
             return OfflineEngine(fallback_reason=str(error))
+    failures = []
     if engine == "auto":
-        installed = installed_engines()
-        if installed:
-            return engine_from_registry(installed[0], device)
-    return OfflineEngine()
+        for entry in installed_engines():
+            try:
+                return engine_from_registry(entry, device)
+            except (EngineUnavailableError, InputError) as error:  # a cached model that fails to load
+                failures.append(f"{entry.name} v{entry.version} failed to load: {error}")
+    return OfflineEngine(fallback_reason="; ".join(failures))
 
 
 def run_pipeline(
