@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_classifier_parser(commands)
     _add_train_segmentation_parser(commands)
     _add_levels_parser(commands)
+    _add_models_parser(commands)
     return parser
 
 
@@ -191,6 +192,48 @@ def _add_levels_parser(commands) -> None:
     """The 'levels' sub-command: the level conventions."""
     levels = commands.add_parser("levels", help="print the level conventions (ids, names, SNOMED CT codes)")
     levels.set_defaults(handler=_levels)
+
+
+def _add_models_parser(commands) -> None:
+    """The 'models' sub-command: the registry of downloadable segmentation models and the cache."""
+    models = commands.add_parser("models", help="list, download, verify or remove registry models",
+                                 description="Segmentation models of the registry and the local cache "
+                                             "($SPINEFRAC_CACHE, default ~/.cache/spinefrac).")
+    models.add_argument("action", choices=("list", "download", "verify", "remove"))
+    models.add_argument("name", nargs="?",
+                        help="registry model name (download, remove; verify: all when omitted)")
+    models.set_defaults(handler=_models)
+
+
+def _models(args: argparse.Namespace) -> int:
+    from spinefrac.errors import InputError
+    from spinefrac.segmentation.learned.registry import (download_model, installed_model, read_registry,
+                                                         registry_entry, remove_model, verify_model)
+
+    if args.action == "list":
+        for entry in read_registry().values():
+            state = "installed" if installed_model(entry) else "not installed"
+            print(f"{entry.name} v{entry.version} ({entry.kind}, default on {'/'.join(entry.default_for)}): "
+                  f"{state}; {entry.checksum_type} {entry.checksum or 'not published'}\n  {entry.description}\n"
+                  f"  licence: {entry.licence}")
+        return 0
+    if args.action in ("download", "remove") and not args.name:
+        raise InputError(f"models {args.action} needs a model name (see 'spinefrac models list')")
+    if args.action == "download":
+        entry = registry_entry(args.name)
+        folder = download_model(entry, TerminalProgress(1).stage(f"Downloading {entry.name} v{entry.version}"))
+        print(f"{entry.name} v{entry.version} installed in {folder}")
+        return 0
+    if args.action == "remove":
+        entry = registry_entry(args.name)
+        print(f"{entry.name} v{entry.version} " + ("removed" if remove_model(entry) else "was not installed"))
+        return 0
+    entries = [registry_entry(args.name)] if args.name else list(read_registry().values())
+    problems = [problem for entry in entries for problem in verify_model(entry)]
+    if problems:
+        raise InputError("; ".join(problems))
+    print(f"{', '.join(e.name for e in entries)}: intact")
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -3,9 +3,6 @@ wholeBody_ct_segmentation structure (see monai_bundle_fixture.py) and weights of
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -16,9 +13,15 @@ pytest.importorskip("nibabel", reason="MONAI bundles load NIfTI through nibabel 
 
 import torch  # noqa: E402
 from monai.bundle import ConfigParser  # noqa: E402
-from monai_bundle_fixture import (L5_CHANNEL, LIVER_CHANNEL, SACRUM_CHANNEL, constant_channel_state,  # noqa: E402
-                                  network, write_bundle)
-
+from monai_bundle_fixture import (  # noqa: E402
+    L5_CHANNEL,
+    LIVER_CHANNEL,
+    SACRUM_CHANNEL,
+    constant_channel_state,
+    network,
+    write_bundle,
+)
+from spine_test_utils import run_cli  # noqa: E402
 from spinefrac.errors import InputError  # noqa: E402
 from spinefrac.io.images import ct_from_image, load_ct  # noqa: E402
 from spinefrac.segmentation.learned.bundle import MonaiBundleEngine, read_description  # noqa: E402
@@ -114,8 +117,7 @@ def test_spinefrac_run_with_a_bundle_folder(l5_bundle, small_ct, tmp_path):
     ct_path = tmp_path / "phantom.nii.gz"
     sitk.WriteImage(small_ct.image, str(ct_path))
     out = tmp_path / "out"
-    completed = subprocess.run([sys.executable, "-m", "spinefrac", "run", str(ct_path), "-o", str(out),
-                                "--engine", str(l5_bundle), "--device", "cpu"], capture_output=True, text=True)
+    completed = run_cli("run", ct_path, "-o", out, "--engine", l5_bundle, "--device", "cpu")
     assert completed.returncode == 0, completed.stderr
     labels = sitk.ReadImage(str(out / "vertebrae.nii.gz"))
     assert labels.GetSize() == small_ct.image.GetSize()

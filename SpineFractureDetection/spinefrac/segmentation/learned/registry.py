@@ -1,19 +1,22 @@
-"""Known segmentation models, their download into a user cache, and MONAI bundle loading.
+"""Known segmentation models and their download into a user cache.
 
 The registry (``models.json`` beside this file) lists each model with its download URL, the
-sha256 of the archive when it is published, its licence and kind ("package": a spinefrac model
-package; "monai-bundle": a MONAI Model Zoo bundle read through the adapter below). Downloads go
-to ``$SPINEFRAC_CACHE`` (default ``~/.cache/spinefrac``) as ``NAME.partial`` and resume with an
-HTTP Range request; the archive is checked against its sha256 before it is unpacked and renamed
-into place, so the cache never holds a half model. Without a network, the caller gets an
-EngineUnavailableError that says so (and the pipeline falls back to the offline engine).
+checksum its publisher gives for the archive (and the hash type: the MONAI Model Zoo publishes
+sha1 in ``models/model_info.json``), its licence and kind ("package": a spinefrac model package;
+"monai-bundle": a MONAI Model Zoo bundle, run through its own config by ``bundle.py``). Downloads
+go to ``$SPINEFRAC_CACHE`` (default ``~/.cache/spinefrac``) as ``NAME.partial`` and resume with an
+HTTP Range request; the archive is checked before it is unpacked and renamed into place, so the
+cache never holds a half model. Without a network, the caller gets an EngineUnavailableError that
+says so (and the pipeline falls back to the offline engine).
 
-An entry without a published sha256 is verified on first use ("trust on first use"): the hash
-of what was downloaded is recorded beside the model and every later load must match it.
+Each installed model keeps a download record (``download.json``): the archive's size, sha256 and
+published checksum, and the sha256 of every unpacked file, which ``verify_model`` checks again.
+An entry without a published checksum is trusted on first use, and the record says so.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -23,17 +26,15 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from spinefrac.io.model_packages import sha256_of
 from spinefrac.errors import EngineUnavailableError, InputError
-from spinefrac.io.filenames import MODEL_MANIFEST_FILE
-from spinefrac.segmentation.learned.engine import SegmentationManifest
-from spinefrac.levels import TOTALSEGMENTATOR_V1_IDS
+from spinefrac.io.model_packages import sha256_of
 from spinefrac.progress import Progress, silent
 
 REGISTRY_FILE = Path(__file__).with_name("models.json")
 CACHE_ENV = "SPINEFRAC_CACHE"
-RECORDED_HASH_FILE = "downloaded.sha256"
+DOWNLOAD_RECORD_FILE = "download.json"
 CHUNK_BYTES = 1 << 20
+HASH_TYPES = ("sha256", "sha1", "md5", "sha512")  # what model publishers use
 
 
 @dataclass(frozen=True)
@@ -42,9 +43,16 @@ class RegistryEntry:
     version: str
     kind: str  # "package" | "monai-bundle"
     url: str
-    sha256: str | None
+    checksum: str | None  # of the archive, as published; None: trusted on first use
     licence: str
     description: str
+    checksum_type: str = "sha256"
+    default_for: tuple[str, ...] = ("cpu", "cuda")  # devices it is the automatic choice for
+
+    def __post_init__(self):
+        if self.checksum_type not in HASH_TYPES:
+            raise ValueError(f"{self.name}: checksum type {self.checksum_type} is not one of {', '.join(HASH_TYPES)}")
+        object.__setattr__(self, "default_for", tuple(self.default_for))
 
 
 def read_registry(path: Path = REGISTRY_FILE) -> dict[str, RegistryEntry]:
@@ -55,20 +63,75 @@ def read_registry(path: Path = REGISTRY_FILE) -> dict[str, RegistryEntry]:
         raise InputError(f"model registry {path} is not valid ({error})") from None
 
 
+def registry_entry(name: str) -> RegistryEntry:
+    registry = read_registry()
+    if name not in registry:
+        raise InputError(f"no model named {name} in the registry (known: {', '.join(registry)})")
+    return registry[name]
+
+
 def cache_folder() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "spinefrac") / "models"
 
 
-def installed_model(entry: RegistryEntry) -> Path | None:
-    """The unpacked model folder when it is in the cache and still matches its recorded hash."""
-    folder = cache_folder() / f"{entry.name}-{entry.version}"
-    if not folder.is_dir():
+def model_folder(entry: RegistryEntry) -> Path:
+    return cache_folder() / f"{entry.name}-{entry.version}"
+
+
+def file_digest(path: Path, hash_type: str) -> str:
+    digest = hashlib.new(hash_type)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(CHUNK_BYTES), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download_record(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / DOWNLOAD_RECORD_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return None
-    recorded = (folder / RECORDED_HASH_FILE).read_text(encoding="utf-8").strip() \
-        if (folder / RECORDED_HASH_FILE).is_file() else None
-    if entry.sha256 and recorded != entry.sha256:
+
+
+def installed_model(entry: RegistryEntry) -> Path | None:
+    """The unpacked model folder when it is in the cache and was downloaded as the registry says."""
+    folder = model_folder(entry)
+    record = download_record(folder) if folder.is_dir() else None
+    if record is None:
+        return None
+    if entry.checksum and (record.get("checksum_type"), record.get("checksum")) != (entry.checksum_type,
+                                                                                     entry.checksum):
         return None
     return folder
+
+
+def verify_model(entry: RegistryEntry) -> list[str]:
+    """Problems with an installed model (empty when it is intact): files changed or missing since download."""
+    folder = model_folder(entry)
+    record = download_record(folder) if folder.is_dir() else None
+    if record is None:
+        return [f"{entry.name} v{entry.version} is not installed (spinefrac models download {entry.name})"]
+    if installed_model(entry) is None:
+        return [f"{entry.name}: downloaded with {record.get('checksum_type')} {record.get('checksum')}, "
+                f"the registry now says {entry.checksum_type} {entry.checksum}"]
+    problems = []
+    for name, expected in sorted(record.get("files", {}).items()):
+        path = folder / name
+        if not path.is_file():
+            problems.append(f"{entry.name}: {name} is missing")
+        elif sha256_of(path) != expected:
+            problems.append(f"{entry.name}: {name} changed since download (sha256 differs)")
+    return problems
+
+
+def remove_model(entry: RegistryEntry) -> bool:
+    folder = model_folder(entry)
+    partial = cache_folder() / f"{entry.name}-{entry.version}.partial"
+    partial.unlink(missing_ok=True)
+    if not folder.is_dir():
+        return False
+    shutil.rmtree(folder)
+    return True
 
 
 def download_model(entry: RegistryEntry, progress: Progress = silent, timeout_s: float = 30.0) -> Path:
@@ -80,12 +143,18 @@ def download_model(entry: RegistryEntry, progress: Progress = silent, timeout_s:
     cache.mkdir(parents=True, exist_ok=True)
     partial = cache / f"{entry.name}-{entry.version}.partial"
     _fetch(entry.url, partial, progress, timeout_s)
-    digest = sha256_of(partial)
-    if entry.sha256 and digest != entry.sha256:
+    record = {"name": entry.name, "version": entry.version, "url": entry.url, "size_bytes": partial.stat().st_size,
+              "sha256": sha256_of(partial), "checksum_type": entry.checksum_type, "published": bool(entry.checksum)}
+    record["checksum"] = record["sha256"] if entry.checksum_type == "sha256" else file_digest(partial,
+                                                                                           entry.checksum_type)
+    if entry.checksum and record["checksum"] != entry.checksum:
         partial.unlink()
-        raise InputError(f"download of {entry.name} does not match its sha256 "
-                         f"({digest[:12]}... vs {entry.sha256[:12]}...): deleted, try again")
-    return _unpack(partial, cache / f"{entry.name}-{entry.version}", digest)
+        raise InputError(f"download of {entry.name} does not match its published {entry.checksum_type} "
+                         f"({record['checksum'][:12]}... vs {entry.checksum[:12]}...): deleted, try again")
+    if not entry.checksum:
+        record["note"] = ("no checksum is published for this archive: its size and sha256 at first download "
+                          "are recorded, and it is trusted on first use")
+    return _unpack(partial, model_folder(entry), record)
 
 
 def _fetch(url: str, partial: Path, progress: Progress, timeout_s: float) -> None:
@@ -111,21 +180,29 @@ def _fetch(url: str, partial: Path, progress: Progress, timeout_s: float) -> Non
                                      "the partial download is kept and resumes next time") from None
 
 
-def _unpack(archive: Path, target: Path, digest: str) -> Path:
+def _unpack(archive: Path, target: Path, record: dict) -> Path:
     staging = target.with_name(f".{target.name}.unpacking")
     shutil.rmtree(staging, ignore_errors=True)
     try:
         with zipfile.ZipFile(archive) as bundle:
             for member in bundle.namelist():  # refuse paths that would escape the folder
                 if member.startswith("/") or ".." in Path(member).parts:
-                    raise InputError(f"model archive {archive} holds an unsafe path: {member}")
+                    raise InputError(f"model archive {archive.name} holds an unsafe path: {member}")
             bundle.extractall(staging)
-    except zipfile.BadZipFile:
+    except (zipfile.BadZipFile, EOFError, OSError) as error:
+        shutil.rmtree(staging, ignore_errors=True)
         archive.unlink()
-        raise InputError(f"downloaded model {archive.name} is not a zip archive: deleted, try again") from None
+        raise InputError(f"downloaded model {archive.name} is not a complete zip archive ({error}): deleted, "
+                         "try again") from None
+    except InputError:
+        shutil.rmtree(staging, ignore_errors=True)
+        archive.unlink()
+        raise
     roots = [p for p in staging.iterdir()]
     content = roots[0] if len(roots) == 1 and roots[0].is_dir() else staging
-    (content / RECORDED_HASH_FILE).write_text(digest + "\n", encoding="utf-8")
+    record["files"] = {p.relative_to(content).as_posix(): sha256_of(p) for p in sorted(content.rglob("*"))
+                       if p.is_file()}
+    (content / DOWNLOAD_RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     shutil.rmtree(target, ignore_errors=True)
     content.rename(target)
     shutil.rmtree(staging, ignore_errors=True)
@@ -133,70 +210,18 @@ def _unpack(archive: Path, target: Path, digest: str) -> Path:
     return target
 
 
-# -- MONAI bundles ----------------------------------------------------------------------------
-
-
-def is_monai_bundle(folder: Path) -> bool:
-    return (folder / "configs").is_dir() and (folder / "models" / "model.pt").is_file()
-
-
-def manifest_from_monai_bundle(folder: Path) -> SegmentationManifest:
-    """A segmentation manifest for a MONAI bundle whose output channels are TotalSegmentator v1
-    classes (wholeBody_ct_segmentation): the network and its arguments from the bundle's
-    inference config, spacing and intensity window from its pre-processing, vertebra channels
-    mapped to VerSe ids (other organs are dropped), weights pinned by their sha256."""
-    config_path = folder / "configs" / "inference.json"
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise InputError(f"MONAI bundle {folder}: {config_path.name} unreadable ({error})") from None
-    network = dict(config.get("network_def", {}))
-    target = str(network.pop("_target_", ""))
-    if not target:
-        raise InputError(f"MONAI bundle {folder}: no network_def in {config_path.name}")
-    transforms = _preprocessing(config)
-    spacing = next((t.get("pixdim") for t in transforms if str(t.get("_target_", "")).endswith("Spacingd")), None)
-    window = next((t for t in transforms if str(t.get("_target_", "")).endswith("ScaleIntensityRanged")), None)
-    if spacing is None or window is None:
-        raise InputError(f"MONAI bundle {folder}: Spacingd / ScaleIntensityRanged not found in its pre-processing")
-    channels = int(network.get("out_channels", 0))
-    label_map = {str(ts_id): verse_id for ts_id, verse_id in TOTALSEGMENTATOR_V1_IDS.items() if ts_id < channels}
-    manifest = SegmentationManifest(
-        name=folder.name, version=str(config.get("version", "bundle")), network=target.split(".")[-1],
-        network_parameters=network, spacing_mm=tuple(float(s) for s in spacing),
-        patch_size=tuple(int(s) for s in config.get("inferer", {}).get("roi_size", (96, 96, 96))),
-        label_map=label_map, intensity={"hu_min": float(window["a_min"]), "hu_max": float(window["a_max"])},
-        weights_file="models/model.pt", weights_sha256=sha256_of(folder / "models" / "model.pt"),
-        licence=str(config.get("license", "see the bundle's LICENSE")),
-        array_layout="xyz-ras",  # MONAI bundles load NIfTI as [x, y, z] and orient to RAS
-    )
-    manifest.validate_labels(folder)
-    return manifest
-
-
-def _preprocessing(config: dict) -> list[dict]:
-    preprocessing = config.get("preprocessing", {})
-    transforms = preprocessing.get("transforms", []) if isinstance(preprocessing, dict) else []
-    return [t for t in transforms if isinstance(t, dict)]
-
-
-def write_bundle_manifest(folder: Path) -> Path:
-    """Adapt a MONAI bundle in place: write our manifest beside it (the bundle is not changed)."""
-    manifest = manifest_from_monai_bundle(folder)
-    (folder / MODEL_MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
-    return folder
-
-
 def engine_from_registry(entry: RegistryEntry, device: str = "cpu", progress: Progress = silent):
-    """Download (or find in the cache) a registry model and open it as a LearnedEngine."""
+    """Download (or find in the cache) a registry model and open it: a MONAI bundle through its own
+    inference config, a spinefrac package through its manifest."""
+    from spinefrac.segmentation.learned.bundle import MonaiBundleEngine
     from spinefrac.segmentation.learned.engine import LearnedEngine
 
     folder = download_model(entry, progress)
-    if entry.kind == "monai-bundle" and not (folder / MODEL_MANIFEST_FILE).is_file():
-        write_bundle_manifest(folder)
-    return LearnedEngine(folder, device)
+    return MonaiBundleEngine(folder, device) if entry.kind == "monai-bundle" else LearnedEngine(folder, device)
 
 
-def installed_engines() -> list[RegistryEntry]:
-    """Registry models already in the cache (no download): what --engine auto may use."""
-    return [entry for entry in read_registry().values() if installed_model(entry) is not None]
+def installed_engines(device: str = "cpu") -> list[RegistryEntry]:
+    """Registry models already in the cache (no download) that are an automatic choice for
+    ``device``, in registry order: what --engine auto may use once ``verify_model`` passes."""
+    return [entry for entry in read_registry().values()
+            if device in entry.default_for and installed_model(entry) is not None]
