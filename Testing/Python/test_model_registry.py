@@ -71,10 +71,15 @@ def _entry(url: str, checksum: str | None, checksum_type: str = "sha1") -> Regis
                          "a test bundle", checksum_type)
 
 
-def test_the_shipped_registry_pins_the_bundle_by_its_published_sha1():
-    entry = read_registry()["wholebody-ct-segmentation"]
+def test_the_shipped_registry_pins_the_bundle_by_its_published_sha1_and_has_a_default_per_device():
+    models = read_registry()
+    entry = models["wholebody-ct-segmentation"]
     assert entry.kind == "monai-bundle" and entry.checksum_type == "sha1" and len(entry.checksum) == 40
     assert entry.url.endswith(f"wholeBody_ct_segmentation_v{entry.version}.zip")
+    assert [e.name for e in models.values() if "cpu" in e.default_for] == ["vertebrae-ts2-3mm"]
+    assert [e.name for e in models.values() if "cuda" in e.default_for] == ["vertebrae-ts2"]
+    assert all(e.kind == "auto3dseg" and e.checksum is None for e in (models["vertebrae-ts2"],
+                                                                       models["vertebrae-ts2-3mm"]))
 
 
 def test_sha1_download_resumes_verifies_records_and_installs(cache, served, bundle_zip):
@@ -144,6 +149,7 @@ def test_auto_uses_an_intact_cached_bundle_and_falls_back_with_the_reason(cache,
 def test_models_command_lists_verifies_and_refuses_unknown_names(cache):
     listed = run_cli("models", "list")
     assert listed.returncode == 0 and "wholebody-ct-segmentation v0.2.5" in listed.stdout
+    assert "vertebrae-ts2-3mm v2.0.1" in listed.stdout and "not published" in listed.stdout
     assert "not installed" in listed.stdout and "sha1" in listed.stdout
     verified = run_cli("models", "verify")
     assert verified.returncode == 2 and "not installed" in verified.stderr

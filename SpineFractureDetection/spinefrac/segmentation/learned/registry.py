@@ -3,8 +3,9 @@
 The registry (``models.json`` beside this file) lists each model with its download URL, the
 checksum its publisher gives for the archive (and the hash type: the MONAI Model Zoo publishes
 sha1 in ``models/model_info.json``), its licence and kind ("package": a spinefrac model package;
-"monai-bundle": a MONAI Model Zoo bundle, run through its own config by ``bundle.py``). Downloads
-go to ``$SPINEFRAC_CACHE`` (default ``~/.cache/spinefrac``) as ``NAME.partial`` and resume with an
+"monai-bundle": a MONAI Model Zoo bundle, run through its own config by ``bundle.py``;
+"auto3dseg": an Auto3DSeg SegResNet model as SlicerMONAIAuto3DSeg distributes it, ``auto3dseg.py``).
+Downloads go to ``$SPINEFRAC_CACHE`` (default ``~/.cache/spinefrac``) as ``NAME.partial`` and resume with an
 HTTP Range request; the archive is checked before it is unpacked and renamed into place, so the
 cache never holds a half model. Without a network, the caller gets an EngineUnavailableError that
 says so (and the pipeline falls back to the offline engine).
@@ -41,7 +42,7 @@ HASH_TYPES = ("sha256", "sha1", "md5", "sha512")  # what model publishers use
 class RegistryEntry:
     name: str
     version: str
-    kind: str  # "package" | "monai-bundle"
+    kind: str  # "package" | "monai-bundle" | "auto3dseg"
     url: str
     checksum: str | None  # of the archive, as published; None: trusted on first use
     licence: str
@@ -213,11 +214,13 @@ def _unpack(archive: Path, target: Path, record: dict) -> Path:
 def engine_from_registry(entry: RegistryEntry, device: str = "cpu", progress: Progress = silent):
     """Download (or find in the cache) a registry model and open it: a MONAI bundle through its own
     inference config, a spinefrac package through its manifest."""
+    from spinefrac.segmentation.learned.auto3dseg import Auto3DSegEngine
     from spinefrac.segmentation.learned.bundle import MonaiBundleEngine
     from spinefrac.segmentation.learned.engine import LearnedEngine
 
     folder = download_model(entry, progress)
-    return MonaiBundleEngine(folder, device) if entry.kind == "monai-bundle" else LearnedEngine(folder, device)
+    engine_class = {"monai-bundle": MonaiBundleEngine, "auto3dseg": Auto3DSegEngine}.get(entry.kind, LearnedEngine)
+    return engine_class(folder, device)
 
 
 def installed_engines(device: str = "cpu") -> list[RegistryEntry]:

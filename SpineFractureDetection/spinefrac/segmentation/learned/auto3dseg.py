@@ -1,0 +1,210 @@
+"""MONAI Auto3DSeg SegResNet models, as the SlicerMONAIAuto3DSeg extension distributes them.
+
+A model is a folder (found anywhere below the unpacked archive) with ``labels.csv`` and
+``model.pt``. ``model.pt`` is ``{"config": {...}, "state_dict": ..., "epoch", "best_metric"}``; the
+config holds the network as a ConfigParser dict and the inference settings: ``roi_size``,
+``resample_resolution``, ``normalize_mode``, ``intensity_bounds``, ``orientation_ras``,
+``crop_foreground``, ``sigmoid``. ``labels.csv`` has one row per label: ``LabelValue``, ``Name`` and
+the DICOM code sequences (``SegmentedPropertyTypeCodeSequence.CodeValue`` ... SNOMED CT).
+
+The pre-processing and sliding window follow the extension's inference script: load channel
+first, RAS when asked, crop to the foreground (10 voxels margin), resample, normalise by mode;
+SlidingWindowInfererAdapt with overlap 0.625 and Gaussian blending; softmax (or sigmoid), the
+probabilities inverted back onto the input grid, then the argmax. Labels map to VerSe ids by
+their SNOMED CT code, by name when the code is not one of ours (S1 and the sacrum both go to the
+sacrum); a label that names no vertebral level is refused by name.
+"""
+
+from __future__ import annotations
+
+import csv
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from spinefrac.errors import InputError
+from spinefrac.io.images import CtVolume
+from spinefrac.io.model_packages import require_torch
+from spinefrac.levels import LEVEL_BY_ID, LEVELS, SNOMED_SCHEME, level_for_name
+from spinefrac.progress import Progress, silent
+from spinefrac.segmentation.base import LABEL_PIXEL_TYPE, LabelConvention, SegmentationEngine, VertebraSegmentation
+from spinefrac.segmentation.learned.bundle import load_weights
+from spinefrac.segmentation.learned.engine import keep_largest_components, order_violations
+
+LABELS_FILE = "labels.csv"
+CHECKPOINT_FILE = "model.pt"
+CONFIG_KEYS = ("network", "roi_size", "normalize_mode")  # without these a checkpoint cannot be run
+CODE_COLUMNS = ("SegmentedPropertyTypeCodeSequence.CodingSchemeDesignator",
+                "SegmentedPropertyTypeCodeSequence.CodeValue")
+FOREGROUND_MARGIN_VOXELS = 10
+SLIDING_WINDOW_OVERLAP = 0.625
+LEVEL_BY_SNOMED = {level.snomed_code: level for level in LEVELS if not level.is_transitional}
+
+
+def model_files(folder: Path) -> tuple[Path, Path] | None:
+    """(labels.csv, model.pt) of an Auto3DSeg model below ``folder``, or None."""
+    for labels in sorted(Path(folder).rglob(LABELS_FILE)):
+        if (labels.parent / CHECKPOINT_FILE).is_file():
+            return labels, labels.parent / CHECKPOINT_FILE
+    return None
+
+
+def is_auto3dseg_model(folder: Path) -> bool:
+    return Path(folder).is_dir() and model_files(folder) is not None
+
+
+def read_label_map(path: Path) -> dict[int, int]:
+    """labels.csv -> {label value: VerSe id}, by SNOMED CT code, by name when the code is not ours."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise InputError(f"{path} is unreadable ({error})") from None
+    if not rows or not {"LabelValue", "Name"} <= set(rows[0]):
+        raise InputError(f"{path} has no LabelValue and Name columns: not an Auto3DSeg labels.csv")
+    mapping = {}
+    for row in rows:
+        level = _level_of(row)
+        if level is None:
+            code = ":".join(row.get(column) or "" for column in CODE_COLUMNS)
+            raise InputError(f"{path}: label '{row['Name']}' (code {code or 'none'}) is not a vertebral level")
+        try:
+            mapping[int(row["LabelValue"])] = level.verse_id
+        except ValueError:
+            raise InputError(f"{path}: LabelValue '{row['LabelValue']}' of '{row['Name']}' is not a number") from None
+    return mapping
+
+
+def _level_of(row: dict):
+    scheme, code = (row.get(column) or "" for column in CODE_COLUMNS)
+    if scheme == SNOMED_SCHEME and code in LEVEL_BY_SNOMED:
+        return LEVEL_BY_SNOMED[code]
+    return level_for_name(row.get("Name") or "")
+
+
+def read_checkpoint(path: Path) -> dict:
+    import torch
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated, not a torch file, or not plain data
+        raise InputError(f"{path} is not a readable torch checkpoint ({type(error).__name__})") from None
+    config = checkpoint.get("config") if isinstance(checkpoint, dict) else None
+    if not isinstance(config, dict):
+        raise InputError(f"{path} has no config: not an Auto3DSeg SegResNet checkpoint")
+    missing = [key for key in CONFIG_KEYS if key not in config]
+    if missing:
+        raise InputError(f"{path}: its config lacks {', '.join(missing)}")
+    return checkpoint
+
+
+def preprocessing(config: dict):
+    """The image -> network-input chain the extension's inference script builds from the config."""
+    import torch
+    from monai.transforms import (Compose, CropForegroundd, EnsureTyped, LoadImaged, Orientationd, Spacingd)
+
+    steps = [LoadImaged(keys="image", ensure_channel_first=True, dtype=None, image_only=False),
+             EnsureTyped(keys="image", data_type="tensor", dtype=torch.float)]
+    if config.get("orientation_ras", False):
+        steps.append(Orientationd(keys="image", axcodes="RAS"))
+    if config.get("crop_foreground", True):
+        steps.append(CropForegroundd(keys="image", source_key="image", margin=FOREGROUND_MARGIN_VOXELS,
+                                     allow_smaller=True))
+    if config.get("resample_resolution") is not None:
+        spacing = np.array(config["resample_resolution"], dtype=float)
+        steps.append(Spacingd(keys="image", pixdim=list(spacing), mode="bilinear", dtype=torch.float,
+                              min_pixdim=spacing * 0.75, max_pixdim=spacing * 1.25))
+    steps += _normalisation(config["normalize_mode"], config.get("intensity_bounds"))
+    return Compose(steps)
+
+
+def _normalisation(mode: str, bounds) -> list:
+    import torch
+    from monai.transforms import Lambdad, NormalizeIntensityd, ScaleIntensityRanged
+
+    if mode == "none":
+        return []
+    if mode in ("range", "ct"):
+        return [ScaleIntensityRanged(keys="image", a_min=bounds[0], a_max=bounds[1], b_min=-1, b_max=1, clip=False),
+                Lambdad(keys="image", func=torch.sigmoid)]
+    if mode in ("meanstd", "mri"):
+        return [NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True)]
+    if mode == "meanstdtanh":
+        return [NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True),
+                Lambdad(keys="image", func=lambda x: 3 * torch.tanh(x / 3))]
+    raise InputError(f"Auto3DSeg normalize_mode '{mode}' is not supported here")
+
+
+class Auto3DSegEngine(SegmentationEngine):
+    """Vertebra labels from an Auto3DSeg SegResNet model folder (labels.csv + model.pt)."""
+
+    name = "MONAI Auto3DSeg SegResNet"
+
+    def __init__(self, folder: Path | str, device: str = "cpu"):
+        require_torch()
+        from monai.bundle import ConfigParser
+
+        files = model_files(Path(folder))
+        if files is None:
+            raise InputError(f"{folder} holds no Auto3DSeg model ({LABELS_FILE} beside {CHECKPOINT_FILE})")
+        self.labels_path, self.checkpoint_path = files
+        self.device = device
+        self.label_to_verse = read_label_map(self.labels_path)
+        checkpoint = read_checkpoint(self.checkpoint_path)
+        self.config = checkpoint["config"]
+        self.network = ConfigParser(self.config["network"]).get_parsed_content()
+        load_weights(self.network, self.checkpoint_path)
+        self.network = self.network.to(device).eval()
+        self.title = f"{Path(folder).name} (epoch {checkpoint.get('epoch', '?')})"
+
+    def channel_lookup(self) -> np.ndarray:
+        lookup = np.zeros(max(self.label_to_verse, default=0) + 1, dtype=np.uint8)
+        for value, verse_id in self.label_to_verse.items():
+            lookup[value] = verse_id
+        return lookup
+
+    def predict_labels(self, image_path: Path) -> np.ndarray:
+        """Label values on the grid of ``image_path`` ([x, y, z], as MONAI loads it)."""
+        import torch
+        from monai.inferers import SlidingWindowInfererAdapt
+        from monai.transforms import Invertd
+
+        chain = preprocessing(self.config)
+        data = chain({"image": str(image_path)})
+        inferer = SlidingWindowInfererAdapt(roi_size=self.config["roi_size"], sw_batch_size=1,
+                                            overlap=SLIDING_WINDOW_OVERLAP, mode="gaussian")
+        with torch.no_grad(), torch.autocast(device_type="cuda", enabled=self.device == "cuda"):
+            logits = inferer(data["image"][None].to(self.device), self.network)
+        logits = logits[0] if isinstance(logits, (list, tuple)) else logits
+        sigmoid = self.config.get("sigmoid", False)
+        probabilities = torch.sigmoid(logits) if sigmoid else torch.softmax(logits.double(), dim=1).float()
+        data["pred"] = probabilities[0].cpu()
+        inverted = Invertd(keys="pred", orig_keys="image", transform=chain, nearest_interp=False)(data)["pred"]
+        if sigmoid:  # one channel per label: the first label above one half wins
+            above = inverted.numpy() >= 0.5
+            return np.where(above.any(0), above.argmax(0) + 1, 0).astype(np.int64)
+        return inverted.argmax(0).numpy().astype(np.int64)
+
+    def segment(self, ct: CtVolume, progress: Progress = silent) -> VertebraSegmentation:
+        progress(0.05, f"{self.title}: pre-processing")
+        with tempfile.TemporaryDirectory(prefix="spinefrac-auto3dseg-") as work:
+            image_path = Path(work) / "ct.nii.gz"
+            sitk.WriteImage(ct.image, str(image_path))
+            progress(0.2, "sliding-window inference")
+            values = self.predict_labels(image_path)
+        lookup = self.channel_lookup()
+        verse_ids = lookup[np.clip(values, 0, lookup.size - 1)].transpose(2, 1, 0)  # [x, y, z] -> [z, y, x]
+        verse_ids, dropped = keep_largest_components(np.ascontiguousarray(verse_ids))
+        if not verse_ids.any():
+            raise InputError(f"no spine found in the CT by {self.title}")
+        image = sitk.Cast(sitk.GetImageFromArray(verse_ids), LABEL_PIXEL_TYPE)
+        image.CopyInformation(ct.image)
+        present = sorted({LEVEL_BY_ID[int(v)].name for v in np.unique(verse_ids) if v})
+        return VertebraSegmentation(
+            label_map=image, engine=self.name, convention=LabelConvention.VERSE,
+            source=f"Auto3DSeg SegResNet {self.title}, {self.config.get('resample_resolution')} mm",
+            notes=[f"segmented by {self.title} on {self.device}: {len(present)} levels", *dropped,
+                   *order_violations(image)],
+        )
