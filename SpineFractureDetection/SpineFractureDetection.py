@@ -411,9 +411,8 @@ class SpineFractureDetectionTest(ScriptedLoadableModuleTest):
         self.test_segment_in_a_child_process_with_the_offline_engine()
 
     def test_segment_in_a_child_process_with_the_offline_engine(self):
-        from SpineFractureDetectionLib import mrml_logic
-
         from spinefrac.synthetic.phantom import PhantomSpec, make_phantom
+        from SpineFractureDetectionLib import mrml_logic
 
         SpineFractureDetectionLogic().ensureDependencies(askUser=False)
         phantom = make_phantom(PhantomSpec(spacing_mm=(2.0, 2.0, 2.0), ribs=False))
@@ -429,13 +428,13 @@ class SpineFractureDetectionTest(ScriptedLoadableModuleTest):
     def test_levels_are_named_ordered_and_measured(self):
         import numpy as np
         import SimpleITK as sitk
-        from SpineFractureDetectionLib import mrml_logic
 
         from spinefrac.assessment.fracture import DECISION_COLORS_RGB, Decision
         from spinefrac.io.images import ct_from_image, to_canonical
         from spinefrac.levels import LEVEL_BY_NAME
-        from spinefrac.synthetic.phantom import Fracture, PhantomSpec, make_phantom
         from spinefrac.segmentation.base import LabelConvention, VertebraSegmentation
+        from spinefrac.synthetic.phantom import Fracture, PhantomSpec, make_phantom
+        from SpineFractureDetectionLib import mrml_logic
 
         SpineFractureDetectionLogic().ensureDependencies(askUser=False)
         self.delayDisplay("Building a lumbar phantom")

@@ -25,10 +25,10 @@ import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SpineFractureDetection"))
 
-from spinefrac.io.model_packages import sha256_of  # noqa: E402
 from spinefrac.device import resolve_device  # noqa: E402
-from spinefrac.io.images import ct_from_image  # noqa: E402
 from spinefrac.io.filenames import MODEL_MANIFEST_FILE  # noqa: E402
+from spinefrac.io.images import ct_from_image  # noqa: E402
+from spinefrac.io.model_packages import sha256_of  # noqa: E402
 from spinefrac.segmentation.learned.engine import LearnedEngine, SegmentationManifest  # noqa: E402
 from spinefrac.synthetic.phantom import PhantomSpec, make_phantom  # noqa: E402
 

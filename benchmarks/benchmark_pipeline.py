@@ -157,12 +157,13 @@ class GpuMemory:
 def run_stages(ct_path: str, labels_path: str, output_dir: str, use_gpu: bool) -> tuple[list[dict], float]:
     """The stages of ``spinefrac run --segmentation``, one at a time, in this (fresh) process."""
     from spinefrac.assessment.fracture import assess_fractures
-    from spinefrac.io.images import load_ct, write_image
     from spinefrac.assessment.measurement import measure_vertebrae
     from spinefrac.assessment.morphometry import measure_morphometry
-    from spinefrac.reporting.overview import write_gallery_png, write_overview_png
+    from spinefrac.io.images import load_ct, write_image
+    from spinefrac.reporting.gallery import write_gallery_png
+    from spinefrac.reporting.overview import write_overview_png
     from spinefrac.reporting.report import SpineReport
-    from spinefrac.segmentation.base import ExistingLabelMap
+    from spinefrac.segmentation.label_maps import ExistingLabelMap
 
     output = Path(output_dir)
     gpu = GpuMemory(use_gpu)

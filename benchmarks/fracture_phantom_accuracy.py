@@ -3,7 +3,7 @@ ground truth we have). Prints a summary and writes JSON.
 
     python benchmarks/fracture_phantom_accuracy.py --output benchmarks/results/fracture-phantoms.json
 
-Grid and rules: see spinefrac/validation.py (height loss 0, 10, 15, 22, 30, 45 % x wedge,
+Grid and rules: see spinefrac/synthetic/validation.py (height loss 0, 10, 15, 22, 30, 45 % x wedge,
 biconcave, crush x spacings x straight / curved-tilted-oblique geometry; the single-most-
 deformed-plane rule on the same phantoms for comparison).
 """

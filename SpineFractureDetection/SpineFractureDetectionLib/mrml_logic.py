@@ -18,16 +18,25 @@ import slicer
 import vtk
 from slicer.util import arrayFromVolume, updateVolumeFromArray
 
-from spinefrac.coordinates import LPS_RAS_MATRIX
-from spinefrac.errors import InputError, SpineFracError
 from spinefrac.assessment.chain import assess
 from spinefrac.assessment.fracture import DECISION_COLORS_RGB, DEFAULT_PROBABILITY_THRESHOLD
-from spinefrac.io.images import CtVolume, ImageGrid, ct_from_image, to_canonical
-from spinefrac.levels import (ANATOMICAL_STRUCTURE_CATEGORY, LEVEL_BY_ID, LEVEL_BY_NAME, LEVELS, SNOMED_SCHEME, Level,
-                              level_for_name, sort_craniocaudal)
 from spinefrac.assessment.measurement import measure_vertebrae
+from spinefrac.coordinates import LPS_RAS_MATRIX
+from spinefrac.errors import InputError, SpineFracError
+from spinefrac.io.images import CtVolume, ImageGrid, ct_from_image, to_canonical
+from spinefrac.levels import (
+    ANATOMICAL_STRUCTURE_CATEGORY,
+    LEVEL_BY_ID,
+    LEVEL_BY_NAME,
+    LEVELS,
+    SNOMED_SCHEME,
+    Level,
+    level_for_name,
+    sort_craniocaudal,
+)
 from spinefrac.reporting.report import COLUMN_DEFINITIONS, SpineReport
-from spinefrac.segmentation.base import ExistingLabelMap, LabelConvention, VertebraSegmentation
+from spinefrac.segmentation.base import LabelConvention, VertebraSegmentation
+from spinefrac.segmentation.label_maps import ExistingLabelMap
 
 TERMINOLOGY_CONTEXT = "Segmentation category and type - DICOM master list"
 ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"

@@ -207,8 +207,14 @@ def _add_models_parser(commands) -> None:
 
 def _models(args: argparse.Namespace) -> int:
     from spinefrac.errors import InputError
-    from spinefrac.segmentation.learned.registry import (download_model, installed_model, read_registry,
-                                                         registry_entry, remove_model, verify_model)
+    from spinefrac.segmentation.learned.registry import (
+        download_model,
+        installed_model,
+        read_registry,
+        registry_entry,
+        remove_model,
+        verify_model,
+    )
 
     if args.action == "list":
         for entry in read_registry().values():
@@ -280,8 +286,8 @@ def _probability(text: str) -> float:
 
 
 def _train_classifier(args: argparse.Namespace) -> int:
-    from spinefrac.training.classifier import examples_from_dataset, train_classifier
     from spinefrac.device import resolve_device
+    from spinefrac.training.classifier import examples_from_dataset, train_classifier
 
     device = resolve_device(args.device)
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731

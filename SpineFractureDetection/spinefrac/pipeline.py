@@ -11,21 +11,29 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from spinefrac.device import DeviceChoice, resolve_device
-from spinefrac.assessment.classifier import FractureClassifier
 from spinefrac.assessment.chain import assess
+from spinefrac.assessment.classifier import FractureClassifier
 from spinefrac.assessment.fracture import DEFAULT_PROBABILITY_THRESHOLD, FractureFindings
-from spinefrac.errors import EngineUnavailableError, InputError
-from spinefrac.io.images import CtVolume, load_ct, write_image
 from spinefrac.assessment.measurement import SpineMeasurements
 from spinefrac.assessment.morphometry import SpineMorphometry
-from spinefrac.io.filenames import (BODY_LABEL_MAP_FILE, GALLERY_FILE, LABEL_MAP_FILE, OVERVIEW_FILE, REPORT_CSV_FILE,
-                                    REPORT_JSON_FILE)
+from spinefrac.device import DeviceChoice, resolve_device
+from spinefrac.errors import EngineUnavailableError, InputError
+from spinefrac.io.filenames import (
+    BODY_LABEL_MAP_FILE,
+    GALLERY_FILE,
+    LABEL_MAP_FILE,
+    OVERVIEW_FILE,
+    REPORT_CSV_FILE,
+    REPORT_JSON_FILE,
+)
+from spinefrac.io.images import CtVolume, load_ct, write_image
 from spinefrac.io.outputs import AtomicOutputFolder
-from spinefrac.reporting.overview import write_gallery_png, write_overview_png
 from spinefrac.progress import SilentStages
+from spinefrac.reporting.gallery import write_gallery_png
+from spinefrac.reporting.overview import write_overview_png
 from spinefrac.reporting.report import SpineReport
-from spinefrac.segmentation.base import ExistingLabelMap, LabelConvention, SegmentationEngine, VertebraSegmentation
+from spinefrac.segmentation.base import LabelConvention, SegmentationEngine, VertebraSegmentation
+from spinefrac.segmentation.label_maps import ExistingLabelMap
 
 STAGE_COUNT = 6
 
@@ -57,28 +65,45 @@ def choose_engine(
     "offline" engine, or for "auto" a verified model already in the cache, else "offline"."""
     if segmentation_path is not None:
         return ExistingLabelMap(segmentation_path, label_convention)
+    from spinefrac.segmentation.learned.auto3dseg import Auto3DSegEngine, is_auto3dseg_model
     from spinefrac.segmentation.learned.bundle import MonaiBundleEngine, is_monai_bundle
     from spinefrac.segmentation.learned.engine import LearnedEngine
-    from spinefrac.segmentation.learned.registry import engine_from_registry, installed_engines, read_registry
+    from spinefrac.segmentation.learned.registry import (
+        engine_from_registry,
+        installed_engines,
+        read_registry,
+        verify_model,
+    )
     from spinefrac.segmentation.offline.engine import OfflineEngine
 
     if engine not in ENGINE_CHOICES:
         folder = Path(engine)
         if not folder.is_dir():
             raise EngineUnavailableError(f"--engine {engine}: not auto, monai, or a model package folder")
-        return MonaiBundleEngine(folder, device) if is_monai_bundle(folder) else LearnedEngine(folder, device)
+        if is_monai_bundle(folder):
+            return MonaiBundleEngine(folder, device)
+        return Auto3DSegEngine(folder, device) if is_auto3dseg_model(folder) else LearnedEngine(folder, device)
     if engine == "monai":
         try:
-            return engine_from_registry(next(iter(read_registry().values())), device)
+            entry = next(e for e in read_registry().values() if device in e.default_for)
+            return engine_from_registry(entry, device)
         except EngineUnavailableError as error:  # offline: say so, and still give a result
             return OfflineEngine(fallback_reason=str(error))
     failures = []
     if engine == "auto":
-        for entry in installed_engines():
+        for entry in installed_engines(device):
+            problems = verify_model(entry)
+            if problems:
+                failures.append(f"{entry.name} v{entry.version} not used: {'; '.join(problems)}")
+                continue
             try:
                 return engine_from_registry(entry, device)
             except (EngineUnavailableError, InputError) as error:  # a cached model that fails to load
                 failures.append(f"{entry.name} v{entry.version} failed to load: {error}")
+        if not failures:
+            suggested = next((e for e in read_registry().values() if device in e.default_for), None)
+            failures = [f"no model installed; 'spinefrac models download {suggested.name}' installs "
+                        f"{suggested.name} v{suggested.version}"] if suggested else []
     return OfflineEngine(fallback_reason="; ".join(failures))
 
 

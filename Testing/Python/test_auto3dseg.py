@@ -11,12 +11,13 @@ pytest.importorskip("monai", reason="learned engines need MONAI (pip install '.[
 pytest.importorskip("nibabel", reason="MONAI loads NIfTI through nibabel (pip install '.[learned]')")
 
 import torch  # noqa: E402
-from auto3dseg_fixture import VERTEBRAE_TS2, config, write_labels, write_model  # noqa: E402
-from spine_test_utils import run_cli  # noqa: E402
 
 from spinefrac.errors import InputError  # noqa: E402
 from spinefrac.segmentation.learned.auto3dseg import Auto3DSegEngine, read_label_map  # noqa: E402
 from spinefrac.synthetic.phantom import PhantomSpec, make_phantom  # noqa: E402
+
+from auto3dseg_fixture import VERTEBRAE_TS2, config, write_labels, write_model  # noqa: E402
+from spine_test_utils import run_cli  # noqa: E402
 
 
 @pytest.fixture(scope="module")

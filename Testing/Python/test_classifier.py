@@ -9,17 +9,17 @@ import SimpleITK as sitk
 pytest.importorskip("torch", reason="PyTorch is not installed (pip install '.[learned]')")
 pytest.importorskip("monai", reason="MONAI is not installed (pip install '.[learned]')")
 
-from spine_test_utils import run_cli  # noqa: E402
-
 from spinefrac.assessment.classifier import CropGeometry, FractureClassifier, NetworkConfig  # noqa: E402
-from spinefrac.io.filenames import MODEL_MANIFEST_FILE, MODEL_WEIGHTS_FILE  # noqa: E402
-from spinefrac.training.classifier import examples_from_dataset, fit_temperature, train_classifier  # noqa: E402
-from spinefrac.errors import InputError  # noqa: E402
-from spinefrac.io.images import load_ct  # noqa: E402
 from spinefrac.assessment.measurement import measure_vertebrae  # noqa: E402
 from spinefrac.assessment.morphometry import measure_morphometry  # noqa: E402
+from spinefrac.errors import InputError  # noqa: E402
+from spinefrac.io.filenames import MODEL_MANIFEST_FILE, MODEL_WEIGHTS_FILE  # noqa: E402
+from spinefrac.io.images import load_ct  # noqa: E402
+from spinefrac.segmentation.label_maps import ExistingLabelMap  # noqa: E402
 from spinefrac.synthetic.phantom import Fracture, PhantomSpec, make_phantom  # noqa: E402
-from spinefrac.segmentation.base import ExistingLabelMap  # noqa: E402
+from spinefrac.training.classifier import examples_from_dataset, fit_temperature, train_classifier  # noqa: E402
+
+from spine_test_utils import run_cli  # noqa: E402
 
 TINY_NETWORK = NetworkConfig(init_features=4, growth_rate=4, block_config=(1, 1), dropout_prob=0.0)
 TINY_CROP = CropGeometry(size_voxels=16, spacing_mm=4.0)

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
+
 from spine_test_utils import run_cli, write_dicom_series
 
 EXPECTED_LEVELS = ["T11", "T12", "L1", "L2", "L3", "L4", "L5", "sacrum"]

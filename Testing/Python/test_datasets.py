@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from spine_test_utils import label_centroids_lps
 
+from spinefrac.errors import InputError
 from spinefrac.io.datasets import (
     SpineCase,
     case_centroids_lps_mm,
@@ -17,8 +17,9 @@ from spinefrac.io.datasets import (
     read_verse_centroids,
     read_verse_layout,
 )
-from spinefrac.errors import InputError
 from spinefrac.synthetic.phantom import PhantomSpec, make_phantom
+
+from spine_test_utils import label_centroids_lps
 
 VERSE004_LEVELS = list(range(16, 25))  # T9-L5
 

@@ -17,8 +17,8 @@ from spinefrac.evaluation.segmentation import IDENTIFICATION_RADIUS_MM, evaluate
 from spinefrac.evaluation.writers import format_table, to_csv, write_evaluation
 from spinefrac.io.grades import read_gradings
 from spinefrac.levels import LEVEL_BY_NAME
-from spinefrac.synthetic.phantom import PhantomSpec, make_phantom
 from spinefrac.pipeline import run_pipeline
+from spinefrac.synthetic.phantom import PhantomSpec, make_phantom
 
 LEVELS = ("T12", "L1", "L2", "L3", "L4", "L5")
 

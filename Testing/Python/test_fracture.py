@@ -7,15 +7,20 @@ import pytest
 import SimpleITK as sitk
 
 from spinefrac.assessment.fracture import Decision, GenantType, assess_fractures, genant_grade
-from spinefrac.io.images import ct_from_image, to_canonical
 from spinefrac.assessment.measurement import measure_vertebrae
 from spinefrac.assessment.morphometry import measure_morphometry
-from spinefrac.synthetic.phantom import Fracture, PhantomSpec, make_phantom
+from spinefrac.io.images import ct_from_image, to_canonical
 from spinefrac.segmentation.base import LabelConvention, VertebraSegmentation
-from spinefrac.synthetic.validation import (GEOMETRIES, HEIGHT_TOLERANCE_SLACK_MM, LOSSES, run_case, single_worst_plane_grades,
-                                  summarise)
-
-from spinefrac.synthetic.validation import LEVELS  # noqa: E402
+from spinefrac.synthetic.phantom import Fracture, PhantomSpec, make_phantom
+from spinefrac.synthetic.validation import (
+    GEOMETRIES,
+    HEIGHT_TOLERANCE_SLACK_MM,
+    LEVELS,  # noqa: E402
+    LOSSES,
+    run_case,
+    single_worst_plane_grades,
+    summarise,
+)
 
 OBLIQUE = tuple(np.array([[np.cos(0.3), -np.sin(0.3), 0], [np.sin(0.3), np.cos(0.3), 0], [0, 0, 1]]).ravel())
 
@@ -161,7 +166,7 @@ def test_metal_in_the_body_is_not_assessable(lumbar):
 
 def test_real_sample_reports_heights_grades_and_density(sample_ct, sample_labels):
     from spinefrac.io.images import load_ct
-    from spinefrac.segmentation.base import ExistingLabelMap
+    from spinefrac.segmentation.label_maps import ExistingLabelMap
 
     ct = load_ct(sample_ct)
     segmentation = ExistingLabelMap(sample_labels).segment(ct)

@@ -5,10 +5,11 @@ import math
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from spine_test_utils import reoriented, write_dicom_series
 
 from spinefrac.errors import InputError
 from spinefrac.io.images import ImageGrid, load_ct
+
+from spine_test_utils import reoriented, write_dicom_series
 
 
 def _random_ct(size=(30, 28, 10), spacing=(0.8, 0.9, 2.5), direction=None, seed=0):

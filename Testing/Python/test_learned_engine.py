@@ -10,14 +10,14 @@ import SimpleITK as sitk
 pytest.importorskip("torch", reason="PyTorch is not installed (pip install '.[learned]')")
 pytest.importorskip("monai", reason="MONAI is not installed (pip install '.[learned]')")
 
-from spine_test_utils import run_cli  # noqa: E402
-
 from spinefrac.errors import InputError  # noqa: E402
-from spinefrac.io.images import load_ct, to_canonical  # noqa: E402
 from spinefrac.io.filenames import MODEL_MANIFEST_FILE  # noqa: E402
+from spinefrac.io.images import load_ct, to_canonical  # noqa: E402
 from spinefrac.segmentation.learned.engine import LearnedEngine, order_violations  # noqa: E402
 from spinefrac.synthetic.phantom import PhantomSpec, make_phantom  # noqa: E402
 from spinefrac.training.segmentation import SegmentationTrainingConfig, train_segmentation  # noqa: E402
+
+from spine_test_utils import run_cli  # noqa: E402
 
 LEVELS = ("L3", "L4", "L5", "sacrum")
 TINY = SegmentationTrainingConfig(spacing_mm=(4.0, 4.0, 4.0), patch_size=(24, 24, 24), init_filters=8,

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from spinefrac.io.images import load_ct
 from spinefrac.assessment.measurement import FovStatus, measure_vertebrae
+from spinefrac.io.images import load_ct
+from spinefrac.segmentation.label_maps import ExistingLabelMap
 from spinefrac.synthetic.phantom import PhantomSpec, make_phantom
-from spinefrac.segmentation.base import ExistingLabelMap
 
 
 def _stages(tmp_path, phantom):

@@ -16,9 +16,6 @@ pytest.importorskip("monai", reason="learned engines need MONAI (pip install '.[
 pytest.importorskip("nibabel", reason="MONAI bundles load NIfTI through nibabel (pip install '.[learned]')")
 
 import spinefrac.segmentation.learned.registry as registry  # noqa: E402
-from loopback_server import RangeHandler, serving  # noqa: E402
-from monai_bundle_fixture import L5_CHANNEL, constant_channel_state, write_bundle  # noqa: E402
-from spine_test_utils import run_cli  # noqa: E402
 from spinefrac.errors import EngineUnavailableError, InputError  # noqa: E402
 from spinefrac.pipeline import choose_engine  # noqa: E402
 from spinefrac.segmentation.learned.bundle import MonaiBundleEngine  # noqa: E402
@@ -32,6 +29,10 @@ from spinefrac.segmentation.learned.registry import (  # noqa: E402
     verify_model,
 )
 from spinefrac.segmentation.offline.engine import OfflineEngine  # noqa: E402
+
+from loopback_server import RangeHandler, serving  # noqa: E402
+from monai_bundle_fixture import L5_CHANNEL, constant_channel_state, write_bundle  # noqa: E402
+from spine_test_utils import run_cli  # noqa: E402
 
 
 def _zip(folder, root_name: str) -> bytes:

@@ -13,6 +13,12 @@ pytest.importorskip("nibabel", reason="MONAI bundles load NIfTI through nibabel 
 
 import torch  # noqa: E402
 from monai.bundle import ConfigParser  # noqa: E402
+
+from spinefrac.errors import InputError  # noqa: E402
+from spinefrac.io.images import ct_from_image, load_ct  # noqa: E402
+from spinefrac.segmentation.learned.bundle import MonaiBundleEngine, read_description  # noqa: E402
+from spinefrac.synthetic.phantom import PhantomSpec, make_phantom  # noqa: E402
+
 from monai_bundle_fixture import (  # noqa: E402
     L5_CHANNEL,
     LIVER_CHANNEL,
@@ -22,10 +28,6 @@ from monai_bundle_fixture import (  # noqa: E402
     write_bundle,
 )
 from spine_test_utils import run_cli  # noqa: E402
-from spinefrac.errors import InputError  # noqa: E402
-from spinefrac.io.images import ct_from_image, load_ct  # noqa: E402
-from spinefrac.segmentation.learned.bundle import MonaiBundleEngine, read_description  # noqa: E402
-from spinefrac.synthetic.phantom import PhantomSpec, make_phantom  # noqa: E402
 
 
 @pytest.fixture(scope="module")

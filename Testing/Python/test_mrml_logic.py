@@ -7,12 +7,11 @@ import SimpleITK as sitk
 slicer = pytest.importorskip("slicer", reason="slicer-core is not installed (pip install '.[dev]')")
 pytest.importorskip("slicer.util", reason="slicer-core is not installed")
 
-from SpineFractureDetectionLib import mrml_logic  # noqa: E402
-
 from spinefrac.errors import InputError  # noqa: E402
 from spinefrac.io.images import load_ct  # noqa: E402
 from spinefrac.levels import LEVEL_BY_NAME  # noqa: E402
-from spinefrac.segmentation.base import ExistingLabelMap  # noqa: E402
+from spinefrac.segmentation.label_maps import ExistingLabelMap  # noqa: E402
+from SpineFractureDetectionLib import mrml_logic  # noqa: E402
 
 LEVEL_NAMES = ["T11", "T12", "L1", "L2", "L3", "L4", "L5", "sacrum"]
 
@@ -129,8 +128,8 @@ def test_bad_volume_selections_are_refused(scene, segmentation):
 @pytest.fixture
 def fractured_scene(scene):
     from spinefrac.io.images import ct_from_image, to_canonical
-    from spinefrac.synthetic.phantom import Fracture, PhantomSpec, make_phantom
     from spinefrac.segmentation.base import LabelConvention, VertebraSegmentation
+    from spinefrac.synthetic.phantom import Fracture, PhantomSpec, make_phantom
 
     phantom = make_phantom(PhantomSpec(spacing_mm=(2.0, 2.0, 2.0), fractures={"L2": Fracture("wedge", 0.45)},
                                        ribs=False, seed=4))

@@ -7,11 +7,13 @@ import SimpleITK as sitk
 from spinefrac.errors import InputError
 from spinefrac.evaluation.segmentation import evaluate_segmentation
 from spinefrac.io.images import ct_from_image, load_ct
+from spinefrac.segmentation.base import LabelConvention
+from spinefrac.segmentation.label_maps import ExistingLabelMap
 from spinefrac.segmentation.offline.discs import Segment
-from spinefrac.segmentation.offline.identification import Anchor, count_from, level_name
 from spinefrac.segmentation.offline.engine import OfflineEngine
+from spinefrac.segmentation.offline.identification import Anchor, count_from, level_name
 from spinefrac.synthetic.phantom import PhantomSpec, make_phantom
-from spinefrac.segmentation.base import ExistingLabelMap, LabelConvention
+
 from spine_test_utils import run_cli
 
 LUMBAR = ("T11", "T12", "L1", "L2", "L3", "L4", "L5", "sacrum")

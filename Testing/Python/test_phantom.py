@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from spine_test_utils import label_centroids_lps
 
 from spinefrac.synthetic.phantom import HEIGHT_SAMPLE_FRACTION, Fracture, PhantomSpec, make_phantom
+
+from spine_test_utils import label_centroids_lps
 
 
 def measured_height_mm(phantom, level_name: str, q: float, step_mm: float = 0.05) -> float:

@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from spinefrac.assessment.fracture import GRADE_THRESHOLDS, genant_grade
+from spinefrac.assessment.measurement import measure_vertebrae
 from spinefrac.errors import InputError
 from spinefrac.io.images import ImageGrid, ct_from_image, load_ct, to_canonical
 from spinefrac.io.input_checks import MIN_EXTENT_MM
@@ -37,9 +38,8 @@ from spinefrac.levels import (
     TOTALSEGMENTATOR_V2_IDS,
     level_for_name,
 )
-from spinefrac.assessment.measurement import measure_vertebrae
-from spinefrac.synthetic.phantom import Fracture, FractureType, PhantomSpec, make_phantom
 from spinefrac.segmentation.base import LabelConvention, VertebraSegmentation
+from spinefrac.synthetic.phantom import Fracture, FractureType, PhantomSpec, make_phantom
 
 # No example database: the tests must not write files into the checkout.
 FAST = settings(max_examples=60, deadline=None, database=None,

@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from spine_test_utils import run_cli, write_dicom_series
 
 from spinefrac.batch import run_batch
 from spinefrac.synthetic.phantom import Fracture, PhantomSpec, make_phantom
+
+from spine_test_utils import run_cli, write_dicom_series
 
 RESULT_FILES = {"gallery.png", "overview.png", "report.csv", "report.json", "vertebrae.nii.gz",
                 "vertebral_bodies.nii.gz"}

@@ -3,12 +3,14 @@
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from spine_test_utils import reoriented
 
 from spinefrac.errors import InputError
 from spinefrac.io.images import load_ct
 from spinefrac.levels import TOTALSEGMENTATOR_V2_IDS
-from spinefrac.segmentation.base import ExistingLabelMap, LabelConvention
+from spinefrac.segmentation.base import LabelConvention
+from spinefrac.segmentation.label_maps import ExistingLabelMap
+
+from spine_test_utils import reoriented
 
 
 @pytest.fixture(scope="module")

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
+from spinefrac.assessment.morphometry import SpineMorphometry, VertebraMorphometry, VoxelGrid, sample_at
 from spinefrac.errors import InputError
 from spinefrac.io.filenames import MODEL_MANIFEST_FILE, MODEL_WEIGHTS_FILE
 from spinefrac.io.images import CtVolume
 from spinefrac.io.model_packages import require_torch, sha256_of
-from spinefrac.assessment.morphometry import SpineMorphometry, VertebraMorphometry, VoxelGrid, sample_at
 from spinefrac.segmentation.base import VertebraSegmentation
 
 PACKAGE_FORMAT = "spinefrac-classifier"

@@ -28,10 +28,10 @@ from enum import Enum
 
 import numpy as np
 
-from spinefrac.hounsfield import METAL_HU
-from spinefrac.levels import Level, Region
 from spinefrac.assessment.measurement import FovStatus, SpineMeasurements
 from spinefrac.assessment.morphometry import SpineMorphometry, VertebraMorphometry
+from spinefrac.hounsfield import METAL_HU
+from spinefrac.levels import Level, Region
 
 GRADE_THRESHOLDS = (0.20, 0.25, 0.40)  # height reduction at which grades 1, 2, 3 begin
 NEIGHBOUR_DEFORMATION_LIMIT = 0.15  # neighbours deformed more than this do not set expectations

@@ -21,7 +21,6 @@ from spinefrac.levels import LEVEL_BY_ID, Level, sort_craniocaudal
 from spinefrac.progress import Progress, silent
 from spinefrac.segmentation.base import VertebraSegmentation
 
-
 # Faces of the canonical (closest-to-LPS) grid: (axis, side) -> patient side of that face.
 _FACE_NAMES = {
     (0, 0): "right", (0, 1): "left",

@@ -25,10 +25,10 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
+from spinefrac.assessment.measurement import SpineMeasurements
 from spinefrac.coordinates import lps_from_ras
 from spinefrac.io.images import CtVolume
 from spinefrac.levels import Level, Region
-from spinefrac.assessment.measurement import SpineMeasurements
 from spinefrac.segmentation.base import VertebraSegmentation
 
 HEIGHT_SAMPLE_FRACTION = 0.85  # Genant's anterior/posterior points, fraction of the semi-depth

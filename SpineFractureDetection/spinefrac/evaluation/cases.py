@@ -16,10 +16,14 @@ from typing import Mapping, Sequence
 from spinefrac import __version__
 from spinefrac.errors import InputError
 from spinefrac.evaluation.grading import (
-    DEFAULT_PROBABILITY_THRESHOLD, FRACTURED_MIN_GRADE, FractureAgreement, fracture_agreement, pair_gradings)
+    DEFAULT_PROBABILITY_THRESHOLD,
+    FRACTURED_MIN_GRADE,
+    FractureAgreement,
+    fracture_agreement,
+    pair_gradings,
+)
 from spinefrac.evaluation.metrics import mean
-from spinefrac.evaluation.segmentation import (
-    IDENTIFICATION_RADIUS_MM, CaseEvaluation, evaluate_segmentation, read_3d)
+from spinefrac.evaluation.segmentation import IDENTIFICATION_RADIUS_MM, CaseEvaluation, evaluate_segmentation, read_3d
 from spinefrac.io.datasets import LABEL_FOLDERS, read_dataset
 from spinefrac.io.filenames import LABEL_MAP_FILE, REPORT_JSON_FILE
 from spinefrac.io.grades import grade_file, read_gradings

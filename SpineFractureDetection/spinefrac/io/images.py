@@ -16,8 +16,14 @@ import numpy as np
 import SimpleITK as sitk
 
 from spinefrac.errors import InputError, OutputError
-from spinefrac.io.input_checks import (check_compressed_stream, check_geometry, check_hounsfield, check_memory,
-                           check_slice_positions, read_header)
+from spinefrac.io.input_checks import (
+    check_compressed_stream,
+    check_geometry,
+    check_hounsfield,
+    check_memory,
+    check_slice_positions,
+    read_header,
+)
 
 CANONICAL_ORIENTATION = "LPS"
 # Physical tolerance for "same grid": well below any real voxel, above float32 header noise.

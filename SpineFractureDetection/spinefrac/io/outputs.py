@@ -15,6 +15,7 @@ from pathlib import Path
 
 from spinefrac.errors import OutputError
 
+
 def rounded_or_none(value: float | None, digits: int) -> float | None:
     """A number as written to JSON/CSV: rounded, and None (null, an empty cell) when missing or not finite."""
     return None if value is None or not math.isfinite(value) else round(float(value), digits)

@@ -16,10 +16,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from spinefrac import __version__
-from spinefrac.io.images import CtVolume
 from spinefrac.assessment.fracture import FractureFindings, VertebraFinding
 from spinefrac.assessment.measurement import SpineMeasurements, VertebraMeasurement
 from spinefrac.io.filenames import REPORT_CSV_FILE, REPORT_JSON_FILE
+from spinefrac.io.images import CtVolume
 from spinefrac.io.outputs import rounded_or_none
 from spinefrac.segmentation.base import VertebraSegmentation
 

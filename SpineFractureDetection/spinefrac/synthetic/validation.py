@@ -14,11 +14,11 @@ from __future__ import annotations
 import numpy as np
 
 from spinefrac.assessment.fracture import assess_fractures, genant_grade
-from spinefrac.io.images import ct_from_image, to_canonical
 from spinefrac.assessment.measurement import measure_vertebrae
 from spinefrac.assessment.morphometry import measure_morphometry, sagittal_plane_heights
-from spinefrac.synthetic.phantom import Fracture, PhantomSpec, make_phantom
+from spinefrac.io.images import ct_from_image, to_canonical
 from spinefrac.segmentation.base import LabelConvention, VertebraSegmentation
+from spinefrac.synthetic.phantom import Fracture, PhantomSpec, make_phantom
 
 LEVELS = ("T10", "T11", "T12", "L1", "L2", "L3", "L4", "L5", "sacrum")
 FRACTURED = ("T11", "L1", "L3")

@@ -16,7 +16,6 @@ from spinefrac.errors import InputError
 from spinefrac.io.filenames import MODEL_MANIFEST_FILE, MODEL_WEIGHTS_FILE
 from spinefrac.io.model_packages import require_torch, write_model_package
 
-
 # -- training -------------------------------------------------------------------------------
 
 
@@ -125,12 +124,12 @@ def write_package(network, manifest: ClassifierManifest, output: Path) -> Path:
 def examples_from_dataset(root: Path | str, crop: CropGeometry | None = None, log=print) -> list[TrainingExample]:
     """Labelled crops from a data set (VerSe layout or CT + label pairs) with Genant grade files
     (NAME_genant.csv beside each label map: level,genant_grade). Ungraded levels are skipped."""
+    from spinefrac.assessment.measurement import measure_vertebrae
+    from spinefrac.assessment.morphometry import measure_morphometry
     from spinefrac.io.datasets import read_dataset
     from spinefrac.io.grades import grade_file, read_gradings
     from spinefrac.io.images import load_ct
-    from spinefrac.assessment.measurement import measure_vertebrae
-    from spinefrac.assessment.morphometry import measure_morphometry
-    from spinefrac.segmentation.base import ExistingLabelMap
+    from spinefrac.segmentation.label_maps import ExistingLabelMap
 
     crop = crop or CropGeometry()
     examples = []

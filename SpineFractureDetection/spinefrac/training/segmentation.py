@@ -2,7 +2,8 @@
 
 Data: a VerSe-layout data set (rawdata/derivatives, ``_ct.nii.gz`` + ``_seg-vert_msk.nii.gz``)
 or CT + label pairs (spinefrac.datasets). Each case is brought to canonical orientation and the
-model spacing, cropped around its labelled spine plus a margin, and HU-clipped to 0..1.
+model spacing, cropped around its labelled spine plus a margin, and HU-clipped to 0..1 (the
+preprocessing the learned engine applies at run time: segmentation/learned/preprocessing.py).
 Patches are sampled around the spine (MONAI RandCropByPosNegLabel: most patches centred on a
 vertebra), mirrored left-right at random; loss Dice + cross-entropy; AdamW. After each epoch,
 held-out cases (split by case) are segmented by sliding-window inference and scored per level
@@ -19,14 +20,15 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from spinefrac.io.model_packages import require_torch, write_model_package
-from spinefrac.io.datasets import SpineCase, read_dataset
 from spinefrac.errors import InputError
-from spinefrac.io.images import load_ct
+from spinefrac.io.datasets import SpineCase, read_dataset
 from spinefrac.io.filenames import MODEL_MANIFEST_FILE, TRAINING_CHECKPOINT_FILE
-from spinefrac.segmentation.learned.engine import SegmentationManifest, _resample, build_segmentation_network
+from spinefrac.io.images import load_ct
+from spinefrac.io.model_packages import require_torch, write_model_package
 from spinefrac.levels import LEVEL_BY_ID, sort_craniocaudal
-from spinefrac.segmentation.base import ExistingLabelMap
+from spinefrac.segmentation.label_maps import ExistingLabelMap
+from spinefrac.segmentation.learned.engine import SegmentationManifest, build_segmentation_network
+from spinefrac.segmentation.learned.preprocessing import resample_labels, resample_to_model_spacing, scale_intensity
 
 CROP_MARGIN_MM = 20.0
 
@@ -59,16 +61,16 @@ class SegmentationTrainingConfig:
 def prepare_case(case: SpineCase, config: SegmentationTrainingConfig) -> TrainingCase:
     ct = load_ct(case.ct_path)
     labels = ExistingLabelMap(case.label_path).segment(ct).label_map
-    image = _resample(ct.image, config.spacing_mm, sitk.sitkLinear, -1000.0)
-    labels = sitk.Resample(labels, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    image = resample_to_model_spacing(ct.image, config.spacing_mm)
+    labels = resample_labels(labels, image)
     hu = sitk.GetArrayFromImage(image)
     ids = sitk.GetArrayFromImage(labels)
     k, j, i = np.nonzero(ids)
     margin = np.ceil(CROP_MARGIN_MM / np.asarray(config.spacing_mm)[::-1]).astype(int)
     box = tuple(slice(max(int(a.min()) - m, 0), min(int(a.max()) + m + 1, n))
                 for a, m, n in zip((k, j, i), margin, ids.shape))
-    scaled = (np.clip(hu[box], config.hu_min, config.hu_max) - config.hu_min) / (config.hu_max - config.hu_min)
-    return TrainingCase(case.name, scaled[None].astype(np.float32), ids[box][None])
+    scaled = scale_intensity(hu[box], _intensity(config))
+    return TrainingCase(case.name, scaled[None], ids[box][None])
 
 
 def label_channels(cases: list[TrainingCase]) -> dict[str, int]:
@@ -87,7 +89,6 @@ def train_segmentation(data: Path | str | list[TrainingCase], output: Path | str
     require_torch()
     import torch
     from monai.losses import DiceCELoss
-    from monai.transforms import Compose, RandCropByPosNegLabeld, RandFlipd
 
     config = config or SegmentationTrainingConfig()
     output = Path(output)
@@ -96,29 +97,82 @@ def train_segmentation(data: Path | str | list[TrainingCase], output: Path | str
     if len(cases) < 2:
         raise InputError("training needs at least two labelled cases (one is held out for validation)")
     label_map = label_channels(cases)
+    to_channel = _channel_table(label_map)
+    _seed_everything(config.seed)
+    training, held_out = split_cases(cases, config.validation_fraction)
+    manifest = training_manifest(config, label_map, name)
+    network = build_segmentation_network(manifest).to(device)
+    optimiser = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=1e-5)
+    loss_function = DiceCELoss(to_onehot_y=True, softmax=True)
+    sampler = _patch_sampler(config)
+    history = {"train_loss": [], "validation_dice": [], "validation_dice_per_level": []}
+    start_epoch = 0
+    checkpoint_path = output / TRAINING_CHECKPOINT_FILE
+    if resume and checkpoint_path.is_file():
+        start_epoch, history = load_checkpoint(checkpoint_path, network, optimiser, device)
+        log(f"resumed after epoch {start_epoch}")
+
+    for epoch in range(start_epoch, config.epochs):
+        loss = train_one_epoch(network, optimiser, loss_function, sampler, training, to_channel, config, device)
+        dice, per_level = _validate(network, held_out, manifest, to_channel, device)
+        history["train_loss"].append(loss)
+        history["validation_dice"].append(dice)
+        history["validation_dice_per_level"].append(per_level)
+        log(f"epoch {epoch + 1}/{config.epochs}: loss {history['train_loss'][-1]:.4f}, "
+            f"validation Dice {dice:.3f} ({', '.join(f'{k} {v:.2f}' for k, v in per_level.items())})")
+        save_checkpoint(checkpoint_path, network, optimiser, epoch + 1, history)
+    manifest.training = {"cases": len(training), "held_out_cases": [c.name for c in held_out],
+                         "epochs": config.epochs, "history": history}
+    export_package(network, manifest, output)
+    return history
+
+
+def _channel_table(label_map: dict[str, int]) -> np.ndarray:
+    """VerSe id -> output channel (0 for ids the model does not label)."""
     to_channel = np.zeros(max(LEVEL_BY_ID) + 1, dtype=np.int64)
     for channel, verse_id in label_map.items():
         to_channel[verse_id] = int(channel)
-    random.seed(config.seed)
-    np.random.seed(config.seed)
-    torch.manual_seed(config.seed)
+    return to_channel
+
+
+def _seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def split_cases(cases: list[TrainingCase], validation_fraction: float) -> tuple[list[TrainingCase], list[TrainingCase]]:
+    """(training, held out), split by case with Python's ``random`` (seeded by the caller); at least one held out."""
     order = sorted(cases, key=lambda c: c.name)
     random.shuffle(order)
-    held_out = order[: max(1, round(config.validation_fraction * len(order)))]
+    held_out = order[: max(1, round(validation_fraction * len(order)))]
     training = [c for c in order if c not in held_out]
+    return training, held_out
 
-    manifest = SegmentationManifest(
+
+def training_manifest(config: SegmentationTrainingConfig, label_map: dict[str, int], name: str) -> SegmentationManifest:
+    """The package manifest of the network this configuration trains (weights and history added later)."""
+    return SegmentationManifest(
         name=name, version="1", network=config.network,
         network_parameters=dict(spatial_dims=3, in_channels=1, out_channels=len(label_map) + 1,
                                 init_filters=config.init_filters, blocks_down=tuple(config.blocks_down),
                                 blocks_up=tuple(config.blocks_up)),
         spacing_mm=tuple(config.spacing_mm), patch_size=tuple(config.patch_size), label_map=label_map,
-        intensity={"hu_min": config.hu_min, "hu_max": config.hu_max},
+        intensity=_intensity(config),
         licence="trained by the user on their own data; see the data's licence",
     )
-    network = build_segmentation_network(manifest).to(device)
-    optimiser = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=1e-5)
-    loss_function = DiceCELoss(to_onehot_y=True, softmax=True)
+
+
+def _intensity(config: SegmentationTrainingConfig) -> dict[str, float]:
+    """The intensity window as the manifest declares it (and preprocessing.scale_intensity reads it)."""
+    return {"hu_min": config.hu_min, "hu_max": config.hu_max}
+
+
+def _patch_sampler(config: SegmentationTrainingConfig):
+    from monai.transforms import Compose, RandCropByPosNegLabeld, RandFlipd
+
     sampler = Compose([
         RandCropByPosNegLabeld(keys=("image", "label"), label_key="label",
                                spatial_size=tuple(config.patch_size[::-1]), pos=3, neg=1,
@@ -126,43 +180,47 @@ def train_segmentation(data: Path | str | list[TrainingCase], output: Path | str
         RandFlipd(keys=("image", "label"), prob=0.5, spatial_axis=2),  # left-right: anatomy is symmetric
     ])
     sampler.set_random_state(seed=config.seed)  # MONAI transforms keep their own generators
-    history = {"train_loss": [], "validation_dice": [], "validation_dice_per_level": []}
-    start_epoch = 0
-    checkpoint_path = output / TRAINING_CHECKPOINT_FILE
-    if resume and checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        network.load_state_dict(state["network"])
-        optimiser.load_state_dict(state["optimiser"])
-        start_epoch, history = state["epoch"], state["history"]
-        log(f"resumed after epoch {start_epoch}")
+    return sampler
 
-    for epoch in range(start_epoch, config.epochs):
-        network.train()
-        losses = []
-        for _ in range(config.steps_per_epoch):
-            case = training[np.random.randint(len(training))]
-            channels = to_channel[case.labels].astype(np.int64)
-            patches = sampler({"image": case.image, "label": channels})
-            images = torch.stack([torch.as_tensor(p["image"]) for p in patches]).float().to(device)
-            targets = torch.stack([torch.as_tensor(p["label"]) for p in patches]).long().to(device)
-            images, targets = _pad_to(images, targets, config.patch_size[::-1])
-            optimiser.zero_grad()
-            loss = loss_function(network(images), targets)
-            loss.backward()
-            optimiser.step()
-            losses.append(float(loss.detach()))
-        dice, per_level = _validate(network, held_out, manifest, to_channel, device)
-        history["train_loss"].append(float(np.mean(losses)))
-        history["validation_dice"].append(dice)
-        history["validation_dice_per_level"].append(per_level)
-        log(f"epoch {epoch + 1}/{config.epochs}: loss {history['train_loss'][-1]:.4f}, "
-            f"validation Dice {dice:.3f} ({', '.join(f'{k} {v:.2f}' for k, v in per_level.items())})")
-        torch.save({"network": network.state_dict(), "optimiser": optimiser.state_dict(), "epoch": epoch + 1,
-                    "history": history}, checkpoint_path)
-    manifest.training = {"cases": len(training), "held_out_cases": [c.name for c in held_out],
-                         "epochs": config.epochs, "history": history}
-    export_package(network, manifest, output)
-    return history
+
+def train_one_epoch(network, optimiser, loss_function, sampler, training: list[TrainingCase], to_channel,
+                    config: SegmentationTrainingConfig, device: str) -> float:
+    """``steps_per_epoch`` optimiser steps on patches of random training cases; the mean loss."""
+    import torch
+
+    network.train()
+    losses = []
+    for _ in range(config.steps_per_epoch):
+        case = training[np.random.randint(len(training))]
+        channels = to_channel[case.labels].astype(np.int64)
+        patches = sampler({"image": case.image, "label": channels})
+        images = torch.stack([torch.as_tensor(p["image"]) for p in patches]).float().to(device)
+        targets = torch.stack([torch.as_tensor(p["label"]) for p in patches]).long().to(device)
+        images, targets = _pad_to(images, targets, config.patch_size[::-1])
+        optimiser.zero_grad()
+        loss = loss_function(network(images), targets)
+        loss.backward()
+        optimiser.step()
+        losses.append(float(loss.detach()))
+    return float(np.mean(losses))
+
+
+def save_checkpoint(path: Path, network, optimiser, epochs_done: int, history: dict) -> None:
+    """Network, optimiser, epochs done and history: what ``--resume`` continues from."""
+    import torch
+
+    torch.save({"network": network.state_dict(), "optimiser": optimiser.state_dict(), "epoch": epochs_done,
+                "history": history}, path)
+
+
+def load_checkpoint(path: Path, network, optimiser, device: str) -> tuple[int, dict]:
+    """Restore network and optimiser from a checkpoint in place; returns (epochs done, history)."""
+    import torch
+
+    state = torch.load(path, map_location=device, weights_only=False)
+    network.load_state_dict(state["network"])
+    optimiser.load_state_dict(state["optimiser"])
+    return state["epoch"], state["history"]
 
 
 def _pad_to(images, targets, size_zyx):

@@ -103,7 +103,7 @@ def read_checkpoint(path: Path) -> dict:
 def preprocessing(config: dict):
     """The image -> network-input chain the extension's inference script builds from the config."""
     import torch
-    from monai.transforms import (Compose, CropForegroundd, EnsureTyped, LoadImaged, Orientationd, Spacingd)
+    from monai.transforms import Compose, CropForegroundd, EnsureTyped, LoadImaged, Orientationd, Spacingd
 
     steps = [LoadImaged(keys="image", ensure_channel_first=True, dtype=None, image_only=False),
              EnsureTyped(keys="image", data_type="tensor", dtype=torch.float)]

@@ -8,7 +8,8 @@ Inference, in order:
   1. resample the canonical CT to the model's spacing (linear; labels come back nearest);
   2. crop to the spine region: the dense-bone columns near the body's midline, plus a margin,
      so most of the body never runs through the network;
-  3. clip/scale intensities as the manifest says;
+  3. clip/scale intensities as the manifest says
+     (steps 1 and 3, and the way back in step 6, are preprocessing.py, shared with training);
   4. sliding-window inference with overlap and Gaussian blending, on CUDA with mixed precision
      when available, otherwise the CPU with all its threads;
   5. argmax, channel -> VerSe id through the manifest's label map; largest connected component
@@ -32,13 +33,14 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from spinefrac.io.model_packages import require_torch, sha256_of
 from spinefrac.errors import InputError
 from spinefrac.io.filenames import MODEL_MANIFEST_FILE, MODEL_WEIGHTS_FILE
 from spinefrac.io.images import CtVolume
+from spinefrac.io.model_packages import require_torch, sha256_of
 from spinefrac.levels import LEVEL_BY_ID, SACRUM, sort_craniocaudal
 from spinefrac.progress import Progress, silent
 from spinefrac.segmentation.base import LabelConvention, SegmentationEngine, VertebraSegmentation
+from spinefrac.segmentation.learned.preprocessing import resample_labels, resample_to_model_spacing, scale_intensity
 
 SEG_PACKAGE_FORMAT = "spinefrac-segmentation-model"
 SEG_PACKAGE_FORMAT_VERSION = 1
@@ -138,14 +140,12 @@ class LearnedEngine(SegmentationEngine):
     def segment(self, ct: CtVolume, progress: Progress = silent) -> VertebraSegmentation:
         started = time.perf_counter()
         progress(0.0, "resampling to the model's spacing")
-        resampled = _resample(ct.image, self.manifest.spacing_mm, sitk.sitkLinear, -1000.0)
+        resampled = resample_to_model_spacing(ct.image, self.manifest.spacing_mm)
         self._tick("resample", started)
         hu = sitk.GetArrayViewFromImage(resampled)
         box = spine_box(hu, resampled.GetSpacing())
         progress(0.2, f"spine region {tuple(s.stop - s.start for s in box)[::-1]} voxels")
-        crop = hu[box].astype(np.float32)
-        low, high = self.manifest.intensity["hu_min"], self.manifest.intensity["hu_max"]
-        crop = (np.clip(crop, low, high) - low) / (high - low)
+        crop = scale_intensity(hu[box], self.manifest.intensity)
         self._tick("roi", started)
         channels = self._infer(crop)
         self._tick("network", started)
@@ -160,7 +160,7 @@ class LearnedEngine(SegmentationEngine):
         full[box] = labels_crop
         label_image = sitk.GetImageFromArray(full)
         label_image.CopyInformation(resampled)
-        back = sitk.Resample(label_image, ct.image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+        back = resample_labels(label_image, ct.image)
         notes += order_violations(back)
         self._tick("postprocess", started)
         progress(1.0, f"{len(np.unique(full)) - 1} levels")
@@ -184,13 +184,6 @@ class LearnedEngine(SegmentationEngine):
                                               overlap=self.overlap, mode="gaussian")
         channels = logits[0].float().cpu().numpy()
         return np.ascontiguousarray(channels[:, ::-1, ::-1].transpose(0, 3, 2, 1)) if ras else channels
-
-
-def _resample(image: sitk.Image, spacing_mm, interpolator, default: float) -> sitk.Image:
-    spacing = np.asarray(spacing_mm, dtype=float)
-    size = np.maximum(np.round(np.asarray(image.GetSize()) * np.asarray(image.GetSpacing()) / spacing), 1)
-    return sitk.Resample(image, [int(s) for s in size], sitk.Transform(), interpolator, image.GetOrigin(),
-                         spacing.tolist(), image.GetDirection(), default, sitk.sitkFloat32)
 
 
 def spine_box(hu: np.ndarray, spacing_xyz) -> tuple[slice, slice, slice]:

@@ -18,7 +18,6 @@ from scipy.spatial import cKDTree
 from spinefrac.errors import InputError
 from spinefrac.hounsfield import AIR_MAX_HU
 
-
 COARSE_SPACING_MM = 4.0
 WORK_SPACING_MM = 1.2  # finer voxels are block-averaged to about this size
 COARSE_BONE_HU = 150.0

@@ -8,7 +8,6 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-
 BONE_HU = 110.0  # on HU smoothed by half a voxel: tuned on the 3 mm TotalSegmentator example
 MARROW_MIN_HU = 60.0  # filled cortical rings keep marrow, not CSF in the spinal canal
 BONE_SMOOTHING_VOXELS = 0.5

@@ -14,7 +14,6 @@ from scipy import ndimage, signal
 from spinefrac.segmentation.offline.axis import SpineAxis, WorkGrid, longest_run
 from spinefrac.segmentation.offline.bone import BONE_SMOOTHING_VOXELS
 
-
 PROFILE_RADII_MM = (0.0, 3.0, 6.0, 9.0, 12.0)
 PROFILE_SMOOTHING_MM = 1.0
 SPINE_PROFILE_HU = 75.0

@@ -34,13 +34,25 @@ from spinefrac.io.images import CtVolume
 from spinefrac.levels import LEVEL_BY_ID
 from spinefrac.progress import Progress, silent
 from spinefrac.segmentation.base import LABEL_PIXEL_TYPE, LabelConvention, SegmentationEngine, VertebraSegmentation
-from spinefrac.segmentation.offline.axis import (COARSE_SPACING_MM, WORK_SPACING_MM, block_mean, crop_box,
-                                                 local_coordinates, refine_axis, track_axis_coarse)
+from spinefrac.segmentation.offline.axis import (
+    COARSE_SPACING_MM,
+    WORK_SPACING_MM,
+    block_mean,
+    crop_box,
+    local_coordinates,
+    refine_axis,
+    track_axis_coarse,
+)
 from spinefrac.segmentation.offline.bone import bone_mask
 from spinefrac.segmentation.offline.discs import find_segments
 from spinefrac.segmentation.offline.identification import identify_levels
-from spinefrac.segmentation.offline.labelling import (assign_levels, fill_enclosed_marrow, levels_with_metal,
-                                                      native_labels, refine_boundaries)
+from spinefrac.segmentation.offline.labelling import (
+    assign_levels,
+    fill_enclosed_marrow,
+    levels_with_metal,
+    native_labels,
+    refine_boundaries,
+)
 
 
 class OfflineEngine(SegmentationEngine):

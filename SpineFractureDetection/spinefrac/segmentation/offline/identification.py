@@ -15,7 +15,6 @@ from spinefrac.segmentation.base import LevelIdentification
 from spinefrac.segmentation.offline.discs import Segment
 from spinefrac.segmentation.offline.labelling import segment_index
 
-
 SACRUM_ID = 26
 C1_ID = 1
 T1_ID = 8

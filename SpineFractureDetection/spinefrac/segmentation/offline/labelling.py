@@ -17,7 +17,6 @@ from spinefrac.segmentation.offline.axis import WorkGrid
 from spinefrac.segmentation.offline.bone import BONE_SMOOTHING_VOXELS, bone_mask
 from spinefrac.segmentation.offline.discs import Segment
 
-
 FIELD_EDGE_REACH_MM = 20.0  # an end vertebra cut by the field of view extends this far beyond the axis
 
 

@@ -1,0 +1,87 @@
+"""The gallery picture: one panel per vertebra on its own mid-sagittal plane (following the
+spine's curve), bone window, mask outline, measured heights, and grade/decision in the
+decision's colour. Written as PNG with matplotlib's Agg backend.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless; must precede pyplot
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from spinefrac.assessment.fracture import DECISION_COLORS_RGB, Decision, FractureFindings  # noqa: E402
+from spinefrac.assessment.morphometry import SpineMorphometry, VertebraMorphometry, VoxelGrid, sample_at  # noqa: E402
+from spinefrac.io.images import CtVolume  # noqa: E402
+from spinefrac.reporting.drawing import bone_window  # noqa: E402
+from spinefrac.segmentation.base import VertebraSegmentation  # noqa: E402
+
+GALLERY_COLUMNS = 4
+GALLERY_HALF_WIDTH_MM = 35.0  # crop around each body centre, antero-posterior
+GALLERY_HALF_HEIGHT_MM = 30.0  # and cranio-caudal
+GALLERY_STEP_MM = 0.5
+
+
+def write_gallery_png(
+    ct: CtVolume,
+    segmentation: VertebraSegmentation,
+    morphometry: SpineMorphometry,
+    findings: FractureFindings,
+    path: Path,
+) -> Path:
+    """One panel per vertebra: its own mid-sagittal plane (following the spine's curve), bone
+    window, mask outline, measured heights, and grade/decision in the decision's colour."""
+    levels = [m for m in morphometry.vertebrae if m.frame is not None]
+    rows = max(1, -(-len(levels) // GALLERY_COLUMNS))
+    columns = min(GALLERY_COLUMNS, max(len(levels), 1))
+    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.0 * rows + 0.4), squeeze=False)
+    figure.patch.set_facecolor("black")
+    grid = VoxelGrid(ct.image)
+    by_name = findings.by_name()
+    for axis_plot in axes.ravel():
+        axis_plot.set_axis_off()
+    for axis_plot, m in zip(axes.ravel(), levels):
+        _gallery_panel(axis_plot, ct, segmentation, grid, m, by_name.get(m.level.name))
+    if not levels:
+        axes[0, 0].text(0.5, 0.5, "no vertebral body could be measured", color="white", ha="center")
+    figure.suptitle("Per-vertebra mid-sagittal planes (anterior at left); heights in mm", color="white")
+    figure.savefig(path, dpi=100, facecolor=figure.get_facecolor(), bbox_inches="tight", pad_inches=0.2)
+    plt.close(figure)
+    return path
+
+
+def _gallery_panel(axis_plot, ct, segmentation, grid, m: VertebraMorphometry, finding) -> None:
+    anterior = np.arange(GALLERY_HALF_WIDTH_MM, -GALLERY_HALF_WIDTH_MM, -GALLERY_STEP_MM)  # anterior at left
+    superior = np.arange(-GALLERY_HALF_HEIGHT_MM, GALLERY_HALF_HEIGHT_MM, GALLERY_STEP_MM)
+    a, s = np.meshgrid(anterior, superior)
+    local = np.stack([np.zeros_like(a), a, s], axis=-1)
+    kji = grid.kji(m.frame.to_lps(local)).reshape(-1, 3).T
+    plane_hu = sample_at(ct.array(), kji, order=1, cval=-1000.0).reshape(a.shape)
+    plane_label = sample_at(segmentation.array(), kji, order=0, cval=0).reshape(a.shape)
+    extent = (0, 2 * GALLERY_HALF_WIDTH_MM, 0, 2 * GALLERY_HALF_HEIGHT_MM)
+    axis_plot.imshow(bone_window(plane_hu), cmap="gray", origin="lower", extent=extent, vmin=0, vmax=1)
+    decision = finding.decision if finding else Decision.NOT_ASSESSABLE
+    colour = np.array(DECISION_COLORS_RGB[decision]) / 255.0
+    axis_plot.contour(plane_label == m.level.verse_id, levels=[0.5], colors=[colour], linewidths=1.0,
+                      origin="lower", extent=extent)
+    if m.heights is not None:
+        for line in m.heights.lines:
+            ends = m.frame.to_local(np.array([line.inferior_lps_mm, line.superior_lps_mm]))
+            axis_plot.plot(GALLERY_HALF_WIDTH_MM - ends[:, 1], GALLERY_HALF_HEIGHT_MM + ends[:, 2],
+                           color="white", linewidth=1.2)
+    axis_plot.set_title(_gallery_caption(m, finding), color=colour, fontsize=9)
+
+
+def _gallery_caption(m: VertebraMorphometry, finding) -> str:
+    if finding is None:
+        return m.level.name
+    if finding.genant_grade is None:
+        return f"{m.level.name}: not assessable"
+    heights = (f"A {finding.height_anterior_mm:.0f} / M {finding.height_middle_mm:.0f} "
+               f"/ P {finding.height_posterior_mm:.0f}")
+    grade = f"grade {finding.genant_grade}" + (f" {finding.genant_type.value}" if finding.genant_grade else "")
+    score = f", p={finding.fracture_probability:.2f}" if finding.fracture_probability is not None else ""
+    return f"{m.level.name}: {grade}, loss {finding.height_loss:.0%}{score}\n{heights}"
