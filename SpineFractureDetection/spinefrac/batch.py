@@ -22,7 +22,7 @@ from spinefrac import __version__
 from spinefrac.errors import InputError, OutputError, SpineFracError
 from spinefrac.io.filenames import BATCH_SUMMARY_CSV_FILE, BATCH_SUMMARY_JSON_FILE
 from spinefrac.io.images import IMAGE_SUFFIX_PATTERN
-from spinefrac.io.outputs import write_text_atomically
+from spinefrac.io.outputs import refuse_overlap, write_text_atomically
 from spinefrac.pipeline import run_pipeline
 
 _CT_FILE = re.compile(rf"^(?P<name>.+)_ct{IMAGE_SUFFIX_PATTERN}$", re.IGNORECASE)
@@ -75,6 +75,7 @@ def find_cases(folder: Path) -> tuple[list[BatchCase], list[CaseOutcome]]:
 
 def run_batch(folder: Path | str, output: Path | str, overwrite: bool = False, log=print, **run_options) -> list[CaseOutcome]:
     folder, output = Path(folder), Path(output)
+    refuse_overlap(output, [folder])
     if output.exists() and any(output.iterdir()) and not overwrite:
         raise OutputError(f"batch output folder {output} is not empty; pass --overwrite to replace its cases")
     cases, outcomes = find_cases(folder)

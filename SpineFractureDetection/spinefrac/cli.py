@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -343,6 +344,15 @@ def _levels(args: argparse.Namespace) -> int:
     return 0
 
 
+class Terminated(BaseException):
+    """SIGTERM as an exception, so that every ``finally`` and ``with`` cleans up on the way out
+    (a BaseException: a batch's per-case ``except Exception`` must not swallow it)."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     # ITK's own warnings are multi-line C++ traces; our checks say what matters in one line.
     import SimpleITK as sitk
@@ -350,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     sitk.ProcessObject_SetGlobalWarningDisplay(False)
     parser = build_parser()
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return args.handler(args)
     except SpineFracError as error:
@@ -358,6 +369,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; no output was written", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"{PROG}: terminated; no output was written", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except BrokenPipeError:  # the reader of our stdout went away (e.g. '| head'): not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

@@ -122,7 +122,10 @@ def run_pipeline(
 ) -> RunResult:
     """Run every stage; nothing appears under ``output_folder`` unless all of them succeed."""
     stages = stages or SilentStages()
-    output = AtomicOutputFolder(output_folder, overwrite)  # refuses a non-empty folder up front
+    model_folder = Path(engine) if engine not in ENGINE_CHOICES else None
+    # Refused up front: a non-empty folder without --overwrite, and one that is, holds or lies in an input.
+    output = AtomicOutputFolder(output_folder, overwrite,
+                                inputs=(ct_path, segmentation_path, classifier_path, model_folder))
     device_choice = resolve_device(device)
     engine = choose_engine(segmentation_path, label_convention, engine, device_choice.name)
     classifier = FractureClassifier.load(classifier_path, device_choice.name) if classifier_path else None

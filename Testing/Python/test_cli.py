@@ -183,7 +183,8 @@ def test_existing_results_are_not_overwritten_without_consent(tmp_path, sample_c
     assert [p.name for p in out.iterdir()] == ["mine.txt"]
     result = run_cli("run", sample_ct, "--segmentation", sample_labels, "-o", out, "-q", "--overwrite")
     assert result.returncode == 0
-    assert not (out / "mine.txt").exists() and (out / "report.json").exists()
+    # --overwrite replaces this run's files only: a file the user saved there is never deleted
+    assert (out / "mine.txt").read_text(encoding="utf-8") == "keep me" and (out / "report.json").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 

@@ -1,8 +1,13 @@
-"""Atomic output folders: results appear under their final name only when complete.
+"""Output folders that never cost the user data.
 
-Files are written into a hidden sibling folder (``.OUT.partial-<random>``) and the folder is
-renamed into place at the end. A failure, Ctrl-C or kill therefore never leaves a folder that
-looks like a finished result, and an existing result is replaced only with ``overwrite``.
+Files are written into a hidden sibling folder (``.OUT.partial-<random>``) and moved into place
+only when the run is complete, so a failure, Ctrl-C or kill never leaves a folder that looks like
+a finished result. Before any work the output is refused when it is, holds or lies inside an
+input. A lock file beside the output (``.OUT.lock``, the owner's pid) keeps a second run out while
+one is writing; a lock whose process is gone, and partial folders it left, are cleaned up. At the
+end the folder must still be as it was at the start (compare and swap): a new output folder
+appears by one rename, and an existing one (``--overwrite``) gets this run's files, each replaced
+by rename; files the run did not write, such as corrected masks saved beside the results, stay.
 """
 
 from __future__ import annotations
@@ -21,22 +26,60 @@ def rounded_or_none(value: float | None, digits: int) -> float | None:
     return None if value is None or not math.isfinite(value) else round(float(value), digits)
 
 
-class AtomicOutputFolder:
-    """``with AtomicOutputFolder(out) as work: ...write into work...`` then it becomes ``out``."""
+def _snapshot(folder: Path) -> dict[str, tuple[int, int]] | None:
+    """What a folder holds (name -> size, mtime in ns), None when it does not exist."""
+    if not folder.is_dir():
+        return None
+    return {entry.name: (entry.stat().st_size, entry.stat().st_mtime_ns) for entry in os.scandir(folder)}
 
-    def __init__(self, final: Path | str, overwrite: bool = False):
+
+def refuse_overlap(output: Path, inputs) -> None:
+    """An output that is, holds or lies inside an input would overwrite or delete it."""
+    out = Path(output).resolve()
+    for given in inputs:
+        if given is None:
+            continue
+        source = Path(given).resolve()
+        if out == source or out in source.parents:
+            raise OutputError(f"output {output} holds the input {given}; choose another output folder")
+        if source.is_dir() and source in out.parents:
+            raise OutputError(f"output {output} lies inside the input folder {given}; choose another output folder")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class AtomicOutputFolder:
+    """``with AtomicOutputFolder(out, inputs=[ct, labels]) as work: ...write into work...``; the
+    files then appear in ``out``."""
+
+    def __init__(self, final: Path | str, overwrite: bool = False, inputs=()):
         self.final = Path(final)
+        if not str(final).strip():
+            raise OutputError("the output folder name is empty")
         self.overwrite = overwrite
         self.work: Path | None = None
+        self._lock: Path | None = None
         self._created_parents: list[Path] = []
+        refuse_overlap(self.final, inputs)
         self.check()
+        self._before = _snapshot(self.final)
 
     def check(self) -> None:
         """Refuse before any work starts, so nothing is computed for nothing."""
+        if self.final.is_symlink():
+            raise OutputError(f"output {self.final} is a symbolic link; give the folder itself")
         if self.final.exists() and not self.final.is_dir():
             raise OutputError(f"output {self.final} exists and is not a folder")
         if self.final.is_dir() and any(self.final.iterdir()) and not self.overwrite:
-            raise OutputError(f"output folder {self.final} is not empty; pass --overwrite to replace it")
+            raise OutputError(f"output folder {self.final} is not empty; pass --overwrite to replace its results")
 
     def __enter__(self) -> Path:
         parent = self.final.absolute().parent
@@ -47,31 +90,73 @@ class AtomicOutputFolder:
                 self._remove_created_parents()
                 raise OutputError(f"cannot create output folder {self.final} ({error.strerror})") from None
             self._created_parents.append(missing)
+        self._take_lock(parent)
+        self._remove_leftovers(parent)
         try:
-            self.work = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.partial-", dir=parent))
+            self.work = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.partial-{os.getpid()}-", dir=parent))
         except OSError as error:
-            self._remove_created_parents()
+            self._release()
             raise OutputError(f"cannot write in {parent} ({error.strerror})") from None
         return self.work
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self._commit()
-        else:
-            shutil.rmtree(self.work, ignore_errors=True)
-            self._remove_created_parents()
+        try:
+            if exc_type is None:
+                self._commit()
+        finally:
+            self._release()
+
+    def _take_lock(self, parent: Path) -> None:
+        lock = parent / f".{self.final.name}.lock"
+        for _ in range(2):
+            try:
+                descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = lock.read_text(encoding="utf-8").strip() if lock.is_file() else ""
+                if owner.isdigit() and _pid_alive(int(owner)):
+                    self._remove_created_parents()
+                    raise OutputError(f"output {self.final} is being written by another run (pid {owner})") from None
+                lock.unlink(missing_ok=True)  # its run is gone
+                continue
+            except OSError as error:
+                self._remove_created_parents()
+                raise OutputError(f"cannot write in {parent} ({error.strerror})") from None
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(f"{os.getpid()}\n")
+            self._lock = lock
+            return
+
+    def _remove_leftovers(self, parent: Path) -> None:
+        """Partial folders of killed runs into the same output (their pid is in the name)."""
+        for leftover in parent.glob(f".{self.final.name}.partial-*"):
+            pid = leftover.name.rsplit(".partial-", 1)[1].split("-", 1)[0]
+            if not pid.isdigit() or not _pid_alive(int(pid)):
+                shutil.rmtree(leftover, ignore_errors=True)
 
     def _commit(self) -> None:
-        previous = None
-        if self.final.exists():
-            if any(self.final.iterdir()):
-                previous = self.final.with_name(f".{self.final.name}.replaced-{os.getpid()}")
-                self.final.rename(previous)
-            else:
-                self.final.rmdir()
-        self.work.rename(self.final)
-        if previous is not None:
-            shutil.rmtree(previous, ignore_errors=True)
+        if _snapshot(self.final) != self._before:
+            raise OutputError(f"output folder {self.final} changed while this run was writing; nothing of this "
+                              "run was put there (rerun, or choose another folder)")
+        if self._before is None or not self._before:
+            try:
+                os.rename(self.work, self.final)  # one step; fails if the folder appeared and filled meanwhile
+                return
+            except OSError:
+                if _snapshot(self.final) not in (None, {}):
+                    raise OutputError(f"output folder {self.final} was filled by another program during this "
+                                      "run; nothing of this run was put there") from None
+                self.final.mkdir(exist_ok=True)
+        for produced in sorted(self.work.iterdir()):
+            os.replace(produced, self.final / produced.name)  # only this run's files are replaced
+
+    def _release(self) -> None:
+        if self.work is not None and self.work.exists():
+            shutil.rmtree(self.work, ignore_errors=True)
+        if self._lock is not None:
+            self._lock.unlink(missing_ok=True)
+            self._lock = None
+        if not self.final.exists():
+            self._remove_created_parents()
 
     def _remove_created_parents(self) -> None:
         for created in reversed(self._created_parents):

@@ -1,0 +1,117 @@
+"""Outputs never cost the user data: no output over an input, compare-and-swap commit, a lock
+per output folder, only this run's files replaced, leftovers of killed runs cleaned up."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from spinefrac.errors import OutputError
+from spinefrac.io.outputs import AtomicOutputFolder
+
+from spine_test_utils import run_cli
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def data(tmp_path, sample_ct, sample_labels):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    shutil.copy(sample_ct, folder / "ct.nii.gz")
+    shutil.copy(sample_labels, folder / "vertebrae.nii.gz")
+    return folder
+
+
+@pytest.mark.parametrize("where", ["same", "parent"])
+def test_an_output_that_holds_the_inputs_is_refused_and_nothing_changes(tmp_path, data, where):
+    before = _digests(tmp_path)
+    output = data if where == "same" else tmp_path
+    result = run_cli("run", data / "ct.nii.gz", "--segmentation", data / "vertebrae.nii.gz", "-o", output,
+                     "--overwrite", "-q")
+    assert result.returncode == 2 and "holds the input" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert _digests(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+def test_an_output_inside_a_dicom_input_folder_is_refused(tmp_path):
+    dicom = tmp_path / "series"
+    dicom.mkdir()
+    (dicom / "slice001.dcm").write_bytes(b"not really a slice")
+    with pytest.raises(OutputError, match="lies inside the input folder"):
+        AtomicOutputFolder(dicom / "results", inputs=[dicom])
+    assert [p.name for p in dicom.iterdir()] == ["slice001.dcm"]
+
+
+def test_overwrite_replaces_only_this_runs_files(tmp_path, data):
+    out = tmp_path / "out"
+    args = ("run", data / "ct.nii.gz", "--segmentation", data / "vertebrae.nii.gz", "-o", out, "-q")
+    assert run_cli(*args).returncode == 0
+    (out / "corrected.nii.gz").write_bytes(b"the clinician's corrected masks")
+    (out / "report.json").write_text("{}", encoding="utf-8")  # a stale result of ours
+    assert run_cli(*args).returncode == 2  # not without --overwrite
+    assert run_cli(*args, "--overwrite").returncode == 0
+    assert (out / "corrected.nii.gz").read_bytes() == b"the clinician's corrected masks"
+    assert (out / "report.json").read_text(encoding="utf-8") != "{}"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
+
+
+def test_a_folder_that_changes_during_the_run_gets_nothing(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(OutputError, match="changed while this run was writing"):
+        with AtomicOutputFolder(out) as work:
+            (work / "report.json").write_text("ours", encoding="utf-8")
+            out.mkdir()
+            (out / "report.json").write_text("another run's", encoding="utf-8")
+    assert (out / "report.json").read_text(encoding="utf-8") == "another run's"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no partial folder, no lock
+
+
+def test_a_second_run_into_a_locked_output_is_refused(tmp_path):
+    out = tmp_path / "out"
+    with AtomicOutputFolder(out) as work:
+        (work / "report.json").write_text("first", encoding="utf-8")
+        with pytest.raises(OutputError, match="being written by another run"):
+            with AtomicOutputFolder(out):
+                pass
+    assert (out / "report.json").read_text(encoding="utf-8") == "first"
+    assert not (tmp_path / ".out.lock").exists()
+
+
+def test_leftovers_of_a_killed_run_are_cleaned_up_by_the_next(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)  # a process that has exited
+    (tmp_path / ".out.lock").write_text(f"{pid}\n", encoding="utf-8")
+    leftover = tmp_path / f".out.partial-{pid}-abc123"
+    leftover.mkdir()
+    (leftover / "report.json").write_text("half", encoding="utf-8")
+    with AtomicOutputFolder(tmp_path / "out") as work:
+        (work / "report.json").write_text("whole", encoding="utf-8")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert (tmp_path / "out" / "report.json").read_text(encoding="utf-8") == "whole"
+
+
+def test_sigterm_mid_run_leaves_no_partial_folder_and_a_rerun_succeeds(tmp_path, data):
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "SpineFractureDetection"))
+    process = subprocess.Popen([sys.executable, "-m", "spinefrac", "run", str(data / "ct.nii.gz"), "-o", str(out),
+                                "--engine", "offline"], stderr=subprocess.PIPE, text=True, env=env)
+    for line in process.stderr:  # wait until it is segmenting, then stop it
+        if "Segmentation" in line:
+            break
+    process.terminate()
+    process.wait(timeout=60)
+    assert process.returncode == 143 and not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # its partial folder and lock are gone
+    result = run_cli("run", data / "ct.nii.gz", "--segmentation", data / "vertebrae.nii.gz", "-o", out, "-q")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "out"]
