@@ -18,7 +18,6 @@ sacrum); a label that names no vertebral level is refused by name.
 from __future__ import annotations
 
 import csv
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +28,9 @@ from spinefrac.io.images import CtVolume
 from spinefrac.io.model_packages import require_torch
 from spinefrac.levels import LEVEL_BY_ID, LEVELS, SNOMED_SCHEME, level_for_name
 from spinefrac.progress import Progress, silent
-from spinefrac.segmentation.base import LABEL_PIXEL_TYPE, LabelConvention, SegmentationEngine, VertebraSegmentation
+from spinefrac.segmentation.base import LabelConvention, SegmentationEngine, VertebraSegmentation
 from spinefrac.segmentation.learned.bundle import load_weights
-from spinefrac.segmentation.learned.engine import keep_largest_components, order_violations
+from spinefrac.segmentation.learned.engine import order_violations, predict_from_file, verse_labels_on_ct_grid
 
 LABELS_FILE = "labels.csv"
 CHECKPOINT_FILE = "model.pt"
@@ -188,19 +187,10 @@ class Auto3DSegEngine(SegmentationEngine):
         return inverted.argmax(0).numpy().astype(np.int64)
 
     def segment(self, ct: CtVolume, progress: Progress = silent) -> VertebraSegmentation:
-        progress(0.05, f"{self.title}: pre-processing")
-        with tempfile.TemporaryDirectory(prefix="spinefrac-auto3dseg-") as work:
-            image_path = Path(work) / "ct.nii.gz"
-            sitk.WriteImage(ct.image, str(image_path))
-            progress(0.2, "sliding-window inference")
-            values = self.predict_labels(image_path)
-        lookup = self.channel_lookup()
-        verse_ids = lookup[np.clip(values, 0, lookup.size - 1)].transpose(2, 1, 0)  # [x, y, z] -> [z, y, x]
-        verse_ids, dropped = keep_largest_components(np.ascontiguousarray(verse_ids))
-        if not verse_ids.any():
-            raise InputError(f"no spine found in the CT by {self.title}")
-        image = sitk.Cast(sitk.GetImageFromArray(verse_ids), LABEL_PIXEL_TYPE)
-        image.CopyInformation(ct.image)
+        progress(0.05, f"{self.title}: pre-processing and sliding-window inference")
+        values = predict_from_file(ct, self.predict_labels, "spinefrac-auto3dseg-")
+        image, dropped = verse_labels_on_ct_grid(values, self.channel_lookup(), ct, self.title)
+        verse_ids = sitk.GetArrayViewFromImage(image)
         present = sorted({LEVEL_BY_ID[int(v)].name for v in np.unique(verse_ids) if v})
         return VertebraSegmentation(
             label_map=image, engine=self.name, convention=LabelConvention.VERSE,

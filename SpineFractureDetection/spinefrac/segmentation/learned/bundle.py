@@ -15,7 +15,6 @@ Output channels are mapped to VerSe ids by their names in ``metadata.json`` (``v
 from __future__ import annotations
 
 import json
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,8 +26,8 @@ from spinefrac.io.images import CtVolume
 from spinefrac.io.model_packages import require_torch
 from spinefrac.levels import LEVEL_BY_ID, level_for_name
 from spinefrac.progress import Progress, silent
-from spinefrac.segmentation.base import LABEL_PIXEL_TYPE, LabelConvention, SegmentationEngine, VertebraSegmentation
-from spinefrac.segmentation.learned.engine import keep_largest_components, order_violations
+from spinefrac.segmentation.base import LabelConvention, SegmentationEngine, VertebraSegmentation
+from spinefrac.segmentation.learned.engine import order_violations, predict_from_file, verse_labels_on_ct_grid
 
 INFERENCE_CONFIG = Path("configs") / "inference.json"
 METADATA_CONFIG = Path("configs") / "metadata.json"
@@ -181,20 +180,11 @@ class MonaiBundleEngine(SegmentationEngine):
         return np.asarray(data["pred"].detach().cpu().numpy()[0], dtype=np.int64)
 
     def segment(self, ct: CtVolume, progress: Progress = silent) -> VertebraSegmentation:
-        progress(0.05, f"{self.description.name} v{self.description.version}: pre-processing")
-        with tempfile.TemporaryDirectory(prefix="spinefrac-bundle-") as work:
-            image_path = Path(work) / "ct.nii.gz"
-            sitk.WriteImage(ct.image, str(image_path))  # the bundle reads files: give it the CT as it is
-            progress(0.2, "sliding-window inference")
-            channels = self.predict_channels(image_path)
+        progress(0.05, f"{self.description.name} v{self.description.version}: pre-processing and inference")
+        channels = predict_from_file(ct, self.predict_channels, "spinefrac-bundle-")
         progress(0.9, "mapping output channels to levels")
-        lookup = self.description.verse_lookup()
-        verse_ids = lookup[np.clip(channels, 0, lookup.size - 1)].transpose(2, 1, 0)  # [x, y, z] -> [z, y, x]
-        verse_ids, dropped = keep_largest_components(np.ascontiguousarray(verse_ids))
-        if not verse_ids.any():
-            raise InputError(f"no spine found in the CT by {self.description.name}: no voxel of a vertebra channel")
-        image = sitk.Cast(sitk.GetImageFromArray(verse_ids), LABEL_PIXEL_TYPE)
-        image.CopyInformation(ct.image)
+        image, dropped = verse_labels_on_ct_grid(channels, self.description.verse_lookup(), ct, self.description.name)
+        verse_ids = sitk.GetArrayViewFromImage(image)
         return VertebraSegmentation(
             label_map=image, engine=self.name, convention=LabelConvention.VERSE,
             source=f"{self.description.name} v{self.description.version} ({self._resolution()}), "

@@ -39,7 +39,7 @@ from spinefrac.io.images import CtVolume
 from spinefrac.io.model_packages import require_torch, sha256_of
 from spinefrac.levels import LEVEL_BY_ID, SACRUM, sort_craniocaudal
 from spinefrac.progress import Progress, silent
-from spinefrac.segmentation.base import LabelConvention, SegmentationEngine, VertebraSegmentation
+from spinefrac.segmentation.base import LABEL_PIXEL_TYPE, LabelConvention, SegmentationEngine, VertebraSegmentation
 from spinefrac.segmentation.learned.preprocessing import resample_labels, resample_to_model_spacing, scale_intensity
 
 SEG_PACKAGE_FORMAT = "spinefrac-segmentation-model"
@@ -201,6 +201,30 @@ def spine_box(hu: np.ndarray, spacing_xyz) -> tuple[slice, slice, slice]:
     return (slice(max(int(k.min()) - margin, 0), min(int(k.max()) + margin + 1, shape[0])),
             slice(max(int(j_centre) - reach[0], 0), min(int(j_centre) + reach[0] + 1, shape[1])),
             slice(max(int(i_centre) - reach[1], 0), min(int(i_centre) + reach[1] + 1, shape[2])))
+
+
+def predict_from_file(ct: CtVolume, predict, prefix: str) -> np.ndarray:
+    """Run ``predict(path)`` on the CT written as NIfTI: MONAI's loaders read files, so bundles and
+    Auto3DSeg models get the CT on its own grid (in a temporary folder, removed afterwards)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix=prefix) as work:
+        image_path = Path(work) / "ct.nii.gz"
+        sitk.WriteImage(ct.image, str(image_path))
+        return predict(image_path)
+
+
+def verse_labels_on_ct_grid(values_xyz: np.ndarray, lookup: np.ndarray, ct: CtVolume,
+                            model: str) -> tuple[sitk.Image, list[str]]:
+    """Predicted label values on the CT's grid as MONAI loads it ([x, y, z]) -> VerSe ids on the CT's
+    grid, each level's largest piece kept (notes on what was dropped); an empty result is refused."""
+    verse_ids = lookup[np.clip(values_xyz, 0, lookup.size - 1)].transpose(2, 1, 0)  # [x, y, z] -> [z, y, x]
+    verse_ids, dropped = keep_largest_components(np.ascontiguousarray(verse_ids))
+    if not verse_ids.any():
+        raise InputError(f"no spine found in the CT by {model}: no voxel of a vertebra label")
+    image = sitk.Cast(sitk.GetImageFromArray(verse_ids), LABEL_PIXEL_TYPE)
+    image.CopyInformation(ct.image)
+    return image, dropped
 
 
 def keep_largest_components(labels: np.ndarray) -> tuple[np.ndarray, list[str]]:
