@@ -15,6 +15,7 @@ Output channels are mapped to VerSe ids by their names in ``metadata.json`` (``v
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,6 +119,7 @@ class MonaiBundleEngine(SegmentationEngine):
         if not is_monai_bundle(self.folder):
             raise InputError(f"{self.folder} is not a MONAI bundle ({INFERENCE_CONFIG} and {METADATA_CONFIG} needed)")
         self.device = device
+        self.timings_s: dict[str, float] = {}  # per stage of the last prediction
         self.description = read_description(self.folder)
         self.parser = ConfigParser()
         try:
@@ -171,12 +173,17 @@ class MonaiBundleEngine(SegmentationEngine):
         import torch
 
         key = self._image_key()
+        started = time.perf_counter()
         data = self.network_input(image_path)
+        self.timings_s["preprocessing"] = time.perf_counter() - started
         inferer = self.parser.get_parsed_content("inferer", instantiate=True)
         with torch.no_grad(), torch.autocast(device_type="cuda", enabled=self.device == "cuda"):
             prediction = inferer(data[key][None].to(self.device), self.network)
+        self.timings_s["inference"] = time.perf_counter() - started - self.timings_s["preprocessing"]
         data["pred"] = prediction[0].float()
         data = self._postprocessing()(data)
+        self.timings_s["postprocessing"] = time.perf_counter() - started - sum(
+            self.timings_s[stage] for stage in ("preprocessing", "inference"))
         return np.asarray(data["pred"].detach().cpu().numpy()[0], dtype=np.int64)
 
     def segment(self, ct: CtVolume, progress: Progress = silent) -> VertebraSegmentation:
