@@ -326,6 +326,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _summary(result) -> str:
     lines = [f"{len(result.report.rows)} levels (decision, Genant grade, largest height loss, trabecular HU):"]
+    ignored = result.segmentation.ignored_labels
+    if ignored:  # said on the terminal too, not only in report.json
+        described = ", ".join(name if count is None else f"{name} ({count} voxels)" for name, count in ignored.items())
+        lines.insert(0, f"labels ignored (not vertebrae, {result.segmentation.convention.value} ids): {described}")
     for row in result.report.rows:
         grade = "" if row["genant_grade"] is None else f"grade {row['genant_grade']} {row['genant_type']}"
         loss = "" if row["height_loss_percent"] is None else f"{row['height_loss_percent']:5.1f} %"

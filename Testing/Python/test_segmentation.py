@@ -124,3 +124,32 @@ def test_fractional_values_are_refused(tmp_path, ct_and_labels):
     probability = sitk.Cast(labels, sitk.sitkFloat32) * 0.5
     with pytest.raises(InputError, match="non-integer"):
         ExistingLabelMap(_write(probability, tmp_path / "p.nii.gz")).segment(ct)
+
+
+@pytest.mark.parametrize("stray_id, voxels", [(30, 1), (255, 40)])
+def test_a_stray_id_never_switches_the_convention(tmp_path, ct_and_labels, stray_id, voxels):
+    """One voxel of 30 (or an 'ignore' blob of 255) once made the map read as TotalSegmentator's and
+    every vertebra was dropped: now the whole id set decides, and a mixed set is refused."""
+    ct, labels = ct_and_labels
+    array = sitk.GetArrayFromImage(labels).astype(np.uint16)
+    array.reshape(-1)[:voxels] = stray_id
+    path = _write(_as(labels, array, sitk.sitkUInt16), tmp_path / "stray.nii.gz")
+    with pytest.raises(InputError, match=rf"not VerSe vertebra ids: {stray_id} \({voxels} voxels\).*--labels verse"):
+        ExistingLabelMap(path).segment(ct)
+    chosen = ExistingLabelMap(path, LabelConvention.VERSE).segment(ct)  # the user picks: the stray id is ignored
+    assert chosen.ignored_labels == {str(stray_id): voxels}
+    expected = sitk.GetArrayFromImage(labels).copy()
+    expected.reshape(-1)[:voxels] = 0
+    assert np.array_equal(sitk.GetArrayFromImage(ct.to_source_grid(chosen.label_map)), expected)
+
+
+def test_ignored_ids_are_said_on_the_terminal(tmp_path, ct_and_labels, sample_ct, sample_labels):
+    from spine_test_utils import run_cli
+
+    labels = sitk.ReadImage(str(sample_labels))
+    array = sitk.GetArrayFromImage(labels).astype(np.uint16)
+    array.reshape(-1)[:1] = 30
+    path = _write(_as(labels, array, sitk.sitkUInt16), tmp_path / "stray.nii.gz")
+    result = run_cli("run", sample_ct, "--segmentation", path, "--labels", "verse", "-o", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert "labels ignored (not vertebrae, verse ids): 30 (1 voxels)" in result.stderr

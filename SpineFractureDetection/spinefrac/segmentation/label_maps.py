@@ -54,7 +54,7 @@ class ExistingLabelMap(SegmentationEngine):
         source_ids = _integer_labels(image, self.path)
         convention = self.convention
         if convention is LabelConvention.AUTO:
-            convention = _guess_convention(source_ids, segment_names)
+            convention = _guess_convention(source_ids, segment_names, image, self.path)
         lookup, ignored = _id_lookup(source_ids, convention, segment_names, self.path)
         verse_ids = lookup[source_ids]
         return VertebraSegmentation(
@@ -146,11 +146,41 @@ def slicer_segment_names(image: sitk.Image) -> dict[int, str]:
     return names
 
 
-def _guess_convention(source_ids: np.ndarray, segment_names: dict[int, str]) -> LabelConvention:
+TOTALSEGMENTATOR_MAX_ID = 117  # the v2 "total" task's ids run 1-117
+MIN_TOTALSEGMENTATOR_LEVELS = 3  # vertebra ids of TotalSegmentator, in cranio-caudal order, to call it that
+
+
+def _guess_convention(source_ids: np.ndarray, segment_names: dict[int, str], image: sitk.Image,
+                      path: Path) -> LabelConvention:
+    """The label convention from the whole id set, never from the largest id alone: VerSe when every
+    id is a VerSe level; TotalSegmentator v2 when its vertebra ids (25-50) name at least three levels
+    lying in cranio-caudal order; anything else (a stray voxel, an 'ignore' blob of 255, ids mixed
+    from both) is refused with the ids and the option that picks a convention."""
     if segment_names:
         return LabelConvention.NAMES
-    # VerSe ids stop at 28; TotalSegmentator's vertebrae are 25-50 among organs 1-117.
-    return LabelConvention.TOTALSEGMENTATOR if int(source_ids.max(initial=0)) > 28 else LabelConvention.VERSE
+    counts = np.bincount(source_ids.ravel())
+    present = [int(v) for v in np.flatnonzero(counts) if v]
+    beyond_verse = [v for v in present if v not in LEVEL_BY_ID]
+    if not beyond_verse:
+        return LabelConvention.VERSE
+    ts_levels = {v: LEVEL_BY_ID[TOTALSEGMENTATOR_V2_IDS[v]] for v in present if v in TOTALSEGMENTATOR_V2_IDS
+                 and v != 26}  # 26 (S1) shares the sacrum with 25
+    if (max(present) <= TOTALSEGMENTATOR_MAX_ID and len(ts_levels) >= MIN_TOTALSEGMENTATOR_LEVELS
+            and _in_craniocaudal_order(image, ts_levels)):
+        return LabelConvention.TOTALSEGMENTATOR
+    listed = ", ".join(f"{v} ({int(counts[v])} voxels)" for v in beyond_verse[:6])
+    raise InputError(f"segmentation {path} has label ids that are not VerSe vertebra ids: {listed}"
+                     f"{' ...' if len(beyond_verse) > 6 else ''}, and they do not read as TotalSegmentator v2 "
+                     "either; pass --labels verse (those ids ignored) or --labels totalseg")
+
+
+def _in_craniocaudal_order(image: sitk.Image, levels_by_id: dict) -> bool:
+    """True when the labels' centroids run from cranial to caudal in the levels' order (LPS z superior)."""
+    shape = sitk.LabelShapeStatisticsImageFilter()
+    shape.Execute(sitk.Cast(image, sitk.sitkUInt32))
+    ordered = sorted(levels_by_id, key=lambda label: levels_by_id[label].craniocaudal_rank)
+    heights = [shape.GetCentroid(label)[2] for label in ordered]
+    return all(upper > lower for upper, lower in zip(heights, heights[1:]))
 
 
 def _id_lookup(
@@ -166,12 +196,6 @@ def _id_lookup(
             ignored[source_id] = segment_names.get(source_id, str(source_id))
         else:
             lookup[source_id] = verse_id
-    if convention is LabelConvention.VERSE and ignored:
-        raise InputError(
-            f"segmentation {path} has label ids that are not VerSe vertebra ids: "
-            f"{', '.join(sorted(ignored.values(), key=int))} (VerSe: 1-25 C1-L6, 26 sacrum, 28 T13); "
-            "pass --labels totalseg for TotalSegmentator label maps"
-        )
     return lookup, ignored
 
 
