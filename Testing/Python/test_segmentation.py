@@ -153,3 +153,17 @@ def test_ignored_ids_are_said_on_the_terminal(tmp_path, ct_and_labels, sample_ct
     result = run_cli("run", sample_ct, "--segmentation", path, "--labels", "verse", "-o", tmp_path / "out")
     assert result.returncode == 0, result.stderr
     assert "labels ignored (not vertebrae, verse ids): 30 (1 voxels)" in result.stderr
+
+
+def test_two_segments_named_after_one_level_are_refused_not_merged(tmp_path, ct_and_labels):
+    ct, labels = ct_and_labels
+    verse = sitk.GetArrayFromImage(labels)
+    relabelled = np.zeros_like(verse)
+    relabelled[verse == 20] = 1
+    relabelled[verse == 22] = 2  # L3's voxels, but named L1 too
+    image = _as(labels, relabelled)
+    for index, (value, name) in enumerate([(1, "L1"), (2, "L1 vertebra")]):
+        image.SetMetaData(f"Segment{index}_Name", name)
+        image.SetMetaData(f"Segment{index}_LabelValue", str(value))
+    with pytest.raises(InputError, match="segments 'L1' and 'L1 vertebra' both name L1"):
+        ExistingLabelMap(_write(image, tmp_path / "twice.seg.nrrd")).segment(ct)

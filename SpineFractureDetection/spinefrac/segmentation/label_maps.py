@@ -190,12 +190,19 @@ def _id_lookup(
     present = [int(v) for v in np.unique(source_ids) if v != 0]
     lookup = np.zeros(int(source_ids.max(initial=0)) + 1, dtype=np.uint8)
     ignored: dict[int, str] = {}
+    named_by: dict[int, int] = {}  # VerSe id -> the source id that named it
     for source_id in present:
         verse_id = _map_one(source_id, convention, segment_names)
         if verse_id is None:
             ignored[source_id] = segment_names.get(source_id, str(source_id))
-        else:
-            lookup[source_id] = verse_id
+            continue
+        if convention is LabelConvention.NAMES and verse_id in named_by and LEVEL_BY_ID[verse_id].is_vertebra:
+            first = segment_names.get(named_by[verse_id], str(named_by[verse_id]))
+            raise InputError(f"segmentation {path}: segments '{first}' and '{segment_names.get(source_id)}' both "
+                             f"name {LEVEL_BY_ID[verse_id].name}; rename one (merging them would grade two "
+                             "vertebrae as one)")
+        named_by[verse_id] = source_id
+        lookup[source_id] = verse_id
     return lookup, ignored
 
 
