@@ -115,3 +115,13 @@ def test_sigterm_mid_run_leaves_no_partial_folder_and_a_rerun_succeeds(tmp_path,
     result = run_cli("run", data / "ct.nii.gz", "--segmentation", data / "vertebrae.nii.gz", "-o", out, "-q")
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "out"]
+
+
+@pytest.mark.parametrize("role", ["ct", "segmentation"])
+def test_a_named_pipe_as_input_is_refused_at_once(tmp_path, data, role):
+    fifo = tmp_path / "pipe.nii.gz"
+    os.mkfifo(fifo)
+    ct, labels = (fifo, data / "vertebrae.nii.gz") if role == "ct" else (data / "ct.nii.gz", fifo)
+    result = run_cli("run", ct, "--segmentation", labels, "-o", tmp_path / "out", "-q")
+    assert result.returncode == 2 and "is a named pipe (FIFO), not a file or folder" in result.stderr
+    assert not (tmp_path / "out").exists()

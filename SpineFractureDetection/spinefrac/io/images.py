@@ -9,6 +9,7 @@ Outputs are mapped back onto the input's own grid (size, origin, spacing, direct
 
 from __future__ import annotations
 
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -131,11 +132,19 @@ def image_format(path: Path) -> str:
     return "image"
 
 
+def require_regular_input(path: Path, what: str) -> None:
+    """A named pipe or a device would make the reader wait forever or read something else: refused."""
+    if not path.exists():
+        raise InputError(f"{what} not found: {path}")
+    if not (path.is_dir() or path.is_file()):
+        kind = "a named pipe (FIFO)" if stat.S_ISFIFO(path.stat().st_mode) else "a device or socket"
+        raise InputError(f"{what} {path} is {kind}, not a file or folder")
+
+
 def read_image(path: Path, what: str = "image") -> sitk.Image:
     """Read a file with SimpleITK, turning its errors into one-line messages."""
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{what} not found: {path}")
+    require_regular_input(path, what)
     if path.is_dir():
         return read_dicom_series(path, what)[0]
     check_compressed_stream(path, what)
@@ -264,8 +273,7 @@ def load_ct(path: Path | str, check_hu: bool = True) -> CtVolume:
     """Stage 0: read a CT (NIfTI, NRRD, MetaImage or DICOM folder) into canonical orientation.
     The header is checked (dimensions, geometry, memory) before the voxels are read."""
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"CT not found: {path}")
+    require_regular_input(path, "CT")
     description = ""
     warnings: list[str] = []
     if path.is_dir():
