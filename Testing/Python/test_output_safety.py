@@ -125,3 +125,20 @@ def test_a_named_pipe_as_input_is_refused_at_once(tmp_path, data, role):
     result = run_cli("run", ct, "--segmentation", labels, "-o", tmp_path / "out", "-q")
     assert result.returncode == 2 and "is a named pipe (FIFO), not a file or folder" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_dicom_series_without_pixel_spacing_is_refused_not_read_at_1_mm(tmp_path):
+    import numpy as np
+    import SimpleITK as sitk
+
+    from spine_test_utils import write_dicom_series
+
+    image = sitk.GetImageFromArray(np.full((6, 40, 40), -1000, np.int16))
+    image.SetSpacing((0.7, 0.7, 2.0))
+    for path in write_dicom_series(image, tmp_path / "series"):
+        raw = path.read_bytes()
+        assert raw.count(b"\x28\x00\x30\x00") == 1  # the (0028,0030) PixelSpacing tag, little endian
+        path.write_bytes(raw.replace(b"\x28\x00\x30\x00", b"\x28\x00\x31\x00"))  # renamed to (0028,0031)
+    result = run_cli("run", tmp_path / "series", "-o", tmp_path / "out", "-q")
+    assert result.returncode == 2 and "has no PixelSpacing (0028,0030)" in result.stderr
+    assert not (tmp_path / "out").exists()

@@ -219,6 +219,7 @@ def read_dicom_series(folder: Path, what: str = "image", warnings: list[str] | N
         image = reader.Execute()
     except RuntimeError as error:
         raise InputError(f"{what}: DICOM series in {folder} cannot be read ({_first_itk_line(error)})") from None
+    _require_pixel_spacing(reader, folder, what)
     found = _slice_geometry_warnings(reader, len(chosen.file_names), folder)
     if warnings is not None:
         warnings.extend(found)
@@ -229,6 +230,15 @@ def read_dicom_series(folder: Path, what: str = "image", warnings: list[str] | N
     if others:
         description += f"; {others} other series in the folder ignored"
     return image, description
+
+
+def _require_pixel_spacing(reader: sitk.ImageSeriesReader, folder: Path, what: str) -> None:
+    """Without PixelSpacing (0028,0030) or ImagerPixelSpacing (0018,1164) the reader assumes 1 mm:
+    every height and volume would be silently wrong, so such a series is refused."""
+    if not any(reader.HasMetaDataKey(0, tag) and reader.GetMetaData(0, tag).strip() for tag in ("0028|0030",
+                                                                                              "0018|1164")):
+        raise InputError(f"{what}: the DICOM series in {folder} has no PixelSpacing (0028,0030): its voxel size is "
+                         "unknown, and millimetres measured on it would be wrong")
 
 
 def _slice_geometry_warnings(reader: sitk.ImageSeriesReader, count: int, folder: Path) -> list[str]:
