@@ -80,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _output_path(text: str) -> Path:
+    """An output path as given; an empty one is a mistake, not the current folder (Path('') is '.')."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the output folder name is empty")
+    return Path(text)
+
+
 def _add_run_parser(commands) -> None:
     """The 'run' sub-command: one CT."""
     run = commands.add_parser(
@@ -88,7 +95,7 @@ def _add_run_parser(commands) -> None:
         epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument("ct", type=Path, help="CT image: .nii/.nii.gz, .nrrd, .mha, or a DICOM series folder")
-    run.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR",
+    run.add_argument("-o", "--output", type=_output_path, required=True, metavar="OUTDIR",
                      help="folder for the results (must be new or empty unless --overwrite)")
     run.add_argument("--segmentation", type=Path, metavar="LABELMAP",
                      help="use an existing vertebra segmentation on the CT's grid: a label map file "
@@ -127,7 +134,7 @@ def _add_batch_parser(commands) -> None:
                     "case succeeded, 3 when some failed.",
     )
     batch.add_argument("input", type=Path, metavar="INPUT_DIR")
-    batch.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR")
+    batch.add_argument("-o", "--output", type=_output_path, required=True, metavar="OUTDIR")
     batch.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     batch.add_argument("--no-hu-check", action="store_true")
     batch.add_argument("--overwrite", action="store_true", help="replace existing case folders in OUTDIR")
@@ -146,7 +153,7 @@ def _add_evaluate_parser(commands) -> None:
                           help="label maps, or output folders of 'spinefrac run' (one per case)")
     evaluate.add_argument("references", type=Path, metavar="REF_DIR",
                           help="reference label maps (or a VerSe-layout data set), same case names")
-    evaluate.add_argument("-o", "--output", type=Path, metavar="OUTDIR",
+    evaluate.add_argument("-o", "--output", type=_output_path, metavar="OUTDIR",
                           help="also write evaluation.json and evaluation.csv here")
     evaluate.add_argument("--probability-threshold", type=float, default=0.5,
                           help="classifier probability counted as fractured when no grade is given (default 0.5)")
@@ -162,7 +169,7 @@ def _add_train_classifier_parser(commands) -> None:
                     "level,genant_grade). Writes a model package usable with 'spinefrac run --classifier'.",
     )
     train.add_argument("data", type=Path, metavar="DATA_DIR")
-    train.add_argument("-o", "--output", type=Path, required=True, metavar="PACKAGE_DIR")
+    train.add_argument("-o", "--output", type=_output_path, required=True, metavar="PACKAGE_DIR")
     train.add_argument("--epochs", type=int, default=30)
     train.add_argument("--batch-size", type=int, default=8)
     train.add_argument("--learning-rate", type=float, default=1e-3)
@@ -179,7 +186,7 @@ def _add_train_segmentation_parser(commands) -> None:
                     "(--resume), and exports a model package for 'spinefrac run --engine PACKAGE_DIR'.",
     )
     train_seg.add_argument("data", type=Path, metavar="DATA_DIR")
-    train_seg.add_argument("-o", "--output", type=Path, required=True, metavar="PACKAGE_DIR")
+    train_seg.add_argument("-o", "--output", type=_output_path, required=True, metavar="PACKAGE_DIR")
     train_seg.add_argument("--epochs", type=int, default=100)
     train_seg.add_argument("--steps-per-epoch", type=int, default=50)
     train_seg.add_argument("--spacing", type=float, default=1.5, help="training voxel size, mm (default 1.5)")

@@ -142,3 +142,34 @@ def test_a_dicom_series_without_pixel_spacing_is_refused_not_read_at_1_mm(tmp_pa
     result = run_cli("run", tmp_path / "series", "-o", tmp_path / "out", "-q")
     assert result.returncode == 2 and "has no PixelSpacing (0028,0030)" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("output, message", [("", "the output folder name is empty"),
+                                             (".", "is not empty; pass --overwrite")])
+def test_odd_output_names_are_one_clear_error(tmp_path, data, output, message):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "notes.txt").write_text("the user's", encoding="utf-8")
+    result = run_cli("run", data / "ct.nii.gz", "--segmentation", data / "vertebrae.nii.gz", "-o", output, "-q",
+                     cwd=work)
+    assert sorted(p.name for p in work.iterdir()) == ["notes.txt"]
+    assert result.returncode == 2 and message in result.stderr and "internal error" not in result.stderr
+
+
+def test_a_symlinked_or_dangling_output_is_refused(tmp_path, data):
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "dangling").symlink_to(tmp_path / "missing")
+    for name in ("link", "dangling"):
+        result = run_cli("run", data / "ct.nii.gz", "--segmentation", data / "vertebrae.nii.gz",
+                         "-o", tmp_path / name, "-q")
+        assert result.returncode == 2 and "is a symbolic link" in result.stderr
+    assert not any((tmp_path / "elsewhere").iterdir()) and not (tmp_path / "missing").exists()
+
+
+@pytest.mark.parametrize("value", ["4GB", "-5"])
+def test_a_malformed_memory_limit_is_one_clear_error(tmp_path, data, monkeypatch, value):
+    monkeypatch.setenv("SPINEFRAC_MEMORY_LIMIT_MB", value)
+    result = run_cli("run", data / "ct.nii.gz", "--segmentation", data / "vertebrae.nii.gz", "-o", tmp_path / "out")
+    assert result.returncode == 2 and "SPINEFRAC_MEMORY_LIMIT_MB" in result.stderr
+    assert "internal error" not in result.stderr and not (tmp_path / "out").exists()

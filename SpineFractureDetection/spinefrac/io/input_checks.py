@@ -75,9 +75,15 @@ def _bytes_per_component(pixel_id: int) -> int:
 
 def available_memory_bytes() -> int | None:
     """MemAvailable from the kernel, or the override; None when neither is known."""
-    override = os.environ.get(MEMORY_LIMIT_ENV)
+    override = os.environ.get(MEMORY_LIMIT_ENV, "").strip()
     if override:
-        return int(float(override) * 2**20)
+        try:
+            megabytes = float(override)
+        except ValueError:
+            raise InputError(f"{MEMORY_LIMIT_ENV}={override} is not a number of megabytes (e.g. 4096)") from None
+        if not megabytes > 0:
+            raise InputError(f"{MEMORY_LIMIT_ENV}={override} must be a positive number of megabytes")
+        return int(megabytes * 2**20)
     try:
         with open("/proc/meminfo", encoding="ascii") as meminfo:
             for line in meminfo:

@@ -61,9 +61,9 @@ class AtomicOutputFolder:
     files then appear in ``out``."""
 
     def __init__(self, final: Path | str, overwrite: bool = False, inputs=()):
-        self.final = Path(final)
         if not str(final).strip():
             raise OutputError("the output folder name is empty")
+        self.final = Path(os.path.abspath(final))  # '.' and '..' become real names; links are not followed
         self.overwrite = overwrite
         self.work: Path | None = None
         self._lock: Path | None = None
