@@ -167,3 +167,22 @@ def test_two_segments_named_after_one_level_are_refused_not_merged(tmp_path, ct_
         image.SetMetaData(f"Segment{index}_LabelValue", str(value))
     with pytest.raises(InputError, match="segments 'L1' and 'L1 vertebra' both name L1"):
         ExistingLabelMap(_write(image, tmp_path / "twice.seg.nrrd")).segment(ct)
+
+
+def test_a_damaged_seg_nrrd_label_value_is_one_clear_error(tmp_path, ct_and_labels):
+    ct, labels = ct_and_labels
+    image = _as(labels, (sitk.GetArrayFromImage(labels) == 20).astype(np.uint8))
+    image.SetMetaData("Segment0_Name", "L1")
+    image.SetMetaData("Segment0_LabelValue", "one")
+    with pytest.raises(InputError, match="label value 'one', not a whole number"):
+        ExistingLabelMap(_write(image, tmp_path / "damaged.seg.nrrd")).segment(ct)
+
+
+def test_a_slightly_tilted_label_grid_names_the_tilt(tmp_path, ct_and_labels):
+    ct, labels = ct_and_labels
+    tilted = sitk.Image(labels)
+    angle = np.radians(0.5)
+    rotation = np.array([[1, 0, 0], [0, np.cos(angle), -np.sin(angle)], [0, np.sin(angle), np.cos(angle)]])
+    tilted.SetDirection((rotation @ np.array(labels.GetDirection()).reshape(3, 3)).ravel().tolist())
+    with pytest.raises(InputError, match=r"axes tilted 0\.50 degrees apart"):
+        ExistingLabelMap(_write(tilted, tmp_path / "tilted.nii.gz")).segment(ct)

@@ -74,8 +74,17 @@ class ImageGrid:
         if not np.allclose(self.origin_mm, other.origin_mm, atol=GRID_TOLERANCE_MM):
             found.append(f"origin {_fmt(self.origin_mm)} vs {_fmt(other.origin_mm)} mm")
         if not np.allclose(self.direction, other.direction, atol=DIRECTION_TOLERANCE):
-            found.append(f"direction {self.orientation} vs {other.orientation}")
+            found.append(f"direction {self.orientation} vs {other.orientation}"
+                         + (f", axes tilted {self.tilt_degrees(other):.2f} degrees apart"
+                            if self.orientation == other.orientation else ""))
         return found
+
+    def tilt_degrees(self, other: "ImageGrid") -> float:
+        """The largest angle between corresponding axes of two grids."""
+        mine = np.array(self.direction).reshape(3, 3)
+        theirs = np.array(other.direction).reshape(3, 3)
+        cosines = np.clip(np.abs(np.sum(mine * theirs, axis=0)), 0.0, 1.0)  # columns are the axes
+        return float(np.degrees(np.arccos(cosines.min())))
 
     def apply_to(self, image: sitk.Image) -> sitk.Image:
         image.SetSpacing(self.spacing_mm)

@@ -140,7 +140,12 @@ def slicer_segment_names(image: sitk.Image) -> dict[int, str]:
     index = 0
     while f"Segment{index}_Name" in keys:
         label_key = f"Segment{index}_LabelValue"
-        label_value = int(image.GetMetaData(label_key)) if label_key in keys else index + 1
+        try:
+            label_value = int(image.GetMetaData(label_key)) if label_key in keys else index + 1
+        except ValueError:
+            raise InputError(f"segment {index} ('{image.GetMetaData(f'Segment{index}_Name')}') has the label value "
+                             f"'{image.GetMetaData(label_key)}', not a whole number: the .seg.nrrd header is damaged"
+                             ) from None
         names[label_value] = image.GetMetaData(f"Segment{index}_Name")
         index += 1
     return names
