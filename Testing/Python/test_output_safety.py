@@ -173,3 +173,17 @@ def test_a_malformed_memory_limit_is_one_clear_error(tmp_path, data, monkeypatch
     result = run_cli("run", data / "ct.nii.gz", "--segmentation", data / "vertebrae.nii.gz", "-o", tmp_path / "out")
     assert result.returncode == 2 and "SPINEFRAC_MEMORY_LIMIT_MB" in result.stderr
     assert "internal error" not in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_an_uncompressed_nifti_cut_short_is_refused_not_read_as_zeros(tmp_path, sample_ct):
+    import SimpleITK as sitk
+
+    whole = tmp_path / "ct.nii"
+    sitk.WriteImage(sitk.ReadImage(str(sample_ct)), str(whole))
+    raw = whole.read_bytes()
+    cut = tmp_path / "cut.nii"
+    cut.write_bytes(raw[: int(len(raw) * 0.7)])
+    result = run_cli("run", cut, "-o", tmp_path / "out", "-q")
+    announced = f"is truncated: {int(len(raw) * 0.7):,} bytes of the {len(raw):,}"
+    assert result.returncode == 2 and announced in result.stderr
+    assert not (tmp_path / "out").exists()

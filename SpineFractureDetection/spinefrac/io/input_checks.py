@@ -117,7 +117,15 @@ def _mm(values) -> str:
 
 def check_compressed_stream(path: Path, what: str = "CT") -> None:
     """A truncated .gz is read by ITK without complaint (the missing voxels come out as zeros):
-    decompress it to the end first, and for NIfTI compare the data length with the header's."""
+    decompress it to the end first, and for NIfTI compare the data length with the header's. An
+    uncompressed .nii that is cut short is read as zeros too: its size is compared with the header's."""
+    if path.name.lower().endswith(".nii"):
+        with open(path, "rb") as stream:
+            expected = _nifti_expected_bytes(stream.read(352))
+        size = path.stat().st_size
+        if expected is not None and size < expected:
+            raise InputError(f"{what} {path} is truncated: {size:,} bytes of the {expected:,} its header announces")
+        return
     if not path.name.lower().endswith(".gz"):
         return
     length = 0
