@@ -63,6 +63,19 @@ def random_package(folder: Path) -> Path:
     return folder
 
 
+def peak_memory_and_machine(device) -> dict:
+    """Peak memory of this process (and of the GPU) and what it ran on: the tail of every result."""
+    import torch
+
+    cuda = device.name == "cuda"
+    return {
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 0),
+        "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20, 0) if cuda else None,
+        "machine": {"cpu_threads": device.cpu_threads, "platform": platform.platform(),
+                    "gpu": torch.cuda.get_device_name(0) if cuda else None, "torch": torch.__version__},
+    }
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--slices", type=int, default=500)
@@ -88,11 +101,7 @@ def main(argv=None) -> int:
         "network": "SegResNet init_filters 32, blocks_down 1-2-2-4, random weights (timing only)",
         "seconds_per_stage": {k: round(v, 2) for k, v in engine.timings_s.items()},
         "seconds_total": round(total_s, 2),
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 0),
-        "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20, 0) if device.name == "cuda" else None,
-        "machine": {"cpu_threads": device.cpu_threads, "platform": platform.platform(),
-                    "gpu": torch.cuda.get_device_name(0) if device.name == "cuda" else None,
-                    "torch": torch.__version__},
+        **peak_memory_and_machine(device),
     }
     args.output.mkdir(parents=True, exist_ok=True)
     target = args.output / f"learned-engine-{device.name}.json"

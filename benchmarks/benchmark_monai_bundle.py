@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import resource
 import sys
 import tempfile
 import time
@@ -26,7 +24,7 @@ sys.path.insert(0, str(HERE.parent / "SpineFractureDetection"))
 sys.path.insert(0, str(HERE.parent / "Testing" / "Python"))  # the bundle fixture of the real structure
 sys.path.insert(0, str(HERE))
 
-from benchmark_learned_engine import clinical_ct  # noqa: E402
+from benchmark_learned_engine import clinical_ct, peak_memory_and_machine  # noqa: E402
 
 from spinefrac.device import resolve_device  # noqa: E402
 from spinefrac.io.images import ct_from_image  # noqa: E402
@@ -67,11 +65,7 @@ def main(argv=None) -> int:
         "network": "wholeBody_ct_segmentation SegResNet (init_filters 32, 105 channels), random weights: timing only",
         "seconds_per_stage": {stage: round(seconds, 2) for stage, seconds in engine.timings_s.items()},
         "seconds_total": round(total_s, 2), "outcome": outcome,
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 0),
-        "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20, 0) if device.name == "cuda" else None,
-        "machine": {"cpu_threads": device.cpu_threads, "platform": platform.platform(),
-                    "gpu": torch.cuda.get_device_name(0) if device.name == "cuda" else None,
-                    "torch": torch.__version__},
+        **peak_memory_and_machine(device),
     }
     args.output.mkdir(parents=True, exist_ok=True)
     target = args.output / f"monai-bundle-wholebody-{device.name}.json"

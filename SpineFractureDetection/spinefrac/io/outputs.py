@@ -125,6 +125,8 @@ class AtomicOutputFolder:
                 handle.write(f"{os.getpid()}\n")
             self._lock = lock
             return
+        self._remove_created_parents()  # another run took the lock between our two attempts
+        raise OutputError(f"output {self.final} is being written by another run")
 
     def _remove_leftovers(self, parent: Path) -> None:
         """Partial folders of killed runs into the same output (their pid is in the name)."""

@@ -52,17 +52,18 @@ class ExistingLabelMap(SegmentationEngine):
         segment_names = slicer_segment_names(image)  # before re-orientation, which drops the header
         image = _on_ct_grid(image, ct, self.path)
         source_ids = _integer_labels(image, self.path)
+        counts = np.bincount(source_ids.ravel())  # voxels per source id, one pass over the map
         convention = self.convention
         if convention is LabelConvention.AUTO:
-            convention = _guess_convention(source_ids, segment_names, image, self.path)
-        lookup, ignored = _id_lookup(source_ids, convention, segment_names, self.path)
+            convention = _guess_convention(counts, segment_names, image, self.path)
+        lookup, ignored = _id_lookup(counts, convention, segment_names, self.path)
         verse_ids = lookup[source_ids]
         return VertebraSegmentation(
             label_map=_label_image(verse_ids, ct),
             engine=self.name,
             source=str(self.path),
             convention=convention,
-            ignored_labels=_ignored_counts(source_ids, ignored),
+            ignored_labels={name: int(counts[source_id]) for source_id, name in ignored.items()},
         )
 
     # -- a folder of binary masks (TotalSegmentator's default output) --------------------
@@ -155,7 +156,7 @@ TOTALSEGMENTATOR_MAX_ID = 117  # the v2 "total" task's ids run 1-117
 MIN_TOTALSEGMENTATOR_LEVELS = 3  # vertebra ids of TotalSegmentator, in cranio-caudal order, to call it that
 
 
-def _guess_convention(source_ids: np.ndarray, segment_names: dict[int, str], image: sitk.Image,
+def _guess_convention(counts: np.ndarray, segment_names: dict[int, str], image: sitk.Image,
                       path: Path) -> LabelConvention:
     """The label convention from the whole id set, never from the largest id alone: VerSe when every
     id is a VerSe level; TotalSegmentator v2 when its vertebra ids (25-50) name at least three levels
@@ -163,7 +164,6 @@ def _guess_convention(source_ids: np.ndarray, segment_names: dict[int, str], ima
     from both) is refused with the ids and the option that picks a convention."""
     if segment_names:
         return LabelConvention.NAMES
-    counts = np.bincount(source_ids.ravel())
     present = [int(v) for v in np.flatnonzero(counts) if v]
     beyond_verse = [v for v in present if v not in LEVEL_BY_ID]
     if not beyond_verse:
@@ -189,11 +189,12 @@ def _in_craniocaudal_order(image: sitk.Image, levels_by_id: dict) -> bool:
 
 
 def _id_lookup(
-    source_ids: np.ndarray, convention: LabelConvention, segment_names: dict[int, str], path: Path
+    counts: np.ndarray, convention: LabelConvention, segment_names: dict[int, str], path: Path
 ) -> tuple[np.ndarray, dict[int, str]]:
-    """A table source id -> VerSe id (0 = not a vertebra), and the ignored source labels."""
-    present = [int(v) for v in np.unique(source_ids) if v != 0]
-    lookup = np.zeros(int(source_ids.max(initial=0)) + 1, dtype=np.uint8)
+    """From the voxel count per source id: a table source id -> VerSe id (0 = not a vertebra), and the
+    ignored source labels."""
+    present = [int(v) for v in np.flatnonzero(counts) if v]
+    lookup = np.zeros(counts.size, dtype=np.uint8)
     ignored: dict[int, str] = {}
     named_by: dict[int, int] = {}  # VerSe id -> the source id that named it
     for source_id in present:
@@ -218,13 +219,6 @@ def _map_one(source_id: int, convention: LabelConvention, segment_names: dict[in
         return TOTALSEGMENTATOR_V2_IDS.get(source_id)
     level = level_for_name(segment_names.get(source_id, ""))
     return level.verse_id if level else None
-
-
-def _ignored_counts(source_ids: np.ndarray, ignored: dict[int, str]) -> dict[str, int]:
-    if not ignored:
-        return {}
-    counts = np.bincount(source_ids.ravel(), minlength=max(ignored) + 1)
-    return {name: int(counts[source_id]) for source_id, name in ignored.items()}
 
 
 def _label_image(verse_ids: np.ndarray, ct: CtVolume) -> sitk.Image:

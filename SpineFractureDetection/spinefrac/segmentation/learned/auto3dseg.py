@@ -29,7 +29,7 @@ from spinefrac.io.model_packages import require_torch
 from spinefrac.levels import LEVEL_BY_ID, LEVELS, SNOMED_SCHEME, level_for_name
 from spinefrac.progress import Progress, silent
 from spinefrac.segmentation.base import LabelConvention, SegmentationEngine, VertebraSegmentation
-from spinefrac.segmentation.learned.bundle import load_weights
+from spinefrac.segmentation.learned.bundle import load_state
 from spinefrac.segmentation.learned.engine import order_violations, predict_from_file, verse_labels_on_ct_grid
 
 LABELS_FILE = "labels.csv"
@@ -154,15 +154,9 @@ class Auto3DSegEngine(SegmentationEngine):
         checkpoint = read_checkpoint(self.checkpoint_path)
         self.config = checkpoint["config"]
         self.network = ConfigParser(self.config["network"]).get_parsed_content()
-        load_weights(self.network, self.checkpoint_path)
+        load_state(self.network, checkpoint, self.checkpoint_path, "the network of its config")
         self.network = self.network.to(device).eval()
         self.title = f"{Path(folder).name} (epoch {checkpoint.get('epoch', '?')})"
-
-    def channel_lookup(self) -> np.ndarray:
-        lookup = np.zeros(max(self.label_to_verse, default=0) + 1, dtype=np.uint8)
-        for value, verse_id in self.label_to_verse.items():
-            lookup[value] = verse_id
-        return lookup
 
     def predict_labels(self, image_path: Path) -> np.ndarray:
         """Label values on the grid of ``image_path`` ([x, y, z], as MONAI loads it)."""
@@ -189,7 +183,7 @@ class Auto3DSegEngine(SegmentationEngine):
     def segment(self, ct: CtVolume, progress: Progress = silent) -> VertebraSegmentation:
         progress(0.05, f"{self.title}: pre-processing and sliding-window inference")
         values = predict_from_file(ct, self.predict_labels, "spinefrac-auto3dseg-")
-        image, dropped = verse_labels_on_ct_grid(values, self.channel_lookup(), ct, self.title)
+        image, dropped = verse_labels_on_ct_grid(values, self.label_to_verse, ct, self.title)
         verse_ids = sitk.GetArrayViewFromImage(image)
         present = sorted({LEVEL_BY_ID[int(v)].name for v in np.unique(verse_ids) if v})
         return VertebraSegmentation(

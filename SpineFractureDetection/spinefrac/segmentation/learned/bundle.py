@@ -50,14 +50,10 @@ class BundleDescription:
     licence: str
     channel_names: dict[int, str]  # output channel -> class name, 0 = background
 
-    def verse_lookup(self) -> np.ndarray:
-        """Channel -> VerSe id (0 for every channel that names no vertebral level)."""
-        lookup = np.zeros(max(self.channel_names, default=0) + 1, dtype=np.uint8)
-        for channel, name in self.channel_names.items():
-            level = level_for_name(name)
-            if level is not None:
-                lookup[channel] = level.verse_id
-        return lookup
+    def verse_ids(self) -> dict[int, int]:
+        """Channel -> VerSe id, for the channels that name a vertebral level (all others are background)."""
+        levels = {channel: level_for_name(name) for channel, name in self.channel_names.items()}
+        return {channel: level.verse_id for channel, level in levels.items() if level is not None}
 
 
 def read_description(folder: Path) -> BundleDescription:
@@ -100,10 +96,15 @@ def load_weights(network, path: Path) -> None:
     except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError, zipfile errors
         raise InputError(f"{path} is not a readable torch checkpoint ({type(error).__name__}: "
                          f"{str(error).splitlines()[0] if str(error) else 'truncated'})") from None
+    load_state(network, checkpoint, path)
+
+
+def load_state(network, checkpoint, path: Path, declared_by: str = "the bundle's network_def") -> None:
+    """Put a checkpoint already read from ``path`` into ``network`` (strict: every weight must fit)."""
     try:
         network.load_state_dict(state_dict_of(checkpoint, path), strict=True)
     except RuntimeError as error:
-        raise InputError(f"{path} does not fit the bundle's network_def ({str(error).splitlines()[0]})") from None
+        raise InputError(f"{path} does not fit {declared_by} ({str(error).splitlines()[0]})") from None
 
 
 class MonaiBundleEngine(SegmentationEngine):
@@ -190,7 +191,7 @@ class MonaiBundleEngine(SegmentationEngine):
         progress(0.05, f"{self.description.name} v{self.description.version}: pre-processing and inference")
         channels = predict_from_file(ct, self.predict_channels, "spinefrac-bundle-")
         progress(0.9, "mapping output channels to levels")
-        image, dropped = verse_labels_on_ct_grid(channels, self.description.verse_lookup(), ct, self.description.name)
+        image, dropped = verse_labels_on_ct_grid(channels, self.description.verse_ids(), ct, self.description.name)
         verse_ids = sitk.GetArrayViewFromImage(image)
         return VertebraSegmentation(
             label_map=image, engine=self.name, convention=LabelConvention.VERSE,

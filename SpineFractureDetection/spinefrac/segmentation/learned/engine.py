@@ -214,11 +214,15 @@ def predict_from_file(ct: CtVolume, predict, prefix: str) -> np.ndarray:
         return predict(image_path)
 
 
-def verse_labels_on_ct_grid(values_xyz: np.ndarray, lookup: np.ndarray, ct: CtVolume,
+def verse_labels_on_ct_grid(values_xyz: np.ndarray, verse_id_of: dict[int, int], ct: CtVolume,
                             model: str) -> tuple[sitk.Image, list[str]]:
     """Predicted label values on the CT's grid as MONAI loads it ([x, y, z]) -> VerSe ids on the CT's
-    grid, each level's largest piece kept (notes on what was dropped); an empty result is refused."""
-    verse_ids = lookup[np.clip(values_xyz, 0, lookup.size - 1)].transpose(2, 1, 0)  # [x, y, z] -> [z, y, x]
+    grid (values missing from ``verse_id_of`` are background), each level's largest piece kept (notes
+    on what was dropped); an empty result is refused."""
+    lookup = np.zeros(max(verse_id_of, default=0) + 1, dtype=np.uint8)
+    lookup[list(verse_id_of)] = list(verse_id_of.values())
+    verse_ids = np.where(values_xyz < lookup.size, lookup[np.clip(values_xyz, 0, lookup.size - 1)], 0)
+    verse_ids = verse_ids.transpose(2, 1, 0)  # [x, y, z] -> [z, y, x]
     verse_ids, dropped = keep_largest_components(np.ascontiguousarray(verse_ids))
     if not verse_ids.any():
         raise InputError(f"no spine found in the CT by {model}: no voxel of a vertebra label")
