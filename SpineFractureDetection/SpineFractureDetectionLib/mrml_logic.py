@@ -24,22 +24,11 @@ from spinefrac.assessment.measurement import measure_vertebrae
 from spinefrac.coordinates import LPS_RAS_MATRIX
 from spinefrac.errors import InputError, SpineFracError
 from spinefrac.io.images import CtVolume, ImageGrid, ct_from_image, to_canonical
-from spinefrac.levels import (
-    ANATOMICAL_STRUCTURE_CATEGORY,
-    LEVEL_BY_ID,
-    LEVEL_BY_NAME,
-    LEVELS,
-    SNOMED_SCHEME,
-    Level,
-    level_for_name,
-    sort_craniocaudal,
-)
+from spinefrac.levels import LEVEL_BY_NAME, LEVELS, Level, level_for_name, sort_craniocaudal
 from spinefrac.reporting.report import COLUMN_DEFINITIONS, SpineReport
 from spinefrac.segmentation.base import LabelConvention, VertebraSegmentation
 from spinefrac.segmentation.label_maps import ExistingLabelMap
-
-TERMINOLOGY_CONTEXT = "Segmentation category and type - DICOM master list"
-ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
+from SpineFractureDetectionLib.terminology import terminology_entry
 
 CHECKSUM_ATTRIBUTE = "SpineFractureDetection.WrittenLabelsSha256"
 # Shifting labels walks C1..L5 then L6 (a sixth lumbar is the common variant below L5); T13 is
@@ -62,13 +51,6 @@ def ensure_segmentation_converters() -> None:
         return
     factory.RegisterConverterRule(slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule())
     factory.RegisterConverterRule(slicer.vtkClosedSurfaceToBinaryLabelmapConversionRule())
-
-
-def terminology_entry(level: Level) -> str:
-    """Slicer's serialised terminology entry (context~category~type~modifier~anatomic context~...)."""
-    category = f"{SNOMED_SCHEME}^{ANATOMICAL_STRUCTURE_CATEGORY[0]}^{ANATOMICAL_STRUCTURE_CATEGORY[1]}"
-    segment_type = f"{SNOMED_SCHEME}^{level.snomed_code}^{level.snomed_meaning}"
-    return f"{TERMINOLOGY_CONTEXT}~{category}~{segment_type}~^^~{ANATOMIC_CONTEXT}~^^~^^"
 
 
 def require_scalar_volume(volume_node) -> None:
@@ -227,37 +209,75 @@ def write_level_segments(segmentation_node, volume_node, segmentation: VertebraS
     labels = sitk.GetArrayFromImage(ct.to_source_grid(segmentation.label_map))
     scene = volume_node.GetScene()
     labelmap_node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+    display_node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeDisplayNode")
+    names = level_color_table(scene)
     try:
         updateVolumeFromArray(labelmap_node, labels)
         ijk_to_ras = vtk.vtkMatrix4x4()
         volume_node.GetIJKToRASMatrix(ijk_to_ras)
         labelmap_node.SetIJKToRASMatrix(ijk_to_ras)
+        # Import names each segment from this colour table (VerSe id -> level name), so that from
+        # here on a segment's name, never its label value, says its level.
+        display_node.SetAndObserveColorNodeID(names.GetID())
+        labelmap_node.SetAndObserveDisplayNodeID(display_node.GetID())
         segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
         segmentation_node.GetSegmentation().RemoveAllSegments()
         if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap_node, segmentation_node):
             raise InputError("the level label map cannot be imported into the segmentation")
     finally:
-        scene.RemoveNode(labelmap_node)
+        for node in (labelmap_node, display_node, names):
+            scene.RemoveNode(node)
     ordered = style_level_segments(segmentation_node)
     segmentation_node.SetAttribute(CHECKSUM_ATTRIBUTE, labels_checksum(segmentation_node, volume_node, ct))
+    place_beside_volume(segmentation_node, volume_node)
     return ordered
 
 
+def level_color_table(scene):
+    """A colour table naming every VerSe id after its level, for import (removed by the caller)."""
+    table = scene.AddNewNodeByClass("vtkMRMLColorTableNode", "SpineFractureDetection levels")
+    table.SetTypeToUser()
+    table.SetNumberOfColors(max(level.verse_id for level in LEVELS) + 1)
+    table.SetColor(0, "background", 0.0, 0.0, 0.0, 0.0)
+    for level in LEVELS:
+        table.SetColor(level.verse_id, level.name, *(channel / 255.0 for channel in level.color_rgb), 1.0)
+    return table
+
+
+def place_beside_volume(node, volume_node) -> None:
+    """Put a result node under the CT's parent in Subject Hierarchy (its study, when it has one),
+    as Slicer's own segmentation extensions do, so that it is saved and exported with that study."""
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(volume_node.GetScene())
+    if hierarchy is None:
+        return
+    invalid = slicer.vtkMRMLSubjectHierarchyNode.GetInvalidItemID()
+    volume_item = hierarchy.GetItemByDataNode(volume_node)
+    if volume_item == invalid:
+        return  # the CT is not in the hierarchy: nothing to place the result beside
+    study_item = hierarchy.GetItemParent(volume_item)
+    item = hierarchy.GetItemByDataNode(node)
+    if item == invalid:
+        hierarchy.CreateItem(study_item, node)
+    elif hierarchy.GetItemParent(item) != study_item:
+        hierarchy.SetItemParent(item, study_item)
+
+
+def name_segment_after_level(segment, level: Level) -> None:
+    """Name, colour and SNOMED CT code of one segment; its voxels are not touched."""
+    segment.SetName(level.name)
+    segment.SetColor(*(channel / 255.0 for channel in level.color_rgb))
+    segment.SetTerminology(terminology_entry(level))
+
+
 def style_level_segments(segmentation_node) -> list[str]:
-    """Name, colour and code every segment whose label value is a VerSe id; cranio-caudal order."""
+    """Canonical name, colour and code for every segment whose NAME is a level ("vertebrae_L1"
+    becomes "L1"); level segments first, in cranio-caudal order. Label values are never read:
+    segments drawn in Segment Editor or imported from another tool number theirs 1, 2, 3..."""
     segmentation = segmentation_node.GetSegmentation()
-    by_level = []
-    for index in range(segmentation.GetNumberOfSegments()):
-        segment_id = segmentation.GetNthSegmentID(index)
-        segment = segmentation.GetSegment(segment_id)
-        level = LEVEL_BY_ID.get(segment.GetLabelValue()) or level_for_name(segment.GetName())
-        if level is None:
-            continue
-        segment.SetName(level.name)
-        segment.SetColor(*(channel / 255.0 for channel in level.color_rgb))
-        segment.SetTerminology(terminology_entry(level))
-        by_level.append((level.craniocaudal_rank, segment_id))
-    ordered = [segment_id for _, segment_id in sorted(by_level)]
+    levels, _ = level_segments(segmentation_node)
+    for segment_id, level in levels.items():
+        name_segment_after_level(segmentation.GetSegment(segment_id), level)
+    ordered = [segment_id for segment_id, _ in sorted(levels.items(), key=lambda item: item[1].craniocaudal_rank)]
     for position, segment_id in enumerate(ordered):
         segmentation.SetSegmentIndex(segment_id, position)
     return ordered
@@ -282,10 +302,31 @@ def fill_table(table_node, report: SpineReport) -> None:
                 column.InsertNextValue(";".join(value) if isinstance(value, list) else str(value))
         table.AddColumn(column)
         table_node.SetColumnDescription(key, COLUMN_DEFINITIONS[key])
-        unit = next((u for suffix, u in _UNITS.items() if key.endswith(suffix)), "")
+        unit = column_unit(key)
         if unit:
             table_node.SetColumnUnitLabel(key, unit)
+        if hasattr(table_node, "SetColumnTitle"):
+            table_node.SetColumnTitle(key, column_title(key))
+    show_titles_as_header(table_node)
     table_node.Modified()
+
+
+def column_unit(key: str) -> str:
+    return next((unit for suffix, unit in _UNITS.items() if key.endswith(suffix)), "")
+
+
+def column_title(key: str) -> str:
+    """Header text: 'height_anterior_mm' -> 'height anterior (mm)'."""
+    unit = column_unit(key)
+    words = key[: -len(unit) - 1] if unit else key
+    return f"{words.replace('_', ' ')} ({unit})" if unit else words.replace("_", " ")
+
+
+def show_titles_as_header(table_node) -> None:
+    """Column titles as the view's header, so view row i is table row i (the default shows the
+    names as an extra row 0). Slicer renamed the property; set whichever this release has."""
+    setter = getattr(table_node, "SetUseColumnTitleAsColumnHeader", None) or table_node.SetUseColumnNameAsColumnHeader
+    setter(True)
 
 
 def colour_by_decision(segmentation_node, report: SpineReport) -> None:
@@ -302,8 +343,8 @@ def colour_by_decision(segmentation_node, report: SpineReport) -> None:
 
 def shift_levels(segmentation_node, offset: int) -> dict[str, str]:
     """Rename every level segment ``offset`` levels caudally (+) or cranially (-), e.g. when a
-    transitional vertebra made the labels start one level off. The sacrum keeps its name.
-    Returns old name -> new name; refuses a shift that leaves C1..L6."""
+    transitional vertebra made the labels start one level off. The sacrum keeps its name, every
+    mask stays in its segment. Returns old name -> new name; refuses a shift that leaves C1..L6."""
     levels, _ = level_segments(segmentation_node)
     renames = {}
     for segment_id, level in levels.items():
@@ -316,24 +357,49 @@ def shift_levels(segmentation_node, offset: int) -> dict[str, str]:
         if not 0 <= position < len(SHIFT_SEQUENCE):
             raise InputError(f"shifting {level.name} by {offset:+d} leaves the spine (C1..L6)")
         renames[segment_id] = LEVEL_BY_NAME[SHIFT_SEQUENCE[position].lower()]
+    # Only names, codes and colours move. A segment's label value is where its voxels sit in a
+    # labelmap layer it may share with other segments: changing it would hand the voxels over.
     segmentation = segmentation_node.GetSegmentation()
     changed = {}
     for segment_id, new_level in renames.items():
         segment = segmentation.GetSegment(segment_id)
         changed[segment.GetName()] = new_level.name
-        segment.SetName(new_level.name)
-        segment.SetLabelValue(new_level.verse_id)
-        segment.SetTerminology(terminology_entry(new_level))
+        name_segment_after_level(segment, new_level)
     return changed
 
 
+def uses_column_titles_as_header(table_node) -> bool:
+    """Whether views show column titles as the header, not as an extra first row (Slicer renamed
+    the property from ColumnName to ColumnTitle; both releases are read)."""
+    getter = getattr(table_node, "GetUseColumnTitleAsColumnHeader", None) or table_node.GetUseColumnNameAsColumnHeader
+    return bool(getter())
+
+
+def table_row_of_view_row(table_node, view_row: int) -> int | None:
+    """The table row shown in a view row, as qMRMLTableModel::mrmlTableRowIndex maps it: without
+    a column header the view shows the column names as its row 0. None for the header row or
+    a row past the table."""
+    row = view_row if uses_column_titles_as_header(table_node) else view_row - 1
+    return row if 0 <= row < table_node.GetNumberOfRows() else None
+
+
+def level_of_row(table_node, row: int) -> str | None:
+    """The level name a table row describes."""
+    column = table_node.GetTable().GetColumnByName("level")
+    if column is None or not 0 <= row < table_node.GetNumberOfRows():
+        return None
+    return column.GetValue(row)
+
+
 def centroid_ras_of_row(table_node, row: int) -> tuple[float, float, float] | None:
-    """The level centroid (RAS mm) stored in a table row, for centring the slice views on it."""
+    """The level centroid (RAS mm) stored in a table row, for centring the slice views on it;
+    None when the row has none (an empty mask has no centroid: NaN in the table)."""
     table = table_node.GetTable()
     columns = [table.GetColumnByName(name) for name in ("centroid_r_mm", "centroid_a_mm", "centroid_s_mm")]
     if any(column is None for column in columns) or not 0 <= row < table.GetNumberOfRows():
         return None
-    return tuple(float(column.GetValue(row)) for column in columns)
+    centroid = tuple(float(column.GetValue(row)) for column in columns)
+    return centroid if all(np.isfinite(centroid)) else None
 
 
 # -- segmentation out of the GUI process ------------------------------------------------------
@@ -383,6 +449,7 @@ class SpineMrmlLogic:
         report.notes.extend(segmentation.notes)
         if table_node is not None:
             fill_table(table_node, report)
+            place_beside_volume(table_node, volume_node)
         return report
 
     def classify(self, volume_node, segmentation_node, table_node, classifier=None,
@@ -397,4 +464,5 @@ class SpineMrmlLogic:
         colour_by_decision(segmentation_node, report)
         if table_node is not None:
             fill_table(table_node, report)
+            place_beside_volume(table_node, volume_node)
         return report
