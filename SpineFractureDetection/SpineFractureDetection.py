@@ -23,11 +23,17 @@ from slicer.util import VTKObservationMixin
 
 from spinefrac.io.filenames import LABEL_MAP_FILE
 
+logger = logging.getLogger(__name__)
+
 # Packages the core needs beyond what Slicer ships, at tested versions; installed on first use
-# with the user's consent (never at import). torch comes from the PyTorch extension
-# (PyTorchUtils, in EXTENSION_DEPENDS) so that its CUDA build matches the machine.
-PIP_REQUIREMENTS = {"scipy": "scipy==1.18.1", "matplotlib": "matplotlib==3.11.2"}
+# with the user's consent (never at import). Slicer bundles scipy: it is only checked, and never
+# pinned (a pip pin would replace Slicer's own build). torch comes from the PyTorch extension
+# (PyTorchUtils, in EXTENSION_DEPENDS) so that its CUDA build matches the machine, at the version
+# the pinned MONAI requires (its package metadata: torch>=2.8.0).
+PIP_REQUIREMENTS = {"scipy": "scipy", "matplotlib": "matplotlib==3.11.2"}
 LEARNED_PIP_REQUIREMENTS = {"monai": "monai==1.6.1", "nibabel": "nibabel==5.4.2"}
+TORCH_REQUIREMENT = ">=2.8.0"
+SUPPORTED_SLICER = "3D Slicer 5.10 and 5.12"
 
 
 class SpineFractureDetection(ScriptedLoadableModule):
@@ -43,13 +49,26 @@ class SpineFractureDetection(ScriptedLoadableModule):
             "work too), correct the masks in Segment Editor, then Classify: each level turns red (fractured, "
             "Genant grade 1-3), green (normal) or grey (not assessable, with the reason), and the table lists "
             "heights (mm), ratios, grade, type, trabecular HU and the reason. Click a row to centre the views "
-            "on that vertebra. Every column carries its unit and description."
+            "on that vertebra. Every column carries its unit and description. "
+            f"Supported: {SUPPORTED_SLICER}."
         )
         self.parent.acknowledgementText = (
             "Sample data: TotalSegmentator example CT (Wasserthal et al., Radiology: AI 2023; CC BY 4.0). "
             "Level conventions: VerSe challenge (Sekuboyina et al., Med Image Anal 2021)."
         )
         slicer.app.connect("startupCompleted()", registerSampleData)
+        slicer.app.connect("startupCompleted()", loadVertebraTerminology)
+
+
+def loadVertebraTerminology():
+    """Load the vertebra SNOMED CT codes the segments carry into Slicer's terminologies (once)."""
+    from SpineFractureDetectionLib.terminology import load_terminology
+
+    terminologies = getattr(slicer.modules, "terminologies", None)
+    if terminologies is None:
+        logger.warning("SpineFractureDetection: the Terminologies module is not loaded; segment codes stay unlisted")
+        return None
+    return load_terminology(terminologies.logic())
 
 
 # Bundled with the module (Resources/SampleData), registered with the Sample Data module.
@@ -123,6 +142,7 @@ class SpineFractureDetectionWidget(ScriptedLoadableModuleWidget, VTKObservationM
         self.initializeParameterNode()
 
     def cleanup(self):
+        self.onCancelButton()  # a closing module or application leaves no child process behind
         self.removeObservers()
 
     def enter(self):
@@ -135,6 +155,7 @@ class SpineFractureDetectionWidget(ScriptedLoadableModuleWidget, VTKObservationM
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
 
     def onSceneStartClose(self, caller, event):
+        self.onCancelButton()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):
@@ -213,17 +234,19 @@ class SpineFractureDetectionWidget(ScriptedLoadableModuleWidget, VTKObservationM
             engine = self._parameterNode.engine
             if engine == "monai" or (engine == "auto" and installed_engines()):
                 self.logic.ensureLearnedDependencies()
-            self._segmentationRun = self.logic.startSegmentation(
-                volume, segmentation, self._parameterNode.engine, self._parameterNode.device,
-                onProgress=self._onSegmentationProgress, onFinished=self._onSegmentationFinished,
-                overwriteEdits=overwrite)
             self.ui.progressBar.value = 0
-            self._updateButtons()
+            try:  # a child that cannot start raises here: no run is recorded, the buttons come back
+                self._segmentationRun = self.logic.startSegmentation(
+                    volume, segmentation, self._parameterNode.engine, self._parameterNode.device,
+                    onProgress=self._onSegmentationProgress, onFinished=self._onSegmentationFinished,
+                    overwriteEdits=overwrite)
+            finally:
+                self._updateButtons()
 
     def onCancelButton(self):
-        if self._segmentationRun is not None:
+        """End the child's whole process tree (launcher, Python, workers); finished() follows."""
+        if getattr(self, "_segmentationRun", None) is not None:
             self._segmentationRun.cancel()
-            self.ui.statusLabel.text = "Segmentation cancelled; the scene is unchanged."
 
     def _onSegmentationProgress(self, fraction, message):
         self.ui.progressBar.value = int(100 * fraction)
@@ -245,7 +268,8 @@ class SpineFractureDetectionWidget(ScriptedLoadableModuleWidget, VTKObservationM
     def onShiftLevels(self, offset):
         with slicer.util.tryWithErrorDisplay("Renaming the levels failed."):
             renamed = self.logic.shiftLevels(self._parameterNode.segmentation, offset)
-            self.ui.statusLabel.text = "Renamed " + ", ".join(f"{a} to {b}" for a, b in renamed.items()) + "."
+            self.ui.statusLabel.text = ("Renamed " + ", ".join(f"{a} to {b}" for a, b in renamed.items())
+                                        + ". Classify again: the findings were for the old names.")
 
     def onExportButton(self):
         folder = qt.QFileDialog.getExistingDirectory(self.parent, "Folder for report.json and report.csv")
@@ -262,9 +286,18 @@ class SpineFractureDetectionWidget(ScriptedLoadableModuleWidget, VTKObservationM
             return
         from SpineFractureDetectionLib.mrml_logic import centroid_ras_of_row
 
-        location = centroid_ras_of_row(table, index.row())
-        if location is not None:
+        location = centroid_ras_of_row(table, self.tableRowOfIndex(table, index))
+        if location is not None:  # None: the header row, or a level without a centroid (NaN)
             slicer.modules.markups.logic().JumpSlicesToLocation(*location, True)
+
+    def tableRowOfIndex(self, table, index):
+        """The table node's row behind a clicked view index (through the view's sort proxy)."""
+        from SpineFractureDetectionLib.mrml_logic import table_row_of_view_row
+
+        proxy = self.ui.tableView.sortFilterProxyModel()
+        source = proxy.mapToSource(index) if proxy is not None else index
+        row = table_row_of_view_row(table, source.row())
+        return -1 if row is None else row
 
 
 class SpineFractureDetectionLogic(ScriptedLoadableModuleLogic):
@@ -272,6 +305,7 @@ class SpineFractureDetectionLogic(ScriptedLoadableModuleLogic):
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
+        loadVertebraTerminology()  # also when the module is loaded after startup
 
     def getParameterNode(self):
         return SpineFractureDetectionParameterNode(super().getParameterNode())
@@ -293,11 +327,26 @@ class SpineFractureDetectionLogic(ScriptedLoadableModuleLogic):
                 raise RuntimeError("The PyTorch extension is required for learned models: install it from the "
                                    "Extensions Manager, restart Slicer, and try again") from None
             torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-            if torchLogic.installTorch(askConfirmation=askUser) is None:
+            if torchLogic.installTorch(askConfirmation=askUser, torchVersionRequirement=TORCH_REQUIREMENT) is None:
                 raise RuntimeError("PyTorch was not installed; learned models cannot run (the offline engine can)")
+        self.requireTorchVersion()
         missing = [pip for module, pip in LEARNED_PIP_REQUIREMENTS.items() if importlib.util.find_spec(module) is None]
         if missing:
             self._pipInstall(missing, askUser)
+
+    @staticmethod
+    def requireTorchVersion():
+        """Refuse an installed torch older than MONAI needs, with the way out (PyTorch Utils)."""
+        import re
+
+        import torch
+
+        minimum = tuple(int(part) for part in TORCH_REQUIREMENT.lstrip(">=").split("."))
+        installed = tuple(int(part) for part in re.findall(r"\d+", torch.__version__)[:3])
+        if installed < minimum:
+            raise RuntimeError(f"PyTorch {torch.__version__} is installed; MONAI needs torch{TORCH_REQUIREMENT}. "
+                               "Update it in the PyTorch Utils module (version requirement "
+                               f"'{TORCH_REQUIREMENT}'), restart Slicer, and try again")
 
     def ensureDependencies(self, askUser=True):
         """Install missing Python packages with the user's consent; raise with a clear message on refusal."""
@@ -322,7 +371,7 @@ class SpineFractureDetectionLogic(ScriptedLoadableModuleLogic):
         from SpineFractureDetectionLib.mrml_logic import SpineMrmlLogic
 
         report = SpineMrmlLogic().measure(volumeNode, segmentationNode, tableNode)
-        logging.info(f"SpineFractureDetection: measured {len(report.rows)} levels")
+        logger.info(f"SpineFractureDetection: measured {len(report.rows)} levels")
         return report
 
     def classify(self, volumeNode, segmentationNode, tableNode, fractureThreshold=0.5):
@@ -331,12 +380,13 @@ class SpineFractureDetectionLogic(ScriptedLoadableModuleLogic):
 
         report = SpineMrmlLogic().classify(volumeNode, segmentationNode, tableNode,
                                            probability_threshold=fractureThreshold)
-        logging.info(f"SpineFractureDetection: classified {len(report.rows)} levels")
+        logger.info(f"SpineFractureDetection: classified {len(report.rows)} levels")
         return report
 
     @staticmethod
     def childCommand(volumeNode, workFolder, engine, device):
         """Export the CT and build the PythonSlicer command that segments it."""
+        import os
         import pathlib
         import shutil
         import sys
@@ -346,27 +396,38 @@ class SpineFractureDetectionLogic(ScriptedLoadableModuleLogic):
         ctPath = export_volume(volumeNode, pathlib.Path(workFolder) / "ct.nrrd")
         python = shutil.which("PythonSlicer") or sys.executable
         command = segmentation_command(python, ctPath, pathlib.Path(workFolder) / "out", engine, device)
-        env = qt.QProcessEnvironment.systemEnvironment()
-        env.insert("PYTHONPATH", str(pathlib.Path(__file__).parent))
+        # The environment Slicer started in (the launcher sets up its own paths), plus the core.
+        environment = slicer.util.startupEnvironment() if hasattr(slicer.util, "startupEnvironment") else {}
+        env = dict(environment or os.environ, PYTHONPATH=str(pathlib.Path(__file__).parent))
         return command, env
 
     def segment(self, volumeNode, segmentationNode, engine="auto", device="auto", overwriteEdits=False):
-        """Blocking segmentation for scripting: runs the child process and waits."""
-        import os
-        import pathlib
-        import subprocess
+        """Blocking segmentation for scripting: the same child process, waited for. Returns the
+        segment ids in cranio-caudal order; raises with the child's error line."""
         import tempfile
 
+        from SpineFractureDetectionLib.child_process import SegmentationJob
         from SpineFractureDetectionLib.mrml_logic import import_segmentation_result
 
-        with tempfile.TemporaryDirectory(prefix="spinefrac-") as work:
-            command, _ = self.childCommand(volumeNode, work, engine, device)
-            env = dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).parent))
-            completed = subprocess.run(command, capture_output=True, text=True, env=env)
-            if completed.returncode != 0:
-                raise RuntimeError(completed.stderr.strip().splitlines()[-1] if completed.stderr else "failed")
-            return import_segmentation_result(segmentationNode, volumeNode,
-                                              pathlib.Path(work) / "out" / LABEL_MAP_FILE, overwriteEdits)
+        work = tempfile.TemporaryDirectory(prefix="spinefrac-")
+        try:
+            command, env = self.childCommand(volumeNode, work.name, engine, device)
+        except Exception:
+            work.cleanup()
+            raise
+        outcome = {}
+
+        def importResult(folder):
+            outcome["segments"] = import_segmentation_result(segmentationNode, volumeNode,
+                                                             folder / "out" / LABEL_MAP_FILE, overwriteEdits)
+
+        def finished(error):
+            outcome["error"] = error
+
+        SegmentationJob(command, env, work, importResult, lambda fraction, message: None, finished).wait()
+        if outcome.get("error"):
+            raise RuntimeError(outcome["error"])
+        return outcome["segments"]
 
     def startSegmentation(self, volumeNode, segmentationNode, engine, device, onProgress, onFinished,
                           overwriteEdits=False):

@@ -2,65 +2,61 @@
 in a separate Python process (``PythonSlicer``), so the GUI stays responsive, and the labels are
 imported only when the child succeeds.
 
-Widget-side (Qt); the MRML steps it calls live in ``mrml_logic`` so that they can be tested on
-``slicer-core`` without Qt.
+Widget-side (Qt): a timer polls the Qt-free ``child_process.SegmentationJob``, which holds all the
+process handling (process tree, progress lines, errors) and is tested without Slicer.
 """
 
 from __future__ import annotations
 
 import tempfile
-from pathlib import Path
 
 import qt
 
 from spinefrac.io.filenames import LABEL_MAP_FILE
-from SpineFractureDetectionLib.mrml_logic import import_segmentation_result, parse_progress
+from SpineFractureDetectionLib.child_process import CANCELLED, ChildStartError, SegmentationJob
+from SpineFractureDetectionLib.mrml_logic import import_segmentation_result
 
-CANCELLED = "cancelled"
+__all__ = ["CANCELLED", "ChildStartError", "SegmentationRun"]
+
+POLL_INTERVAL_MS = 200
 
 
 class SegmentationRun:
-    """One child-process segmentation: progress from its '[k/n] stage ...' lines, Cancel kills
-    it and deletes its files, success imports the labels (the scene changes only then)."""
+    """One child-process segmentation driven by a QTimer. Raises ChildStartError (nothing left
+    running, the work folder removed) when the child cannot start; otherwise ``onFinished(error)``
+    is called exactly once, with None, CANCELLED or the message."""
 
     def __init__(self, logic, volumeNode, segmentationNode, engine, device, onProgress, onFinished, overwriteEdits):
-        self._work = tempfile.TemporaryDirectory(prefix="spinefrac-")
-        self._volume, self._segmentation = volumeNode, segmentationNode
-        self._onProgress, self._onFinished, self._overwrite = onProgress, onFinished, overwriteEdits
-        self._cancelled = False
-        self._lastError = ""
-        command, env = logic.childCommand(volumeNode, self._work.name, engine, device)
-        self._process = qt.QProcess()
-        self._process.setProcessEnvironment(env)
-        self._process.connect("readyReadStandardError()", self._readProgress)
-        self._process.connect("finished(int,QProcess::ExitStatus)", self._finished)
-        self._process.start(command[0], command[1:])
+        self._onFinished = onFinished
+        work = tempfile.TemporaryDirectory(prefix="spinefrac-")
+        try:
+            command, env = logic.childCommand(volumeNode, work.name, engine, device)
+        except Exception:
+            work.cleanup()
+            raise
+
+        def importResult(folder):
+            return import_segmentation_result(segmentationNode, volumeNode, folder / "out" / LABEL_MAP_FILE,
+                                              overwriteEdits)
+
+        self._timer = qt.QTimer()
+        self._timer.setInterval(POLL_INTERVAL_MS)
+        self._timer.connect("timeout()", self._poll)
+        self._job = SegmentationJob(command, env, work, importResult, onProgress, self._finished)
+        self._timer.start()
+
+    @property
+    def running(self):
+        return not self._job.finished
 
     def cancel(self):
-        self._cancelled = True
-        self._process.kill()
+        """End the child's whole process tree; nothing is imported or written afterwards."""
+        self._job.cancel()
 
-    def _readProgress(self):
-        text = bytes(self._process.readAllStandardError().data()).decode("utf-8", "replace")
-        for line in text.splitlines():
-            if line.startswith("spinefrac: error:"):
-                self._lastError = line
-            progress = parse_progress(line)
-            if progress:
-                self._onProgress(*progress)
+    def _poll(self):
+        if not self._job.poll():
+            self._timer.stop()
 
-    def _finished(self, exitCode, exitStatus):
-        error = None
-        try:
-            if self._cancelled:
-                return
-            if exitCode != 0:
-                error = self._lastError or f"segmentation process ended with code {exitCode}"
-                return
-            import_segmentation_result(self._segmentation, self._volume,
-                                       Path(self._work.name) / "out" / LABEL_MAP_FILE, self._overwrite)
-        except Exception as exception:
-            error = str(exception)
-        finally:
-            self._work.cleanup()
-            self._onFinished(CANCELLED if self._cancelled else error)
+    def _finished(self, error):
+        self._timer.stop()
+        self._onFinished(error)
