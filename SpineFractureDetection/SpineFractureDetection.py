@@ -466,67 +466,48 @@ class SpineFractureDetectionTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        self.setUp()
-        self.test_levels_are_named_ordered_and_measured()
-        self.setUp()
-        self.test_segment_in_a_child_process_with_the_offline_engine()
+        for test in (self.test_levels_are_named_ordered_and_measured,
+                     self.test_segment_in_a_child_process_with_the_offline_engine,
+                     self.test_widget_flow, self.test_cancel_ends_the_segmentation_process_tree,
+                     self.test_a_child_that_cannot_start_gives_the_buttons_back):
+            self.setUp()
+            test()
+        self.delayDisplay("All tests passed")
+
+    def moduleWidget(self):
+        """The module's widget, entered, with a fresh parameter node."""
+        slicer.util.selectModule("SpineFractureDetection")
+        widget = slicer.util.getModuleWidget("SpineFractureDetection")
+        widget.initializeParameterNode()
+        self.assertIsNotNone(widget._parameterNode)
+        return widget
+
+    def test_widget_flow(self):
+        """Parameter node, Segment (blocking), shift down/up, Classify, table click, export."""
+        from SpineFractureDetectionLib import self_test
+
+        self.delayDisplay("Driving the widget: segment, shift, classify, click, export")
+        self_test.widget_flow(self, self.moduleWidget())
+
+    def test_cancel_ends_the_segmentation_process_tree(self):
+        from SpineFractureDetectionLib import self_test
+
+        self.delayDisplay("Cancelling a running segmentation")
+        self_test.cancel_flow(self, self.moduleWidget())
+
+    def test_a_child_that_cannot_start_gives_the_buttons_back(self):
+        from SpineFractureDetectionLib import self_test
+
+        self_test.start_failure_flow(self, self.moduleWidget())
 
     def test_segment_in_a_child_process_with_the_offline_engine(self):
-        from spinefrac.synthetic.phantom import PhantomSpec, make_phantom
-        from SpineFractureDetectionLib import mrml_logic
+        from SpineFractureDetectionLib import self_test
 
-        SpineFractureDetectionLogic().ensureDependencies(askUser=False)
-        phantom = make_phantom(PhantomSpec(spacing_mm=(2.0, 2.0, 2.0), ribs=False))
-        volume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "Phantom CT")
-        mrml_logic.update_volume_from_sitk(volume, phantom.ct)
-        segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Vertebrae")
-        SpineFractureDetectionLogic().segment(volume, segmentation, engine="offline", device="cpu")
-        names = [segmentation.GetSegmentation().GetNthSegment(i).GetName()
-                 for i in range(segmentation.GetSegmentation().GetNumberOfSegments())]
-        self.assertEqual(names[-6:], ["L1", "L2", "L3", "L4", "L5", "sacrum"])
-        self.assertTrue(segmentation.GetAttribute(mrml_logic.CHECKSUM_ATTRIBUTE))
+        self.delayDisplay("Segmenting a phantom in a child process")
+        self_test.segment_offline_in_a_child(self, SpineFractureDetectionLogic())
 
     def test_levels_are_named_ordered_and_measured(self):
-        import numpy as np
-        import SimpleITK as sitk
+        from SpineFractureDetectionLib import self_test
 
-        from spinefrac.assessment.fracture import DECISION_COLORS_RGB, Decision
-        from spinefrac.io.images import ct_from_image, to_canonical
-        from spinefrac.levels import LEVEL_BY_NAME
-        from spinefrac.segmentation.base import LabelConvention, VertebraSegmentation
-        from spinefrac.synthetic.phantom import Fracture, PhantomSpec, make_phantom
-        from SpineFractureDetectionLib import mrml_logic
-
-        SpineFractureDetectionLogic().ensureDependencies(askUser=False)
-        self.delayDisplay("Building a lumbar phantom")
-        phantom = make_phantom(PhantomSpec(spacing_mm=(2.0, 2.0, 2.0), fractures={"L2": Fracture("wedge", 0.45)}))
-        volume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "Phantom CT")
-        mrml_logic.update_volume_from_sitk(volume, phantom.ct)
-        ct = ct_from_image(phantom.ct, "phantom", "phantom")
-        labels = VertebraSegmentation(to_canonical(phantom.labels), "phantom", "phantom",
-                                      LabelConvention.VERSE)
-        segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Vertebrae")
-        mrml_logic.write_level_segments(segmentation, volume, labels, ct)
-
-        names = [segmentation.GetSegmentation().GetNthSegment(i).GetName()
-                 for i in range(segmentation.GetSegmentation().GetNumberOfSegments())]
-        self.assertEqual(names, ["T12", "L1", "L2", "L3", "L4", "L5", "sacrum"])
-        l2 = segmentation.GetSegmentation().GetSegment(segmentation.GetSegmentation().GetSegmentIdBySegmentName("L2"))
-        self.assertTrue(np.allclose(l2.GetColor(), np.array(LEVEL_BY_NAME["l2"].color_rgb) / 255.0))
-        self.assertIn("SCT^14293000^L2 vertebra", l2.GetTerminology())
-
-        table = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode")
-        report = SpineFractureDetectionLogic().classify(volume, segmentation, table)
-        self.assertEqual(table.GetNumberOfRows(), len(names))
-        self.assertEqual([table.GetCellText(r, 0) for r in range(table.GetNumberOfRows())], names)
-        decisions = {row["level"]: row["decision"] for row in report.rows}
-        self.assertEqual(decisions["L2"], "fractured")
-        self.assertEqual(decisions["L4"], "normal")
-        red = np.array(DECISION_COLORS_RGB[Decision.FRACTURED]) / 255.0
-        self.assertTrue(np.allclose(l2.GetColor(), red))
-        counts = {row["level"]: row["voxel_count"] for row in report.rows}
-        array = slicer.util.arrayFromVolume(volume)
-        self.assertEqual(array.shape[::-1], phantom.ct.GetSize())
-        self.assertEqual(counts["L3"], int(np.count_nonzero(
-            sitk.GetArrayFromImage(phantom.labels) == LEVEL_BY_NAME["l3"].verse_id)))
-        self.delayDisplay("Test passed")
+        self.delayDisplay("Writing, classifying and tabulating a fractured phantom")
+        self_test.levels_named_ordered_and_measured(self, SpineFractureDetectionLogic())

@@ -127,12 +127,13 @@ class ChildProcess:
 
 
 def error_message(lines: list[str], exit_code: int) -> str:
-    """The line to show for a failed child: its 'spinefrac: error:' line, else its last non-blank
-    line, else the exit code (a child may write nothing, or only whitespace)."""
+    """The line to show for a failed child: its 'spinefrac: error:' line, else its last line that
+    is neither blank nor a progress line (a traceback ends with the exception), else the exit code
+    (a child may write nothing, or only whitespace)."""
     errors = [line for line in lines if line.startswith(ERROR_PREFIX)]
     if errors:
         return errors[-1]
-    written = [line.strip() for line in lines if line.strip()]
+    written = [line.strip() for line in lines if line.strip() and parse_progress(line) is None]
     return written[-1] if written else f"the segmentation process ended with code {exit_code}"
 
 

@@ -49,6 +49,15 @@ class SegmentationRun:
     def running(self):
         return not self._job.finished
 
+    @property
+    def childPid(self):
+        """The launcher's pid, which also names the process group of the whole tree (POSIX)."""
+        return self._job.child.pid
+
+    @property
+    def workFolder(self):
+        return self._job.work_folder
+
     def cancel(self):
         """End the child's whole process tree; nothing is imported or written afterwards."""
         self._job.cancel()

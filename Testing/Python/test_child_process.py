@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("slicer", reason="slicer-core is not installed (pip install '.[dev]')")
 
-from SpineFractureDetectionLib.child_process import (  # noqa: E402
+from SpineFractureDetectionLib.child_process import (
     CANCELLED,
     ChildStartError,
     SegmentationJob,
@@ -147,6 +147,8 @@ def test_a_child_that_cannot_start_raises_and_leaves_no_run(tmp_path):
     ("[1/6] Loading CT ...\\nspinefrac: error: CT.nii: no such file\\ntraceback tail\\n", 2,
      "spinefrac: error: CT.nii: no such file"),
     ("something broke\\n  \\n", 1, "something broke"),
+    ("[1/6] Loading CT ...\\n", 5, "the segmentation process ended with code 5"),
+    ("[1/6] Loading CT ...\\nTraceback (most recent call last):\\nMemoryError: out\\n", 1, "MemoryError: out"),
 ])
 def test_a_failed_child_reports_one_line_whatever_it_wrote(stderr, code, message):
     recorder = Recorder()

@@ -9,13 +9,13 @@ import SimpleITK as sitk
 slicer = pytest.importorskip("slicer", reason="slicer-core is not installed (pip install '.[dev]')")
 pytest.importorskip("slicer.util", reason="slicer-core is not installed")
 
-from slicer.util import arrayFromVolume, updateVolumeFromArray  # noqa: E402
+from slicer.util import arrayFromVolume, updateVolumeFromArray
 
-from spinefrac.io.images import ct_from_image, to_canonical  # noqa: E402
-from spinefrac.levels import LEVEL_BY_NAME, TOTALSEGMENTATOR_V2_IDS  # noqa: E402
-from spinefrac.segmentation.base import LabelConvention, VertebraSegmentation  # noqa: E402
-from spinefrac.synthetic.phantom import PhantomSpec, make_phantom  # noqa: E402
-from SpineFractureDetectionLib import mrml_logic, terminology  # noqa: E402
+from spinefrac.io.images import ct_from_image, to_canonical
+from spinefrac.levels import LEVEL_BY_NAME, TOTALSEGMENTATOR_V2_IDS
+from spinefrac.segmentation.base import LabelConvention, VertebraSegmentation
+from spinefrac.synthetic.phantom import PhantomSpec, make_phantom
+from SpineFractureDetectionLib import mrml_logic, terminology
 
 LOGIC = slicer.vtkSlicerSegmentationsModuleLogic
 
