@@ -148,11 +148,11 @@ def cancel_flow(test, widget):
     test.assertFalse(widget.ui.segmentButton.enabled)
     pid, work = run.childPid, run.workFolder
     started = time.monotonic()
-    while widget.ui.statusLabel.text != "Loading CT" and time.monotonic() - started < 60:
-        slicer.app.processEvents()  # until the real Python (the launcher's child) reports its first stage
+    while not widget.ui.statusLabel.text and time.monotonic() - started < 60:
+        slicer.app.processEvents()  # until the real Python (the launcher's child) reports a stage
         time.sleep(0.05)
-    test.assertEqual(widget.ui.statusLabel.text, "Loading CT")
-    test.assertTrue(run.running)
+    test.assertTrue(widget.ui.statusLabel.text, "the child reported no stage within a minute")
+    test.assertTrue(run.running)  # the offline engine takes seconds: cancelled while it works
     widget.ui.cancelButton.click()
     test.assertIsNone(widget._segmentationRun)
     test.assertFalse(tree_alive(pid))
