@@ -9,6 +9,7 @@ import SimpleITK as sitk
 slicer = pytest.importorskip("slicer", reason="slicer-core is not installed (pip install '.[dev]')")
 pytest.importorskip("slicer.util", reason="slicer-core is not installed")
 
+import vtk
 from slicer.util import arrayFromVolume
 
 from spinefrac.io.images import ct_from_image, to_canonical
@@ -52,7 +53,7 @@ def _mask(node, name, volume):
     """The voxels one segment holds, exported alone onto the CT's grid."""
     segment_id = node.GetSegmentation().GetSegmentIdBySegmentName(name)
     assert segment_id, f"no segment named {name}"
-    ids = slicer.vtkStringArray() if hasattr(slicer, "vtkStringArray") else __import__("vtk").vtkStringArray()
+    ids = vtk.vtkStringArray()
     ids.InsertNextValue(segment_id)
     labelmap = volume.GetScene().AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
     try:
@@ -223,7 +224,7 @@ def test_a_level_shift_moves_names_codes_and_colours_but_no_voxel(scene, volume,
 
 
 def _centroid_ras(mask, volume):
-    ijk_to_ras = __import__("vtk").vtkMatrix4x4()
+    ijk_to_ras = vtk.vtkMatrix4x4()
     volume.GetIJKToRASMatrix(ijk_to_ras)
     matrix = np.array([[ijk_to_ras.GetElement(r, c) for c in range(4)] for r in range(4)])
     k, j, i = np.nonzero(mask)
@@ -250,7 +251,7 @@ def test_view_rows_are_table_rows_and_each_row_centres_on_its_own_vertebra(scene
 
 def test_without_a_column_header_the_first_view_row_is_the_header(scene):
     table = scene.AddNewNodeByClass("vtkMRMLTableNode")
-    column = slicer.vtkStringArray() if hasattr(slicer, "vtkStringArray") else __import__("vtk").vtkStringArray()
+    column = vtk.vtkStringArray()
     column.SetName("level")
     for name in ("L1", "L2"):
         column.InsertNextValue(name)
