@@ -119,17 +119,23 @@ def ct_from_volume(volume_node) -> CtVolume:
 
 
 def level_segments(segmentation_node) -> tuple[dict[str, Level], list[str]]:
-    """Segment id -> level for segments named after a level; names of the other segments."""
+    """Segment id -> level for segments named after a level; names of the other segments.
+    Refuses two segments naming one vertebra (they would be graded as one); the sacrum may be
+    named twice (TotalSegmentator's 'sacrum' and 'vertebrae_S1' are both parts of it)."""
     segmentation = segmentation_node.GetSegmentation()
-    levels, unknown = {}, []
+    levels, unknown, named_by = {}, [], {}
     for index in range(segmentation.GetNumberOfSegments()):
         segment_id = segmentation.GetNthSegmentID(index)
         name = segmentation.GetSegment(segment_id).GetName()
         level = level_for_name(name)
         if level is None:
             unknown.append(name)
-        else:
-            levels[segment_id] = level
+            continue
+        if level.is_vertebra and level.name in named_by:
+            raise InputError(f"segments '{named_by[level.name]}' and '{name}' of '{segmentation_node.GetName()}' "
+                             f"both name {level.name}; rename one (merging them would grade two vertebrae as one)")
+        named_by[level.name] = name
+        levels[segment_id] = level
     return levels, unknown
 
 
@@ -275,8 +281,10 @@ def style_level_segments(segmentation_node) -> list[str]:
     segments drawn in Segment Editor or imported from another tool number theirs 1, 2, 3..."""
     segmentation = segmentation_node.GetSegmentation()
     levels, _ = level_segments(segmentation_node)
+    named = [level.name for level in levels.values()]
     for segment_id, level in levels.items():
-        name_segment_after_level(segmentation.GetSegment(segment_id), level)
+        if named.count(level.name) == 1:  # 'sacrum' and 'vertebrae_S1' keep their own names
+            name_segment_after_level(segmentation.GetSegment(segment_id), level)
     ordered = [segment_id for segment_id, _ in sorted(levels.items(), key=lambda item: item[1].craniocaudal_rank)]
     for position, segment_id in enumerate(ordered):
         segmentation.SetSegmentIndex(segment_id, position)

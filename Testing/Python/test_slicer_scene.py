@@ -320,3 +320,29 @@ def test_the_mask_helper_reads_one_segment_not_its_whole_layer(scene, volume):
         mrml_logic.set_segment_mask(node, node.GetSegmentation().AddEmptySegment(name, name), mask, volume)
     assert node.GetSegmentation().GetNumberOfLayers() == 1
     assert np.array_equal(_mask(node, "a", volume), first) and np.array_equal(_mask(node, "b", volume), second)
+
+
+def test_two_segments_naming_one_vertebra_are_refused_and_left_as_they_are(scene, volume, phantom):
+    node = _hand_drawn(scene, volume, phantom, ["L2", "L3"])
+    duplicate = node.GetSegmentation().AddEmptySegment("vertebrae_L3", "vertebrae_L3")
+    mrml_logic.set_segment_mask(node, duplicate, _truth(phantom, "L4"), volume)
+    for action in (lambda: mrml_logic.SpineMrmlLogic().classify(volume, node, None),
+                   lambda: mrml_logic.shift_levels(node, +1)):
+        with pytest.raises(mrml_logic.InputError, match="'L3' and 'vertebrae_L3' .* both name L3"):
+            action()
+        assert _names(node) == ["L2", "L3", "vertebrae_L3"]
+        assert np.array_equal(_mask(node, "vertebrae_L3", volume), _truth(phantom, "L4"))
+
+
+def test_sacrum_and_s1_segments_are_graded_together_and_keep_their_names(scene, volume, phantom):
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "TotalSegmentator")
+    node.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    sacrum = _truth(phantom, "sacrum")
+    top = sacrum & (np.arange(sacrum.shape[0])[:, None, None] > np.median(np.nonzero(sacrum)[0]))
+    for name, mask in (("L5", _truth(phantom, "L5")), ("vertebrae_S1", top), ("sacrum", sacrum & ~top)):
+        mrml_logic.set_segment_mask(node, node.GetSegmentation().AddEmptySegment(name, name), mask, volume)
+    report = mrml_logic.SpineMrmlLogic().classify(volume, node, None)
+    assert _names(node) == ["L5", "vertebrae_S1", "sacrum"]
+    counts = {row["level"]: row["voxel_count"] for row in report.rows}
+    assert counts == {"L5": int(np.count_nonzero(_truth(phantom, "L5"))), "sacrum": int(np.count_nonzero(sacrum))}
+    assert np.array_equal(_mask(node, "vertebrae_S1", volume), top)
