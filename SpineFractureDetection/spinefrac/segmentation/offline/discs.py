@@ -25,7 +25,9 @@ DISC_MAX_HU = 150.0  # discs are soft tissue (70-130 HU); dips inside bone are n
 SPLIT_LENGTH_RATIO = 1.6  # a segment this many times its neighbours' length hides a disc
 MIN_PIECE_RATIO = 0.6
 MAX_SACRUM_RATIO = 3.3  # S1 to the coccyx along the curve: up to about three lumbar segments
-ENDPLATE_REACH_MM = 8.0  # a disc's endplates sit within this of its centre, a body's further apart
+ENDPLATE_REACH_MM = 8.0
+JOIN_PIECE_RATIO = 0.75  # a segment shorter than this fraction of its stretch's vertebrae may be a piece
+JOIN_LENGTH_RATIO = 1.3  # two pieces join when together no longer than this many of its vertebrae  # a disc's endplates sit within this of its centre, a body's further apart
 
 
 @dataclass
@@ -54,7 +56,7 @@ def find_segments(work: WorkGrid, axis: SpineAxis) -> list[Segment]:
         return []
     first, last = np.nonzero(spine)[0][[0, -1]]
     section = profile[first:last + 1]
-    discs = _split_long_segments(_disc_positions(section), section) + first
+    discs = _split_long_segments(_joined_pieces(_disc_positions(section), section), section) + first
     bounds = [arc_grid[first]] + [arc_grid[d] for d in discs] + [arc_grid[last] + PROFILE_STEP_MM]
     segments = [Segment(low, high) for low, high in zip(bounds[:-1], bounds[1:])]
     segments[0].cut_below = first == 0
@@ -85,6 +87,32 @@ def _disc_positions(profile: np.ndarray) -> np.ndarray:
         if width < DISC_WIDTH_RATIO * (next_dip - previous_dip) and profile[dip] < DISC_MAX_HU:
             discs.append(dip)
     return _thinned(np.array(discs, dtype=int), profile, int(MIN_SEGMENT_MM / PROFILE_STEP_MM))
+
+
+def _joined_pieces(discs: np.ndarray, profile: np.ndarray) -> np.ndarray:
+    """Drop dips that split one vertebra. Where trabecular bone is sparse a body dips between its
+    own endplates too; on fine cranio-caudal voxels such dips can pass for discs and alternate
+    with them. Two neighbouring segments that are each short for their stretch of spine and
+    together as long as its vertebrae, parted by a dip shallower than the discs at their outer
+    ends, are one vertebra (the shallowest such dip is joined first)."""
+    kept = [int(d) for d in discs]
+    while True:
+        bounds = [0] + kept + [profile.size]
+        lengths = np.diff(bounds)
+        best, best_hu = -1, -np.inf
+        for n in range(len(kept)):  # dip kept[n] parts segments n and n + 1
+            others = np.concatenate([lengths[max(n - 4, 0):n], lengths[n + 2:n + 6]])
+            if others.size < 2:
+                continue
+            typical = float(np.percentile(others, 75))
+            pair = lengths[n:n + 2]
+            outer = [profile[d] for d in (bounds[n], bounds[n + 2]) if 0 < d < profile.size]
+            if (pair.max() <= JOIN_PIECE_RATIO * typical and pair.sum() <= JOIN_LENGTH_RATIO * typical
+                    and all(profile[kept[n]] >= hu for hu in outer) and profile[kept[n]] > best_hu):
+                best, best_hu = n, profile[kept[n]]
+        if best < 0:
+            return np.array(kept, dtype=int)
+        kept.pop(best)
 
 
 def _split_long_segments(discs: np.ndarray, profile: np.ndarray) -> np.ndarray:
