@@ -27,7 +27,9 @@ MIN_PIECE_RATIO = 0.6
 MAX_SACRUM_RATIO = 3.3  # S1 to the coccyx along the curve: up to about three lumbar segments
 ENDPLATE_REACH_MM = 8.0
 JOIN_PIECE_RATIO = 0.75  # a segment shorter than this fraction of its stretch's vertebrae may be a piece
-JOIN_LENGTH_RATIO = 1.3  # two pieces join when together no longer than this many of its vertebrae  # a disc's endplates sit within this of its centre, a body's further apart
+JOIN_LENGTH_RATIO = 1.3  # two pieces join when together no longer than this many of its vertebrae
+JOIN_HU = 12.0  # a dip this much shallower than the discs on both sides is inside a body ...
+MAX_JOINED_MM = 50.0  # ... when the vertebra it leaves is no longer than the longest lumbar one  # a disc's endplates sit within this of its centre, a body's further apart
 
 
 @dataclass
@@ -107,12 +109,26 @@ def _joined_pieces(discs: np.ndarray, profile: np.ndarray) -> np.ndarray:
             typical = float(np.percentile(others, 75))
             pair = lengths[n:n + 2]
             outer = [profile[d] for d in (bounds[n], bounds[n + 2]) if 0 < d < profile.size]
-            if (pair.max() <= JOIN_PIECE_RATIO * typical and pair.sum() <= JOIN_LENGTH_RATIO * typical
+            pieces_of_its_stretch = pair.max() <= JOIN_PIECE_RATIO * typical and pair.sum() <= JOIN_LENGTH_RATIO * typical
+            if ((pieces_of_its_stretch or _alternates(kept, profile, n)) and pair.sum() <= MAX_JOINED_MM
                     and all(profile[kept[n]] >= hu for hu in outer) and profile[kept[n]] > best_hu):
                 best, best_hu = n, profile[kept[n]]
         if best < 0:
             return np.array(kept, dtype=int)
         kept.pop(best)
+
+
+def _shallower(kept: list[int], profile: np.ndarray, n: int) -> bool:
+    """Whether dip n is shallower by JOIN_HU than the dips on both sides of it."""
+    return 0 < n < len(kept) - 1 and \
+        profile[kept[n]] - max(profile[kept[n - 1]], profile[kept[n + 1]]) >= JOIN_HU
+
+
+def _alternates(kept: list[int], profile: np.ndarray, n: int) -> bool:
+    """Dip n is shallower than its neighbours, and so is the dip two further on one side: deep discs
+    alternating with shallow dips inside bodies, where every segment is a piece and none sets the
+    standard length."""
+    return _shallower(kept, profile, n) and (_shallower(kept, profile, n - 2) or _shallower(kept, profile, n + 2))
 
 
 def _split_long_segments(discs: np.ndarray, profile: np.ndarray) -> np.ndarray:
@@ -189,3 +205,4 @@ def _disk_profile(work: WorkGrid, axis: SpineAxis) -> np.ndarray:
         index = points_mm / work.spacing_mm - 0.5
         samples.append(ndimage.map_coordinates(smooth, index.T, order=1, mode="nearest"))
     return np.median(samples, axis=0)
+

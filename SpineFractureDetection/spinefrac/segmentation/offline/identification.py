@@ -23,6 +23,7 @@ L5_ID = 24
 
 
 SACRUM_LENGTH_RATIO = 1.9  # a caudal block this many typical segments long is the sacrum
+SACRAL_PIECE_RATIO = 0.8
 # Cervical body + disc is about 20 mm (lumbar about 40): the top segments of a spine that ends in view
 # this short and without ribs are the cervical spine, the top one the atlas.
 CERVICAL_SEGMENT_MAX_MM = 24.0
@@ -148,6 +149,10 @@ def _sacral_segments(segments: list[Segment], ribs: list[bool], index: np.ndarra
         if under_rib_cage or under_short_vertebrae:
             break
         if not (long_block or _flanked_by_pelvis(segment, index == i, lateral_mm, anterior_mm, arc_mm)):
+            break
+        # Above the first sacral piece only a short one (a remnant S1-S2 disc) is sacrum: a vertebra
+        # as long as those above it is L5 between the iliac crests, the sacrum below it cut by the view.
+        if i > 0 and segment.length_mm > SACRAL_PIECE_RATIO * typical_mm:
             break
         sacral.append(i)
     return sacral

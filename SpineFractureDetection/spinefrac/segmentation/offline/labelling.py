@@ -29,6 +29,9 @@ ENVELOPE_POSTERIOR_MM = 85.0
 # Lateral reach from the body centre: transverse processes, not ribs or iliac wings.
 LATERAL_REACH_MM = {"cervical": 35.0, "thoracic": 31.0, "lumbar": 50.0, "sacral": 60.0}
 
+BODY_CENTRE_MM = 6.0  # a piece with bone this close to the axis holds the body
+FRONT_PIECE_MM = 10.0  # a piece whose mean lies this far in front of the axis is not the vertebra
+
 CUT_BAND_MM = 10.0  # bone this close to a cut plane is re-assigned by geodesic competition
 CUT_BAND_FRACTION = 0.3  # of the shorter neighbouring segment, at most
 DIM_BONE_PENALTY = 8.0  # extra path cost per mm through dim bone (joint gaps, partial volume)
@@ -57,7 +60,29 @@ def assign_levels(segments: list[Segment], bone: np.ndarray, lateral_mm: np.ndar
               & (anterior_mm <= ENVELOPE_ANTERIOR_MM) & (anterior_mm >= -ENVELOPE_POSTERIOR_MM))
     labels = np.zeros(bone.shape, dtype=np.uint8)
     labels[tuple(np.argwhere(bone)[inside].T)] = verse_ids[index[inside]]
-    return _keep_connected_to_body(labels)
+    return _keep_connected_to_body(_drop_pieces_in_front(labels, bone, lateral_mm, anterior_mm))
+
+
+def _drop_pieces_in_front(labels: np.ndarray, bone: np.ndarray, lateral_mm: np.ndarray,
+                          anterior_mm: np.ndarray) -> np.ndarray:
+    """Per level, drop the pieces that lie in front of the body without holding its centre: a
+    contrast-filled aorta or vena cava beside the body is as bright as bone, but a fat plane parts
+    it from the cortex, and nothing of a vertebra lies in front of its body apart from it."""
+    forward = np.zeros(bone.shape, dtype=np.float32)
+    forward[bone] = anterior_mm
+    centre = np.zeros(bone.shape, dtype=bool)
+    centre[bone] = (np.abs(lateral_mm) <= BODY_CENTRE_MM) & (np.abs(anterior_mm) <= BODY_CENTRE_MM)
+    for box_index, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        pieces, count = ndimage.label(labels[box] == box_index)
+        if count <= 1:
+            continue
+        numbers = np.arange(1, count + 1)
+        in_front = np.asarray(ndimage.mean(forward[box], pieces, numbers)) > FRONT_PIECE_MM
+        holds_centre = np.asarray(ndimage.maximum(centre[box], pieces, numbers)) > 0
+        labels[box][np.isin(pieces, numbers[in_front & ~holds_centre])] = 0
+    return labels
 
 
 def refine_boundaries(work: WorkGrid, segments: list[Segment], bone: np.ndarray, labels: np.ndarray,
