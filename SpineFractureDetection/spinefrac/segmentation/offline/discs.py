@@ -29,6 +29,7 @@ ENDPLATE_REACH_MM = 8.0
 JOIN_PIECE_RATIO = 0.75  # a segment shorter than this fraction of its stretch's vertebrae may be a piece
 JOIN_LENGTH_RATIO = 1.3  # two pieces join when together no longer than this many of its vertebrae
 JOIN_HU = 12.0  # a dip this much shallower than the discs on both sides is inside a body ...
+JOIN_MAX_SLICE_MM = 2.0  # dips inside bodies pass for discs on fine cranio-caudal voxels only
 MAX_JOINED_MM = 50.0  # ... when the vertebra it leaves is no longer than the longest lumbar one  # a disc's endplates sit within this of its centre, a body's further apart
 
 
@@ -58,7 +59,10 @@ def find_segments(work: WorkGrid, axis: SpineAxis) -> list[Segment]:
         return []
     first, last = np.nonzero(spine)[0][[0, -1]]
     section = profile[first:last + 1]
-    discs = _split_long_segments(_joined_pieces(_disc_positions(section), section), section) + first
+    discs = _disc_positions(section)
+    if work.spacing_mm[0] <= JOIN_MAX_SLICE_MM:  # on thick slices a thin disc's depth varies with its phase
+        discs = _joined_pieces(discs, section)
+    discs = _split_long_segments(discs, section) + first
     bounds = [arc_grid[first]] + [arc_grid[d] for d in discs] + [arc_grid[last] + PROFILE_STEP_MM]
     segments = [Segment(low, high) for low, high in zip(bounds[:-1], bounds[1:])]
     segments[0].cut_below = first == 0

@@ -76,7 +76,7 @@ def _drop_pieces_in_front(labels: np.ndarray, bone: np.ndarray, lateral_mm: np.n
         if box is None:
             continue
         pieces, count = ndimage.label(labels[box] == box_index)
-        if count <= 1:
+        if count <= 1:  # a level of one piece is its vertebra (the body centre may sit between thick slices)
             continue
         numbers = np.arange(1, count + 1)
         in_front = np.asarray(ndimage.mean(forward[box], pieces, numbers)) > FRONT_PIECE_MM
