@@ -26,6 +26,8 @@ SPLIT_LENGTH_RATIO = 1.6  # a segment this many times its neighbours' length hid
 MIN_PIECE_RATIO = 0.6
 MAX_SACRUM_RATIO = 3.3  # S1 to the coccyx along the curve: up to about three lumbar segments
 ENDPLATE_REACH_MM = 8.0
+ENDPLATE_PEAK_HU = 3.0
+THICK_SLICE_MM = 4.0
 JOIN_PIECE_RATIO = 0.75  # a segment shorter than this fraction of its stretch's vertebrae may be a piece
 JOIN_LENGTH_RATIO = 1.3  # two pieces join when together no longer than this many of its vertebrae
 JOIN_HU = 12.0  # a dip this much shallower than the discs on both sides is inside a body ...
@@ -59,7 +61,7 @@ def find_segments(work: WorkGrid, axis: SpineAxis) -> list[Segment]:
         return []
     first, last = np.nonzero(spine)[0][[0, -1]]
     section = profile[first:last + 1]
-    discs = _disc_positions(section)
+    discs = _disc_positions(section, thick_slices=work.spacing_mm[0] >= THICK_SLICE_MM)
     if work.spacing_mm[0] <= JOIN_MAX_SLICE_MM:  # on thick slices a thin disc's depth varies with its phase
         discs = _joined_pieces(discs, section)
     discs = _split_long_segments(discs, section) + first
@@ -70,15 +72,17 @@ def find_segments(work: WorkGrid, axis: SpineAxis) -> list[Segment]:
     return segments
 
 
-def _disc_positions(profile: np.ndarray) -> np.ndarray:
+def _disc_positions(profile: np.ndarray, thick_slices: bool = False) -> np.ndarray:
     """Profile indices of the discs.
 
     A body with sparse trabecular bone dips between its own endplates too; a disc is the dip
     whose flanking endplate peaks are close together compared with the spacing of the dips
-    around it (disc height is a fraction of body height at every level of the spine).
+    around it (disc height is a fraction of body height at every level of the spine). Thick slices
+    cannot show the endplates on both sides of a dip: every deep enough dip is then a disc.
     """
     dips = signal.find_peaks(-profile, prominence=DISC_PROMINENCE_HU)[0]
-    peaks = signal.find_peaks(profile)[0]
+    # Endplate peaks rise a few HU at least: flat tops (equal samples on thick slices) make no spurious peak.
+    peaks = signal.find_peaks(profile, prominence=ENDPLATE_PEAK_HU)[0]
     if dips.size == 0:
         return dips
     discs = []
@@ -90,7 +94,8 @@ def _disc_positions(profile: np.ndarray) -> np.ndarray:
         width = (before or after or 0) + (after or before or 0)
         previous_dip = dips[n - 1] if n > 0 else dip - profile.size
         next_dip = dips[n + 1] if n + 1 < dips.size else dip + profile.size
-        if width < DISC_WIDTH_RATIO * (next_dip - previous_dip) and profile[dip] < DISC_MAX_HU:
+        narrow = thick_slices or width < DISC_WIDTH_RATIO * (next_dip - previous_dip)
+        if narrow and profile[dip] < DISC_MAX_HU:
             discs.append(dip)
     return _thinned(np.array(discs, dtype=int), profile, int(MIN_SEGMENT_MM / PROFILE_STEP_MM))
 
