@@ -287,3 +287,15 @@ def test_five_mm_slices_are_still_labelled():
     result = _segment(phantom.ct)
     assert result.notes[0] == "levels counted from the last rib-bearing vertebra (T12) (confidence medium)"
     assert _identified(phantom, result) == list(levels)
+
+
+def test_an_image_edge_is_not_the_atlas():
+    # A neck CT cut through C3: short rib-free segments end at the image's top face, not at C1.
+    levels = CERVICAL + ("T1", "T2", "T3")
+    phantom = make_phantom(PhantomSpec(levels=levels, spacing_mm=(1.5,) * 3, crop_superior_mm=40.0,
+                                       crop_inferior_mm=10.0, seed=4))
+    assert min(set(np.unique(sitk.GetArrayFromImage(phantom.labels))) - {0}) == 3  # C3 cut, C1-C2 outside
+    result = _segment(phantom.ct)
+    assert "atlas" not in result.notes[0]
+    assert result.notes[0] == "levels counted from the first rib-bearing vertebra (T1) (confidence medium)"
+    assert _identified(phantom, result) == list(levels[2:])  # C3 (cut) to T3

@@ -28,6 +28,7 @@ MAX_SACRUM_RATIO = 3.3  # S1 to the coccyx along the curve: up to about three lu
 ENDPLATE_REACH_MM = 8.0
 ENDPLATE_PEAK_HU = 3.0
 THICK_SLICE_MM = 4.0
+FIELD_EDGE_MM = 15.0  # an end of the spine this close to the image's face may continue beyond it
 JOIN_PIECE_RATIO = 0.75  # a segment shorter than this fraction of its stretch's vertebrae may be a piece
 JOIN_LENGTH_RATIO = 1.3  # two pieces join when together no longer than this many of its vertebrae
 JOIN_HU = 12.0  # a dip this much shallower than the discs on both sides is inside a body ...
@@ -215,3 +216,15 @@ def _disk_profile(work: WorkGrid, axis: SpineAxis) -> np.ndarray:
         samples.append(ndimage.map_coordinates(smooth, index.T, order=1, mode="nearest"))
     return np.median(samples, axis=0)
 
+
+
+def mark_field_of_view_cuts(segments: list[Segment], axis: SpineAxis, bottom_mm: float, top_mm: float) -> None:
+    """An end segment within FIELD_EDGE_MM of the image's bottom or top face is cut by the field
+    of view, whatever the profile says: an image edge ends the spine in view, not the anatomy
+    (the atlas, the sacrum's tip). bottom_mm and top_mm: the image faces in working-grid mm (k)."""
+    if not segments:
+        return
+    k_low = float(np.interp(segments[0].low_mm, axis.arc_mm, axis.points_mm[:, 0]))
+    k_high = float(np.interp(segments[-1].high_mm, axis.arc_mm, axis.points_mm[:, 0]))
+    segments[0].cut_below |= k_low - bottom_mm < FIELD_EDGE_MM
+    segments[-1].cut_above |= top_mm - k_high < FIELD_EDGE_MM

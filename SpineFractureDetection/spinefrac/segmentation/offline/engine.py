@@ -44,7 +44,7 @@ from spinefrac.segmentation.offline.axis import (
     track_axis_coarse,
 )
 from spinefrac.segmentation.offline.bone import bone_mask
-from spinefrac.segmentation.offline.discs import find_segments
+from spinefrac.segmentation.offline.discs import find_segments, mark_field_of_view_cuts
 from spinefrac.segmentation.offline.identification import identify_levels
 from spinefrac.segmentation.offline.labelling import (
     assign_levels,
@@ -76,6 +76,8 @@ class OfflineEngine(SegmentationEngine):
         axis = refine_axis(work, bone, coarse, coarse_path_mm, spine_slices)
         progress(0.45, "finding intervertebral discs")
         segments = find_segments(work, axis)
+        native_k_mm = spacing[0]  # working-grid k mm of the image's faces: the grid starts at work.start
+        mark_field_of_view_cuts(segments, axis, -work.start[0] * native_k_mm, (hu.shape[0] - work.start[0]) * native_k_mm)
         if len(segments) < 3:
             raise InputError("no spine found in the CT: no sequence of vertebrae separated by discs "
                              "along the bone column (is the spine in the field of view?)")
