@@ -299,3 +299,18 @@ def test_an_image_edge_is_not_the_atlas():
     assert "atlas" not in result.notes[0]
     assert result.notes[0] == "levels counted from the first rib-bearing vertebra (T1) (confidence medium)"
     assert _identified(phantom, result) == list(levels[2:])  # C3 (cut) to T3
+
+
+def test_a_bright_column_without_a_spinal_canal_is_not_taken_for_the_spine():
+    # A contrast-filled vessel (420 HU) with unenhanced bands every 36 mm: bright, continuous and
+    # parted like vertebrae by discs, but nothing encloses a low-HU canal behind it. Without the
+    # canal check this was labelled T9-L5.
+    shape, spacing_mm = (150, 120, 120), 2.0
+    k, j, i = np.indices(shape)
+    hu = np.where(np.hypot(j - 60, i - 60) <= 55, 40.0, -1000.0)
+    column = np.hypot(j - 70, i - 60) * spacing_mm <= 16.0
+    hu[column] = 420.0
+    hu[column & ((k * spacing_mm) % 36.0 < 7.0)] = 60.0
+    hu += np.random.default_rng(0).normal(0.0, 10.0, shape)
+    with pytest.raises(InputError, match="no spine found in the CT: the bright column followed has no spinal canal"):
+        OfflineEngine().segment(_synthetic_ct(hu))
