@@ -12,6 +12,14 @@ and sagittal storage (3 x 1 x 1 mm: left-right 3 mm slices, axes posterior, infe
 
     python benchmarks/offline_engine_phantoms.py --output benchmarks/results/offline-engine-phantoms.json
 
+or in parallel, one part of the grids per process, then combined:
+
+    python benchmarks/offline_engine_phantoms.py --grids "0.7 mm" --speed --output part1.json &
+    python benchmarks/offline_engine_phantoms.py --grids "1.5 mm" "3.0 mm" "5 mm slices" "sagittal 3 x 1 x 1 mm" \
+        --output part2.json; wait
+    python benchmarks/offline_engine_phantoms.py --combine part1.json part2.json \
+        --output benchmarks/results/offline-engine-phantoms.json
+
 With --speed, also times the engine on a 512 x 512 x 500 CT (about 0.78 x 0.78 x 1 mm, the
 grid of benchmark_learned_engine.py) and records seconds and peak memory.
 """
@@ -63,7 +71,11 @@ def main(argv=None) -> int:
     parser.add_argument("--grids", nargs="+", choices=list(GRIDS), default=list(GRIDS))
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/offline-engine-phantoms.json"))
     parser.add_argument("--speed", action="store_true", help="also time a 512 x 512 x 500 CT")
+    parser.add_argument("--combine", type=Path, nargs="+", help="write one result from the JSON of runs on parts of "
+                                                                 "the grids (run in parallel) instead of running")
     args = parser.parse_args(argv)
+    if args.combine:
+        return _combine(args.combine, args.output)
     # Timed first, so that the peak memory recorded is this CT's, not that of a large phantom made later.
     speed = _speed() if args.speed else None
     rows = []
@@ -79,6 +91,18 @@ def main(argv=None) -> int:
     return 0
 
 
+def _combine(parts: list[Path], output: Path) -> int:
+    results = [json.loads(part.read_text(encoding="utf-8")) for part in parts]
+    rows = [row for result in results for row in result["rows"]]
+    grids = [grid for grid in GRIDS if any(row["grid"] == grid for row in rows)]
+    summary = {grid: _summary([r for r in rows if r["grid"] == grid]) for grid in grids}
+    for result in results:
+        summary.update({k: v for k, v in result["summary"].items() if k not in GRIDS})  # the speed record
+    output.write_text(json.dumps({"summary": summary, "rows": rows}, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def _run_case(case: int, grid: str, orientation: str, field: str, curve: str) -> dict:
     """One phantom through the engine (each field meets every orientation across the grids)."""
     levels, crop_top_mm, crop_bottom_mm, anchored, contrast = FIELDS[field]
@@ -86,7 +110,7 @@ def _run_case(case: int, grid: str, orientation: str, field: str, curve: str) ->
                                        crop_superior_mm=crop_top_mm, crop_inferior_mm=crop_bottom_mm,
                                        contrast_vessels=contrast, seed=case, **CURVES[curve]))
     ct = ct_from_image(phantom.ct, "phantom", "phantom")
-    row = dict(grid=grid, orientation=orientation, curve=curve, field=field, anchor_in_view=anchored)
+    row = {"grid": grid, "orientation": orientation, "curve": curve, "field": field, "anchor_in_view": anchored}
     started = time.perf_counter()
     try:
         segmentation = OfflineEngine().segment(ct)
