@@ -32,6 +32,9 @@ LATERAL_REACH_MM = {"cervical": 35.0, "thoracic": 31.0, "lumbar": 50.0, "sacral"
 BODY_CENTRE_MM = 6.0  # a piece with bone this close to the axis holds the body
 FRONT_PIECE_MM = 10.0  # a piece whose mean lies this far in front of the axis is not the vertebra
 
+VESSEL_CELL_MM = 2.0  # cross-section cells of bright voxels crossing a disc plane
+DISC_PLANE_MM = 1.5  # half thickness of a disc plane: inside the thinnest disc
+
 CUT_BAND_MM = 10.0  # bone this close to a cut plane is re-assigned by geodesic competition
 CUT_BAND_FRACTION = 0.3  # of the shorter neighbouring segment, at most
 DIM_BONE_PENALTY = 8.0  # extra path cost per mm through dim bone (joint gaps, partial volume)
@@ -59,8 +62,38 @@ def assign_levels(segments: list[Segment], bone: np.ndarray, lateral_mm: np.ndar
     inside = ((index >= 0) & (np.abs(lateral_mm) <= reach[index])
               & (anterior_mm <= ENVELOPE_ANTERIOR_MM) & (anterior_mm >= -ENVELOPE_POSTERIOR_MM))
     labels = np.zeros(bone.shape, dtype=np.uint8)
+    inside &= ~_through_the_discs(segments, lateral_mm, anterior_mm, arc_mm)
     labels[tuple(np.argwhere(bone)[inside].T)] = verse_ids[index[inside]]
     return _keep_connected_to_body(_drop_pieces_in_front(labels, bone, lateral_mm, anterior_mm))
+
+
+def _through_the_discs(segments: list[Segment], lateral_mm: np.ndarray, anterior_mm: np.ndarray,
+                       arc_mm: np.ndarray) -> np.ndarray:
+    """Bone voxels (of those given) in front of the axis where bright voxels also cross the nearest
+    disc planes: a contrast-filled vessel running past the bodies, continuous where the bodies stop.
+    Its cross-section in each disc plane (lateral, anterior cells) is compared between the discs on
+    either side; where partial volume joins the vessel to a body, no piece parts them."""
+    cuts_mm = np.array([s.low_mm for s in segments[1:]])
+    front = anterior_mm > 0.0
+    if cuts_mm.size == 0 or not front.any():
+        return np.zeros(arc_mm.shape, dtype=bool)
+    cells = np.round(np.column_stack([lateral_mm, anterior_mm]) / VESSEL_CELL_MM).astype(int)
+    nearest_cut = np.abs(arc_mm[:, None] - cuts_mm[None, :]).argmin(axis=1)
+    # Endplates can reach a disc plane in partial volume (the bodies are wider than deep, so only the
+    # front counts); a vessel lies in front of the bodies.
+    beyond_bodies = anterior_mm > _body_front_mm(segments, lateral_mm, anterior_mm, arc_mm)
+    in_disc_plane = front & beyond_bodies & (np.abs(arc_mm - cuts_mm[nearest_cut]) <= DISC_PLANE_MM)
+    if not in_disc_plane.any():
+        return np.zeros(arc_mm.shape, dtype=bool)
+    cells -= cells.min(axis=0)
+    crossing = np.zeros((cuts_mm.size, *(cells.max(axis=0) + 1)), dtype=bool)
+    crossing[nearest_cut[in_disc_plane], cells[in_disc_plane, 0], cells[in_disc_plane, 1]] = True
+    crossing = ndimage.binary_dilation(crossing, np.ones((1, 3, 3), dtype=bool))
+    # A vessel crosses the disc planes below and above a voxel at the same place; a body's rim can
+    # reach one disc plane where the plane and the endplate are not parallel, rarely both at one place.
+    above = np.clip(np.searchsorted(cuts_mm, arc_mm), 0, cuts_mm.size - 1)
+    below = np.clip(above - 1, 0, cuts_mm.size - 1)
+    return front & crossing[below, cells[:, 0], cells[:, 1]] & crossing[above, cells[:, 0], cells[:, 1]]
 
 
 def _drop_pieces_in_front(labels: np.ndarray, bone: np.ndarray, lateral_mm: np.ndarray,
@@ -130,6 +163,19 @@ def _neighbour_graph(number: np.ndarray, cost: np.ndarray, spacing_mm: np.ndarra
         weights.append(spacing_mm[axis] * (cost[a] + cost[b]) / 2)
     edges = (np.concatenate(rows), np.concatenate(cols))
     return sparse.csr_matrix((np.concatenate(weights), edges), shape=(cost.size, cost.size))
+
+
+def _body_front_mm(segments: list[Segment], lateral_mm: np.ndarray, anterior_mm: np.ndarray,
+                   arc_mm: np.ndarray) -> float:
+    """How far in front of the axis the bodies reach: bone on the midline (vessels run beside it)
+    in the middle third of each segment, the largest over the segments, plus a voxel's margin."""
+    fronts = [0.0]
+    for segment in segments:
+        middle = (np.abs(arc_mm - (segment.low_mm + segment.high_mm) / 2) <= segment.length_mm / 6) & \
+            (np.abs(lateral_mm) <= BODY_CENTRE_MM) & (anterior_mm > 0)
+        if middle.any():
+            fronts.append(float(np.percentile(anterior_mm[middle], 95)))
+    return max(fronts) + VESSEL_CELL_MM
 
 
 def _lateral_reach(verse_id: int) -> float:
