@@ -68,7 +68,7 @@ GRIDS = {"0.7 mm": ((0.7, 0.7, 0.7), None), "1.5 mm": ((1.5, 1.5, 1.5), None), "
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--grids", nargs="+", choices=list(GRIDS), default=list(GRIDS))
+    parser.add_argument("--grids", nargs="*", choices=list(GRIDS), default=list(GRIDS))
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/offline-engine-phantoms.json"))
     parser.add_argument("--speed", action="store_true", help="also time a 512 x 512 x 500 CT")
     parser.add_argument("--combine", type=Path, nargs="+", help="write one result from the JSON of runs on parts of "
