@@ -103,3 +103,54 @@ def test_invalid_requests_are_refused():
         Fracture("wedge", 0.95)
     with pytest.raises(ValueError):
         Fracture("spiral", 0.2)
+
+
+def test_contrast_filled_aorta_and_heart_lie_beside_the_spine_as_bright_as_bone():
+    levels = tuple(f"T{n}" for n in range(4, 13)) + ("L1",)
+    phantom = make_phantom(PhantomSpec(levels=levels, spacing_mm=(2.0, 2.0, 2.0), contrast_vessels=True, noise_hu=0.0))
+    hu = sitk.GetArrayFromImage(phantom.ct)
+    blood = sitk.GetArrayFromImage(phantom.vessels) > 0
+    labels = sitk.GetArrayFromImage(phantom.labels)
+    assert 300 <= np.median(hu[blood]) <= 500
+    assert not np.any(blood & (labels > 0))  # the vessels never overlap a vertebra
+    # Heart and aorta: blood in front of the bodies, at every slice that holds a thoracic body.
+    blood_centroid = label_centroids_lps(phantom.vessels)[1]
+    spine_centroid = np.mean([np.array(t.centre_lps_mm) for t in phantom.truth.values()], axis=0)
+    assert blood_centroid[1] < spine_centroid[1] - 30.0  # anterior (LPS: P increases)
+    assert np.count_nonzero(blood) * 8.0 / 1000 > 200  # ml: a heart's chambers, not just a vessel
+    assert make_phantom(PhantomSpec(spacing_mm=(3.0,) * 3)).vessels is None
+
+
+def test_sagittally_stored_grid_has_its_thick_axis_first_and_the_same_anatomy():
+    base = {"sagittal_curvature_mm": 10, "ribs": False, "noise_hu": 0.0}
+    sagittal = make_phantom(PhantomSpec(spacing_mm=(1.0, 1.0, 3.0), orientation="PIL", **base))
+    array = sitk.GetArrayFromImage(sagittal.ct)
+    assert sagittal.ct.GetSpacing()[2] == 3.0 and array.shape[0] < min(array.shape[1:])  # left-right slices first
+    direction = np.array(sagittal.ct.GetDirection()).reshape(3, 3)
+    assert np.allclose(np.abs(direction[:, 2]), [1, 0, 0])  # the 3 mm axis runs left-right
+    axial = label_centroids_lps(make_phantom(PhantomSpec(spacing_mm=(1.0, 1.0, 1.0), **base)).labels)
+    for label, centre in label_centroids_lps(sagittal.labels).items():
+        assert np.linalg.norm(centre - axial[label]) < 1.5
+
+
+def test_crops_through_vertebrae_at_both_ends_cut_the_end_levels():
+    phantom = make_phantom(PhantomSpec(levels=("T12", "L1", "L2", "L3", "L4", "L5", "sacrum"), spacing_mm=(1.5,) * 3,
+                                       crop_superior_mm=45.0, crop_inferior_mm=110.0, ribs=False))
+    labels = sitk.GetArrayFromImage(phantom.labels)
+    assert set(np.unique(labels)) - {0} == {20, 21, 22, 23, 24}
+    whole = make_phantom(PhantomSpec(levels=("T12", "L1", "L2", "L3", "L4", "L5", "sacrum"), spacing_mm=(1.5,) * 3,
+                                     ribs=False))
+    whole_labels = sitk.GetArrayFromImage(whole.labels)
+    for end, verse_id in ((labels[-1], 20), (labels[0], 24)):  # the top slice cuts L1, the bottom one L5
+        assert np.any(end == verse_id)
+    for verse_id in (20, 24):  # both end levels lose part of their volume
+        assert np.count_nonzero(labels == verse_id) < 0.95 * np.count_nonzero(whole_labels == verse_id)
+
+
+def test_five_mm_slices_keep_every_level():
+    phantom = make_phantom(PhantomSpec(spacing_mm=(0.7, 0.7, 5.0)))
+    labels = sitk.GetArrayFromImage(phantom.labels)  # [k, j, i], k along the 5 mm axis (superior)
+    assert phantom.ct.GetSpacing()[2] == 5.0
+    assert set(np.unique(labels)) - {0} == {19, 20, 21, 22, 23, 24, 26}
+    for verse_id in (19, 20, 21, 22, 23, 24):  # bodies of 24-28 mm: at least 4 slices each
+        assert np.count_nonzero(np.any(labels == verse_id, axis=(1, 2))) >= 4

@@ -33,6 +33,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from spinefrac.levels import LEVEL_BY_NAME, Level, Region
+from spinefrac.synthetic.vessels import Aorta, Heart, aorta_along, heart_before
 
 HEIGHT_SAMPLE_FRACTION = 0.85
 
@@ -125,6 +126,9 @@ class PhantomSpec:
     margin_mm: float = 30.0  # field of view beyond the outermost bone
     crop_superior_mm: float = 0.0  # cut the field of view into the top of the spine
     crop_inferior_mm: float = 0.0
+    # Contrast-enhanced vessels: a descending aorta on the left front of the thoracic and lumbar
+    # bodies, and a heart (blood, myocardium, papillary muscles) in front of the mid-thoracic spine.
+    contrast_vessels: bool = False
     noise_hu: float = 15.0
     blur_mm: float = 0.6  # Gaussian PSF sigma
     seed: int = 0
@@ -156,6 +160,7 @@ class Phantom:
     body_labels: sitk.Image  # uint8 VerSe ids, vertebral body only
     truth: dict[str, LevelTruth]  # level name -> truth (mobile vertebrae only)
     spec: PhantomSpec
+    vessels: sitk.Image | None = None  # uint8, 1 = contrast-filled blood (with contrast_vessels)
 
 
 # -- geometry helpers -----------------------------------------------------------------------
@@ -217,7 +222,7 @@ def _centreline(spec: PhantomSpec, levels: list[Level]) -> list[_Placed]:
     return placed
 
 
-def _grid(spec: PhantomSpec, placed: list[_Placed]) -> sitk.Image:
+def _grid(spec: PhantomSpec, placed: list[_Placed], vessel_points: np.ndarray) -> sitk.Image:
     direction = _direction_matrix(spec.orientation)
     spacing = np.asarray(spec.spacing_mm, dtype=float)
     corners = []
@@ -233,6 +238,11 @@ def _grid(spec: PhantomSpec, placed: list[_Placed]) -> sitk.Image:
     high = along_axes.max(axis=0) + spec.margin_mm
     # Cropping cuts along the grid axis closest to the patient's cranio-caudal axis.
     axis = int(np.argmax(np.abs(direction[2])))
+    if len(vessel_points):  # room for the vessels across the body, never beyond the spine's ends
+        across = np.arange(3) != axis
+        vessels_along = vessel_points @ direction
+        low[across] = np.minimum(low, vessels_along.min(axis=0) - 10.0)[across]
+        high[across] = np.maximum(high, vessels_along.max(axis=0) + 10.0)[across]
     superior_is_high = direction[2, axis] > 0
     if spec.crop_superior_mm:
         if superior_is_high:
@@ -376,7 +386,8 @@ def make_phantom(spec: PhantomSpec | None = None) -> Phantom:
     spec = spec or PhantomSpec()
     levels = [_level(name) for name in spec.levels]
     placed = _centreline(spec, levels)
-    grid = _grid(spec, placed)
+    vessels = _vessel_geometry(placed) if spec.contrast_vessels else []
+    grid = _grid(spec, placed, np.concatenate([v.extent_points() for v in vessels]) if vessels else np.zeros((0, 3)))
     shape = grid.GetSize()[::-1]
     hu = np.full(shape, HU_AIR, dtype=np.float32)
     labels = np.zeros(shape, dtype=np.uint8)
@@ -391,6 +402,9 @@ def make_phantom(spec: PhantomSpec | None = None) -> Phantom:
         _paint_vertebra(grid, p, hu, labels, bodies)
         if spec.ribs and p.level.region is Region.THORACIC:
             _add_ribs(p, grid, hu)
+    blood = np.zeros(shape, dtype=np.uint8)
+    for vessel in vessels:
+        _paint_vessel(grid, vessel, hu, blood, labels)
 
     if spec.blur_mm > 0:
         hu = ndimage.gaussian_filter(hu, sigma=spec.blur_mm / np.asarray(grid.GetSpacing())[::-1])
@@ -398,7 +412,34 @@ def make_phantom(spec: PhantomSpec | None = None) -> Phantom:
         hu += np.random.default_rng(spec.seed).normal(0.0, spec.noise_hu, size=hu.shape).astype(np.float32)
     ct = _image_like(np.clip(np.round(hu), -1024, 3071).astype(np.int16), grid)
     truth = {p.level.name: _truth(p) for p in placed if p.level.is_vertebra and p.level.name != "C1"}
-    return Phantom(ct, _image_like(labels, grid), _image_like(bodies, grid), truth, spec)
+    return Phantom(ct, _image_like(labels, grid), _image_like(bodies, grid), truth, spec,
+                   _image_like(blood, grid) if spec.contrast_vessels else None)
+
+
+def _vessel_geometry(placed: list[_Placed]) -> list[Aorta | Heart]:
+    """The heart (when the mid-thoracic spine is in view), then the aorta along the thoracic and lumbar bodies."""
+    trunk = [p for p in placed if p.level.region in (Region.THORACIC, Region.LUMBAR)]
+    vessels: list[Aorta | Heart] = []
+    mid_thoracic = [p for p in trunk if p.level.region is Region.THORACIC and 5 <= int(p.level.name[1:]) <= 9]
+    if len(mid_thoracic) >= 2:
+        middle = mid_thoracic[len(mid_thoracic) // 2]
+        vessels.append(heart_before(np.array([p.centre for p in mid_thoracic]), middle.frame, middle.dims.body_depth))
+    if len(trunk) >= 2:
+        vessels.append(aorta_along(np.array([p.centre for p in trunk]), np.array([p.frame for p in trunk]),
+                                   np.array([p.dims.body_depth for p in trunk])))
+    return vessels
+
+
+def _paint_vessel(grid: sitk.Image, vessel: Aorta | Heart, hu: np.ndarray, blood: np.ndarray,
+                  labels: np.ndarray) -> None:
+    start, stop = _index_box(grid, vessel.extent_points(), 1.0)
+    if np.any(stop <= start):
+        return
+    box = (slice(start[2], stop[2]), slice(start[1], stop[1]), slice(start[0], stop[0]))
+    tissue_hu, is_blood = vessel.tissue(_physical_points(grid, start, stop))
+    painted = np.isfinite(tissue_hu) & (labels[box] == 0)  # bone stays bone
+    hu[box][painted] = tissue_hu[painted]
+    blood[box][painted & is_blood] = 1
 
 
 def _level(name: str) -> Level:

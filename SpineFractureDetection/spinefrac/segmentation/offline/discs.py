@@ -25,7 +25,15 @@ DISC_MAX_HU = 150.0  # discs are soft tissue (70-130 HU); dips inside bone are n
 SPLIT_LENGTH_RATIO = 1.6  # a segment this many times its neighbours' length hides a disc
 MIN_PIECE_RATIO = 0.6
 MAX_SACRUM_RATIO = 3.3  # S1 to the coccyx along the curve: up to about three lumbar segments
-ENDPLATE_REACH_MM = 8.0  # a disc's endplates sit within this of its centre, a body's further apart
+ENDPLATE_REACH_MM = 8.0
+ENDPLATE_PEAK_HU = 3.0
+THICK_SLICE_MM = 4.0
+FIELD_EDGE_MM = 15.0  # an end of the spine this close to the image's face may continue beyond it
+JOIN_PIECE_RATIO = 0.75  # a segment shorter than this fraction of its stretch's vertebrae may be a piece
+JOIN_LENGTH_RATIO = 1.3  # two pieces join when together no longer than this many of its vertebrae
+JOIN_HU = 12.0  # a dip this much shallower than the discs on both sides is inside a body ...
+JOIN_MAX_SLICE_MM = 2.0  # dips inside bodies pass for discs on fine cranio-caudal voxels only
+MAX_JOINED_MM = 50.0  # ... when the vertebra it leaves is no longer than the longest lumbar one  # a disc's endplates sit within this of its centre, a body's further apart
 
 
 @dataclass
@@ -54,7 +62,10 @@ def find_segments(work: WorkGrid, axis: SpineAxis) -> list[Segment]:
         return []
     first, last = np.nonzero(spine)[0][[0, -1]]
     section = profile[first:last + 1]
-    discs = _split_long_segments(_disc_positions(section), section) + first
+    discs = _disc_positions(section, thick_slices=work.spacing_mm[0] >= THICK_SLICE_MM)
+    if work.spacing_mm[0] <= JOIN_MAX_SLICE_MM:  # on thick slices a thin disc's depth varies with its phase
+        discs = _joined_pieces(discs, section)
+    discs = _split_long_segments(discs, section) + first
     bounds = [arc_grid[first]] + [arc_grid[d] for d in discs] + [arc_grid[last] + PROFILE_STEP_MM]
     segments = [Segment(low, high) for low, high in zip(bounds[:-1], bounds[1:])]
     segments[0].cut_below = first == 0
@@ -62,15 +73,17 @@ def find_segments(work: WorkGrid, axis: SpineAxis) -> list[Segment]:
     return segments
 
 
-def _disc_positions(profile: np.ndarray) -> np.ndarray:
+def _disc_positions(profile: np.ndarray, thick_slices: bool = False) -> np.ndarray:
     """Profile indices of the discs.
 
     A body with sparse trabecular bone dips between its own endplates too; a disc is the dip
     whose flanking endplate peaks are close together compared with the spacing of the dips
-    around it (disc height is a fraction of body height at every level of the spine).
+    around it (disc height is a fraction of body height at every level of the spine). Thick slices
+    cannot show the endplates on both sides of a dip: every deep enough dip is then a disc.
     """
     dips = signal.find_peaks(-profile, prominence=DISC_PROMINENCE_HU)[0]
-    peaks = signal.find_peaks(profile)[0]
+    # Endplate peaks rise a few HU at least: flat tops (equal samples on thick slices) make no spurious peak.
+    peaks = signal.find_peaks(profile, prominence=ENDPLATE_PEAK_HU)[0]
     if dips.size == 0:
         return dips
     discs = []
@@ -82,9 +95,50 @@ def _disc_positions(profile: np.ndarray) -> np.ndarray:
         width = (before or after or 0) + (after or before or 0)
         previous_dip = dips[n - 1] if n > 0 else dip - profile.size
         next_dip = dips[n + 1] if n + 1 < dips.size else dip + profile.size
-        if width < DISC_WIDTH_RATIO * (next_dip - previous_dip) and profile[dip] < DISC_MAX_HU:
+        narrow = thick_slices or width < DISC_WIDTH_RATIO * (next_dip - previous_dip)
+        if narrow and profile[dip] < DISC_MAX_HU:
             discs.append(dip)
     return _thinned(np.array(discs, dtype=int), profile, int(MIN_SEGMENT_MM / PROFILE_STEP_MM))
+
+
+def _joined_pieces(discs: np.ndarray, profile: np.ndarray) -> np.ndarray:
+    """Drop dips that split one vertebra. Where trabecular bone is sparse a body dips between its
+    own endplates too; on fine cranio-caudal voxels such dips can pass for discs and alternate
+    with them. Two neighbouring segments that are each short for their stretch of spine and
+    together as long as its vertebrae, parted by a dip shallower than the discs at their outer
+    ends, are one vertebra (the shallowest such dip is joined first)."""
+    kept = [int(d) for d in discs]
+    while True:
+        bounds = [0] + kept + [profile.size]
+        lengths = np.diff(bounds)
+        best, best_hu = -1, -np.inf
+        for n in range(len(kept)):  # dip kept[n] parts segments n and n + 1
+            others = np.concatenate([lengths[max(n - 4, 0):n], lengths[n + 2:n + 6]])
+            if others.size < 2:
+                continue
+            typical = float(np.percentile(others, 75))
+            pair = lengths[n:n + 2]
+            outer = [profile[d] for d in (bounds[n], bounds[n + 2]) if 0 < d < profile.size]
+            pieces_of_its_stretch = pair.max() <= JOIN_PIECE_RATIO * typical and pair.sum() <= JOIN_LENGTH_RATIO * typical
+            if ((pieces_of_its_stretch or _alternates(kept, profile, n)) and pair.sum() <= MAX_JOINED_MM
+                    and all(profile[kept[n]] >= hu for hu in outer) and profile[kept[n]] > best_hu):
+                best, best_hu = n, profile[kept[n]]
+        if best < 0:
+            return np.array(kept, dtype=int)
+        kept.pop(best)
+
+
+def _shallower(kept: list[int], profile: np.ndarray, n: int) -> bool:
+    """Whether dip n is shallower by JOIN_HU than the dips on both sides of it."""
+    return 0 < n < len(kept) - 1 and \
+        profile[kept[n]] - max(profile[kept[n - 1]], profile[kept[n + 1]]) >= JOIN_HU
+
+
+def _alternates(kept: list[int], profile: np.ndarray, n: int) -> bool:
+    """Dip n is shallower than its neighbours, and so is the dip two further on one side: deep discs
+    alternating with shallow dips inside bodies, where every segment is a piece and none sets the
+    standard length."""
+    return _shallower(kept, profile, n) and (_shallower(kept, profile, n - 2) or _shallower(kept, profile, n + 2))
 
 
 def _split_long_segments(discs: np.ndarray, profile: np.ndarray) -> np.ndarray:
@@ -161,3 +215,16 @@ def _disk_profile(work: WorkGrid, axis: SpineAxis) -> np.ndarray:
         index = points_mm / work.spacing_mm - 0.5
         samples.append(ndimage.map_coordinates(smooth, index.T, order=1, mode="nearest"))
     return np.median(samples, axis=0)
+
+
+
+def mark_field_of_view_cuts(segments: list[Segment], axis: SpineAxis, bottom_mm: float, top_mm: float) -> None:
+    """An end segment within FIELD_EDGE_MM of the image's bottom or top face is cut by the field
+    of view, whatever the profile says: an image edge ends the spine in view, not the anatomy
+    (the atlas, the sacrum's tip). bottom_mm and top_mm: the image faces in working-grid mm (k)."""
+    if not segments:
+        return
+    k_low = float(np.interp(segments[0].low_mm, axis.arc_mm, axis.points_mm[:, 0]))
+    k_high = float(np.interp(segments[-1].high_mm, axis.arc_mm, axis.points_mm[:, 0]))
+    segments[0].cut_below |= k_low - bottom_mm < FIELD_EDGE_MM
+    segments[-1].cut_above |= top_mm - k_high < FIELD_EDGE_MM

@@ -11,6 +11,9 @@ identification) so that 0.7-5 mm voxels behave alike:
      perpendicular to it gives a profile whose low-HU dips are the intervertebral discs; a
      segment much longer than the shorter of its neighbours is cut at its best endplate-flanked
      dips (thin discs vanish in partial volume at 3 mm, several in a row in the neck);
+     a column counts as the spine only with a spinal canal (soft tissue enclosed by bone in its
+     plane) just behind the axis in enough of its segments: a contrast-filled aorta or heart,
+     however bright and however parted, has none (canal.py);
   4. every bone voxel takes the disc-bounded slab of its nearest axis point (cut planes
      perpendicular to the spine), limited to a vertebra-sized envelope around the axis so
      that ribs and iliac bones fall away; bone near a cut is then re-assigned to the level it
@@ -44,7 +47,8 @@ from spinefrac.segmentation.offline.axis import (
     track_axis_coarse,
 )
 from spinefrac.segmentation.offline.bone import bone_mask
-from spinefrac.segmentation.offline.discs import find_segments
+from spinefrac.segmentation.offline.canal import canal_mask, require_canal, segments_with_canal
+from spinefrac.segmentation.offline.discs import find_segments, mark_field_of_view_cuts
 from spinefrac.segmentation.offline.identification import identify_levels
 from spinefrac.segmentation.offline.labelling import (
     assign_levels,
@@ -52,6 +56,7 @@ from spinefrac.segmentation.offline.labelling import (
     levels_with_metal,
     native_labels,
     refine_boundaries,
+    segment_index,
 )
 
 
@@ -76,9 +81,13 @@ class OfflineEngine(SegmentationEngine):
         axis = refine_axis(work, bone, coarse, coarse_path_mm, spine_slices)
         progress(0.45, "finding intervertebral discs")
         segments = find_segments(work, axis)
+        native_k_mm = spacing[0]  # working-grid k mm of the image's faces: the grid starts at work.start
+        mark_field_of_view_cuts(segments, axis, -work.start[0] * native_k_mm, (hu.shape[0] - work.start[0]) * native_k_mm)
         if len(segments) < 3:
             raise InputError("no spine found in the CT: no sequence of vertebrae separated by discs "
                              "along the bone column (is the spine in the field of view?)")
+        progress(0.55, "checking for the spinal canal")
+        require_canal(_segments_with_canal(work, axis, segments))
         progress(0.6, "identifying levels")
         lateral_mm, anterior_mm, arc_mm = local_coordinates(work, bone, axis)
         identification = identify_levels(segments, lateral_mm, anterior_mm, arc_mm, float(np.prod(work.spacing_mm)))
@@ -105,3 +114,10 @@ class OfflineEngine(SegmentationEngine):
             convention=LabelConvention.VERSE, notes=notes, masks_fit_for_morphometry=False,
             identification=identification,
         )
+
+
+def _segments_with_canal(work, axis, segments) -> np.ndarray:
+    canal = canal_mask(work.values, work.spacing_mm)
+    lateral_mm, anterior_mm, arc_mm = local_coordinates(work, canal, axis)
+    return segments_with_canal(canal, float(np.prod(work.spacing_mm)), segment_index(segments, arc_mm),
+                               lateral_mm, anterior_mm, len(segments))

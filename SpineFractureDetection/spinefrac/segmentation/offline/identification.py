@@ -23,10 +23,12 @@ L5_ID = 24
 
 
 SACRUM_LENGTH_RATIO = 1.9  # a caudal block this many typical segments long is the sacrum
+SACRAL_PIECE_RATIO = 0.8
 # Cervical body + disc is about 20 mm (lumbar about 40): the top segments of a spine that ends in view
 # this short and without ribs are the cervical spine, the top one the atlas.
 CERVICAL_SEGMENT_MAX_MM = 24.0
 CERVICAL_RUN = 3
+THORACIC_SEGMENT_MAX_MM = 34.0  # lower thoracic body + disc; lumbar segments are longer
 
 
 RIB_ZONE_LATERAL_MM = (45.0, 90.0)
@@ -91,6 +93,8 @@ def _anchors(segments: list[Segment], sacral: list[int], ribs: list[bool]) -> li
         anchors.append(Anchor(len(segments) - 1, C1_ID, "the atlas (C1, top of the spine in view) downwards"))
     # Ribs come in runs; an iliac crest beside L5 or the iliac bones beside the sacrum are single hits.
     rib_runs = [i for i in range(len(sacral), len(segments) - 1) if ribs[i] and ribs[i + 1]]
+    if sacral and rib_runs and rib_runs[0] == len(sacral):  # bone beside the lowest lumbar levels: the iliac crests
+        rib_runs = [i for i in rib_runs if i > len(sacral) and not _continues(rib_runs, i, len(sacral))]
     if rib_runs:
         lowest, highest = rib_runs[0], rib_runs[-1] + 1
         if lowest > len(sacral) and not ribs[lowest - 1]:
@@ -98,6 +102,11 @@ def _anchors(segments: list[Segment], sacral: list[int], ribs: list[bool]) -> li
         if highest < len(segments) - 1 and not ribs[highest + 1]:
             anchors.append(Anchor(highest, T1_ID, "the first rib-bearing vertebra (T1)"))
     return anchors
+
+
+def _continues(runs: list[int], index: int, start: int) -> bool:
+    """Whether the run of rib-bearing pairs holding ``index`` reaches down to ``start``."""
+    return all(i in runs for i in range(start, index + 1))
 
 
 def _atlas_on_top(segments: list[Segment], ribs: list[bool]) -> bool:
@@ -133,11 +142,17 @@ def _sacral_segments(segments: list[Segment], ribs: list[bool], index: np.ndarra
     sacral = []
     for i, segment in enumerate(segments[:-2]):  # at least two vertebrae must stay above it
         long_block = i == 0 and typical_mm > 0 and segment.length_mm >= SACRUM_LENGTH_RATIO * typical_mm
-        under_rib_cage = ribs[i + 1] and ribs[i + 2]
+        # Lumbar-length vertebrae above: the bone beside them is the iliac crests, not ribs.
+        under_rib_cage = ribs[i + 1] and ribs[i + 2] and \
+            np.median([s.length_mm for s in segments[i + 1:i + 4]]) <= THORACIC_SEGMENT_MAX_MM
         under_short_vertebrae = np.median([s.length_mm for s in segments[i + 1:i + 4]]) <= CERVICAL_SEGMENT_MAX_MM
         if under_rib_cage or under_short_vertebrae:
             break
         if not (long_block or _flanked_by_pelvis(segment, index == i, lateral_mm, anterior_mm, arc_mm)):
+            break
+        # Above the first sacral piece only a short one (a remnant S1-S2 disc) is sacrum: a vertebra
+        # as long as those above it is L5 between the iliac crests, the sacrum below it cut by the view.
+        if i > 0 and segment.length_mm > SACRAL_PIECE_RATIO * typical_mm:
             break
         sacral.append(i)
     return sacral

@@ -29,6 +29,12 @@ ENVELOPE_POSTERIOR_MM = 85.0
 # Lateral reach from the body centre: transverse processes, not ribs or iliac wings.
 LATERAL_REACH_MM = {"cervical": 35.0, "thoracic": 31.0, "lumbar": 50.0, "sacral": 60.0}
 
+BODY_CENTRE_MM = 6.0  # a piece with bone this close to the axis holds the body
+FRONT_PIECE_MM = 10.0  # a piece whose mean lies this far in front of the axis is not the vertebra
+
+VESSEL_CELL_MM = 2.0  # cross-section cells of bright voxels crossing a disc plane
+DISC_PLANE_MM = 1.5  # half thickness of a disc plane: inside the thinnest disc
+
 CUT_BAND_MM = 10.0  # bone this close to a cut plane is re-assigned by geodesic competition
 CUT_BAND_FRACTION = 0.3  # of the shorter neighbouring segment, at most
 DIM_BONE_PENALTY = 8.0  # extra path cost per mm through dim bone (joint gaps, partial volume)
@@ -56,8 +62,60 @@ def assign_levels(segments: list[Segment], bone: np.ndarray, lateral_mm: np.ndar
     inside = ((index >= 0) & (np.abs(lateral_mm) <= reach[index])
               & (anterior_mm <= ENVELOPE_ANTERIOR_MM) & (anterior_mm >= -ENVELOPE_POSTERIOR_MM))
     labels = np.zeros(bone.shape, dtype=np.uint8)
+    inside &= ~_through_the_discs(segments, lateral_mm, anterior_mm, arc_mm)
     labels[tuple(np.argwhere(bone)[inside].T)] = verse_ids[index[inside]]
-    return _keep_connected_to_body(labels)
+    return _keep_connected_to_body(_drop_pieces_in_front(labels, bone, lateral_mm, anterior_mm))
+
+
+def _through_the_discs(segments: list[Segment], lateral_mm: np.ndarray, anterior_mm: np.ndarray,
+                       arc_mm: np.ndarray) -> np.ndarray:
+    """Bone voxels (of those given) in front of the axis where bright voxels also cross the nearest
+    disc planes: a contrast-filled vessel running past the bodies, continuous where the bodies stop.
+    Its cross-section in each disc plane (lateral, anterior cells) is compared between the discs on
+    either side; where partial volume joins the vessel to a body, no piece parts them."""
+    cuts_mm = np.array([s.low_mm for s in segments[1:]])
+    front = anterior_mm > 0.0
+    if cuts_mm.size == 0 or not front.any():
+        return np.zeros(arc_mm.shape, dtype=bool)
+    cells = np.round(np.column_stack([lateral_mm, anterior_mm]) / VESSEL_CELL_MM).astype(int)
+    nearest_cut = np.abs(arc_mm[:, None] - cuts_mm[None, :]).argmin(axis=1)
+    # Endplates can reach a disc plane in partial volume (the bodies are wider than deep, so only the
+    # front counts); a vessel lies in front of the bodies.
+    beyond_bodies = anterior_mm > _body_front_mm(segments, lateral_mm, anterior_mm, arc_mm)
+    in_disc_plane = front & beyond_bodies & (np.abs(arc_mm - cuts_mm[nearest_cut]) <= DISC_PLANE_MM)
+    if not in_disc_plane.any():
+        return np.zeros(arc_mm.shape, dtype=bool)
+    cells -= cells.min(axis=0)
+    crossing = np.zeros((cuts_mm.size, *(cells.max(axis=0) + 1)), dtype=bool)
+    crossing[nearest_cut[in_disc_plane], cells[in_disc_plane, 0], cells[in_disc_plane, 1]] = True
+    crossing = ndimage.binary_dilation(crossing, np.ones((1, 3, 3), dtype=bool))
+    # A vessel crosses the disc planes below and above a voxel at the same place; a body's rim can
+    # reach one disc plane where the plane and the endplate are not parallel, rarely both at one place.
+    above = np.clip(np.searchsorted(cuts_mm, arc_mm), 0, cuts_mm.size - 1)
+    below = np.clip(above - 1, 0, cuts_mm.size - 1)
+    return front & crossing[below, cells[:, 0], cells[:, 1]] & crossing[above, cells[:, 0], cells[:, 1]]
+
+
+def _drop_pieces_in_front(labels: np.ndarray, bone: np.ndarray, lateral_mm: np.ndarray,
+                          anterior_mm: np.ndarray) -> np.ndarray:
+    """Per level, drop the pieces that lie in front of the body without holding its centre: a
+    contrast-filled aorta or vena cava beside the body is as bright as bone, but a fat plane parts
+    it from the cortex, and nothing of a vertebra lies in front of its body apart from it."""
+    forward = np.zeros(bone.shape, dtype=np.float32)
+    forward[bone] = anterior_mm
+    centre = np.zeros(bone.shape, dtype=bool)
+    centre[bone] = (np.abs(lateral_mm) <= BODY_CENTRE_MM) & (np.abs(anterior_mm) <= BODY_CENTRE_MM)
+    for box_index, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        pieces, count = ndimage.label(labels[box] == box_index)
+        if count <= 1:  # a level of one piece is its vertebra (the body centre may sit between thick slices)
+            continue
+        numbers = np.arange(1, count + 1)
+        in_front = np.asarray(ndimage.mean(forward[box], pieces, numbers)) > FRONT_PIECE_MM
+        holds_centre = np.asarray(ndimage.maximum(centre[box], pieces, numbers)) > 0
+        labels[box][np.isin(pieces, numbers[in_front & ~holds_centre])] = 0
+    return labels
 
 
 def refine_boundaries(work: WorkGrid, segments: list[Segment], bone: np.ndarray, labels: np.ndarray,
@@ -105,6 +163,19 @@ def _neighbour_graph(number: np.ndarray, cost: np.ndarray, spacing_mm: np.ndarra
         weights.append(spacing_mm[axis] * (cost[a] + cost[b]) / 2)
     edges = (np.concatenate(rows), np.concatenate(cols))
     return sparse.csr_matrix((np.concatenate(weights), edges), shape=(cost.size, cost.size))
+
+
+def _body_front_mm(segments: list[Segment], lateral_mm: np.ndarray, anterior_mm: np.ndarray,
+                   arc_mm: np.ndarray) -> float:
+    """How far in front of the axis the bodies reach: bone on the midline (vessels run beside it)
+    in the middle third of each segment, the largest over the segments, plus a voxel's margin."""
+    fronts = [0.0]
+    for segment in segments:
+        middle = (np.abs(arc_mm - (segment.low_mm + segment.high_mm) / 2) <= segment.length_mm / 6) & \
+            (np.abs(lateral_mm) <= BODY_CENTRE_MM) & (anterior_mm > 0)
+        if middle.any():
+            fronts.append(float(np.percentile(anterior_mm[middle], 95)))
+    return max(fronts) + VESSEL_CELL_MM
 
 
 def _lateral_reach(verse_id: int) -> float:
