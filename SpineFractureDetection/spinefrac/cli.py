@@ -19,6 +19,7 @@ from spinefrac.errors import SpineFracError
 from spinefrac.levels import LEVELS
 from spinefrac.pipeline import STAGE_COUNT, run_pipeline
 from spinefrac.progress import SilentStages, TerminalProgress
+from spinefrac.segmentation.label_maps import LABEL_OPTIONS
 
 PROG = "spinefrac"
 
@@ -101,9 +102,10 @@ def _add_run_parser(commands) -> None:
                      help="use an existing vertebra segmentation on the CT's grid: a label map file "
                           "(VerSe ids, TotalSegmentator ids, Slicer .seg.nrrd) or a folder of "
                           "TotalSegmentator masks (vertebrae_L1.nii.gz, ...)")
-    run.add_argument("--labels", default="auto", choices=["auto", "verse", "totalseg", "names"],
-                     help="label convention of --segmentation (default: auto: names when the file "
-                          "has segment names, TotalSegmentator when ids exceed 28, otherwise VerSe)")
+    run.add_argument("--labels", default="auto", choices=sorted(LABEL_OPTIONS),
+                     help="label convention of --segmentation (default: auto: names when the file has segment "
+                          "names, otherwise the one reading of the ids (VerSe, TotalSegmentator v2 or v1) that "
+                          "knows every id and puts the levels in cranio-caudal order; 'totalseg' is v2)")
     run.add_argument("--engine", default="auto", metavar="auto|offline|monai|PATH",
                      help="segmentation engine when no --segmentation is given: 'offline' (classical image "
                           "analysis, no weights), a model package or MONAI bundle folder, 'monai' for the registry "
@@ -252,7 +254,7 @@ def _models(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     stages = SilentStages() if args.quiet else TerminalProgress(STAGE_COUNT)
-    convention = {"totalseg": "totalsegmentator"}.get(args.labels, args.labels)
+    convention = LABEL_OPTIONS[args.labels]
     result = run_pipeline(
         args.ct, args.output, segmentation_path=args.segmentation, label_convention=convention,
         device=args.device, overwrite=args.overwrite, stages=stages, classifier_path=args.classifier,
