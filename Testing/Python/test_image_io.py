@@ -162,3 +162,48 @@ def test_uneven_dicom_slices_are_read_with_a_warning(tmp_path):
     writer.Execute(last)
     ct = load_ct(tmp_path)
     assert any("uneven slice spacing" in warning for warning in ct.warnings)
+
+
+# -- files cut short: the voxel data against the header, for every format read ---------------------------
+
+TRUNCATABLE = [("ct.mha", False), ("ct.mha", True), ("ct.mhd", False), ("ct.mhd", True), ("ct.nrrd", False),
+               ("ct.nrrd", True), ("ct.nii", False), ("ct.nii.gz", True)]
+
+
+def _cut(path, fraction=0.7):
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * fraction)])
+
+
+@pytest.mark.parametrize("name, compressed", TRUNCATABLE)
+def test_a_file_cut_short_is_refused_as_truncated(tmp_path, name, compressed):
+    """Written by ITK's own writers, then the voxel data cut to 70 %: a MetaImage said 'No such file or
+    directory', a .nii.gz came out with 30 % zeros."""
+    image = _random_ct(size=(40, 40, 20))
+    path = tmp_path / name
+    sitk.WriteImage(image, str(path), useCompression=compressed)
+    data_file = {".mhd": path.with_suffix(".zraw" if compressed else ".raw")}.get(path.suffix, path)
+    _cut(data_file)
+    with pytest.raises(InputError, match="truncated") as refused:
+        load_ct(path, check_hu=False)
+    assert "\n" not in str(refused.value) and "No such file" not in str(refused.value)
+
+
+def test_a_metaimage_without_its_data_file_names_it(tmp_path):
+    path = tmp_path / "ct.mhd"
+    sitk.WriteImage(_random_ct(), str(path))
+    path.with_suffix(".raw").unlink()
+    with pytest.raises(InputError, match="names its voxel data file ct.raw, which is missing"):
+        load_ct(path, check_hu=False)
+
+
+def test_a_detached_nrrd_header_with_short_data_is_refused(tmp_path):
+    """A .nhdr with its raw data beside it (as Slicer and teem write it)."""
+    image = _random_ct()
+    (tmp_path / "ct.raw").write_bytes(sitk.GetArrayFromImage(image).tobytes()[:-1000])
+    (tmp_path / "ct.nhdr").write_text(
+        "NRRD0004\ntype: short\ndimension: 3\nspace: left-posterior-superior\nsizes: 30 28 10\n"
+        "space directions: (0.8,0,0) (0,0.9,0) (0,0,2.5)\nkinds: domain domain domain\nendian: little\n"
+        "encoding: raw\nspace origin: (0,0,0)\ndata file: ct.raw\n", encoding="ascii")
+    with pytest.raises(InputError, match="truncated: 15,800 bytes of the 16,800"):
+        load_ct(tmp_path / "ct.nhdr", check_hu=False)

@@ -18,7 +18,7 @@ import SimpleITK as sitk
 
 from spinefrac.errors import InputError, OutputError
 from spinefrac.io.input_checks import (
-    check_compressed_stream,
+    check_data_size,
     check_geometry,
     check_hounsfield,
     check_memory,
@@ -51,7 +51,7 @@ class ImageGrid:
     direction: tuple[float, ...]  # 3x3 row-major, columns are the axis directions (LPS)
 
     @classmethod
-    def of(cls, image: sitk.Image) -> "ImageGrid":
+    def of(cls, image: sitk.Image) -> ImageGrid:
         return cls(
             tuple(int(s) for s in image.GetSize()),
             tuple(float(s) for s in image.GetSpacing()),
@@ -64,7 +64,7 @@ class ImageGrid:
         """Three letters: the patient direction each voxel axis points to, e.g. 'RAS'."""
         return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(self.direction)
 
-    def differences(self, other: "ImageGrid") -> list[str]:
+    def differences(self, other: ImageGrid) -> list[str]:
         """Human-readable list of what differs between two grids (empty when they match)."""
         found = []
         if self.size != other.size:
@@ -79,7 +79,7 @@ class ImageGrid:
                             if self.orientation == other.orientation else ""))
         return found
 
-    def tilt_degrees(self, other: "ImageGrid") -> float:
+    def tilt_degrees(self, other: ImageGrid) -> float:
         """The largest angle between corresponding axes of two grids."""
         mine = np.array(self.direction).reshape(3, 3)
         theirs = np.array(other.direction).reshape(3, 3)
@@ -134,7 +134,7 @@ def image_format(path: Path) -> str:
         return "NIfTI"
     if name.endswith(_NRRD_SUFFIXES):
         return "NRRD"
-    if name.endswith(".mha") or name.endswith(".mhd"):
+    if name.endswith((".mha", ".mhd")):
         return "MetaImage"
     if name.endswith(".dcm"):
         return "DICOM file"
@@ -156,7 +156,7 @@ def read_image(path: Path, what: str = "image") -> sitk.Image:
     require_regular_input(path, what)
     if path.is_dir():
         return read_dicom_series(path, what)[0]
-    check_compressed_stream(path, what)
+    check_data_size(path, what)
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as error:

@@ -115,34 +115,146 @@ def _mm(values) -> str:
     return "(" + ", ".join(f"{float(v):g}" for v in values) + ") mm"
 
 
-def check_compressed_stream(path: Path, what: str = "CT") -> None:
-    """A truncated .gz is read by ITK without complaint (the missing voxels come out as zeros):
-    decompress it to the end first, and for NIfTI compare the data length with the header's. An
-    uncompressed .nii that is cut short is read as zeros too: its size is compared with the header's."""
-    if path.name.lower().endswith(".nii"):
+def check_data_size(path: Path, what: str = "CT") -> None:
+    """The voxel data a file holds against what its header announces, for every format we read. ITK
+    reads a truncated .nii or .nii.gz without complaint (the missing voxels come out as zeros) and
+    says "No such file or directory" for a truncated MetaImage, so the length is checked first."""
+    name = path.name.lower()
+    if name.endswith(".nii"):
         with open(path, "rb") as stream:
             expected = _nifti_expected_bytes(stream.read(352))
-        size = path.stat().st_size
-        if expected is not None and size < expected:
-            raise InputError(f"{what} {path} is truncated: {size:,} bytes of the {expected:,} its header announces")
-        return
-    if not path.name.lower().endswith(".gz"):
-        return
-    length = 0
-    header = b""
+        if expected is not None:
+            _require_length(path.stat().st_size, expected, path, what)
+    elif name.endswith(".gz"):
+        _check_nifti_gz(path, what)
+    elif name.endswith((".mha", ".mhd")):
+        _check_metaimage(path, what)
+    elif name.endswith((".nrrd", ".nhdr")):
+        _check_nrrd(path, what)
+
+
+def _require_length(actual: int, expected: int, path: Path, what: str, unit: str = "bytes") -> None:
+    if actual < expected:
+        raise InputError(f"{what} {path} is truncated: {actual:,} {unit} of the {expected:,} its header announces")
+
+
+def _stream_length(stream, path: Path, what: str, kind: str = "gzip") -> tuple[int, bytes]:
+    """Decompressed length of a stream read to its end, and its first 352 bytes (a NIfTI header)."""
+    length, start = 0, b""
     try:
-        with gzip.open(path, "rb") as stream:
-            while block := stream.read(1 << 24):
-                if len(header) < 352:
-                    header += block[: 352 - len(header)]
-                length += len(block)
+        while block := stream.read(1 << 24):
+            if len(start) < 352:
+                start += block[: 352 - len(start)]
+            length += len(block)
     except gzip.BadGzipFile:
-        raise InputError(f"{what} {path} is not a readable image (not gzip data despite its .gz name)") from None
+        raise InputError(f"{what} {path} is not a readable image (not {kind} data where its header says so)") from None
     except (EOFError, OSError, zlib.error):
-        raise InputError(f"{what} {path} is truncated or corrupt (its gzip stream breaks off)") from None
+        raise InputError(f"{what} {path} is truncated or corrupt (its {kind} stream breaks off)") from None
+    return length, start
+
+
+def _check_nifti_gz(path: Path, what: str) -> None:
+    with gzip.open(path, "rb") as stream:
+        length, header = _stream_length(stream, path, what)
     expected = _nifti_expected_bytes(header) if path.name.lower().endswith(".nii.gz") else None
-    if expected is not None and length < expected:
-        raise InputError(f"{what} {path} is truncated: {length:,} bytes of the {expected:,} its header announces")
+    if expected is not None:
+        _require_length(length, expected, path, what, "bytes (uncompressed)")
+
+
+def _raw_bytes(path: Path) -> int | None:
+    """Bytes of voxel data the header announces (None: the reader cannot tell)."""
+    header = read_header(path)
+    return None if header is None else header.voxels * header.components * header.bytes_per_component
+
+
+def _header_fields(path: Path, separator: str, last_key: str | None) -> tuple[dict[str, str], int]:
+    """Text header fields up to the blank line (NRRD) or up to last_key (MetaImage), and where the data
+    starts in the file."""
+    with open(path, "rb") as stream:
+        head = stream.read(1 << 16)
+    fields, position = {}, 0
+    for line in head.splitlines(keepends=True):
+        position += len(line)
+        text = line.decode("latin-1").strip()
+        if not text and last_key is None:
+            break
+        key, found, value = text.partition(separator)
+        if found:
+            fields[key.strip().lower()] = value.strip()
+        if last_key is not None and key.strip().lower() == last_key:
+            break
+    return fields, position
+
+
+def _data_source(path: Path, named: str | None, offset: int, what: str) -> tuple[Path, int] | None:
+    """The file that holds the voxels and where they start; None for lists of files (not checked)."""
+    if named is None or named.upper() == "LOCAL":
+        return path, offset
+    if named.upper().startswith("LIST") or "%" in named or " " in named:
+        return None
+    data_path = path.parent / named
+    if not data_path.is_file():
+        raise InputError(f"{what} {path} names its voxel data file {named}, which is missing")
+    return data_path, 0
+
+
+def _check_metaimage(path: Path, what: str) -> None:
+    fields, header_end = _header_fields(path, "=", "elementdatafile")
+    expected = _raw_bytes(path)
+    located = _data_source(path, fields.get("elementdatafile"), header_end, what)
+    if expected is None or located is None or "headersize" in fields:
+        return
+    data_path, offset = located
+    available = data_path.stat().st_size - offset
+    if fields.get("compresseddata", "").lower() != "true":
+        _require_length(available, expected, path, what)
+        return
+    if fields.get("compresseddatasize", "").isdigit():
+        _require_length(available, int(fields["compresseddatasize"]), path, what, "compressed bytes")
+    with open(data_path, "rb") as raw:
+        raw.seek(offset)
+        length, _ = _stream_length(_ZlibReader(raw), path, what, "zlib")
+    _require_length(length, expected, path, what, "bytes (uncompressed)")
+
+
+def _check_nrrd(path: Path, what: str) -> None:
+    fields, header_end = _header_fields(path, ":", None)
+    encoding = fields.get("encoding", "raw").lower()
+    expected = _raw_bytes(path)
+    named = fields.get("data file", fields.get("datafile"))
+    located = _data_source(path, named, header_end if named is None else 0, what)
+    skip = fields.get("byte skip", fields.get("byteskip", "0"))
+    if expected is None or located is None or encoding not in ("raw", "gzip", "gz") or not skip.isdigit():
+        return
+    data_path, offset = located
+    offset += int(skip) if encoding == "raw" else 0
+    if encoding == "raw":
+        _require_length(data_path.stat().st_size - offset, expected, path, what)
+        return
+    with open(data_path, "rb") as raw:
+        raw.seek(offset)
+        with gzip.GzipFile(fileobj=raw) as stream:
+            length, _ = _stream_length(stream, path, what)
+    _require_length(length, expected, path, what, "bytes (uncompressed)")
+
+
+class _ZlibReader:
+    """A zlib (deflate) stream read block by block, as MetaImage compresses voxels; EOFError when it
+    ends before its end marker."""
+
+    def __init__(self, raw):
+        self.raw, self.inflate = raw, zlib.decompressobj()
+
+    def read(self, size: int) -> bytes:
+        while True:
+            if self.inflate.eof:
+                return b""
+            compressed = self.raw.read(1 << 20)
+            if not compressed:
+                raise EOFError("zlib stream ends early")
+            block = self.inflate.decompress(compressed)
+            if block:
+                return block
 
 
 def _nifti_expected_bytes(header: bytes) -> int | None:
