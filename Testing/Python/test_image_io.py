@@ -207,3 +207,49 @@ def test_a_detached_nrrd_header_with_short_data_is_refused(tmp_path):
         "encoding: raw\nspace origin: (0,0,0)\ndata file: ct.raw\n", encoding="ascii")
     with pytest.raises(InputError, match="truncated: 15,800 bytes of the 16,800"):
         load_ct(tmp_path / "ct.nhdr", check_hu=False)
+
+
+# -- NIfTI qform / sform disagreement -------------------------------------------------------------------
+
+
+def _with_two_forms(nib, source, target, sform_shift_mm, sform_code=1):
+    """A NIfTI as a tool that edits the sform alone leaves it: qform as it was, sform moved."""
+    original = nib.load(str(source))
+    image = nib.Nifti1Image(np.asanyarray(original.dataobj), original.affine)
+    sform = original.affine.copy()
+    sform[:3, 3] += sform_shift_mm
+    image.set_qform(original.affine, code=1)
+    image.set_sform(sform, code=sform_code)
+    nib.save(image, str(target))
+    return target
+
+
+@pytest.mark.parametrize("sform_code, used", [(1, "sform"), (2, "qform")])
+def test_qform_and_sform_30_mm_apart_are_warned_and_outputs_keep_the_one_read(tmp_path, sample_ct, sample_labels,
+                                                                            sform_code, used):
+    """30 mm head-foot apart. ITK reads the sform when its code is 'scanner' (1), the qform when it is
+    'aligned' (2); the warning names the one read, and the label map written lies on that grid in both
+    forms, so that no tool sees it 30 mm off the CT as read."""
+    from spine_test_utils import run_cli
+
+    nib = pytest.importorskip("nibabel")
+    ct = _with_two_forms(nib, sample_ct, tmp_path / "ct.nii.gz", [0.0, 0.0, 30.0], sform_code)
+    labels = _with_two_forms(nib, sample_labels, tmp_path / "labels.nii.gz", [0.0, 0.0, 30.0], sform_code)
+    result = run_cli("run", ct, "--segmentation", labels, "-o", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    warned = [line for line in result.stderr.splitlines() if "qform and sform" in line]
+    assert len(warned) == 1 and "up to 30.0 mm apart" in warned[0] and f"read with the {used}" in warned[0], warned
+    assert warned[0].startswith("spinefrac: warning: ")
+    written = nib.load(str(tmp_path / "out" / "vertebrae.nii.gz"))
+    read = nib.load(str(ct)).get_sform() if used == "sform" else nib.load(str(ct)).get_qform()
+    assert np.allclose(written.get_qform(), read, atol=1e-3) and np.allclose(written.get_sform(), read, atol=1e-3)
+    as_read = sitk.ReadImage(str(ct))
+    assert ImageGrid.of(sitk.ReadImage(str(tmp_path / "out" / "vertebrae.nii.gz"))).differences(ImageGrid.of(as_read)) == []
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "vertebrae.nii.gz"))),
+                          sitk.GetArrayFromImage(sitk.ReadImage(str(sample_labels))))
+
+
+def test_agreeing_forms_give_no_warning(tmp_path, sample_ct):
+    nib = pytest.importorskip("nibabel")
+    ct = load_ct(_with_two_forms(nib, sample_ct, tmp_path / "ct.nii.gz", [0.0, 0.0, 0.0]))
+    assert not [w for w in ct.warnings if "qform" in w]

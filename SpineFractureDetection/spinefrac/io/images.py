@@ -17,8 +17,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from spinefrac.errors import InputError, OutputError
+from spinefrac.io.file_headers import check_data_size, nifti_form_warning
 from spinefrac.io.input_checks import (
-    check_data_size,
     check_geometry,
     check_hounsfield,
     check_memory,
@@ -300,6 +300,9 @@ def load_ct(path: Path | str, check_hu: bool = True) -> CtVolume:
     else:
         _check_header_first(path, "CT")
         image = read_image(path, "CT")
+        if image_format(path) == "NIfTI":
+            warnings.extend(filter(None, [nifti_form_warning(path, image.GetOrigin(), image.GetDirection(),
+                                                             image.GetSpacing())]))
     ct = ct_from_image(image, path, image_format(path), description or f"{image_format(path)} file", check_hu)
     ct.warnings[:0] = warnings
     return ct
