@@ -253,3 +253,97 @@ def test_agreeing_forms_give_no_warning(tmp_path, sample_ct):
     nib = pytest.importorskip("nibabel")
     ct = load_ct(_with_two_forms(nib, sample_ct, tmp_path / "ct.nii.gz", [0.0, 0.0, 0.0]))
     assert not [w for w in ct.warnings if "qform" in w]
+
+
+# -- DICOM folders with several series: the CT volume, never a localizer or a dose report -----------------
+
+STUDY_UID = "1.2.826.0.1.3680043.2.1125.1"  # the study of write_dicom_series
+
+
+def _scanner_image(path, series_uid, number, pixels, orientation, position, image_type, modality="CT",
+                   description="", rgb=False):
+    """One image as a CT scanner writes it (CT Image Storage; a dose screen as Secondary Capture)."""
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage if rgb else CTImageStorage
+    meta.MediaStorageSOPInstanceUID = f"{series_uid}.{number}"
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = STUDY_UID, series_uid, modality
+    ds.SeriesDescription, ds.InstanceNumber, ds.ImageType = description, number, image_type
+    ds.PatientID, ds.PatientName = "SPINE01", "Anonymous"
+    ds.ImageOrientationPatient, ds.ImagePositionPatient = list(orientation), list(position)
+    ds.PixelSpacing, ds.SliceThickness = [1.0, 1.0], 1.0
+    ds.Rows, ds.Columns = pixels.shape[:2]
+    if rgb:
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    else:
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope = 0, 1
+    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+    pydicom.dcmwrite(str(path), ds, enforce_file_format=True)
+    return path
+
+
+CORONAL = (1, 0, 0, 0, 0, -1)
+SAGITTAL = (0, 1, 0, 0, 0, -1)
+
+
+def _scout_pair(folder, series_uid, description="Topogram"):
+    pixels = np.random.default_rng(5).integers(-1000, 1000, (64, 48)).astype(np.int16)
+    _scanner_image(folder / "scout1.dcm", series_uid, 1, pixels, CORONAL, (-24, 0, 40),
+                   ["ORIGINAL", "PRIMARY", "LOCALIZER"], description=description)
+    _scanner_image(folder / "scout2.dcm", series_uid, 2, pixels, SAGITTAL, (0, -24, 40),
+                   ["ORIGINAL", "PRIMARY", "LOCALIZER"], description=description)
+
+
+def test_localizers_and_a_dose_screen_are_never_taken_and_are_named(tmp_path):
+    axial = _random_ct(size=(32, 32, 12), spacing=(0.7, 0.7, 3.0), seed=1)
+    write_dicom_series(axial, tmp_path, "CT", "1.2.3.4.100", "Abdomen 3.0")
+    _scout_pair(tmp_path, "1.2.3.4.1")
+    screen = np.zeros((40, 60, 3), np.uint8)
+    _scanner_image(tmp_path / "dose.dcm", "1.2.3.4.999", 1, screen, CORONAL, (0, 0, 0),
+                   ["DERIVED", "SECONDARY", "SCREEN SAVE"], description="Dose Report", rgb=True)
+    ct = load_ct(tmp_path)
+    assert ct.source_grid.size == (32, 32, 12)
+    assert np.array_equal(sitk.GetArrayFromImage(ct.to_source_grid(ct.image)), sitk.GetArrayFromImage(axial))
+    named = [w for w in ct.warnings if w.startswith("DICOM folder")]
+    assert len(named) == 1 and "read CT series 1.2.3.4.100" in named[0], ct.warnings
+    assert "1.2.3.4.1 (CT, 1 image, localizer, 'Topogram')" in named[0] and "'Dose Report'" in named[0]
+
+
+def test_a_localizer_inside_the_ct_series_is_left_out_not_mixed_in(tmp_path):
+    """Some scanners store the scout under the axial series' UID: its images (another orientation and
+    size) once went into the volume."""
+    axial = _random_ct(size=(32, 32, 12), spacing=(0.7, 0.7, 3.0), seed=1)
+    write_dicom_series(axial, tmp_path, "CT", "1.2.3.4.100", "Abdomen 3.0")
+    _scout_pair(tmp_path, "1.2.3.4.100")
+    ct = load_ct(tmp_path)
+    assert ct.source_grid.size == (32, 32, 12)
+    assert np.array_equal(sitk.GetArrayFromImage(ct.to_source_grid(ct.image)), sitk.GetArrayFromImage(axial))
+    assert any("without its 2 images of another geometry" in w for w in ct.warnings), ct.warnings
+
+
+def test_a_regular_ct_stack_wins_over_a_larger_one_with_missing_slices(tmp_path):
+    regular = _random_ct(size=(32, 32, 12), spacing=(0.7, 0.7, 3.0), seed=1)
+    write_dicom_series(regular, tmp_path, "CT", "1.2.3.4.100", "Abdomen 3.0")
+    broken = write_dicom_series(_random_ct(size=(32, 32, 24), spacing=(0.7, 0.7, 1.0), seed=2), tmp_path, "CT",
+                                "1.2.3.4.200", "Abdomen 1.0")
+    for victim in broken[8:12]:
+        victim.unlink()
+    ct = load_ct(tmp_path)
+    assert ct.source_grid.size == (32, 32, 12)
+    assert any("1.2.3.4.200 (CT, 20 images, irregular slice positions" in w for w in ct.warnings), ct.warnings
+
+
+def test_a_folder_of_only_localizers_is_refused_by_name(tmp_path):
+    _scout_pair(tmp_path, "1.2.3.4.1")
+    with pytest.raises(InputError, match="no CT volume, only single CT images or localizers"):
+        load_ct(tmp_path)

@@ -19,6 +19,7 @@ import SimpleITK as sitk
 from spinefrac.errors import InputError, OutputError
 from spinefrac.io.file_headers import check_data_size, nifti_form_warning
 from spinefrac.io.input_checks import (
+    MAX_GAP_FACTOR,
     check_geometry,
     check_hounsfield,
     check_memory,
@@ -170,52 +171,100 @@ def _first_itk_line(error: Exception) -> str:
     return reason.split(": ", 1)[-1] if "itk::ERROR" in reason else reason
 
 
+DICOM_IMAGE_TYPE_TAG = "0008|0008"
+DICOM_POSITION_TAG = "0020|0032"
+DICOM_ORIENTATION_TAG = "0020|0037"
+_GEOMETRY_TAGS = (DICOM_ORIENTATION_TAG, "0028|0010", "0028|0011", "0028|0030")  # orientation, rows, columns, spacing
+
+
 @dataclass(frozen=True)
-class DicomSeriesInfo:
+class DicomStack:
+    """The slices of one series that share one geometry (orientation, rows x columns, pixel spacing),
+    in order along their normal; regular when no slice is repeated or missing."""
+
     series_uid: str
     modality: str
     description: str
     file_names: tuple[str, ...]
+    localizer: bool  # ImageType says LOCALIZER (a scout): never a volume
+    regular: bool
+    left_out: int  # images of the series with another geometry (a localizer or reformat in the series)
+
+    def named(self) -> str:
+        kind = ", localizer" if self.localizer else "" if self.regular else ", irregular slice positions"
+        text = f"{self.series_uid or '(no series UID)'} ({self.modality or 'no modality'}, {len(self.file_names)} "
+        return text + f"image{'s' if len(self.file_names) != 1 else ''}{kind}" + (
+            f", '{self.description}')" if self.description else ")")
 
 
-def list_dicom_series(folder: Path) -> list[DicomSeriesInfo]:
-    """Every DICOM series in a folder (not recursive), with modality read from its first file."""
+def _slice_tags(file_name: str) -> dict[str, str] | None:
+    tags = sitk.ImageFileReader()
+    tags.SetFileName(file_name)
+    try:
+        tags.ReadImageInformation()
+    except RuntimeError:
+        return None  # no pixel data (a structured dose report) or not DICOM
+    return {key: tags.GetMetaData(key).strip() for key in tags.GetMetaDataKeys()}
+
+
+def list_dicom_series(folder: Path) -> list[DicomStack]:
+    """Every DICOM series in a folder (not recursive), as the largest stack of one geometry."""
     reader = sitk.ImageSeriesReader()
-    series_uids = reader.GetGDCMSeriesIDs(str(folder))
     found = []
-    for uid in series_uids:
-        files = reader.GetGDCMSeriesFileNames(str(folder), uid)
-        if not files:
-            continue
-        tags = sitk.ImageFileReader()
-        tags.SetFileName(files[0])
-        try:
-            tags.ReadImageInformation()
-        except RuntimeError:
-            continue
-        modality = tags.GetMetaData(DICOM_MODALITY_TAG).strip() if tags.HasMetaDataKey(DICOM_MODALITY_TAG) else ""
-        description = (
-            tags.GetMetaData(DICOM_SERIES_DESCRIPTION_TAG).strip()
-            if tags.HasMetaDataKey(DICOM_SERIES_DESCRIPTION_TAG)
-            else ""
-        )
-        found.append(DicomSeriesInfo(uid, modality, description, tuple(files)))
+    for uid in reader.GetGDCMSeriesIDs(str(folder)):
+        slices = [(name, tags) for name in reader.GetGDCMSeriesFileNames(str(folder), uid)
+                  if (tags := _slice_tags(name)) is not None]
+        if slices:
+            found.append(_largest_stack(uid, slices))
     return found
 
 
-def choose_ct_series(series: list[DicomSeriesInfo], folder: Path) -> DicomSeriesInfo:
-    """The CT series with the most slices; other series are never mixed in."""
+def _largest_stack(uid: str, slices: list[tuple[str, dict[str, str]]]) -> DicomStack:
+    groups: dict[tuple, list[tuple[str, dict[str, str]]]] = {}
+    for name, tags in slices:
+        groups.setdefault(tuple(tags.get(tag, "") for tag in _GEOMETRY_TAGS), []).append((name, tags))
+    stack = max(groups.values(), key=len)
+    first = stack[0][1]
+    ordered, regular = _along_normal(stack)
+    return DicomStack(uid, first.get(DICOM_MODALITY_TAG, ""), first.get(DICOM_SERIES_DESCRIPTION_TAG, ""),
+                      tuple(ordered), "LOCALIZER" in first.get(DICOM_IMAGE_TYPE_TAG, "").upper(), regular,
+                      len(slices) - len(stack))
+
+
+def _along_normal(stack: list[tuple[str, dict[str, str]]]) -> tuple[list[str], bool]:
+    """File names in order along the slice normal, and whether the steps are regular (no slice repeated,
+    none missing); the order GDCM gave when positions are unreadable."""
+    try:
+        cosines = np.array([float(v) for v in stack[0][1][DICOM_ORIENTATION_TAG].split("\\")])
+        along = np.array([np.array([float(v) for v in tags[DICOM_POSITION_TAG].split("\\")])
+                          @ np.cross(cosines[:3], cosines[3:6]) for _, tags in stack])
+    except (KeyError, ValueError, IndexError):
+        return [name for name, _ in stack], len(stack) > 1
+    order = np.argsort(along, kind="stable")
+    steps = np.diff(along[order])
+    regular = len(stack) > 1 and bool(steps.min() > 1e-3 and steps.max() <= MAX_GAP_FACTOR * np.median(steps))
+    return [stack[i][0] for i in order], regular
+
+
+def choose_ct_series(series: list[DicomStack], folder: Path) -> DicomStack:
+    """The CT stack with the most slices among those with a consistent geometry (one orientation and
+    size, regular steps); localizers and single images are never taken."""
     if not series:
         raise InputError(f"no DICOM series found in folder {folder}")
     ct_series = [s for s in series if s.modality.upper() == "CT"]
     if not ct_series:
         modalities = ", ".join(sorted({s.modality or "unknown" for s in series}))
         raise InputError(f"folder {folder} holds no CT series (modalities found: {modalities})")
-    return max(ct_series, key=lambda s: len(s.file_names))
+    volumes = [s for s in ct_series if not s.localizer and len(s.file_names) > 1]
+    if not volumes:
+        raise InputError(f"folder {folder} holds no CT volume, only single CT images or localizers: "
+                         + "; ".join(s.named() for s in ct_series))
+    return max(volumes, key=lambda s: (s.regular, len(s.file_names)))
 
 
 def read_dicom_series(folder: Path, what: str = "image", warnings: list[str] | None = None) -> tuple[sitk.Image, str]:
-    """Read the CT series of a DICOM folder; returns the image and a description of the choice."""
+    """Read the CT series of a DICOM folder; returns the image and a description of the choice. What was
+    left out (other series, images of another geometry in the chosen one) goes to the warnings."""
     series = list_dicom_series(folder)
     chosen = choose_ct_series(series, folder)
     first = read_header(Path(chosen.file_names[0]))
@@ -230,14 +279,18 @@ def read_dicom_series(folder: Path, what: str = "image", warnings: list[str] | N
         raise InputError(f"{what}: DICOM series in {folder} cannot be read ({_first_itk_line(error)})") from None
     _require_pixel_spacing(reader, folder, what)
     found = _slice_geometry_warnings(reader, len(chosen.file_names), folder)
+    others = [s for s in series if s is not chosen]
+    if others or chosen.left_out:
+        found.insert(0, f"DICOM folder: read CT series {chosen.named()}"
+                     + (f" without its {chosen.left_out} images of another geometry" if chosen.left_out else "")
+                     + ("; ignored: " + "; ".join(s.named() for s in others) if others else ""))
     if warnings is not None:
         warnings.extend(found)
     description = f"DICOM CT series {chosen.series_uid or '(no series UID)'}, {len(chosen.file_names)} slices"
     if chosen.description:
         description += f", '{chosen.description}'"
-    others = len(series) - 1
     if others:
-        description += f"; {others} other series in the folder ignored"
+        description += f"; {len(others)} other series in the folder ignored"
     return image, description
 
 
