@@ -285,3 +285,65 @@ def test_labels_option_takes_the_new_choices(tmp_path, sample_ct, ct_and_labels)
     chosen = run_cli("run", sample_ct, "--segmentation", path, "--labels", "totalseg-v2", "-o", tmp_path / "out")
     assert chosen.returncode == 0, chosen.stderr
     assert "T11" in chosen.stderr and "L5" in chosen.stderr
+
+
+# -- .seg.nrrd with overlapping segments: 3D Slicer writes them into separate layers (a 4-D file) -----------
+
+
+def _slicer_seg_nrrd(tmp_path, sample_ct, sample_labels, edit):
+    """Our level segments in a real MRML segmentation node (slicer-core), edited, then written by Slicer's
+    own vtkMRMLSegmentationStorageNode."""
+    slicer = pytest.importorskip("slicer", reason="slicer-core is not installed (pip install '.[dev]')")
+    from SpineFractureDetectionLib import mrml_logic
+
+    scene = slicer.vtkMRMLScene()
+    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "CT")
+    mrml_logic.update_volume_from_sitk(volume, sitk.ReadImage(str(sample_ct)))
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Vertebrae")
+    ct = load_ct(sample_ct)
+    mrml_logic.write_level_segments(node, volume, ExistingLabelMap(sample_labels).segment(ct), ct)
+    edit(node, volume, mrml_logic)
+    assert node.GetSegmentation().GetNumberOfLayers() == 2  # the edit made Slicer store two layers
+    storage = node.CreateDefaultStorageNode()
+    storage.SetFileName(str(tmp_path / "edited.seg.nrrd"))
+    assert storage.WriteData(node)
+    return tmp_path / "edited.seg.nrrd"
+
+
+def test_overlapping_vertebra_segments_in_two_layers_are_named_with_the_fix(tmp_path, ct_and_labels, sample_ct,
+                                                                             sample_labels):
+    """L2 painted 3 voxels into L1 and L3: was 'a colour or vector image'."""
+    from scipy import ndimage
+
+    verse = sitk.GetArrayFromImage(sitk.ReadImage(str(sample_labels)))
+
+    def grow_l2(node, volume, mrml_logic):
+        l2 = node.GetSegmentation().GetSegmentIdBySegmentName("L2")
+        mrml_logic.set_segment_mask(node, l2, ndimage.binary_dilation(verse == 21, iterations=3), volume)
+
+    path = _slicer_seg_nrrd(tmp_path, sample_ct, sample_labels, grow_l2)
+    assert sitk.ReadImage(str(path)).GetNumberOfComponentsPerPixel() == 2
+    with pytest.raises(InputError, match=r"segments 'L1' and 'L2' overlap in \d+ voxels \(3D Slicer stored them in "
+                                         r"separate layers\).*Segment Editor") as refused:
+        ExistingLabelMap(path).segment(ct_and_labels[0])
+    assert "colour" not in str(refused.value)
+
+
+def test_a_second_layer_holding_another_structure_is_read_level_by_level(tmp_path, ct_and_labels, sample_ct,
+                                                                         sample_labels):
+    """A 'spinal canal' segment drawn over the vertebrae goes into its own layer; every vertebra is still
+    recoverable from its layer and label value, so the file is read, voxel for voxel."""
+    verse = sitk.GetArrayFromImage(sitk.ReadImage(str(sample_labels)))
+
+    def add_canal(node, volume, mrml_logic):
+        canal = node.GetSegmentation().AddEmptySegment("", "spinal canal")
+        column = np.zeros_like(verse, dtype=bool)
+        column[:, 40:50, 55:65] = True  # through the vertebrae
+        assert np.count_nonzero(column & (verse > 0)) > 0
+        mrml_logic.set_segment_mask(node, canal, column, volume)
+
+    path = _slicer_seg_nrrd(tmp_path, sample_ct, sample_labels, add_canal)
+    ct = ct_and_labels[0]
+    result = ExistingLabelMap(path).segment(ct)
+    assert result.convention is LabelConvention.NAMES and "spinal canal" in result.ignored_labels
+    assert np.array_equal(sitk.GetArrayFromImage(ct.to_source_grid(result.label_map)), verse)

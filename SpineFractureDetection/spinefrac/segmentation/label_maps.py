@@ -58,8 +58,10 @@ class ExistingLabelMap(SegmentationEngine):
 
     def _from_label_file(self, ct: CtVolume) -> VertebraSegmentation:
         image = read_image(self.path, "segmentation")
-        require_3d_scalar(image, self.path, "segmentation")
         segment_names = slicer_segment_names(image)  # before re-orientation, which drops the header
+        if image.GetNumberOfComponentsPerPixel() > 1 and segment_names:
+            image, segment_names = flatten_segment_layers(image, self.path)
+        require_3d_scalar(image, self.path, "segmentation")
         image = _on_ct_grid(image, ct, self.path)
         source_ids = _integer_labels(image, self.path)
         counts = np.bincount(source_ids.ravel())  # voxels per source id, one pass over the map
@@ -162,6 +164,64 @@ def slicer_segment_names(image: sitk.Image) -> dict[int, str]:
         names[label_value] = image.GetMetaData(f"Segment{index}_Name")
         index += 1
     return names
+
+
+def slicer_segments(image: sitk.Image) -> list[tuple[int, int, str]]:
+    """(layer, label value, name) of every segment in a Slicer .seg.nrrd header."""
+    keys = set(image.GetMetaDataKeys())
+    segments = []
+    index = 0
+    while f"Segment{index}_Name" in keys:
+        name = image.GetMetaData(f"Segment{index}_Name")
+        fields = [f"Segment{index}_Layer", f"Segment{index}_LabelValue"]
+        try:
+            layer, value = (int(image.GetMetaData(key)) if key in keys else default
+                            for key, default in zip(fields, (0, index + 1)))
+        except ValueError:
+            raise InputError(f"segment {index} ('{name}') has a layer or label value that is not a whole number: "
+                             "the .seg.nrrd header is damaged") from None
+        segments.append((layer, value, name))
+        index += 1
+    return segments
+
+
+def flatten_segment_layers(image: sitk.Image, path: Path) -> tuple[sitk.Image, dict[int, str]]:
+    """A .seg.nrrd with several layers (3D Slicer writes overlapping segments into separate layers: a 4-D
+    file, read as a vector image) as one label map with a value per segment. Every segment is recovered
+    from its layer and label value; two vertebrae claiming one voxel cannot be, so that is refused with the
+    segments, the voxel count and the fix. Other segments (canal, discs) yield to the vertebrae."""
+    layers = sitk.GetArrayViewFromImage(image)  # [k, j, i, layer]
+    segments = slicer_segments(image)
+    if any(not 0 <= layer < layers.shape[-1] for layer, _, _ in segments):
+        raise InputError(f"segmentation {path} names a layer it does not have ({layers.shape[-1]} layers): "
+                         "the .seg.nrrd header is damaged")
+    flat = np.zeros(layers.shape[:3], dtype=np.uint16)
+    names = {index: name for index, (_, _, name) in enumerate(segments, start=1)}
+    is_level = {index: level_for_name(name) is not None for index, name in names.items()}
+    for index in sorted(names, key=lambda i: is_level[i]):  # other segments first: vertebrae overwrite them
+        layer, value, _ = segments[index - 1]
+        mask = layers[..., layer] == value
+        if is_level[index]:
+            _refuse_overlap(flat, mask, index, names, is_level, path)
+        flat[mask] = index
+    result = sitk.GetImageFromArray(flat)
+    result.SetOrigin(image.GetOrigin())
+    result.SetSpacing(image.GetSpacing())
+    result.SetDirection(image.GetDirection())
+    return result, names
+
+
+def _refuse_overlap(flat: np.ndarray, mask: np.ndarray, index: int, names: dict[int, str], is_level: dict[int, bool],
+                    path: Path) -> None:
+    claimed = flat[mask]
+    other = next((int(v) for v in np.unique(claimed) if v and is_level[int(v)]), None)
+    if other is None:
+        return
+    shared = int(np.count_nonzero(claimed == other))
+    raise InputError(f"segmentation {path}: segments '{names[other]}' and '{names[index]}' overlap in {shared} voxels "
+                     "(3D Slicer stored them in separate layers); a voxel cannot belong to two vertebrae: remove the "
+                     "overlap in Segment Editor (Logical operators > Subtract, or paint with 'Modify other segments: "
+                     "Overwrite all') and save again")
 
 
 @dataclass(frozen=True, eq=False)  # compared by identity: one object per reading
