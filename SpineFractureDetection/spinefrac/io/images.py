@@ -9,6 +9,9 @@ Outputs are mapped back onto the input's own grid (size, origin, spacing, direct
 
 from __future__ import annotations
 
+import errno
+import os
+import shutil
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +34,7 @@ CANONICAL_ORIENTATION = "LPS"
 # Physical tolerance for "same grid": well below any real voxel, above float32 header noise.
 GRID_TOLERANCE_MM = 1e-3
 DIRECTION_TOLERANCE = 1e-4
+MIN_FREE_BYTES = 1 << 20  # below this, a file that came out short is taken for a full disk
 
 DICOM_MODALITY_TAG = "0008|0060"
 DICOM_SERIES_DESCRIPTION_TAG = "0008|103e"
@@ -388,8 +392,16 @@ def ct_from_image(image: sitk.Image, source: Path | str, source_format: str, des
 
 
 def write_image(image: sitk.Image, path: Path) -> None:
-    """Write with compression (NIfTI .gz / NRRD gzip) and a one-line error on failure."""
+    """Write with compression (NIfTI .gz / NRRD gzip) and a one-line error on failure. ITK's NIfTI writer
+    does not report a full disk (the file is left cut short), so the written file is checked against
+    its own header; a full disk is raised as such (ENOSPC) for the output folder to report."""
     try:
         sitk.WriteImage(image, str(path), useCompression=True)
     except RuntimeError as error:
         raise OutputError(f"cannot write {path} ({_first_itk_line(error)})") from None
+    try:
+        check_data_size(Path(path), "written image")
+    except InputError:
+        if shutil.disk_usage(Path(path).parent).free < MIN_FREE_BYTES:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
+        raise OutputError(f"cannot write {path} (the file came out incomplete)") from None
