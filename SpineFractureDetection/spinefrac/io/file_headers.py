@@ -34,9 +34,10 @@ def check_data_size(path: Path, what: str = "CT") -> None:
         _check_nrrd(path, what)
 
 
-def _require_length(actual: int, expected: int, path: Path, what: str, unit: str = "bytes") -> None:
+def _require_length(actual: int, expected: int, path: Path, what: str, counted: str = "") -> None:
     if actual < expected:
-        raise InputError(f"{what} {path} is truncated: {actual:,} {unit} of the {expected:,} its header announces")
+        raise InputError(f"{what} {path} is truncated: {actual:,} bytes of the {expected:,} its header announces"
+                         + (f" ({counted})" if counted else ""))
 
 
 def _stream_length(stream, path: Path, what: str, kind: str = "gzip") -> tuple[int, bytes]:
@@ -59,7 +60,7 @@ def _check_nifti_gz(path: Path, what: str) -> None:
         length, header = _stream_length(stream, path, what)
     expected = _nifti_expected_bytes(header) if path.name.lower().endswith(".nii.gz") else None
     if expected is not None:
-        _require_length(length, expected, path, what, "bytes (uncompressed)")
+        _require_length(length, expected, path, what, "decompressed")
 
 
 def _raw_bytes(path: Path) -> int | None:
@@ -111,11 +112,11 @@ def _check_metaimage(path: Path, what: str) -> None:
         _require_length(available, expected, path, what)
         return
     if fields.get("compresseddatasize", "").isdigit():
-        _require_length(available, int(fields["compresseddatasize"]), path, what, "compressed bytes")
+        _require_length(available, int(fields["compresseddatasize"]), path, what, "compressed data")
     with open(data_path, "rb") as raw:
         raw.seek(offset)
         length, _ = _stream_length(_ZlibReader(raw), path, what, "zlib")
-    _require_length(length, expected, path, what, "bytes (uncompressed)")
+    _require_length(length, expected, path, what, "decompressed")
 
 
 def _check_nrrd(path: Path, what: str) -> None:
@@ -136,7 +137,7 @@ def _check_nrrd(path: Path, what: str) -> None:
         raw.seek(offset)
         with gzip.GzipFile(fileobj=raw) as stream:
             length, _ = _stream_length(stream, path, what)
-    _require_length(length, expected, path, what, "bytes (uncompressed)")
+    _require_length(length, expected, path, what, "decompressed")
 
 
 class _ZlibReader:
