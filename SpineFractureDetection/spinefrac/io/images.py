@@ -161,7 +161,10 @@ def read_image(path: Path, what: str = "image") -> sitk.Image:
     require_regular_input(path, what)
     if path.is_dir():
         return read_dicom_series(path, what)[0]
-    check_data_size(path, what)
+    try:
+        check_data_size(path, what)
+    except OSError as error:  # no permission to read, an I/O error of the disk
+        raise InputError(f"{what} {path} cannot be read ({error.strerror})") from None
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as error:
