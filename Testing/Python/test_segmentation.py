@@ -347,3 +347,13 @@ def test_a_second_layer_holding_another_structure_is_read_level_by_level(tmp_pat
     result = ExistingLabelMap(path).segment(ct)
     assert result.convention is LabelConvention.NAMES and "spinal canal" in result.ignored_labels
     assert np.array_equal(sitk.GetArrayFromImage(ct.to_source_grid(result.label_map)), verse)
+
+
+def test_verse_ids_on_an_image_flipped_head_to_foot_are_refused_not_read_as_v1(tmp_path, ct_and_labels):
+    """Flipped, the sample's VerSe ids (18 T11 ... 24 L5, 26 sacrum) run upwards like v1's L5 ... T11, T9:
+    v1 would be the only reading that fits, with T10 missing inside the spine; refused, not relabelled."""
+    ct, labels = ct_and_labels
+    flipped = _as(labels, sitk.GetArrayFromImage(labels)[::-1].copy())
+    with pytest.raises(InputError, match=r"read only as TotalSegmentator v1 \(T9-L5\), with T10 missing inside "
+                                         r"the spine \(as VerSe: its levels are not in cranio-caudal order"):
+        ExistingLabelMap(_write(flipped, tmp_path / "flipped.nii.gz")).segment(ct)

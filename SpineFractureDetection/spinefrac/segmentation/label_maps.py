@@ -254,8 +254,6 @@ PICK_OPTION = "pick one with " + ", ".join(f"--labels {r.option}" for r in ID_RE
 # close (left-right and front-back) to the nearest vertebra and at most this far above or below it.
 COLUMN_RADIUS_MM = 20.0
 COLUMN_REACH_MM = 70.0
-# The usual sequence, for gaps: T13 and L6 are transitional and may be absent without a gap.
-_USUAL_RANKS = [level.craniocaudal_rank for level in LEVELS if level.name not in ("T13", "L6")]
 
 
 def _guess_convention(counts: np.ndarray, segment_names: dict[int, str], image: sitk.Image,
@@ -278,15 +276,19 @@ def _guess_convention(counts: np.ndarray, segment_names: dict[int, str], image: 
         described = "; ".join(f"as {reading.title}: {problem}" for reading, problem in problems.items())
         raise InputError(f"segmentation {path} has label ids that read as no known convention ({described}); "
                          + PICK_OPTION)
-    if len(fitting) == 1:
-        return fitting[0].convention, []
-    plausible = _without_contradicted(fitting, present, centroids)
-    if len(plausible) == 1:
-        others = ", ".join(r.title for r in fitting if r is not plausible[0])
-        chosen = plausible[0]
-        note = (f"label ids read as {chosen.title} ({_level_span(chosen, present)}); they also fit {others}, "
-                "whose reading calls a bone of the column an organ or skips a level")
-        return chosen.convention, [note]
+    plausible = fitting if len(fitting) == 1 else _without_contradicted(fitting, present, centroids)
+    chosen = plausible[0]
+    missing = _missing_levels(chosen, present)
+    if len(plausible) == 1 and (chosen.convention is LabelConvention.VERSE or not missing):
+        others = ", ".join(r.title for r in fitting if r is not chosen)
+        note = (f"label ids read as {chosen.title} ({_level_span(chosen, present)}); they also fit {others}, whose "
+                "reading calls a bone of the column an organ or skips a level")
+        return chosen.convention, [note] if others else []
+    if len(plausible) == 1:  # e.g. VerSe ids on an image flipped head to foot read as v1 with a level skipped
+        described = "; ".join(f"as {reading.title}: {problem}" for reading, problem in problems.items() if problem)
+        raise InputError(f"segmentation {path} has label ids that read only as {chosen.title} "
+                         f"({_level_span(chosen, present)}), with {', '.join(missing)} missing inside the spine "
+                         f"({described}); " + PICK_OPTION)
     described = "; ".join(f"{r.title}: {_level_span(r, present)}" for r in plausible)
     raise InputError(f"segmentation {path} has label ids that fit more than one convention ({described}); "
                      + PICK_OPTION)
@@ -342,7 +344,7 @@ def _without_contradicted(fitting: list[IdReading], present: list[int],
     in_column = [reading for reading in fitting
                  if not _organ_in_column(vertebra_sets[reading], set().union(*vertebra_sets.values())
                                          - set(reading.vertebra_ids), centroids)]
-    without_gap = [reading for reading in in_column if not _has_gap(reading, present)]
+    without_gap = [reading for reading in in_column if not _missing_levels(reading, present)]
     return without_gap or in_column
 
 
@@ -356,10 +358,11 @@ def _organ_in_column(vertebrae: set[int], contested: set[int], centroids: dict[i
     return False
 
 
-def _has_gap(reading: IdReading, present: list[int]) -> bool:
-    ranks = sorted({level.craniocaudal_rank for level in _distinct_levels(reading, present).values()})
-    usual = [rank for rank in _USUAL_RANKS if ranks[0] <= rank <= ranks[-1]]
-    return not set(usual) <= set(ranks)
+def _missing_levels(reading: IdReading, present: list[int]) -> list[str]:
+    """Usual levels this reading skips between its highest and lowest level (T13 and L6 may be absent)."""
+    ranks = {level.craniocaudal_rank for level in _distinct_levels(reading, present).values()}
+    return [level.name for level in LEVELS if level.name not in ("T13", "L6")
+            and min(ranks) < level.craniocaudal_rank < max(ranks) and level.craniocaudal_rank not in ranks]
 
 
 def _level_span(reading: IdReading, present: list[int]) -> str:
