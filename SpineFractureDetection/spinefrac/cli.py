@@ -7,6 +7,7 @@ behind in the output folder. Unexpected failures exit 1 (``--debug`` shows the t
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
 import sys
@@ -19,6 +20,7 @@ from spinefrac.errors import SpineFracError
 from spinefrac.levels import LEVELS
 from spinefrac.pipeline import STAGE_COUNT, run_pipeline
 from spinefrac.progress import SilentStages, TerminalProgress
+from spinefrac.segmentation.label_maps import LABEL_OPTIONS
 
 PROG = "spinefrac"
 
@@ -101,9 +103,10 @@ def _add_run_parser(commands) -> None:
                      help="use an existing vertebra segmentation on the CT's grid: a label map file "
                           "(VerSe ids, TotalSegmentator ids, Slicer .seg.nrrd) or a folder of "
                           "TotalSegmentator masks (vertebrae_L1.nii.gz, ...)")
-    run.add_argument("--labels", default="auto", choices=["auto", "verse", "totalseg", "names"],
-                     help="label convention of --segmentation (default: auto: names when the file "
-                          "has segment names, TotalSegmentator when ids exceed 28, otherwise VerSe)")
+    run.add_argument("--labels", default="auto", choices=sorted(LABEL_OPTIONS),
+                     help="label convention of --segmentation (default: auto: names when the file has segment "
+                          "names, otherwise the one reading of the ids (VerSe, TotalSegmentator v2 or v1) that "
+                          "knows every id and puts the levels in cranio-caudal order; 'totalseg' is v2)")
     run.add_argument("--engine", default="auto", metavar="auto|offline|monai|PATH",
                      help="segmentation engine when no --segmentation is given: 'offline' (classical image "
                           "analysis, no weights), a model package or MONAI bundle folder, 'monai' for the registry "
@@ -252,7 +255,7 @@ def _models(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     stages = SilentStages() if args.quiet else TerminalProgress(STAGE_COUNT)
-    convention = {"totalseg": "totalsegmentator"}.get(args.labels, args.labels)
+    convention = LABEL_OPTIONS[args.labels]
     result = run_pipeline(
         args.ct, args.output, segmentation_path=args.segmentation, label_convention=convention,
         device=args.device, overwrite=args.overwrite, stages=stages, classifier_path=args.classifier,
@@ -386,15 +389,34 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the reader of our stdout went away (e.g. '| head'): not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except MemoryError:
-        print(f"{PROG}: error: out of memory; no output was written", file=sys.stderr)
-        return 1
-    except Exception as error:  # a bug: say so plainly, keep the traceback for --debug
-        if getattr(args, "debug", False):
-            traceback.print_exc()
-        print(f"{PROG}: internal error ({type(error).__name__}: {error}); "
-              "no output was written; rerun with --debug and report it", file=sys.stderr)
-        return 1
+    except MemoryError:  # the machine's limit, not a bug: the user can crop, resample or free memory
+        print(f"{PROG}: error: out of memory; no output was written: crop the CT to the spine, resample it to "
+              "coarser slices or free memory", file=sys.stderr)
+        return 2
+    except OSError as error:
+        if error.errno not in SYSTEM_REFUSALS:
+            return _internal_error(error, args)
+        where = f" {error.filename}" if error.filename else ""
+        print(f"{PROG}: error: the system refused{where} ({error.strerror}); no output was written", file=sys.stderr)
+        return 2
+    except Exception as error:
+        return _internal_error(error, args)
+
+
+# Errors the system gives for the user's files and machine (permissions, full or read-only disk, limits):
+# said as they are, exit 2. Any other exception is a bug of ours.
+SYSTEM_REFUSALS = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG,
+                   errno.ENAMETOOLONG, errno.EMFILE, errno.ENFILE, errno.ENOMEM}
+
+
+def _internal_error(error: BaseException, args: argparse.Namespace) -> int:
+    """A bug: say so plainly, with what to report; the traceback with --debug."""
+    if getattr(args, "debug", False):
+        traceback.print_exc()
+    print(f"{PROG}: internal error ({type(error).__name__}: {error}); no output was written. This is a bug in "
+          f"spinefrac {__version__}: rerun with --debug and report the command, its output and the input's "
+          "format to the maintainers", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

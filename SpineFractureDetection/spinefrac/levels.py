@@ -140,7 +140,9 @@ TOTALSEGMENTATOR_V2_IDS.update({32 + i: 19 - i for i in range(12)})  # T12..T1 -
 TOTALSEGMENTATOR_V2_IDS.update({44 + i: 7 - i for i in range(7)})  # C7..C1 -> 7..1
 
 # TotalSegmentator v1 (104 classes; also the MONAI wholeBody_ct_segmentation bundle's channels):
-# 18 vertebrae_L5 ... 22 L1, 23 T12 ... 34 T1, 35 C7 ... 41 C1. v1 has no sacrum class.
-TOTALSEGMENTATOR_V1_IDS: dict[int, int] = {18 + i: 24 - i for i in range(5)}  # L5..L1 -> 24..20
+# 18 vertebrae_L5 ... 22 L1, 23 T12 ... 34 T1, 35 C7 ... 41 C1, and 92 sacrum (class_map "total_v1" in
+# TotalSegmentator's map_to_binary.py).
+TOTALSEGMENTATOR_V1_IDS: dict[int, int] = {92: 26}
+TOTALSEGMENTATOR_V1_IDS.update({18 + i: 24 - i for i in range(5)})  # L5..L1 -> 24..20
 TOTALSEGMENTATOR_V1_IDS.update({23 + i: 19 - i for i in range(12)})  # T12..T1 -> 19..8
 TOTALSEGMENTATOR_V1_IDS.update({35 + i: 7 - i for i in range(7)})  # C7..C1 -> 7..1

@@ -249,3 +249,73 @@ def test_evaluate_command_scores_a_run_folder_against_its_reference(tmp_path, sa
     assert cases["case1"]["identification_rate"] == 1.0 and cases["case1"]["mean_dice"] == 1.0
     assert cases["case2"]["missed_levels"] == ["L5"]
     assert scores["summary"]["missed_level_count"] == 1
+
+
+# -- exit codes: 2 for what the user or the machine can fix, 1 only for a bug (with what to report) ---------
+
+_PATCHED_CHILD = """
+import builtins, errno, sys
+{patch}
+from spinefrac.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _run_patched(patch: str, *args):
+    """The command in a child process with one call made to fail as the system (or a bug) would."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    core = str(Path(__file__).resolve().parents[2] / "SpineFractureDetection")
+    return subprocess.run([sys.executable, "-c", _PATCHED_CHILD.format(patch=patch), *map(str, args)], check=False,
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=core))
+
+
+def test_an_unreadable_ct_is_one_line_exit_2(tmp_path, sample_ct, sample_labels):
+    """No read permission (simulated at open(): root reads everything here): was 'internal error', exit 1."""
+    patch = f"""
+real_open = builtins.open
+def refusing_open(file, *args, **kwargs):
+    if str(file) == {str(sample_ct)!r}:
+        raise PermissionError(errno.EACCES, "Permission denied", str(file))
+    return real_open(file, *args, **kwargs)
+builtins.open = refusing_open
+"""
+    result = _run_patched(patch, "run", sample_ct, "--segmentation", sample_labels, "-o", tmp_path / "out", "-q")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == f"spinefrac: error: CT {sample_ct} cannot be read (Permission denied)"
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("raised, expected", [
+    ("MemoryError()", "spinefrac: error: out of memory; no output was written: crop the CT"),
+    ("PermissionError(errno.EACCES, 'Permission denied', '/home/user/.cache/spinefrac')",
+     "spinefrac: error: the system refused /home/user/.cache/spinefrac (Permission denied)"),
+])
+def test_what_the_machine_refuses_is_exit_2_not_a_bug(tmp_path, sample_ct, sample_labels, raised, expected):
+    patch = f"""
+import spinefrac.pipeline
+def failing(*args, **kwargs):
+    raise {raised}
+spinefrac.pipeline.assess = failing
+"""
+    result = _run_patched(patch, "run", sample_ct, "--segmentation", sample_labels, "-o", tmp_path / "out", "-q")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(expected) and len(result.stderr.splitlines()) == 1, result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bug_is_exit_1_with_what_to_report(tmp_path, sample_ct, sample_labels):
+    patch = """
+import spinefrac.pipeline
+def buggy(*args, **kwargs):
+    return None.level
+spinefrac.pipeline.assess = buggy
+"""
+    result = _run_patched(patch, "run", sample_ct, "--segmentation", sample_labels, "-o", tmp_path / "out", "-q")
+    assert result.returncode == 1 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("spinefrac: internal error (AttributeError:")
+    assert "This is a bug in spinefrac" in result.stderr and "--debug and report the command" in result.stderr
+    assert not (tmp_path / "out").exists()

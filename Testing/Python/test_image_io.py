@@ -162,3 +162,188 @@ def test_uneven_dicom_slices_are_read_with_a_warning(tmp_path):
     writer.Execute(last)
     ct = load_ct(tmp_path)
     assert any("uneven slice spacing" in warning for warning in ct.warnings)
+
+
+# -- files cut short: the voxel data against the header, for every format read ---------------------------
+
+TRUNCATABLE = [("ct.mha", False), ("ct.mha", True), ("ct.mhd", False), ("ct.mhd", True), ("ct.nrrd", False),
+               ("ct.nrrd", True), ("ct.nii", False), ("ct.nii.gz", True)]
+
+
+def _cut(path, fraction=0.7):
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * fraction)])
+
+
+@pytest.mark.parametrize("name, compressed", TRUNCATABLE)
+def test_a_file_cut_short_is_refused_as_truncated(tmp_path, name, compressed):
+    """Written by ITK's own writers, then the voxel data cut to 70 %: a MetaImage said 'No such file or
+    directory', a .nii.gz came out with 30 % zeros."""
+    image = _random_ct(size=(40, 40, 20))
+    path = tmp_path / name
+    sitk.WriteImage(image, str(path), useCompression=compressed)
+    data_file = {".mhd": path.with_suffix(".zraw" if compressed else ".raw")}.get(path.suffix, path)
+    _cut(data_file)
+    with pytest.raises(InputError, match="truncated") as refused:
+        load_ct(path, check_hu=False)
+    assert "\n" not in str(refused.value) and "No such file" not in str(refused.value)
+
+
+def test_a_metaimage_without_its_data_file_names_it(tmp_path):
+    path = tmp_path / "ct.mhd"
+    sitk.WriteImage(_random_ct(), str(path))
+    path.with_suffix(".raw").unlink()
+    with pytest.raises(InputError, match="names its voxel data file ct.raw, which is missing"):
+        load_ct(path, check_hu=False)
+
+
+def test_a_detached_nrrd_header_with_short_data_is_refused(tmp_path):
+    """A .nhdr with its raw data beside it (as Slicer and teem write it)."""
+    image = _random_ct()
+    (tmp_path / "ct.raw").write_bytes(sitk.GetArrayFromImage(image).tobytes()[:-1000])
+    (tmp_path / "ct.nhdr").write_text(
+        "NRRD0004\ntype: short\ndimension: 3\nspace: left-posterior-superior\nsizes: 30 28 10\n"
+        "space directions: (0.8,0,0) (0,0.9,0) (0,0,2.5)\nkinds: domain domain domain\nendian: little\n"
+        "encoding: raw\nspace origin: (0,0,0)\ndata file: ct.raw\n", encoding="ascii")
+    with pytest.raises(InputError, match="truncated: 15,800 bytes of the 16,800"):
+        load_ct(tmp_path / "ct.nhdr", check_hu=False)
+
+
+# -- NIfTI qform / sform disagreement -------------------------------------------------------------------
+
+
+def _with_two_forms(nib, source, target, sform_shift_mm, sform_code=1):
+    """A NIfTI as a tool that edits the sform alone leaves it: qform as it was, sform moved."""
+    original = nib.load(str(source))
+    image = nib.Nifti1Image(np.asanyarray(original.dataobj), original.affine)
+    sform = original.affine.copy()
+    sform[:3, 3] += sform_shift_mm
+    image.set_qform(original.affine, code=1)
+    image.set_sform(sform, code=sform_code)
+    nib.save(image, str(target))
+    return target
+
+
+@pytest.mark.parametrize("sform_code, used", [(1, "sform"), (2, "qform")])
+def test_qform_and_sform_30_mm_apart_are_warned_and_outputs_keep_the_one_read(tmp_path, sample_ct, sample_labels,
+                                                                            sform_code, used):
+    """30 mm head-foot apart. ITK reads the sform when its code is 'scanner' (1), the qform when it is
+    'aligned' (2); the warning names the one read, and the label map written lies on that grid in both
+    forms, so that no tool sees it 30 mm off the CT as read."""
+    from spine_test_utils import run_cli
+
+    nib = pytest.importorskip("nibabel")
+    ct = _with_two_forms(nib, sample_ct, tmp_path / "ct.nii.gz", [0.0, 0.0, 30.0], sform_code)
+    labels = _with_two_forms(nib, sample_labels, tmp_path / "labels.nii.gz", [0.0, 0.0, 30.0], sform_code)
+    result = run_cli("run", ct, "--segmentation", labels, "-o", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    warned = [line for line in result.stderr.splitlines() if "qform and sform" in line]
+    assert len(warned) == 1 and "up to 30.0 mm apart" in warned[0] and f"read with the {used}" in warned[0], warned
+    assert warned[0].startswith("spinefrac: warning: ")
+    written = nib.load(str(tmp_path / "out" / "vertebrae.nii.gz"))
+    read = nib.load(str(ct)).get_sform() if used == "sform" else nib.load(str(ct)).get_qform()
+    assert np.allclose(written.get_qform(), read, atol=1e-3) and np.allclose(written.get_sform(), read, atol=1e-3)
+    as_read = sitk.ReadImage(str(ct))
+    assert ImageGrid.of(sitk.ReadImage(str(tmp_path / "out" / "vertebrae.nii.gz"))).differences(ImageGrid.of(as_read)) == []
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "vertebrae.nii.gz"))),
+                          sitk.GetArrayFromImage(sitk.ReadImage(str(sample_labels))))
+
+
+def test_agreeing_forms_give_no_warning(tmp_path, sample_ct):
+    nib = pytest.importorskip("nibabel")
+    ct = load_ct(_with_two_forms(nib, sample_ct, tmp_path / "ct.nii.gz", [0.0, 0.0, 0.0]))
+    assert not [w for w in ct.warnings if "qform" in w]
+
+
+# -- DICOM folders with several series: the CT volume, never a localizer or a dose report -----------------
+
+STUDY_UID = "1.2.826.0.1.3680043.2.1125.1"  # the study of write_dicom_series
+
+
+def _scanner_image(path, series_uid, number, pixels, orientation, position, image_type, modality="CT",
+                   description="", rgb=False):
+    """One image as a CT scanner writes it (CT Image Storage; a dose screen as Secondary Capture)."""
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage if rgb else CTImageStorage
+    meta.MediaStorageSOPInstanceUID = f"{series_uid}.{number}"
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = STUDY_UID, series_uid, modality
+    ds.SeriesDescription, ds.InstanceNumber, ds.ImageType = description, number, image_type
+    ds.PatientID, ds.PatientName = "SPINE01", "Anonymous"
+    ds.ImageOrientationPatient, ds.ImagePositionPatient = list(orientation), list(position)
+    ds.PixelSpacing, ds.SliceThickness = [1.0, 1.0], 1.0
+    ds.Rows, ds.Columns = pixels.shape[:2]
+    if rgb:
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    else:
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope = 0, 1
+    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+    pydicom.dcmwrite(str(path), ds, enforce_file_format=True)
+    return path
+
+
+CORONAL = (1, 0, 0, 0, 0, -1)
+SAGITTAL = (0, 1, 0, 0, 0, -1)
+
+
+def _scout_pair(folder, series_uid, description="Topogram"):
+    pixels = np.random.default_rng(5).integers(-1000, 1000, (64, 48)).astype(np.int16)
+    _scanner_image(folder / "scout1.dcm", series_uid, 1, pixels, CORONAL, (-24, 0, 40),
+                   ["ORIGINAL", "PRIMARY", "LOCALIZER"], description=description)
+    _scanner_image(folder / "scout2.dcm", series_uid, 2, pixels, SAGITTAL, (0, -24, 40),
+                   ["ORIGINAL", "PRIMARY", "LOCALIZER"], description=description)
+
+
+def test_localizers_and_a_dose_screen_are_never_taken_and_are_named(tmp_path):
+    axial = _random_ct(size=(32, 32, 12), spacing=(0.7, 0.7, 3.0), seed=1)
+    write_dicom_series(axial, tmp_path, "CT", "1.2.3.4.100", "Abdomen 3.0")
+    _scout_pair(tmp_path, "1.2.3.4.1")
+    screen = np.zeros((40, 60, 3), np.uint8)
+    _scanner_image(tmp_path / "dose.dcm", "1.2.3.4.999", 1, screen, CORONAL, (0, 0, 0),
+                   ["DERIVED", "SECONDARY", "SCREEN SAVE"], description="Dose Report", rgb=True)
+    ct = load_ct(tmp_path)
+    assert ct.source_grid.size == (32, 32, 12)
+    assert np.array_equal(sitk.GetArrayFromImage(ct.to_source_grid(ct.image)), sitk.GetArrayFromImage(axial))
+    named = [w for w in ct.warnings if w.startswith("DICOM folder")]
+    assert len(named) == 1 and "read CT series 1.2.3.4.100" in named[0], ct.warnings
+    assert "1.2.3.4.1 (CT, 1 image, localizer, 'Topogram')" in named[0] and "'Dose Report'" in named[0]
+
+
+def test_a_localizer_inside_the_ct_series_is_left_out_not_mixed_in(tmp_path):
+    """Some scanners store the scout under the axial series' UID: its images (another orientation and
+    size) once went into the volume."""
+    axial = _random_ct(size=(32, 32, 12), spacing=(0.7, 0.7, 3.0), seed=1)
+    write_dicom_series(axial, tmp_path, "CT", "1.2.3.4.100", "Abdomen 3.0")
+    _scout_pair(tmp_path, "1.2.3.4.100")
+    ct = load_ct(tmp_path)
+    assert ct.source_grid.size == (32, 32, 12)
+    assert np.array_equal(sitk.GetArrayFromImage(ct.to_source_grid(ct.image)), sitk.GetArrayFromImage(axial))
+    assert any("without its 2 images of another geometry" in w for w in ct.warnings), ct.warnings
+
+
+def test_a_regular_ct_stack_wins_over_a_larger_one_with_missing_slices(tmp_path):
+    regular = _random_ct(size=(32, 32, 12), spacing=(0.7, 0.7, 3.0), seed=1)
+    write_dicom_series(regular, tmp_path, "CT", "1.2.3.4.100", "Abdomen 3.0")
+    broken = write_dicom_series(_random_ct(size=(32, 32, 24), spacing=(0.7, 0.7, 1.0), seed=2), tmp_path, "CT",
+                                "1.2.3.4.200", "Abdomen 1.0")
+    for victim in broken[8:12]:
+        victim.unlink()
+    ct = load_ct(tmp_path)
+    assert ct.source_grid.size == (32, 32, 12)
+    assert any("1.2.3.4.200 (CT, 20 images, irregular slice positions" in w for w in ct.warnings), ct.warnings
+
+
+def test_a_folder_of_only_localizers_is_refused_by_name(tmp_path):
+    _scout_pair(tmp_path, "1.2.3.4.1")
+    with pytest.raises(InputError, match="no CT volume, only single CT images or localizers"):
+        load_ct(tmp_path)

@@ -67,11 +67,10 @@ def test_overwrite_replaces_only_this_runs_files(tmp_path, data):
 
 def test_a_folder_that_changes_during_the_run_gets_nothing(tmp_path):
     out = tmp_path / "out"
-    with pytest.raises(OutputError, match="changed while this run was writing"):
-        with AtomicOutputFolder(out) as work:
-            (work / "report.json").write_text("ours", encoding="utf-8")
-            out.mkdir()
-            (out / "report.json").write_text("another run's", encoding="utf-8")
+    with pytest.raises(OutputError, match="changed while this run was writing"), AtomicOutputFolder(out) as work:
+        (work / "report.json").write_text("ours", encoding="utf-8")
+        out.mkdir()
+        (out / "report.json").write_text("another run's", encoding="utf-8")
     assert (out / "report.json").read_text(encoding="utf-8") == "another run's"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no partial folder, no lock
 
@@ -80,15 +79,15 @@ def test_a_second_run_into_a_locked_output_is_refused(tmp_path):
     out = tmp_path / "out"
     with AtomicOutputFolder(out) as work:
         (work / "report.json").write_text("first", encoding="utf-8")
-        with pytest.raises(OutputError, match="being written by another run"):
-            with AtomicOutputFolder(out):
-                pass
+        with pytest.raises(OutputError, match="being written by another run"), AtomicOutputFolder(out):
+            pass
     assert (out / "report.json").read_text(encoding="utf-8") == "first"
     assert not (tmp_path / ".out.lock").exists()
 
 
 def test_leftovers_of_a_killed_run_are_cleaned_up_by_the_next(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=False, capture_output=True,
+                          text=True)
     pid = int(dead.stdout)  # a process that has exited
     (tmp_path / ".out.lock").write_text(f"{pid}\n", encoding="utf-8")
     leftover = tmp_path / f".out.partial-{pid}-abc123"
@@ -187,3 +186,71 @@ def test_an_uncompressed_nifti_cut_short_is_refused_not_read_as_zeros(tmp_path, 
     announced = f"is truncated: {int(len(raw) * 0.7):,} bytes of the {len(raw):,}"
     assert result.returncode == 2 and announced in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+# -- a full disk while writing the results ----------------------------------------------------------------
+
+_REPO_CORE = str(Path(__file__).resolve().parents[2] / "SpineFractureDetection")
+
+
+def _run_on_small_tmpfs(size: str, data: Path, mount_point: Path) -> tuple[int, str, list[str]]:
+    """The CLI writing into a tmpfs of ``size`` (a mount namespace of its own: no root needed where user
+    namespaces are allowed); returns its exit code, stderr and what the tmpfs held afterwards."""
+    if shutil.which("unshare") is None:
+        pytest.skip("no 'unshare' to mount a private tmpfs")
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=4k tmpfs {mount_point}"],
+                           check=False, capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"this machine allows no private tmpfs mount ({probe.stderr.strip()})")
+    script = (f"mount -t tmpfs -o size={size} tmpfs {mount_point} && "
+              f"{sys.executable} -m spinefrac run {data / 'ct.nii.gz'} --segmentation {data / 'vertebrae.nii.gz'} "
+              f"-o {mount_point / 'out'} -q 2>{mount_point.parent / 'stderr.txt'}; "
+              f"echo rc=$?; ls -A {mount_point}")
+    completed = subprocess.run(["unshare", "-rm", "sh", "-c", script], check=False, capture_output=True, text=True,
+                               timeout=300,
+                               env=dict(os.environ, PYTHONPATH=_REPO_CORE))
+    lines = completed.stdout.splitlines()
+    code = int(next(line for line in lines if line.startswith("rc="))[3:])
+    left = [line for line in lines if not line.startswith("rc=")]
+    return code, (mount_point.parent / "stderr.txt").read_text(encoding="utf-8"), left
+
+
+@pytest.mark.parametrize("size", ["8k", "48k", "200k"])  # full at: the label map, the overview, the gallery
+def test_a_full_disk_is_one_line_exit_2_nothing_left_inputs_untouched(tmp_path, data, size):
+    """A real small tmpfs: was 'internal error (OSError: [Errno 28] ...)' with exit 1, and ITK's NIfTI writer
+    left a label map cut short without a word."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    before = _digests(data)
+    code, stderr, left = _run_on_small_tmpfs(size, data, mount_point)
+    assert code == 2, stderr
+    assert stderr.startswith("spinefrac: error: no space left for the results") and len(stderr.splitlines()) == 1
+    assert "No space left on device" in stderr
+    assert left == []  # no output folder, no partial folder, no lock
+    assert _digests(data) == before
+
+
+_SIMULATED = """
+import errno, sys
+import matplotlib.figure
+def full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+matplotlib.figure.Figure.savefig = full  # the disk fills at the pictures, after the label maps and report
+from spinefrac.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_full_disk_during_overwrite_keeps_the_previous_results(tmp_path, data):
+    """ENOSPC simulated at the write call (matplotlib's savefig) in a child process: the earlier results in
+    the folder stay byte for byte."""
+    out = tmp_path / "out"
+    args = ["run", str(data / "ct.nii.gz"), "--segmentation", str(data / "vertebrae.nii.gz"), "-o", str(out), "-q"]
+    assert run_cli(*args).returncode == 0
+    before, inputs = _digests(out), _digests(data)
+    child = subprocess.run([sys.executable, "-c", _SIMULATED, *args, "--overwrite"], check=False, capture_output=True,
+                           text=True, timeout=300, env=dict(os.environ, PYTHONPATH=_REPO_CORE))
+    assert child.returncode == 2, child.stderr
+    assert child.stderr.startswith("spinefrac: error: no space left") and len(child.stderr.splitlines()) == 1
+    assert _digests(out) == before and _digests(data) == inputs
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "out"]

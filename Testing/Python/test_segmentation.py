@@ -6,7 +6,7 @@ import SimpleITK as sitk
 
 from spinefrac.errors import InputError
 from spinefrac.io.images import load_ct
-from spinefrac.levels import TOTALSEGMENTATOR_V2_IDS
+from spinefrac.levels import TOTALSEGMENTATOR_V1_IDS, TOTALSEGMENTATOR_V2_IDS
 from spinefrac.segmentation.base import LabelConvention
 from spinefrac.segmentation.label_maps import ExistingLabelMap
 
@@ -186,3 +186,174 @@ def test_a_slightly_tilted_label_grid_names_the_tilt(tmp_path, ct_and_labels):
     tilted.SetDirection((rotation @ np.array(labels.GetDirection()).reshape(3, 3)).ravel().tolist())
     with pytest.raises(InputError, match=r"axes tilted 0\.50 degrees apart"):
         ExistingLabelMap(_write(tilted, tmp_path / "tilted.nii.gz")).segment(ct)
+
+
+# -- TotalSegmentator v1 and v2 ids (class maps "total_v1" and "total" of its map_to_binary.py) ----------
+
+V1_IDS = {24: 18, 23: 19, 22: 20, 21: 21, 20: 22, 19: 23, 18: 24, 26: 92}  # VerSe id -> v1 id (L5 18 ... T11 24)
+V2_IDS = {19: 32, 20: 31, 21: 30, 22: 29, 23: 28, 24: 27, 18: 33, 26: 25}  # VerSe id -> v2 id (sacrum 25)
+
+
+def _totalsegmentator_file(path, sample_ct, verse, ids_by_verse_id, organs=()):
+    """A multilabel file as TotalSegmentator writes it: nibabel, the CT's affine and header, uint8."""
+    nib = pytest.importorskip("nibabel")
+    ct_nifti = nib.load(str(sample_ct))
+    ids = np.zeros_like(verse, dtype=np.uint8)
+    for verse_id, ts_id in ids_by_verse_id.items():
+        ids[verse == verse_id] = ts_id
+    for organ_id, region in organs:
+        ids[region] = organ_id
+    image = nib.Nifti1Image(np.ascontiguousarray(ids.transpose(2, 1, 0)), ct_nifti.affine, ct_nifti.header)
+    image.set_data_dtype(np.uint8)
+    nib.save(image, str(path))
+    return path
+
+
+def _expected(verse, ids_by_verse_id):
+    return np.where(np.isin(verse, list(ids_by_verse_id)), verse, 0)
+
+
+@pytest.mark.parametrize("with_sacrum", [True, False])
+def test_totalsegmentator_v1_ids_are_read_as_v1(tmp_path, ct_and_labels, sample_ct, with_sacrum):
+    """v1 numbers L5 18 ... T11 24 (sacrum 92): as VerSe ids the same numbers run the other way
+    (18 T11 ... 24 L5), so without the sacrum they once read as VerSe with the order inverted."""
+    ct, labels = ct_and_labels
+    verse = sitk.GetArrayFromImage(labels)
+    ids = V1_IDS if with_sacrum else {k: v for k, v in V1_IDS.items() if k != 26}
+    path = _totalsegmentator_file(tmp_path / "v1.nii.gz", sample_ct, verse, ids, organs=[(5, np.s_[:3, :3, :3])])
+    result = ExistingLabelMap(path).segment(ct)
+    assert result.convention is LabelConvention.TOTALSEGMENTATOR_V1
+    assert np.array_equal(sitk.GetArrayFromImage(ct.to_source_grid(result.label_map)), _expected(verse, ids))
+    assert result.ignored_labels == {"5": 27}
+
+
+def test_v2_ids_of_the_lumbar_spine_are_read_as_v2_not_v1(tmp_path, ct_and_labels, sample_ct):
+    """v2's sacrum (25), L5..T11 (27..33) also read as v1's T10, T8..T2 in cranio-caudal order: v1 would
+    leave T9 (26) missing inside the spine, v2 has no gap."""
+    ct, labels = ct_and_labels
+    verse = sitk.GetArrayFromImage(labels)
+    path = _totalsegmentator_file(tmp_path / "v2.nii.gz", sample_ct, verse, V2_IDS)
+    result = ExistingLabelMap(path).segment(ct)
+    assert result.convention is LabelConvention.TOTALSEGMENTATOR
+    assert np.array_equal(sitk.GetArrayFromImage(ct.to_source_grid(result.label_map)), verse)
+    assert any("also fit TotalSegmentator v1" in note for note in result.notes)
+
+
+def test_v1_ids_that_also_fit_v2_are_read_as_v1_when_v2_would_call_vertebrae_organs(tmp_path, ct_and_labels,
+                                                                                       sample_ct):
+    """The sample's eight real vertebrae renumbered as v1's T6..L1 (29..22): as v2 ids, 25..29 are the
+    sacrum, S1, L5..L3 in order, but then 22..24 (v2's prostate and kidney cysts) continue the column
+    right below that 'sacrum': v2 is refused, v1 taken, and the note says why."""
+    ct, labels = ct_and_labels
+    verse = sitk.GetArrayFromImage(labels)
+    renumbered = {18: 29, 19: 28, 20: 27, 21: 26, 22: 25, 23: 24, 24: 23, 26: 22}  # VerSe id -> v1 T6..L1
+    path = _totalsegmentator_file(tmp_path / "v1.nii.gz", sample_ct, verse, renumbered)
+    result = ExistingLabelMap(path).segment(ct)
+    assert result.convention is LabelConvention.TOTALSEGMENTATOR_V1
+    expected = np.zeros_like(verse)
+    for verse_id, v1_id in renumbered.items():
+        expected[verse == verse_id] = TOTALSEGMENTATOR_V1_IDS[v1_id]
+    assert np.array_equal(sitk.GetArrayFromImage(ct.to_source_grid(result.label_map)), expected)
+    assert any("read as TotalSegmentator v1 (T6-L1)" in note for note in result.notes)
+
+
+def test_ids_that_fit_v1_and_v2_alike_are_refused_with_both_and_the_option(tmp_path, ct_and_labels, sample_ct):
+    """27..33 alone are v2's L5..T11 or v1's T8..T2, both complete and in order: nothing on the image tells."""
+    ct, labels = ct_and_labels
+    verse = sitk.GetArrayFromImage(labels)
+    ids = {k: v for k, v in V2_IDS.items() if k != 26}
+    path = _totalsegmentator_file(tmp_path / "either.nii.gz", sample_ct, verse, ids)
+    with pytest.raises(InputError, match=r"fit more than one convention \(TotalSegmentator v2: T11-L5; "
+                                         r"TotalSegmentator v1: T2-T8\).*--labels totalseg-v2, --labels totalseg-v1"):
+        ExistingLabelMap(path).segment(ct)
+    as_v2 = ExistingLabelMap(path, LabelConvention.TOTALSEGMENTATOR).segment(ct)
+    assert [level.name for level in as_v2.levels] == ["T11", "T12", "L1", "L2", "L3", "L4", "L5"]
+    as_v1 = ExistingLabelMap(path, LabelConvention.TOTALSEGMENTATOR_V1).segment(ct)
+    assert [level.name for level in as_v1.levels] == ["T2", "T3", "T4", "T5", "T6", "T7", "T8"]
+
+
+def test_labels_option_takes_the_new_choices(tmp_path, sample_ct, ct_and_labels):
+    from spine_test_utils import run_cli
+
+    _, labels = ct_and_labels
+    verse = sitk.GetArrayFromImage(labels)
+    path = _totalsegmentator_file(tmp_path / "either.nii.gz", sample_ct, verse,
+                                  {k: v for k, v in V2_IDS.items() if k != 26})
+    refused = run_cli("run", sample_ct, "--segmentation", path, "-o", tmp_path / "refused", "-q")
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "--labels totalseg-v1" in refused.stderr and not (tmp_path / "refused").exists()
+    chosen = run_cli("run", sample_ct, "--segmentation", path, "--labels", "totalseg-v2", "-o", tmp_path / "out")
+    assert chosen.returncode == 0, chosen.stderr
+    assert "T11" in chosen.stderr and "L5" in chosen.stderr
+
+
+# -- .seg.nrrd with overlapping segments: 3D Slicer writes them into separate layers (a 4-D file) -----------
+
+
+def _slicer_seg_nrrd(tmp_path, sample_ct, sample_labels, edit):
+    """Our level segments in a real MRML segmentation node (slicer-core), edited, then written by Slicer's
+    own vtkMRMLSegmentationStorageNode."""
+    slicer = pytest.importorskip("slicer", reason="slicer-core is not installed (pip install '.[dev]')")
+    from SpineFractureDetectionLib import mrml_logic
+
+    scene = slicer.vtkMRMLScene()
+    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "CT")
+    mrml_logic.update_volume_from_sitk(volume, sitk.ReadImage(str(sample_ct)))
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Vertebrae")
+    ct = load_ct(sample_ct)
+    mrml_logic.write_level_segments(node, volume, ExistingLabelMap(sample_labels).segment(ct), ct)
+    edit(node, volume, mrml_logic)
+    assert node.GetSegmentation().GetNumberOfLayers() == 2  # the edit made Slicer store two layers
+    storage = node.CreateDefaultStorageNode()
+    storage.SetFileName(str(tmp_path / "edited.seg.nrrd"))
+    assert storage.WriteData(node)
+    return tmp_path / "edited.seg.nrrd"
+
+
+def test_overlapping_vertebra_segments_in_two_layers_are_named_with_the_fix(tmp_path, ct_and_labels, sample_ct,
+                                                                             sample_labels):
+    """L2 painted 3 voxels into L1 and L3: was 'a colour or vector image'."""
+    from scipy import ndimage
+
+    verse = sitk.GetArrayFromImage(sitk.ReadImage(str(sample_labels)))
+
+    def grow_l2(node, volume, mrml_logic):
+        l2 = node.GetSegmentation().GetSegmentIdBySegmentName("L2")
+        mrml_logic.set_segment_mask(node, l2, ndimage.binary_dilation(verse == 21, iterations=3), volume)
+
+    path = _slicer_seg_nrrd(tmp_path, sample_ct, sample_labels, grow_l2)
+    assert sitk.ReadImage(str(path)).GetNumberOfComponentsPerPixel() == 2
+    with pytest.raises(InputError, match=r"segments 'L1' and 'L2' overlap in \d+ voxels \(3D Slicer stored them in "
+                                         r"separate layers\).*Segment Editor") as refused:
+        ExistingLabelMap(path).segment(ct_and_labels[0])
+    assert "colour" not in str(refused.value)
+
+
+def test_a_second_layer_holding_another_structure_is_read_level_by_level(tmp_path, ct_and_labels, sample_ct,
+                                                                         sample_labels):
+    """A 'spinal canal' segment drawn over the vertebrae goes into its own layer; every vertebra is still
+    recoverable from its layer and label value, so the file is read, voxel for voxel."""
+    verse = sitk.GetArrayFromImage(sitk.ReadImage(str(sample_labels)))
+
+    def add_canal(node, volume, mrml_logic):
+        canal = node.GetSegmentation().AddEmptySegment("", "spinal canal")
+        column = np.zeros_like(verse, dtype=bool)
+        column[:, 40:50, 55:65] = True  # through the vertebrae
+        assert np.count_nonzero(column & (verse > 0)) > 0
+        mrml_logic.set_segment_mask(node, canal, column, volume)
+
+    path = _slicer_seg_nrrd(tmp_path, sample_ct, sample_labels, add_canal)
+    ct = ct_and_labels[0]
+    result = ExistingLabelMap(path).segment(ct)
+    assert result.convention is LabelConvention.NAMES and "spinal canal" in result.ignored_labels
+    assert np.array_equal(sitk.GetArrayFromImage(ct.to_source_grid(result.label_map)), verse)
+
+
+def test_verse_ids_on_an_image_flipped_head_to_foot_are_refused_not_read_as_v1(tmp_path, ct_and_labels):
+    """Flipped, the sample's VerSe ids (18 T11 ... 24 L5, 26 sacrum) run upwards like v1's L5 ... T11, T9:
+    v1 would be the only reading that fits, with T10 missing inside the spine; refused, not relabelled."""
+    ct, labels = ct_and_labels
+    flipped = _as(labels, sitk.GetArrayFromImage(labels)[::-1].copy())
+    with pytest.raises(InputError, match=r"read only as TotalSegmentator v1 \(T9-L5\), with T10 missing inside "
+                                         r"the spine \(as VerSe: its levels are not in cranio-caudal order"):
+        ExistingLabelMap(_write(flipped, tmp_path / "flipped.nii.gz")).segment(ct)

@@ -17,9 +17,9 @@ import csv
 import io
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 from spinefrac.errors import InputError
 from spinefrac.levels import LEVEL_BY_ID, Level, level_for_name

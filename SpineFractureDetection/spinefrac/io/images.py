@@ -9,6 +9,9 @@ Outputs are mapped back onto the input's own grid (size, origin, spacing, direct
 
 from __future__ import annotations
 
+import errno
+import os
+import shutil
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +20,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from spinefrac.errors import InputError, OutputError
+from spinefrac.io.file_headers import check_data_size, nifti_form_warning
 from spinefrac.io.input_checks import (
-    check_compressed_stream,
+    MAX_GAP_FACTOR,
     check_geometry,
     check_hounsfield,
     check_memory,
@@ -30,6 +34,7 @@ CANONICAL_ORIENTATION = "LPS"
 # Physical tolerance for "same grid": well below any real voxel, above float32 header noise.
 GRID_TOLERANCE_MM = 1e-3
 DIRECTION_TOLERANCE = 1e-4
+MIN_FREE_BYTES = 1 << 20  # below this, a file that came out short is taken for a full disk
 
 DICOM_MODALITY_TAG = "0008|0060"
 DICOM_SERIES_DESCRIPTION_TAG = "0008|103e"
@@ -51,7 +56,7 @@ class ImageGrid:
     direction: tuple[float, ...]  # 3x3 row-major, columns are the axis directions (LPS)
 
     @classmethod
-    def of(cls, image: sitk.Image) -> "ImageGrid":
+    def of(cls, image: sitk.Image) -> ImageGrid:
         return cls(
             tuple(int(s) for s in image.GetSize()),
             tuple(float(s) for s in image.GetSpacing()),
@@ -64,7 +69,7 @@ class ImageGrid:
         """Three letters: the patient direction each voxel axis points to, e.g. 'RAS'."""
         return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(self.direction)
 
-    def differences(self, other: "ImageGrid") -> list[str]:
+    def differences(self, other: ImageGrid) -> list[str]:
         """Human-readable list of what differs between two grids (empty when they match)."""
         found = []
         if self.size != other.size:
@@ -79,7 +84,7 @@ class ImageGrid:
                             if self.orientation == other.orientation else ""))
         return found
 
-    def tilt_degrees(self, other: "ImageGrid") -> float:
+    def tilt_degrees(self, other: ImageGrid) -> float:
         """The largest angle between corresponding axes of two grids."""
         mine = np.array(self.direction).reshape(3, 3)
         theirs = np.array(other.direction).reshape(3, 3)
@@ -134,7 +139,7 @@ def image_format(path: Path) -> str:
         return "NIfTI"
     if name.endswith(_NRRD_SUFFIXES):
         return "NRRD"
-    if name.endswith(".mha") or name.endswith(".mhd"):
+    if name.endswith((".mha", ".mhd")):
         return "MetaImage"
     if name.endswith(".dcm"):
         return "DICOM file"
@@ -156,7 +161,10 @@ def read_image(path: Path, what: str = "image") -> sitk.Image:
     require_regular_input(path, what)
     if path.is_dir():
         return read_dicom_series(path, what)[0]
-    check_compressed_stream(path, what)
+    try:
+        check_data_size(path, what)
+    except OSError as error:  # no permission to read, an I/O error of the disk
+        raise InputError(f"{what} {path} cannot be read ({error.strerror})") from None
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as error:
@@ -170,52 +178,100 @@ def _first_itk_line(error: Exception) -> str:
     return reason.split(": ", 1)[-1] if "itk::ERROR" in reason else reason
 
 
+DICOM_IMAGE_TYPE_TAG = "0008|0008"
+DICOM_POSITION_TAG = "0020|0032"
+DICOM_ORIENTATION_TAG = "0020|0037"
+_GEOMETRY_TAGS = (DICOM_ORIENTATION_TAG, "0028|0010", "0028|0011", "0028|0030")  # orientation, rows, columns, spacing
+
+
 @dataclass(frozen=True)
-class DicomSeriesInfo:
+class DicomStack:
+    """The slices of one series that share one geometry (orientation, rows x columns, pixel spacing),
+    in order along their normal; regular when no slice is repeated or missing."""
+
     series_uid: str
     modality: str
     description: str
     file_names: tuple[str, ...]
+    localizer: bool  # ImageType says LOCALIZER (a scout): never a volume
+    regular: bool
+    left_out: int  # images of the series with another geometry (a localizer or reformat in the series)
+
+    def named(self) -> str:
+        kind = ", localizer" if self.localizer else "" if self.regular else ", irregular slice positions"
+        text = f"{self.series_uid or '(no series UID)'} ({self.modality or 'no modality'}, {len(self.file_names)} "
+        return text + f"image{'s' if len(self.file_names) != 1 else ''}{kind}" + (
+            f", '{self.description}')" if self.description else ")")
 
 
-def list_dicom_series(folder: Path) -> list[DicomSeriesInfo]:
-    """Every DICOM series in a folder (not recursive), with modality read from its first file."""
+def _slice_tags(file_name: str) -> dict[str, str] | None:
+    tags = sitk.ImageFileReader()
+    tags.SetFileName(file_name)
+    try:
+        tags.ReadImageInformation()
+    except RuntimeError:
+        return None  # no pixel data (a structured dose report) or not DICOM
+    return {key: tags.GetMetaData(key).strip() for key in tags.GetMetaDataKeys()}
+
+
+def list_dicom_series(folder: Path) -> list[DicomStack]:
+    """Every DICOM series in a folder (not recursive), as the largest stack of one geometry."""
     reader = sitk.ImageSeriesReader()
-    series_uids = reader.GetGDCMSeriesIDs(str(folder))
     found = []
-    for uid in series_uids:
-        files = reader.GetGDCMSeriesFileNames(str(folder), uid)
-        if not files:
-            continue
-        tags = sitk.ImageFileReader()
-        tags.SetFileName(files[0])
-        try:
-            tags.ReadImageInformation()
-        except RuntimeError:
-            continue
-        modality = tags.GetMetaData(DICOM_MODALITY_TAG).strip() if tags.HasMetaDataKey(DICOM_MODALITY_TAG) else ""
-        description = (
-            tags.GetMetaData(DICOM_SERIES_DESCRIPTION_TAG).strip()
-            if tags.HasMetaDataKey(DICOM_SERIES_DESCRIPTION_TAG)
-            else ""
-        )
-        found.append(DicomSeriesInfo(uid, modality, description, tuple(files)))
+    for uid in reader.GetGDCMSeriesIDs(str(folder)):
+        slices = [(name, tags) for name in reader.GetGDCMSeriesFileNames(str(folder), uid)
+                  if (tags := _slice_tags(name)) is not None]
+        if slices:
+            found.append(_largest_stack(uid, slices))
     return found
 
 
-def choose_ct_series(series: list[DicomSeriesInfo], folder: Path) -> DicomSeriesInfo:
-    """The CT series with the most slices; other series are never mixed in."""
+def _largest_stack(uid: str, slices: list[tuple[str, dict[str, str]]]) -> DicomStack:
+    groups: dict[tuple, list[tuple[str, dict[str, str]]]] = {}
+    for name, tags in slices:
+        groups.setdefault(tuple(tags.get(tag, "") for tag in _GEOMETRY_TAGS), []).append((name, tags))
+    stack = max(groups.values(), key=len)
+    first = stack[0][1]
+    ordered, regular = _along_normal(stack)
+    return DicomStack(uid, first.get(DICOM_MODALITY_TAG, ""), first.get(DICOM_SERIES_DESCRIPTION_TAG, ""),
+                      tuple(ordered), "LOCALIZER" in first.get(DICOM_IMAGE_TYPE_TAG, "").upper(), regular,
+                      len(slices) - len(stack))
+
+
+def _along_normal(stack: list[tuple[str, dict[str, str]]]) -> tuple[list[str], bool]:
+    """File names in order along the slice normal, and whether the steps are regular (no slice repeated,
+    none missing); the order GDCM gave when positions are unreadable."""
+    try:
+        cosines = np.array([float(v) for v in stack[0][1][DICOM_ORIENTATION_TAG].split("\\")])
+        along = np.array([np.array([float(v) for v in tags[DICOM_POSITION_TAG].split("\\")])
+                          @ np.cross(cosines[:3], cosines[3:6]) for _, tags in stack])
+    except (KeyError, ValueError, IndexError):
+        return [name for name, _ in stack], len(stack) > 1
+    order = np.argsort(along, kind="stable")
+    steps = np.diff(along[order])
+    regular = len(stack) > 1 and bool(steps.min() > 1e-3 and steps.max() <= MAX_GAP_FACTOR * np.median(steps))
+    return [stack[i][0] for i in order], regular
+
+
+def choose_ct_series(series: list[DicomStack], folder: Path) -> DicomStack:
+    """The CT stack with the most slices among those with a consistent geometry (one orientation and
+    size, regular steps); localizers and single images are never taken."""
     if not series:
         raise InputError(f"no DICOM series found in folder {folder}")
     ct_series = [s for s in series if s.modality.upper() == "CT"]
     if not ct_series:
         modalities = ", ".join(sorted({s.modality or "unknown" for s in series}))
         raise InputError(f"folder {folder} holds no CT series (modalities found: {modalities})")
-    return max(ct_series, key=lambda s: len(s.file_names))
+    volumes = [s for s in ct_series if not s.localizer and len(s.file_names) > 1]
+    if not volumes:
+        raise InputError(f"folder {folder} holds no CT volume, only single CT images or localizers: "
+                         + "; ".join(s.named() for s in ct_series))
+    return max(volumes, key=lambda s: (s.regular, len(s.file_names)))
 
 
 def read_dicom_series(folder: Path, what: str = "image", warnings: list[str] | None = None) -> tuple[sitk.Image, str]:
-    """Read the CT series of a DICOM folder; returns the image and a description of the choice."""
+    """Read the CT series of a DICOM folder; returns the image and a description of the choice. What was
+    left out (other series, images of another geometry in the chosen one) goes to the warnings."""
     series = list_dicom_series(folder)
     chosen = choose_ct_series(series, folder)
     first = read_header(Path(chosen.file_names[0]))
@@ -230,14 +286,18 @@ def read_dicom_series(folder: Path, what: str = "image", warnings: list[str] | N
         raise InputError(f"{what}: DICOM series in {folder} cannot be read ({_first_itk_line(error)})") from None
     _require_pixel_spacing(reader, folder, what)
     found = _slice_geometry_warnings(reader, len(chosen.file_names), folder)
+    others = [s for s in series if s is not chosen]
+    if others or chosen.left_out:
+        found.insert(0, f"DICOM folder: read CT series {chosen.named()}"
+                     + (f" without its {chosen.left_out} images of another geometry" if chosen.left_out else "")
+                     + ("; ignored: " + "; ".join(s.named() for s in others) if others else ""))
     if warnings is not None:
         warnings.extend(found)
     description = f"DICOM CT series {chosen.series_uid or '(no series UID)'}, {len(chosen.file_names)} slices"
     if chosen.description:
         description += f", '{chosen.description}'"
-    others = len(series) - 1
     if others:
-        description += f"; {others} other series in the folder ignored"
+        description += f"; {len(others)} other series in the folder ignored"
     return image, description
 
 
@@ -300,6 +360,9 @@ def load_ct(path: Path | str, check_hu: bool = True) -> CtVolume:
     else:
         _check_header_first(path, "CT")
         image = read_image(path, "CT")
+        if image_format(path) == "NIfTI":
+            warnings.extend(filter(None, [nifti_form_warning(path, image.GetOrigin(), image.GetDirection(),
+                                                             image.GetSpacing())]))
     ct = ct_from_image(image, path, image_format(path), description or f"{image_format(path)} file", check_hu)
     ct.warnings[:0] = warnings
     return ct
@@ -332,8 +395,16 @@ def ct_from_image(image: sitk.Image, source: Path | str, source_format: str, des
 
 
 def write_image(image: sitk.Image, path: Path) -> None:
-    """Write with compression (NIfTI .gz / NRRD gzip) and a one-line error on failure."""
+    """Write with compression (NIfTI .gz / NRRD gzip) and a one-line error on failure. ITK's NIfTI writer
+    does not report a full disk (the file is left cut short), so the written file is checked against
+    its own header; a full disk is raised as such (ENOSPC) for the output folder to report."""
     try:
         sitk.WriteImage(image, str(path), useCompression=True)
     except RuntimeError as error:
         raise OutputError(f"cannot write {path} ({_first_itk_line(error)})") from None
+    try:
+        check_data_size(Path(path), "written image")
+    except InputError:
+        if shutil.disk_usage(Path(path).parent).free < MIN_FREE_BYTES:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
+        raise OutputError(f"cannot write {path} (the file came out incomplete)") from None

@@ -8,10 +8,7 @@ produce warnings that end up in the report.
 
 from __future__ import annotations
 
-import gzip
 import os
-import struct
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,50 +110,6 @@ def check_memory(voxels: int, bytes_per_voxel: int, path: Path, what: str = "CT"
 
 def _mm(values) -> str:
     return "(" + ", ".join(f"{float(v):g}" for v in values) + ") mm"
-
-
-def check_compressed_stream(path: Path, what: str = "CT") -> None:
-    """A truncated .gz is read by ITK without complaint (the missing voxels come out as zeros):
-    decompress it to the end first, and for NIfTI compare the data length with the header's. An
-    uncompressed .nii that is cut short is read as zeros too: its size is compared with the header's."""
-    if path.name.lower().endswith(".nii"):
-        with open(path, "rb") as stream:
-            expected = _nifti_expected_bytes(stream.read(352))
-        size = path.stat().st_size
-        if expected is not None and size < expected:
-            raise InputError(f"{what} {path} is truncated: {size:,} bytes of the {expected:,} its header announces")
-        return
-    if not path.name.lower().endswith(".gz"):
-        return
-    length = 0
-    header = b""
-    try:
-        with gzip.open(path, "rb") as stream:
-            while block := stream.read(1 << 24):
-                if len(header) < 352:
-                    header += block[: 352 - len(header)]
-                length += len(block)
-    except gzip.BadGzipFile:
-        raise InputError(f"{what} {path} is not a readable image (not gzip data despite its .gz name)") from None
-    except (EOFError, OSError, zlib.error):
-        raise InputError(f"{what} {path} is truncated or corrupt (its gzip stream breaks off)") from None
-    expected = _nifti_expected_bytes(header) if path.name.lower().endswith(".nii.gz") else None
-    if expected is not None and length < expected:
-        raise InputError(f"{what} {path} is truncated: {length:,} bytes of the {expected:,} its header announces")
-
-
-def _nifti_expected_bytes(header: bytes) -> int | None:
-    """vox_offset + voxels x bytes per voxel from a NIfTI-1 header (None when it is not NIfTI-1)."""
-    if len(header) < 348:
-        return None
-    for endian in ("<", ">"):
-        if struct.unpack(endian + "i", header[:4])[0] == 348:
-            dims = struct.unpack(endian + "8h", header[40:56])
-            bits = struct.unpack(endian + "h", header[72:74])[0]
-            offset = struct.unpack(endian + "f", header[108:112])[0]
-            count = int(np.prod([max(d, 1) for d in dims[1:dims[0] + 1]], dtype=np.int64)) if 0 < dims[0] <= 7 else 0
-            return int(offset) + count * max(bits, 8) // 8
-    return None
 
 
 def check_geometry(size, spacing_mm, direction, path: Path, what: str = "CT") -> None:

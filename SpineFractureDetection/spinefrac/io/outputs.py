@@ -12,6 +12,7 @@ by rename; files the run did not write, such as corrected masks saved beside the
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import shutil
@@ -19,6 +20,9 @@ import tempfile
 from pathlib import Path
 
 from spinefrac.errors import OutputError
+
+# A full disk or quota (or a file too large for it) while writing results: the user's to fix, not a bug.
+DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 def rounded_or_none(value: float | None, digits: int) -> float | None:
@@ -103,8 +107,17 @@ class AtomicOutputFolder:
         try:
             if exc_type is None:
                 self._commit()
+        except OSError as error:  # a rename or mkdir of the commit itself
+            raise self._write_error(error) from None
         finally:
             self._release()
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:  # any writer in the run (PNG, JSON, ...)
+            raise self._write_error(exc) from None
+
+    def _write_error(self, error: OSError) -> OutputError:
+        what = "no space left" if error.errno in DISK_FULL_ERRNOS else "cannot write"
+        return OutputError(f"{what} for the results in {self.final.parent} ({error.strerror}); nothing of this run was "
+                           "kept and the inputs are untouched: free some space or choose another output folder")
 
     def _take_lock(self, parent: Path) -> None:
         lock = parent / f".{self.final.name}.lock"

@@ -25,6 +25,7 @@ class LabelConvention(str, Enum):
     AUTO = "auto"
     VERSE = "verse"
     TOTALSEGMENTATOR = "totalsegmentator"  # TotalSegmentator v2 "total" task ids
+    TOTALSEGMENTATOR_V1 = "totalsegmentator-v1"  # TotalSegmentator v1 "total" task ids (other order)
     NAMES = "names"  # segment names (Slicer .seg.nrrd) or mask file names
 
 

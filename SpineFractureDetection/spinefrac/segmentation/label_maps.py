@@ -5,7 +5,9 @@ masks), mapped to VerSe ids on the CT's grid.
 
 from __future__ import annotations
 
+import itertools
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,15 @@ import SimpleITK as sitk
 
 from spinefrac.errors import InputError
 from spinefrac.io.images import IMAGE_SUFFIX_PATTERN, CtVolume, ImageGrid, read_image, require_3d_scalar, to_canonical
-from spinefrac.levels import LEVEL_BY_ID, TOTALSEGMENTATOR_V2_IDS, level_for_name
+from spinefrac.levels import (
+    LEVEL_BY_ID,
+    LEVELS,
+    TOTALSEGMENTATOR_V1_IDS,
+    TOTALSEGMENTATOR_V2_IDS,
+    Level,
+    level_for_name,
+    sort_craniocaudal,
+)
 from spinefrac.progress import Progress, silent
 from spinefrac.segmentation.base import LabelConvention, SegmentationEngine, VertebraSegmentation
 
@@ -48,14 +58,17 @@ class ExistingLabelMap(SegmentationEngine):
 
     def _from_label_file(self, ct: CtVolume) -> VertebraSegmentation:
         image = read_image(self.path, "segmentation")
-        require_3d_scalar(image, self.path, "segmentation")
         segment_names = slicer_segment_names(image)  # before re-orientation, which drops the header
+        if image.GetNumberOfComponentsPerPixel() > 1 and segment_names:
+            image, segment_names = flatten_segment_layers(image, self.path)
+        require_3d_scalar(image, self.path, "segmentation")
         image = _on_ct_grid(image, ct, self.path)
         source_ids = _integer_labels(image, self.path)
         counts = np.bincount(source_ids.ravel())  # voxels per source id, one pass over the map
         convention = self.convention
+        notes: list[str] = []
         if convention is LabelConvention.AUTO:
-            convention = _guess_convention(counts, segment_names, image, self.path)
+            convention, notes = _guess_convention(counts, segment_names, image, self.path)
         lookup, ignored = _id_lookup(counts, convention, segment_names, self.path)
         verse_ids = lookup[source_ids]
         return VertebraSegmentation(
@@ -64,6 +77,7 @@ class ExistingLabelMap(SegmentationEngine):
             source=str(self.path),
             convention=convention,
             ignored_labels={name: int(counts[source_id]) for source_id, name in ignored.items()},
+            notes=notes,
         )
 
     # -- a folder of binary masks (TotalSegmentator's default output) --------------------
@@ -123,9 +137,9 @@ def _on_ct_grid(image: sitk.Image, ct: CtVolume, path: Path) -> sitk.Image:
 
 def _integer_labels(image: sitk.Image, path: Path) -> np.ndarray:
     values = sitk.GetArrayFromImage(image)
-    if values.dtype.kind == "f":
-        if not np.all(np.isfinite(values)) or not np.array_equal(values, np.round(values)):
-            raise InputError(f"segmentation {path} has non-integer voxel values; a label map is needed")
+    if values.dtype.kind == "f" and (not np.all(np.isfinite(values))
+                                     or not np.array_equal(values, np.round(values))):
+        raise InputError(f"segmentation {path} has non-integer voxel values; a label map is needed")
     if values.size and (values.min() < 0 or values.max() > 65535):
         raise InputError(
             f"segmentation {path} has label values outside 0..65535 "
@@ -152,40 +166,208 @@ def slicer_segment_names(image: sitk.Image) -> dict[int, str]:
     return names
 
 
-TOTALSEGMENTATOR_MAX_ID = 117  # the v2 "total" task's ids run 1-117
-MIN_TOTALSEGMENTATOR_LEVELS = 3  # vertebra ids of TotalSegmentator, in cranio-caudal order, to call it that
+def slicer_segments(image: sitk.Image) -> list[tuple[int, int, str]]:
+    """(layer, label value, name) of every segment in a Slicer .seg.nrrd header."""
+    keys = set(image.GetMetaDataKeys())
+    segments = []
+    index = 0
+    while f"Segment{index}_Name" in keys:
+        name = image.GetMetaData(f"Segment{index}_Name")
+        fields = [f"Segment{index}_Layer", f"Segment{index}_LabelValue"]
+        try:
+            layer, value = (int(image.GetMetaData(key)) if key in keys else default
+                            for key, default in zip(fields, (0, index + 1)))
+        except ValueError:
+            raise InputError(f"segment {index} ('{name}') has a layer or label value that is not a whole number: "
+                             "the .seg.nrrd header is damaged") from None
+        segments.append((layer, value, name))
+        index += 1
+    return segments
+
+
+def flatten_segment_layers(image: sitk.Image, path: Path) -> tuple[sitk.Image, dict[int, str]]:
+    """A .seg.nrrd with several layers (3D Slicer writes overlapping segments into separate layers: a 4-D
+    file, read as a vector image) as one label map with a value per segment. Every segment is recovered
+    from its layer and label value; two vertebrae claiming one voxel cannot be, so that is refused with the
+    segments, the voxel count and the fix. Other segments (canal, discs) yield to the vertebrae."""
+    layers = sitk.GetArrayViewFromImage(image)  # [k, j, i, layer]
+    segments = slicer_segments(image)
+    if any(not 0 <= layer < layers.shape[-1] for layer, _, _ in segments):
+        raise InputError(f"segmentation {path} names a layer it does not have ({layers.shape[-1]} layers): "
+                         "the .seg.nrrd header is damaged")
+    flat = np.zeros(layers.shape[:3], dtype=np.uint16)
+    names = {index: name for index, (_, _, name) in enumerate(segments, start=1)}
+    is_level = {index: level_for_name(name) is not None for index, name in names.items()}
+    for index in sorted(names, key=lambda i: is_level[i]):  # other segments first: vertebrae overwrite them
+        layer, value, _ = segments[index - 1]
+        mask = layers[..., layer] == value
+        if is_level[index]:
+            _refuse_overlap(flat, mask, index, names, is_level, path)
+        flat[mask] = index
+    result = sitk.GetImageFromArray(flat)
+    result.SetOrigin(image.GetOrigin())
+    result.SetSpacing(image.GetSpacing())
+    result.SetDirection(image.GetDirection())
+    return result, names
+
+
+def _refuse_overlap(flat: np.ndarray, mask: np.ndarray, index: int, names: dict[int, str], is_level: dict[int, bool],
+                    path: Path) -> None:
+    claimed = flat[mask]
+    other = next((int(v) for v in np.unique(claimed) if v and is_level[int(v)]), None)
+    if other is None:
+        return
+    shared = int(np.count_nonzero(claimed == other))
+    raise InputError(f"segmentation {path}: segments '{names[other]}' and '{names[index]}' overlap in {shared} voxels "
+                     "(3D Slicer stored them in separate layers); a voxel cannot belong to two vertebrae: remove the "
+                     "overlap in Segment Editor (Logical operators > Subtract, or paint with 'Modify other segments: "
+                     "Overwrite all') and save again")
+
+
+@dataclass(frozen=True, eq=False)  # compared by identity: one object per reading
+class IdReading:
+    """One way to read label ids: which ids name which level, and which ids the tool can write at all."""
+
+    convention: LabelConvention
+    title: str
+    option: str  # the --labels value that picks it
+    vertebra_ids: dict[int, int]  # source id -> VerSe id
+    max_known_id: int | None  # the tool's largest class id (None: only the vertebra ids exist)
+    min_levels: int  # levels in cranio-caudal order needed before ids are read this way unasked
+
+
+# TotalSegmentator's class maps ("total" and "total_v1" in its map_to_binary.py): v2 has 117 classes
+# with vertebrae 25-50, v1 104 classes with vertebrae 18-41 and the sacrum at 92.
+ID_READINGS = (
+    IdReading(LabelConvention.VERSE, "VerSe", "verse", {i: i for i in LEVEL_BY_ID}, None, 1),
+    IdReading(LabelConvention.TOTALSEGMENTATOR, "TotalSegmentator v2", "totalseg-v2", TOTALSEGMENTATOR_V2_IDS, 117, 3),
+    IdReading(LabelConvention.TOTALSEGMENTATOR_V1, "TotalSegmentator v1", "totalseg-v1", TOTALSEGMENTATOR_V1_IDS, 104,
+              3),
+)
+READING_BY_CONVENTION = {reading.convention: reading for reading in ID_READINGS}
+# --labels value -> convention ('totalseg' was the option's name before v1 could be read).
+LABEL_OPTIONS = {"auto": LabelConvention.AUTO.value, "names": LabelConvention.NAMES.value,
+                 "totalseg": LabelConvention.TOTALSEGMENTATOR.value,
+                 **{reading.option: reading.convention.value for reading in ID_READINGS}}
+PICK_OPTION = "pick one with " + ", ".join(f"--labels {r.option}" for r in ID_READINGS) + " (other ids are ignored)"
+# A label that another reading calls a vertebra lies in this reading's column when its centroid is this
+# close (left-right and front-back) to the nearest vertebra and at most this far above or below it.
+COLUMN_RADIUS_MM = 20.0
+COLUMN_REACH_MM = 70.0
 
 
 def _guess_convention(counts: np.ndarray, segment_names: dict[int, str], image: sitk.Image,
-                      path: Path) -> LabelConvention:
-    """The label convention from the whole id set, never from the largest id alone: VerSe when every
-    id is a VerSe level; TotalSegmentator v2 when its vertebra ids (25-50) name at least three levels
-    lying in cranio-caudal order; anything else (a stray voxel, an 'ignore' blob of 255, ids mixed
-    from both) is refused with the ids and the option that picks a convention."""
+                      path: Path) -> tuple[LabelConvention, list[str]]:
+    """The label convention from the whole id set, never from the largest id alone. Each reading (VerSe,
+    TotalSegmentator v2, v1) must know every id and put its levels in cranio-caudal order (v1 and v2
+    number the spine in opposite directions from VerSe, and v1's ids are v2's shifted). When more than
+    one fits, a reading loses if a label it calls an organ continues its vertebral column, then if it
+    leaves a level missing inside the spine; what is still ambiguous, or fits nothing, is refused with
+    the candidates and the option that picks one. Returns the convention and a note on the choice."""
     if segment_names:
-        return LabelConvention.NAMES
+        return LabelConvention.NAMES, []
+    if counts[1:].sum() == 0:
+        return LabelConvention.VERSE, []  # no labels at all: said as such by the caller
     present = [int(v) for v in np.flatnonzero(counts) if v]
-    beyond_verse = [v for v in present if v not in LEVEL_BY_ID]
-    if not beyond_verse:
-        return LabelConvention.VERSE
-    ts_levels = {v: LEVEL_BY_ID[TOTALSEGMENTATOR_V2_IDS[v]] for v in present if v in TOTALSEGMENTATOR_V2_IDS
-                 and v != 26}  # 26 (S1) shares the sacrum with 25
-    if (max(present) <= TOTALSEGMENTATOR_MAX_ID and len(ts_levels) >= MIN_TOTALSEGMENTATOR_LEVELS
-            and _in_craniocaudal_order(image, ts_levels)):
-        return LabelConvention.TOTALSEGMENTATOR
-    listed = ", ".join(f"{v} ({int(counts[v])} voxels)" for v in beyond_verse[:6])
-    raise InputError(f"segmentation {path} has label ids that are not VerSe vertebra ids: {listed}"
-                     f"{' ...' if len(beyond_verse) > 6 else ''}, and they do not read as TotalSegmentator v2 "
-                     "either; pass --labels verse (those ids ignored) or --labels totalseg")
+    centroids = _centroids(image)
+    problems = {reading: _reading_problem(reading, present, counts, centroids) for reading in ID_READINGS}
+    fitting = [reading for reading, problem in problems.items() if problem is None]
+    if not fitting:
+        described = "; ".join(f"as {reading.title}: {problem}" for reading, problem in problems.items())
+        raise InputError(f"segmentation {path} has label ids that read as no known convention ({described}); "
+                         + PICK_OPTION)
+    plausible = fitting if len(fitting) == 1 else _without_contradicted(fitting, present, centroids)
+    chosen = plausible[0]
+    missing = _missing_levels(chosen, present)
+    if len(plausible) == 1 and (chosen.convention is LabelConvention.VERSE or not missing):
+        others = ", ".join(r.title for r in fitting if r is not chosen)
+        note = (f"label ids read as {chosen.title} ({_level_span(chosen, present)}); they also fit {others}, whose "
+                "reading calls a bone of the column an organ or skips a level")
+        return chosen.convention, [note] if others else []
+    if len(plausible) == 1:  # e.g. VerSe ids on an image flipped head to foot read as v1 with a level skipped
+        described = "; ".join(f"as {reading.title}: {problem}" for reading, problem in problems.items() if problem)
+        raise InputError(f"segmentation {path} has label ids that read only as {chosen.title} "
+                         f"({_level_span(chosen, present)}), with {', '.join(missing)} missing inside the spine "
+                         f"({described}); " + PICK_OPTION)
+    described = "; ".join(f"{r.title}: {_level_span(r, present)}" for r in plausible)
+    raise InputError(f"segmentation {path} has label ids that fit more than one convention ({described}); "
+                     + PICK_OPTION)
 
 
-def _in_craniocaudal_order(image: sitk.Image, levels_by_id: dict) -> bool:
-    """True when the labels' centroids run from cranial to caudal in the levels' order (LPS z superior)."""
+def _reading_problem(reading: IdReading, present: list[int], counts: np.ndarray,
+                     centroids: dict[int, np.ndarray]) -> str | None:
+    """Why these ids cannot be read this way (None: they can)."""
+    if reading.max_known_id is None:
+        unknown = [v for v in present if v not in reading.vertebra_ids]
+    else:
+        unknown = [v for v in present if v > reading.max_known_id]
+    if unknown:
+        listed = ", ".join(f"{v} ({int(counts[v])} voxels)" for v in unknown[:6])
+        return f"not {reading.title} vertebra ids: {listed}{' ...' if len(unknown) > 6 else ''}"
+    levels = _distinct_levels(reading, present)
+    if len(levels) < reading.min_levels:
+        return f"{len(levels)} of its vertebra ids present, {reading.min_levels} needed"
+    if not _in_craniocaudal_order(centroids, levels):
+        return "its levels are not in cranio-caudal order on the image"
+    return None
+
+
+def _distinct_levels(reading: IdReading, present: list[int]) -> dict[int, Level]:
+    """Source id -> level for the reading's vertebra ids present, one source id per level (v2's S1 and
+    sacrum both name the sacrum)."""
+    levels: dict[int, Level] = {}
+    for source_id in present:
+        verse_id = reading.vertebra_ids.get(source_id)
+        if verse_id is not None and verse_id not in {level.verse_id for level in levels.values()}:
+            levels[source_id] = LEVEL_BY_ID[verse_id]
+    return levels
+
+
+def _centroids(image: sitk.Image) -> dict[int, np.ndarray]:
+    """Physical centroid (LPS mm; the image is canonical, so z runs superiorly) of every label."""
     shape = sitk.LabelShapeStatisticsImageFilter()
     shape.Execute(sitk.Cast(image, sitk.sitkUInt32))
+    return {int(label): np.array(shape.GetCentroid(label)) for label in shape.GetLabels()}
+
+
+def _in_craniocaudal_order(centroids: dict[int, np.ndarray], levels_by_id: dict[int, Level]) -> bool:
+    """True when the labels' centroids run from cranial to caudal in the levels' order."""
     ordered = sorted(levels_by_id, key=lambda label: levels_by_id[label].craniocaudal_rank)
-    heights = [shape.GetCentroid(label)[2] for label in ordered]
-    return all(upper > lower for upper, lower in zip(heights, heights[1:]))
+    heights = [centroids[label][2] for label in ordered]
+    return all(upper > lower for upper, lower in itertools.pairwise(heights))
+
+
+def _without_contradicted(fitting: list[IdReading], present: list[int],
+                          centroids: dict[int, np.ndarray]) -> list[IdReading]:
+    """Drop readings that call a bone of the spinal column an organ, then readings with a gap."""
+    vertebra_sets = {reading: set(_distinct_levels(reading, present)) for reading in fitting}
+    in_column = [reading for reading in fitting
+                 if not _organ_in_column(vertebra_sets[reading], set().union(*vertebra_sets.values())
+                                         - set(reading.vertebra_ids), centroids)]
+    without_gap = [reading for reading in in_column if not _missing_levels(reading, present)]
+    return without_gap or in_column
+
+
+def _organ_in_column(vertebrae: set[int], contested: set[int], centroids: dict[int, np.ndarray]) -> bool:
+    """True when a label this reading calls no vertebra sits on its column, next to one of its vertebrae."""
+    for label in contested:
+        nearest = min(vertebrae, key=lambda v: abs(centroids[v][2] - centroids[label][2]))
+        offset = centroids[label] - centroids[nearest]
+        if np.hypot(offset[0], offset[1]) <= COLUMN_RADIUS_MM and abs(offset[2]) <= COLUMN_REACH_MM:
+            return True
+    return False
+
+
+def _missing_levels(reading: IdReading, present: list[int]) -> list[str]:
+    """Usual levels this reading skips between its highest and lowest level (T13 and L6 may be absent)."""
+    ranks = {level.craniocaudal_rank for level in _distinct_levels(reading, present).values()}
+    return [level.name for level in LEVELS if level.name not in ("T13", "L6")
+            and min(ranks) < level.craniocaudal_rank < max(ranks) and level.craniocaudal_rank not in ranks]
+
+
+def _level_span(reading: IdReading, present: list[int]) -> str:
+    levels = sort_craniocaudal(_distinct_levels(reading, present).values())
+    return f"{levels[0].name}-{levels[-1].name}" if len(levels) > 1 else levels[0].name
 
 
 def _id_lookup(
@@ -213,10 +395,8 @@ def _id_lookup(
 
 
 def _map_one(source_id: int, convention: LabelConvention, segment_names: dict[int, str]) -> int | None:
-    if convention is LabelConvention.VERSE:
-        return source_id if source_id in LEVEL_BY_ID else None
-    if convention is LabelConvention.TOTALSEGMENTATOR:
-        return TOTALSEGMENTATOR_V2_IDS.get(source_id)
+    if convention in READING_BY_CONVENTION:
+        return READING_BY_CONVENTION[convention].vertebra_ids.get(source_id)
     level = level_for_name(segment_names.get(source_id, ""))
     return level.verse_id if level else None
 
