@@ -1,0 +1,111 @@
+"""What the CT says about each labelled level: the image evidence quality control judges.
+
+Per level, on its own bounding box of the canonical [k, j, i] grid (k superior, j posterior):
+- the HU distribution of its voxels: a vertebra is cortex (a few hundred to over 1000 HU) around
+  marrow (tens to a few hundred HU), so it has a bright tail and a wide spread; soft tissue has
+  no bright tail; contrast-filled blood is bright but homogeneous;
+- rim minus interior: the median HU of the label's outer 1.5 mm against the rest. A label that
+  follows the bone has its cortex on the rim (brighter); a shifted or flipped label cuts through
+  bone and soft tissue alike, and a vessel's rim is its darker wall;
+- its pieces (26-connected components), to find a level split in two;
+- the spinal canal: per axial slice, a hole enclosed by the label behind its centre.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+BONE_HU = 150.0  # marrow of healthy bone and all cortex lie above; muscle, fat, fluid below
+RIM_DEPTH_MM = 1.5  # cortex (0.3-1 mm) plus the partial-volume layer outside it
+CANAL_MIN_AREA_MM2 = 30.0  # a stenotic canal is still over 70 mm2; 30 allows partial volume
+EIGHT_CONNECTED_IN_SLICE = np.array([np.zeros((3, 3)), np.ones((3, 3)), np.zeros((3, 3))], dtype=bool)
+
+
+@dataclass(frozen=True)
+class LevelEvidence:
+    """Image evidence for one labelled level (HU are Hounsfield units)."""
+
+    voxel_count: int
+    hu_p05: float
+    hu_p25: float
+    hu_median: float
+    hu_p75: float
+    hu_p95: float
+    bone_fraction: float  # fraction of voxels >= BONE_HU
+    rim_minus_interior_hu: float  # median HU of the outer RIM_DEPTH_MM minus that of the rest; nan if no interior
+    piece_volumes_ml: tuple[float, ...]  # 26-connected pieces, largest first
+    canal_slices: int  # axial slices in which the label encloses a canal-sized hole behind its centre
+    in_plane_spacing_mm: float  # the coarser of the two axial-plane spacings
+
+    @property
+    def hu_relative_spread(self) -> float:
+        """Inter-quartile range over the median: about 1 for bone, 0.1-0.3 for contrast blood."""
+        return (self.hu_p75 - self.hu_p25) / max(abs(self.hu_median), 1.0)
+
+
+def level_boxes(labels: np.ndarray, level_ids) -> dict[int, tuple[slice, ...]]:
+    """Bounding box of every present level id, one pass over the label array."""
+    boxes = ndimage.find_objects(labels, max_label=max(level_ids, default=0))
+    return {level_id: boxes[level_id - 1] for level_id in level_ids if boxes[level_id - 1] is not None}
+
+
+def level_evidence(hu: np.ndarray, labels: np.ndarray, level_id: int, box: tuple[slice, ...],
+                   spacing_kji_mm: tuple[float, float, float]) -> LevelEvidence:
+    """Evidence for one level, from its box (plus one voxel, so the rim is found at box faces)."""
+    padded = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
+    mask = labels[padded] == level_id
+    values = hu[padded][mask].astype(np.float32)
+    p05, p25, p50, p75, p95 = np.percentile(values, [5, 25, 50, 75, 95])
+    voxel_ml = float(np.prod(spacing_kji_mm)) / 1000.0
+    return LevelEvidence(
+        voxel_count=int(values.size),
+        hu_p05=float(p05), hu_p25=float(p25), hu_median=float(p50), hu_p75=float(p75), hu_p95=float(p95),
+        bone_fraction=float(np.mean(values >= BONE_HU)),
+        rim_minus_interior_hu=_rim_contrast(hu[padded], mask, spacing_kji_mm),
+        piece_volumes_ml=tuple(size * voxel_ml for size in _piece_sizes(mask)),
+        canal_slices=_canal_slices(mask, spacing_kji_mm),
+        in_plane_spacing_mm=float(max(spacing_kji_mm[1], spacing_kji_mm[2])),
+    )
+
+
+def _rim_contrast(hu_box: np.ndarray, mask: np.ndarray, spacing_kji_mm) -> float:
+    # Distance from each label voxel to the nearest outside voxel; the box has a one-voxel margin
+    # except where the label touches the image border, where the border counts as outside.
+    depth = np.pad(mask, 1) if mask.any() else mask
+    distance = ndimage.distance_transform_edt(depth, sampling=spacing_kji_mm)[1:-1, 1:-1, 1:-1]
+    rim_depth = max(RIM_DEPTH_MM, min(spacing_kji_mm) * 1.01)
+    rim = mask & (distance <= rim_depth)
+    interior = mask & (distance > rim_depth)
+    if interior.sum() < 8 or not rim.any():
+        return math.nan
+    return float(np.median(hu_box[rim]) - np.median(hu_box[interior]))
+
+
+def _piece_sizes(mask: np.ndarray) -> list[int]:
+    pieces, _ = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    sizes = np.bincount(pieces.ravel())[1:]
+    return sorted((int(s) for s in sizes if s > 0), reverse=True)
+
+
+def _canal_slices(mask: np.ndarray, spacing_kji_mm) -> int:
+    """Axial slices where the label encloses a hole of canal size lying behind the label's centre
+    (the arch behind the body); holes are filled slice by slice."""
+    filled = ndimage.binary_fill_holes(mask, structure=EIGHT_CONNECTED_IN_SLICE)
+    holes = filled & ~mask
+    if not holes.any():
+        return 0
+    pixel_mm2 = spacing_kji_mm[1] * spacing_kji_mm[2]
+    centre_j = float(np.nonzero(mask)[1].mean())
+    count = 0
+    for k in np.nonzero(holes.any(axis=(1, 2)))[0]:
+        regions, n = ndimage.label(holes[k])
+        for region in range(1, n + 1):
+            j_idx = np.nonzero(regions == region)[0]
+            if j_idx.size * pixel_mm2 >= CANAL_MIN_AREA_MM2 and j_idx.mean() > centre_j:
+                count += 1
+                break
+    return count
