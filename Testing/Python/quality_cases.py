@@ -108,3 +108,24 @@ def with_contrast_vessel(ct: CtVolume, labels: np.ndarray, name: str, seed: int 
     for k in k_range:
         out[k][vessel] = level_id(name)
     return ct_from(ct, np.round(hu)), out
+
+
+def renamed(labels: np.ndarray, names: dict[str, str]) -> np.ndarray:
+    """Levels given other names all at once (``{"L3": "L4", "L4": "L5"}``)."""
+    out = labels.copy()
+    for old, new in names.items():
+        out[labels == level_id(old)] = level_id(new)
+    return out
+
+
+def split_between_labels(labels: np.ndarray, name: str, lower_name: str) -> np.ndarray:
+    """The caudal half of a level given the next label (what an engine does when it takes an
+    endplate gap for a disc); the levels below are assumed already renamed out of the way."""
+    out = labels.copy()
+    level = labels == level_id(name)
+    k = np.nonzero(level)[0]
+    middle = (int(k.min()) + int(k.max())) // 2
+    caudal = level.copy()
+    caudal[middle:] = False  # k increases superiorly: below the middle slice
+    out[caudal] = level_id(lower_name)
+    return out

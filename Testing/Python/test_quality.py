@@ -10,8 +10,10 @@ from quality_cases import (
     flipped_head_to_foot,
     grown,
     merged,
+    renamed,
     segmentation_from,
     shifted,
+    split_between_labels,
     split_in_two,
     swapped,
     with_contrast_vessel,
@@ -131,6 +133,24 @@ def test_a_level_in_the_wrong_craniocaudal_order(sample):
         _assert_withheld(assessment, level, "wrong cranio-caudal order")
     _assert_untouched(assessment, ("T12", "L1", "L4", "L5"))
     assert assessment.quality.identification_confidence == "low"
+
+
+def test_numbering_that_skips_a_level_the_spacing_does_not_allow(sample):
+    ct, labels = sample
+    assessment = _assess(ct, renamed(labels, {"L3": "L4", "L4": "L5", "L5": "L6"}))
+    for level in ("L2", "L4"):
+        _assert_withheld(assessment, level, "the count disagrees with the labels")
+    _assert_untouched(assessment, ("T12", "L1", "L5", "L6"))
+    assert assessment.quality.identification_confidence == "low"
+
+
+def test_one_vertebra_split_between_two_labels(sample):
+    ct, labels = sample
+    relabelled = split_between_labels(renamed(labels, {"L4": "L5", "L5": "L6"}), "L3", "L4")
+    assessment = _assess(ct, relabelled)
+    for level in ("L3", "L4"):
+        _assert_withheld(assessment, level, "one vertebra split between two labels")
+    _assert_untouched(assessment, ("T12", "L1", "L2"))
 
 
 def test_report_carries_the_quality_block_and_columns(sample, tmp_path):
