@@ -6,6 +6,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from scipy import ndimage
+
+from spinefrac.assessment.chain import QC_FAILED_PREFIX, assess
+from spinefrac.assessment.fracture import Decision
+from spinefrac.assessment.measurement import measure_vertebrae
+from spinefrac.assessment.quality import QcVerdict, check_quality
+from spinefrac.errors import SpineFracError
+from spinefrac.io.images import load_ct
+from spinefrac.segmentation.label_maps import ExistingLabelMap
+from spinefrac.synthetic.phantom import PhantomSpec, make_phantom
+
 from quality_cases import (
     flipped_head_to_foot,
     grown,
@@ -18,16 +29,6 @@ from quality_cases import (
     swapped,
     with_contrast_vessel,
 )
-from scipy import ndimage
-
-from spinefrac.assessment.chain import QC_FAILED_PREFIX, assess
-from spinefrac.assessment.fracture import Decision
-from spinefrac.assessment.measurement import measure_vertebrae
-from spinefrac.assessment.quality import QcVerdict, check_quality
-from spinefrac.errors import SpineFracError
-from spinefrac.io.images import load_ct
-from spinefrac.segmentation.label_maps import ExistingLabelMap
-from spinefrac.synthetic.phantom import PhantomSpec, make_phantom
 
 OFF_BONE = ("labels on soft tissue", "label does not follow the bone")
 SAMPLE_LEVELS = ("T12", "L1", "L2", "L3", "L4", "L5")
@@ -229,7 +230,9 @@ def ct_from_mask(mask_image: sitk.Image, seed: int = 0) -> sitk.Image:
     marrow (200 HU) inside the labels, soft tissue (40 HU) around, air at the grid's edge, noise."""
     labels = sitk.GetArrayFromImage(mask_image) > 0
     spacing = mask_image.GetSpacing()[::-1]
-    depth = ndimage.distance_transform_edt(labels, sampling=spacing)
+    box = tuple(slice(max(s.start - 2, 0), s.stop + 2) for s in ndimage.find_objects(labels.astype(np.uint8))[0])
+    depth = np.zeros(labels.shape, dtype=np.float32)
+    depth[box] = ndimage.distance_transform_edt(labels[box], sampling=spacing)
     hu = np.where(labels, np.where(depth <= 1.0, 800.0, 200.0), 40.0)
     hu[:, :2] = -1000.0  # air, so the HU sanity check sees a CT
     hu += np.random.default_rng(seed).normal(0.0, 15.0, hu.shape)

@@ -93,9 +93,10 @@ QC_DEFINITIONS: dict[str, str] = {
     "quality_control.levels[].hu_p95": "95th percentile of the label's CT values, HU (cortex: several hundred)",
     "quality_control.levels[].hu_relative_spread": "inter-quartile range / median of the label's CT values "
     "(bone ~0.7-1.2; contrast-filled blood 0.1-0.3)",
-    "quality_control.levels[].rim_minus_interior_hu": "median HU of the label's outer 1.5 mm minus that of the "
-    "rest (a vertebra's cortex makes it positive), HU",
-    "quality_control.levels[].piece_volumes_ml": "26-connected pieces of the label, largest first, millilitres",
+    "quality_control.levels[].rim_minus_interior_hu": "median HU of the label's outer layer (one block of "
+    "QC's ~1.5 mm block-averaged grid) minus that of the rest (a vertebra's cortex makes it positive), HU",
+    "quality_control.levels[].piece_volumes_ml": "26-connected pieces of the label on QC's ~1.5 mm blocks, "
+    "largest first, millilitres",
     "quality_control.levels[].canal_slices": "axial slices in which the label encloses a hole >= 30 mm2 behind "
     "its centre (the spinal canal); judged where axial voxels are <= 1 mm",
     "quality_control.levels[].spacing_ratios": "neighbouring labelled level -> centroid distance / expected "
