@@ -3,6 +3,9 @@ graded; real normal masks (the sample's references, the VerSe expert masks, phan
 
 from __future__ import annotations
 
+import csv
+import io
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -170,6 +173,11 @@ def test_report_carries_the_quality_block_and_columns(sample, tmp_path):
     for key in ("qc_verdict", "qc_reasons", "quality_control.levels[].rim_minus_interior_hu"):
         assert key in report["definitions"]
     assert report["segmentation"]["level_identification"]["confidence"] == "low"
+    csv_rows = {row["level"]: row for row in csv.DictReader(io.StringIO(
+        SpineReport.from_stages(ct, segmentation, assessment.measurements, assessment.findings,
+                                assessment.quality).to_csv()))}
+    assert csv_rows["L3"]["qc_verdict"] == "fail" and "wrong cranio-caudal order" in csv_rows["L3"]["qc_reasons"]
+    assert csv_rows["L4"]["qc_verdict"] == "pass" and csv_rows["L4"]["qc_reasons"] == ""
 
 
 # -- real contrast-enhanced CT ----------------------------------------------------------------
