@@ -249,10 +249,18 @@ def ct_from_mask(mask_image: sitk.Image, seed: int = 0) -> sitk.Image:
     return image
 
 
+def _around_labels(image: sitk.Image, margin_mm: float) -> sitk.Image:
+    box = ndimage.find_objects((sitk.GetArrayViewFromImage(image) > 0).astype(np.uint8))[0][::-1]  # i, j, k
+    margin = [int(margin_mm / s) for s in image.GetSpacing()]
+    start = [max(b.start - m, 0) for b, m in zip(box, margin)]
+    stop = [min(b.stop + m, n) for b, m, n in zip(box, margin, image.GetSize())]
+    return sitk.RegionOfInterest(image, [b - a for a, b in zip(start, stop)], start)
+
+
 @pytest.mark.parametrize("name", VERSE_MASKS)
 def test_verse_expert_masks_never_fail(shared_data, tmp_path, name):
-    mask = sitk.ReadImage(str(shared_data / "verse-masks" / name))
-    mask = sitk.Cast(mask, sitk.sitkUInt8)
+    mask = sitk.Cast(sitk.ReadImage(str(shared_data / "verse-masks" / name)), sitk.sitkUInt8)
+    mask = _around_labels(mask, margin_mm=30.0)  # the spine and some soft tissue: a smaller, faster CT
     sitk.WriteImage(mask, str(tmp_path / "labels.nii"))
     sitk.WriteImage(ct_from_mask(mask), str(tmp_path / "ct.nii"))
     ct = load_ct(tmp_path / "ct.nii")

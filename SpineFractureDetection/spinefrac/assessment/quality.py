@@ -31,7 +31,7 @@ import numpy as np
 
 from spinefrac.assessment.anatomy import expected_distance_mm, expected_volume_ml, steps_between
 from spinefrac.assessment.measurement import FovStatus, SpineMeasurements, VertebraMeasurement
-from spinefrac.assessment.quality_evidence import BONE_HU, LevelEvidence, level_boxes, level_evidence
+from spinefrac.assessment.quality_evidence import BONE_HU, LevelEvidence, index_box, level_evidence
 from spinefrac.io.images import CtVolume
 from spinefrac.levels import LEVELS, Level
 from spinefrac.segmentation.base import VertebraSegmentation
@@ -151,8 +151,9 @@ def check_quality(ct: CtVolume, segmentation: VertebraSegmentation,
     labels = segmentation.array()
     hu = ct.array()
     spacing_kji = tuple(float(s) for s in reversed(segmentation.label_map.GetSpacing()))
-    boxes = level_boxes(labels, [m.level.verse_id for m in measurements.vertebrae])
-    levels = [_level_quality(m, level_evidence(hu, labels, m.level.verse_id, boxes[m.level.verse_id], spacing_kji))
+    image = segmentation.label_map
+    levels = [_level_quality(m, level_evidence(hu, labels, m.level.verse_id,
+                                               index_box(image, m.bbox_min_ras_mm, m.bbox_max_ras_mm), spacing_kji))
               for m in measurements.vertebrae]
     by_name = {q.level.name: (q, m) for q, m in zip(levels, measurements.vertebrae)}
     _check_relative_volumes(by_name)
