@@ -1,10 +1,11 @@
 """Expected size of each vertebral level in an adult, for quality control of segmentations.
 
-Whole-vertebra volume (body and posterior elements, ml): the vertebral body taken as an elliptic
-cylinder (pi/4 x width x depth x height) with the endplate widths, depths and body heights of
-Panjabi MM et al. (cervical: Spine 1991;16:861-869; thoracic: Spine 1991;16:888-901; lumbar:
-Spine 1992;17:299-306), times the whole/body volume ratio of 1.6-1.9 measured on the
-TotalSegmentator sample's whole-vertebra and body-only references (T12-L5), rounded. Checked on
+Whole-vertebra volume (body and posterior elements, ml): estimated, not measured: the vertebral
+body taken as an elliptic cylinder (pi/4 x width x depth x height) with typical adult endplate
+widths, depths and body heights as reported by Panjabi MM et al. (cervical: Spine 1991;16:861-869;
+thoracic: Spine 1991;16:888-901; lumbar: Spine 1992;17:299-306), times the whole/body volume ratio
+of 1.6-1.9 measured on the TotalSegmentator sample's whole-vertebra and body-only references
+(T12-L5), rounded; approximate mid values, which is why QC's range around them is wide. Checked on
 the expert VerSe masks in ../shared/data/verse-masks (C1-T5 of two necks, T9-L5 and L1-L5 of two
 lumbar spines: 13-60 ml, all within QC's range; ``Testing/Python/test_quality.py``).
 
