@@ -157,6 +157,16 @@ def test_one_vertebra_split_between_two_labels(sample):
     _assert_untouched(assessment, ("T12", "L1", "L2"))
 
 
+def test_lumbar_levels_named_from_the_atlas_fail_on_their_size(sample):
+    """The issue's lumbar crop "counted from the atlas": L2-L4 labelled C1-C3."""
+    ct, labels = sample
+    only = np.where(np.isin(labels, [21, 22, 23]), labels, 0)
+    assessment = _assess(ct, renamed(only, {"L2": "C1", "L3": "C2", "L4": "C3"}))
+    for level in ("C1", "C2", "C3"):
+        _assert_withheld(assessment, level, f"above the anatomical range for {level}")
+    assert assessment.quality.identification_confidence == "uncertain"
+
+
 def test_report_carries_the_quality_block_and_columns(sample, tmp_path):
     from spinefrac.reporting.report import SpineReport
 
