@@ -36,7 +36,7 @@ from spinefrac.reporting.report import SpineReport
 from spinefrac.segmentation.base import LabelConvention, SegmentationEngine, VertebraSegmentation
 from spinefrac.segmentation.label_maps import ExistingLabelMap
 
-STAGE_COUNT = 6
+STAGE_COUNT = 7  # loading, segmentation, measuring, quality control, grading, report, outputs
 
 
 @dataclass
