@@ -159,6 +159,7 @@ def run_stages(ct_path: str, labels_path: str, output_dir: str, use_gpu: bool) -
     from spinefrac.assessment.fracture import assess_fractures
     from spinefrac.assessment.measurement import measure_vertebrae
     from spinefrac.assessment.morphometry import measure_morphometry
+    from spinefrac.assessment.quality import check_quality
     from spinefrac.io.images import load_ct, write_image
     from spinefrac.reporting.gallery import write_gallery_png
     from spinefrac.reporting.overview import write_overview_png
@@ -172,6 +173,8 @@ def run_stages(ct_path: str, labels_path: str, output_dir: str, use_gpu: bool) -
         ("load_ct", lambda: state.update(ct=load_ct(ct_path))),
         ("segment_existing_labels", lambda: state.update(seg=ExistingLabelMap(labels_path).segment(state["ct"]))),
         ("measure_vertebrae", lambda: state.update(measurements=measure_vertebrae(state["ct"], state["seg"]))),
+        ("quality_control", lambda: state.update(
+            quality=check_quality(state["ct"], state["seg"], state["measurements"]))),
         ("morphometry", lambda: state.update(
             morphometry=measure_morphometry(state["ct"], state["seg"], state["measurements"]))),
         ("classify_genant", lambda: state.update(

@@ -466,7 +466,8 @@ class SpineMrmlLogic:
         ct = ct_from_volume(volume_node)
         segmentation = segmentation_from_node(segmentation_node, volume_node, ct)
         assessment = assess(ct, segmentation, classifier, probability_threshold)
-        report = SpineReport.from_stages(ct, segmentation, assessment.measurements, assessment.findings)
+        report = SpineReport.from_stages(ct, segmentation, assessment.measurements, assessment.findings,
+                                         assessment.quality)
         report.notes.extend(segmentation.notes)
         style_level_segments(segmentation_node)  # canonical names and codes ("vertebrae_L1" becomes "L1")
         colour_by_decision(segmentation_node, report)

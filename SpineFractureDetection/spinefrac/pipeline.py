@@ -16,6 +16,7 @@ from spinefrac.assessment.classifier import FractureClassifier
 from spinefrac.assessment.fracture import DEFAULT_PROBABILITY_THRESHOLD, FractureFindings
 from spinefrac.assessment.measurement import SpineMeasurements
 from spinefrac.assessment.morphometry import SpineMorphometry
+from spinefrac.assessment.quality import SegmentationQuality
 from spinefrac.device import DeviceChoice, resolve_device
 from spinefrac.errors import EngineUnavailableError, InputError
 from spinefrac.io.filenames import (
@@ -35,7 +36,7 @@ from spinefrac.reporting.report import SpineReport
 from spinefrac.segmentation.base import LabelConvention, SegmentationEngine, VertebraSegmentation
 from spinefrac.segmentation.label_maps import ExistingLabelMap
 
-STAGE_COUNT = 6
+STAGE_COUNT = 7  # loading, segmentation, measuring, quality control, grading, report, outputs
 
 
 @dataclass
@@ -46,6 +47,7 @@ class RunResult:
     morphometry: SpineMorphometry
     findings: FractureFindings
     report: SpineReport
+    quality: SegmentationQuality
     device: DeviceChoice
     output_folder: Path
     files: dict[str, Path] = field(default_factory=dict)
@@ -136,7 +138,7 @@ def run_pipeline(
     assessment = assess(ct, segmentation, classifier, probability_threshold, stages)
     measurements, morphometry, findings = assessment.measurements, assessment.morphometry, assessment.findings
     stages.stage("Building report")
-    report = SpineReport.from_stages(ct, segmentation, measurements, findings)
+    report = SpineReport.from_stages(ct, segmentation, measurements, findings, assessment.quality)
     report.segmentation["device"] = device_choice.name
     report.notes[:0] = [f"input: {warning}" for warning in ct.warnings]
     if classifier is not None:
@@ -152,7 +154,7 @@ def run_pipeline(
         write_image(ct.to_source_grid(_body_image(ct, morphometry)), work / BODY_LABEL_MAP_FILE)
         report.write(work)
         write_overview_png(ct, segmentation, measurements, work / OVERVIEW_FILE, title=_title(ct, segmentation),
-                           morphometry=morphometry, findings=findings)
+                           morphometry=morphometry, findings=findings, quality=assessment.quality)
         write_gallery_png(ct, segmentation, morphometry, findings, work / GALLERY_FILE)
     final = Path(output_folder)
     for key, name in (("label_map", LABEL_MAP_FILE), ("body_label_map", BODY_LABEL_MAP_FILE),
@@ -161,7 +163,8 @@ def run_pipeline(
                       ("gallery_png", GALLERY_FILE)):
         files[key] = final / name
     stages.close()
-    return RunResult(ct, segmentation, measurements, morphometry, findings, report, device_choice, final, files)
+    return RunResult(ct, segmentation, measurements, morphometry, findings, report, assessment.quality,
+                     device_choice, final, files)
 
 
 def _body_image(ct: CtVolume, morphometry: SpineMorphometry) -> sitk.Image:

@@ -161,10 +161,13 @@ def test_classify_colours_segments_by_decision_and_tabulates_the_evidence(scene,
     assert np.allclose(_segment(segmentation, "L4").GetColor(), green)
     assert np.allclose(_segment(segmentation, "sacrum").GetColor(), grey)
     columns = [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())]
-    for name in ("decision", "genant_grade", "genant_type", "height_anterior_mm", "trabecular_hu", "decision_reason"):
+    for name in ("decision", "genant_grade", "genant_type", "height_anterior_mm", "trabecular_hu", "decision_reason",
+                 "qc_verdict", "qc_reasons"):
         assert name in columns
     row = [table.GetCellText(r, 0) for r in range(table.GetNumberOfRows())].index("L2")
     assert table.GetCellText(row, columns.index("decision")) == "fractured"
+    assert table.GetCellText(row, columns.index("qc_verdict")) == "pass"  # Slicer segments pass through QC
+    assert report.quality_control["overall_verdict"] in ("pass", "warn")
     assert table.GetCellText(row, columns.index("genant_type")) == "wedge"
     assert table.GetColumnUnitLabel("height_anterior_mm") == "mm"
 

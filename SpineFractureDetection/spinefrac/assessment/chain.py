@@ -1,24 +1,34 @@
 """The assessment chain, one call for every caller: the command line's pipeline and the Slicer
 module's MRML logic run the same stages in the same order with the same options.
 
-segmentation -> measure_vertebrae -> SpineMeasurements -> measure_morphometry -> SpineMorphometry
--> (optional classifier probabilities) -> assess_fractures -> FractureFindings
+segmentation -> measure_vertebrae -> SpineMeasurements -> check_quality -> SegmentationQuality
+-> measure_morphometry -> SpineMorphometry -> (optional classifier probabilities)
+-> assess_fractures -> FractureFindings (levels failing quality control withheld, grey)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 from spinefrac.assessment.classifier import FractureClassifier
-from spinefrac.assessment.fracture import DEFAULT_PROBABILITY_THRESHOLD, FractureFindings, assess_fractures
+from spinefrac.assessment.fracture import (
+    DEFAULT_PROBABILITY_THRESHOLD,
+    Decision,
+    FractureFindings,
+    assess_fractures,
+)
 from spinefrac.assessment.measurement import SpineMeasurements, measure_vertebrae
 from spinefrac.assessment.morphometry import SpineMorphometry, measure_morphometry
+from spinefrac.assessment.quality import SegmentationQuality, check_quality
 from spinefrac.io.images import CtVolume
 from spinefrac.progress import SilentStages
 from spinefrac.segmentation.base import VertebraSegmentation
 
 MEASURING_STAGE = "Measuring vertebrae"
+QUALITY_STAGE = "Quality control of the segmentation"
 GRADING_STAGE = "Fracture assessment (Genant morphometry)"
+QC_FAILED_PREFIX = "quality control failed: "
 
 
 @dataclass
@@ -26,6 +36,7 @@ class SpineAssessment:
     """What the assessment stages found for one segmented CT."""
 
     measurements: SpineMeasurements
+    quality: SegmentationQuality
     morphometry: SpineMorphometry
     findings: FractureFindings
 
@@ -37,14 +48,42 @@ def assess(
     probability_threshold: float = DEFAULT_PROBABILITY_THRESHOLD,
     stages=None,
 ) -> SpineAssessment:
-    """Measure every level, isolate the bodies and their heights, and grade them. Levels are
-    graded only where the segmentation says its masks are fit for morphometry; ``stages``
-    (``spinefrac.progress``) reports the two stages, measuring and grading."""
+    """Measure every level, check the segmentation's quality, isolate the bodies and their
+    heights, and grade them. Levels are graded only where the segmentation says its masks are fit
+    for morphometry and quality control does not fail them; ``stages`` (``spinefrac.progress``)
+    reports the stages."""
     stages = stages or SilentStages()
     measurements = measure_vertebrae(ct, segmentation, stages.stage(MEASURING_STAGE))
+    stages.stage(QUALITY_STAGE)
+    quality = check_quality(ct, segmentation, measurements)
     stages.stage(GRADING_STAGE)
-    morphometry = measure_morphometry(ct, segmentation, measurements)
+    morphometry = withhold_failing(measure_morphometry(ct, segmentation, measurements), quality)
     probabilities = classifier.probabilities(ct, segmentation, morphometry) if classifier else None
+    if probabilities:
+        probabilities = {name: p for name, p in probabilities.items() if name not in quality.failing()}
     findings = assess_fractures(measurements, morphometry, probabilities, probability_threshold,
                                 segmentation.masks_fit_for_morphometry)
-    return SpineAssessment(measurements, morphometry, findings)
+    _explain_withheld(findings, quality)
+    return SpineAssessment(measurements, quality, morphometry, findings)
+
+
+def withhold_failing(morphometry: SpineMorphometry, quality: SegmentationQuality) -> SpineMorphometry:
+    """Levels failing QC lose their heights and density: they are never graded, never serve as a
+    neighbour's expected height, and never feed the L1 density screen."""
+    failing = quality.failing()
+    vertebrae = [replace(m, heights=None, trabecular_hu=math.nan, problems=[QC_FAILED_PREFIX + failing[m.level.name]])
+                 if m.level.name in failing else m for m in morphometry.vertebrae]
+    return replace(morphometry, vertebrae=vertebrae)
+
+
+def _explain_withheld(findings: FractureFindings, quality: SegmentationQuality) -> None:
+    """A failing level's reason starts with its QC failures, whatever else also applies."""
+    failing = quality.failing()
+    for finding in findings.findings:
+        if finding.level.name not in failing:
+            continue
+        finding.decision = Decision.NOT_ASSESSABLE
+        finding.genant_grade = None
+        qc_reason = QC_FAILED_PREFIX + failing[finding.level.name]
+        if not finding.reason.startswith(QC_FAILED_PREFIX):
+            finding.reason = qc_reason + (f"; also {finding.reason}" if finding.reason else "")

@@ -17,6 +17,7 @@ import numpy as np  # noqa: E402
 from spinefrac.assessment.fracture import FractureFindings  # noqa: E402
 from spinefrac.assessment.measurement import SpineMeasurements  # noqa: E402
 from spinefrac.assessment.morphometry import SpineMorphometry, VoxelGrid  # noqa: E402
+from spinefrac.assessment.quality import QcVerdict, SegmentationQuality  # noqa: E402
 from spinefrac.coordinates import lps_from_ras  # noqa: E402
 from spinefrac.io.images import CtVolume  # noqa: E402
 from spinefrac.reporting.drawing import (  # noqa: E402
@@ -32,6 +33,7 @@ LABEL_SLAB_HALF_WIDTH_MM = 15.0  # curved spines leave the plane; show labels fr
 VIEW_MARGIN_MM = 40.0
 VERTICAL_MARGIN_MM = 20.0
 FIGURE_HEIGHT_IN = 8.0
+QC_CAPTION_COLOURS = {QcVerdict.FAIL: "#ff8c00", QcVerdict.WARN: "#ffd700"}  # orange fail, yellow warn
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,7 @@ def write_overview_png(
     title: str = "",
     morphometry: SpineMorphometry | None = None,
     findings: FractureFindings | None = None,
+    quality: SegmentationQuality | None = None,
 ) -> Path:
     hu = ct.array()  # [k, j, i]: k superior, j posterior, i left
     labels = segmentation.array()
@@ -94,13 +97,13 @@ def write_overview_png(
     for axis_plot, view in zip(axes, views):
         _draw_planes(axis_plot, view, rows, hu, labels, colours)
         _name_levels(axis_plot, ct, measurements, view.cut_axis, view.h_low, rows.k_low, view.spacing_h,
-                     rows.spacing_k, findings)
+                     rows.spacing_k, findings, quality)
         if morphometry is not None and view.cut_axis == 2:
             _draw_height_lines(axis_plot, ct, morphometry, view.h_low, rows.k_low, view.spacing_h, rows.spacing_k)
         axis_plot.set_title(view.title, color="white", fontsize=11)
         axis_plot.set_axis_off()
     figure.suptitle(title, color="white", fontsize=12)
-    _add_legend(figure, findings)
+    _add_legend(figure, findings, quality)
     figure.savefig(path, dpi=110, facecolor=figure.get_facecolor(), bbox_inches="tight", pad_inches=0.2)
     plt.close(figure)
     return path
@@ -152,7 +155,11 @@ def _draw_planes(axis_plot, view: _View, rows: _Rows, hu: np.ndarray, labels: np
     axis_plot.imshow(colours[label_plane], origin="lower", extent=extent, interpolation="nearest")
 
 
-def _add_legend(figure, findings: FractureFindings | None) -> None:
+def _add_legend(figure, findings: FractureFindings | None, quality: SegmentationQuality | None = None) -> None:
+    if quality is not None:
+        figure.text(0.5, 0.035, f"Quality control: {quality.summary()}. Orange 'QC fail': mask implausible, "
+                    "not graded; yellow 'QC warn': graded, check the mask (reasons in report.json).",
+                    color="lightgray", ha="center", fontsize=9)
     figure.text(
         0.5,
         0.01,
@@ -180,15 +187,21 @@ def _draw_height_lines(axis_plot, ct, morphometry, h_low, k_low, spacing_h, spac
 
 
 def _name_levels(axis_plot, ct, measurements, removed_axis, h_low, k_low, spacing_h, spacing_k,
-                 findings=None) -> None:
+                 findings=None, quality=None) -> None:
+    verdicts = {q.level.name: q.verdict for q in quality.levels} if quality else {}
     for m in measurements.vertebrae:
         lps = lps_from_ras(m.centroid_ras_mm)
         i, j, k = ct.image.TransformPhysicalPointToContinuousIndex(lps.tolist())
         horizontal = (j if removed_axis == 2 else i) - h_low
         x_mm, y_mm = (horizontal + 0.5) * spacing_h, (k - k_low + 0.5) * spacing_k
+        verdict = verdicts.get(m.level.name, QcVerdict.PASS)
+        caption = level_caption(m.level.name, findings)
+        colour = "white" if findings else np.array(m.level.color_rgb) / 255.0
+        if verdict is not QcVerdict.PASS:
+            caption, colour = f"{caption} QC {verdict.value}", QC_CAPTION_COLOURS[verdict]
         text = axis_plot.text(
-            x_mm, y_mm, level_caption(m.level.name, findings),
-            color="white" if findings else np.array(m.level.color_rgb) / 255.0,
+            x_mm, y_mm, caption,
+            color=colour,
             fontsize=9, fontweight="bold", ha="center", va="center",
         )
         text.set_path_effects([path_effects.withStroke(linewidth=2.5, foreground="black")])

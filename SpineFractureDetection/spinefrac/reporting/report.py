@@ -18,13 +18,15 @@ from pathlib import Path
 from spinefrac import __version__
 from spinefrac.assessment.fracture import FractureFindings, VertebraFinding
 from spinefrac.assessment.measurement import SpineMeasurements, VertebraMeasurement
+from spinefrac.assessment.quality import QC_METHOD, LevelQuality, SegmentationQuality
 from spinefrac.io.filenames import REPORT_CSV_FILE, REPORT_JSON_FILE
 from spinefrac.io.images import CtVolume
 from spinefrac.io.outputs import rounded_or_none
 from spinefrac.segmentation.base import VertebraSegmentation
 
 REPORT_SCHEMA = "spinefrac-report"
-REPORT_SCHEMA_VERSION = "1.2.0"  # 1.1: fracture findings per level; 1.2: segmentation.level_identification
+REPORT_SCHEMA_VERSION = "1.3.0"  # 1.1: fracture findings per level; 1.2: segmentation.level_identification;
+# 1.3: quality control (per level qc_verdict/qc_reasons columns, a quality_control block)
 
 SACRUM_NOTE = "sacrum: fused bone, reported for level counting; not graded for fracture"
 
@@ -69,7 +71,36 @@ COLUMN_DEFINITIONS: dict[str, str] = {
     "decision": "fractured (red), normal (green) or not_assessable (grey)",
     "decision_reason": "why: the grade and reduction, or what prevents an assessment",
     "in_validated_range": "true for T1-L5 (and T13/L6); cervical levels are measured outside it",
+    "qc_verdict": "quality control of the level's mask before grading: pass, warn (graded, check the mask) or "
+    "fail (not graded: grey); see quality_control.method",
+    "qc_reasons": "why the level warns or fails, ';'-separated (empty when it passes)",
     "note": "field-of-view and sacrum remarks, in words",
+}
+
+# The quality_control block's fields (JSON only), what each is and how it was measured.
+QC_DEFINITIONS: dict[str, str] = {
+    "quality_control.overall_verdict": "fail when any level fails, else warn when any warns, else pass",
+    "quality_control.identification_confidence": "level identification confidence after QC: one step lower when "
+    "masks fail, low when the order or spacing of levels fails, uncertain when no vertebra passes",
+    "quality_control.identification_confidence_before_qc": "the engine's own confidence (null: levels as labelled)",
+    "quality_control.levels[].volume_ml": "label volume, millilitres",
+    "quality_control.levels[].volume_expected_ml": "adult whole-vertebra volume for the level (Panjabi et al. body "
+    "dimensions as elliptic cylinders x whole/body ratio; spinefrac/assessment/anatomy.py), millilitres",
+    "quality_control.levels[].volume_relative_to_others": "volume / median of the other complete vertebrae's "
+    "volumes scaled to this level by the expected volumes (null with fewer than 3 to compare), ratio",
+    "quality_control.levels[].bone_fraction": "fraction of the label's voxels >= 150 HU (cortex and healthy marrow)",
+    "quality_control.levels[].hu_median": "median CT value of the label, HU",
+    "quality_control.levels[].hu_p95": "95th percentile of the label's CT values, HU (cortex: several hundred)",
+    "quality_control.levels[].hu_relative_spread": "inter-quartile range / median of the label's CT values "
+    "(bone ~0.7-1.2; contrast-filled blood 0.1-0.3)",
+    "quality_control.levels[].rim_minus_interior_hu": "median HU of the label's outer layer (one block of "
+    "QC's ~1.5 mm block-averaged grid) minus that of the rest (a vertebra's cortex makes it positive), HU",
+    "quality_control.levels[].piece_volumes_ml": "26-connected pieces of the label on QC's ~1.5 mm blocks, "
+    "largest first, millilitres",
+    "quality_control.levels[].canal_slices": "axial slices in which the label encloses a hole >= 30 mm2 behind "
+    "its centre (the spinal canal); judged where axial voxels are <= 1 mm",
+    "quality_control.levels[].spacing_ratios": "neighbouring labelled level -> centroid distance / expected "
+    "distance (level pitch x one scale factor per patient), ratio",
 }
 
 
@@ -82,6 +113,7 @@ class SpineReport:
     rows: list[dict]
     notes: list[str] = field(default_factory=list)
     osteoporosis_screen: dict | None = None
+    quality_control: dict | None = None
     created_utc: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     @classmethod
@@ -91,10 +123,12 @@ class SpineReport:
         segmentation: VertebraSegmentation,
         measurements: SpineMeasurements,
         findings: FractureFindings | None = None,
+        quality: SegmentationQuality | None = None,
     ) -> "SpineReport":
         grid = ct.source_grid
         by_level = findings.by_name() if findings else {}
-        return cls(
+        by_quality = quality.by_name() if quality else {}
+        report = cls(
             input={
                 "path": str(ct.source_path),
                 "format": ct.source_format,
@@ -114,10 +148,19 @@ class SpineReport:
                                          else {"anchors": [], "confidence": None,
                                                "summary": "levels as labelled by the segmentation source"}),
             },
-            rows=[level_row(m, by_level.get(m.level.name)) for m in measurements.vertebrae],
+            rows=[level_row(m, by_level.get(m.level.name), by_quality.get(m.level.name))
+                  for m in measurements.vertebrae],
             notes=list(measurements.notes) + (list(findings.notes) if findings else []),
             osteoporosis_screen=_screen(findings),
+            quality_control=quality_block(quality) if quality else None,
         )
+        if quality is not None:
+            identification = report.segmentation["level_identification"]
+            identification["confidence_before_qc"] = identification["confidence"]
+            identification["confidence"] = quality.identification_confidence
+            if quality.identification_confidence != quality.identification_confidence_before:
+                identification["summary"] += f"; quality control: {quality.summary()}"
+        return report
 
     def to_dict(self) -> dict:
         return {
@@ -128,8 +171,9 @@ class SpineReport:
             "coordinate_frame": "RAS (3D Slicer world coordinates), millimetres",
             "input": self.input,
             "segmentation": self.segmentation,
-            "definitions": COLUMN_DEFINITIONS,
+            "definitions": {**COLUMN_DEFINITIONS, **QC_DEFINITIONS},
             "levels": self.rows,
+            "quality_control": self.quality_control,
             "osteoporosis_screen": self.osteoporosis_screen,
             "fracture_method": FRACTURE_METHOD,
             "notes": self.notes,
@@ -195,7 +239,42 @@ def _finding_columns(f: VertebraFinding | None) -> dict:
     }
 
 
-def level_row(m: VertebraMeasurement, finding: VertebraFinding | None = None) -> dict:
+def quality_block(quality: SegmentationQuality) -> dict:
+    """The report's quality_control block: overall verdict, confidence, and per-level evidence."""
+    return {
+        "method": QC_METHOD,
+        "overall_verdict": quality.verdict.value,
+        "summary": quality.summary(),
+        "counts": quality.counts(),
+        "identification_confidence": quality.identification_confidence,
+        "identification_confidence_before_qc": quality.identification_confidence_before,
+        "levels": [_quality_entry(q) for q in quality.levels],
+    }
+
+
+def _quality_entry(q: LevelQuality) -> dict:
+    e = q.evidence
+    return {
+        "level": q.level.name,
+        "verdict": q.verdict.value,
+        "failures": list(q.failures),
+        "warnings": list(q.warnings),
+        "volume_ml": round(q.volume_ml, 2),
+        "volume_expected_ml": q.volume_expected_ml,
+        "volume_relative_to_others": rounded_or_none(q.volume_relative_to_others, 2),
+        "bone_fraction": round(e.bone_fraction, 3),
+        "hu_median": round(e.hu_median, 1),
+        "hu_p95": round(e.hu_p95, 1),
+        "hu_relative_spread": round(e.hu_relative_spread, 3),
+        "rim_minus_interior_hu": rounded_or_none(e.rim_minus_interior_hu, 1),
+        "piece_volumes_ml": [round(v, 2) for v in e.piece_volumes_ml[:5]],
+        "canal_slices": e.canal_slices,
+        "spacing_ratios": {name: round(r, 2) for name, r in q.spacing_ratios.items()},
+    }
+
+
+def level_row(m: VertebraMeasurement, finding: VertebraFinding | None = None,
+              quality: LevelQuality | None = None) -> dict:
     notes = [m.fov_note] if m.fov_note else []
     if not m.level.is_vertebra:
         notes.append(SACRUM_NOTE)
@@ -223,6 +302,8 @@ def level_row(m: VertebraMeasurement, finding: VertebraFinding | None = None) ->
         "fov_status": m.fov_status.value,
         "fov_border_faces": list(m.fov_border_faces),
         **_finding_columns(finding),
+        "qc_verdict": quality.verdict.value if quality else None,
+        "qc_reasons": list(quality.reasons) if quality else [],
         "note": "; ".join(notes),
     }
 
