@@ -29,6 +29,7 @@ EDGE_WINDOW_VOXELS = 1.5  # search the CT edge this far (voxels along the axis) 
 EDGE_WINDOW_EXTRA_MM = 0.5
 EDGE_LEVEL_SPAN_VOXELS = 2.0  # bone and disc levels taken this far inside / outside the edge
 MIN_EDGE_CONTRAST_HU = 80.0
+GUIDE_TOLERANCE_VOXELS = 1.0
 LINE_STEP_MM = 0.1
 COLUMN_FRACTIONS_LR = np.linspace(-0.3, 0.3, 5)  # fraction of the body width, around its middle
 COLUMN_FRACTIONS_AP = np.linspace(-0.6, 0.6, 5)  # fraction of the semi-depth, around its middle
@@ -51,8 +52,8 @@ class BodyProbe:
         self.offset = offset
         self.grid = grid
 
-    def endplates(self, frame: VertebralFrame, u: float, v: float | tuple[float, ...], reach: float
-                  ) -> tuple[Edge, Edge] | None:
+    def endplates(self, frame: VertebralFrame, u: float, v: float | tuple[float, ...], reach: float,
+                  planes=None) -> tuple[Edge, Edge] | None:
         """Inferior and superior endplate on the line (u, v, t) of the frame, t in mm. With several
         v (a corner point, then points further inside), the first line is used whose mask borders
         the next line in does not pass by more than a voxel: a line near a wall that tilts against
@@ -71,6 +72,10 @@ class BodyProbe:
         if chosen is None:
             return None
         kji, mask_low, mask_high = chosen
+        if planes is not None:
+            u_line, v_line = u, float(np.atleast_1d(v)[0])
+            mask_low, mask_high = (_guided(mask_low, plane_t(planes[0], u_line, v_line), voxel_mm),
+                                   _guided(mask_high, plane_t(planes[1], u_line, v_line), voxel_mm))
         hu_profile = sample_at(self.hu, kji.T, order=1, cval=-1000.0)
         return (bone_edge(t, hu_profile, mask_low, -1, voxel_mm),
                 bone_edge(t, hu_profile, mask_high, +1, voxel_mm))
@@ -85,6 +90,10 @@ class BodyProbe:
             return None
         first, last = inside[0], inside[-1]
         return kji, crossing(t, profile, first - 1, first), crossing(t, profile, last, last + 1)
+
+
+def _guided(mask_border: float, plane_border: float, voxel_mm: float) -> float:
+    return mask_border if abs(mask_border - plane_border) <= GUIDE_TOLERANCE_VOXELS * voxel_mm else plane_border
 
 
 def bone_edge(t: np.ndarray, hu: np.ndarray, t_mask: float, outward: int, voxel_mm: float) -> Edge:
@@ -127,6 +136,17 @@ def crossing(t: np.ndarray, values: np.ndarray, a: int, b: int, level: float = 0
 def endplate_axis(probe: BodyProbe, frame: VertebralFrame, local_body: np.ndarray, reach: float) -> np.ndarray | None:
     """The mean normal of the fitted superior and inferior endplate planes (LPS unit vector,
     pointing superior), or None when too few columns reach both endplates."""
+    planes = endplate_planes(probe, frame, local_body, reach)
+    if planes is None:
+        return None
+    normals = [plane_normal(coefficients) for coefficients in planes]
+    mean = normals[0] + normals[1]
+    return frame.axes() @ (mean / np.linalg.norm(mean))
+
+
+def endplate_planes(probe: BodyProbe, frame: VertebralFrame, local_body: np.ndarray, reach: float):
+    """(inferior, superior) planes t = a u + b v + c in the frame's coordinates, fitted to the
+    endplates of a grid of columns over the central part of the body; None when too few."""
     u_low, u_high = np.percentile(local_body[:, 0], [2, 98])
     v_low, v_high = np.percentile(local_body[:, 1], [2, 98])
     u_mid, v_mid = 0.5 * (u_low + u_high), 0.5 * (v_low + v_high)
@@ -143,15 +163,22 @@ def endplate_axis(probe: BodyProbe, frame: VertebralFrame, local_body: np.ndarra
     if len(columns) < MIN_PLANE_POINTS:
         return None
     columns = np.array(columns)
-    normals = [plane_normal(columns, np.array(heights)) for heights in (inferior, superior)]
-    if any(n is None for n in normals):
-        return None
-    mean = normals[0] + normals[1]
-    return frame.axes() @ (mean / np.linalg.norm(mean))
+    planes = [fit_plane(columns, np.array(heights)) for heights in (inferior, superior)]
+    return None if any(p is None for p in planes) else tuple(planes)
 
 
-def plane_normal(columns_uv: np.ndarray, t: np.ndarray) -> np.ndarray | None:
-    """Unit normal (local coordinates, +t side) of the plane t = a u + b v + c fitted robustly."""
+def plane_t(plane: np.ndarray, u: float, v: float) -> float:
+    return float(plane[0] * u + plane[1] * v + plane[2])
+
+
+def plane_normal(plane: np.ndarray) -> np.ndarray:
+    """Unit normal (local coordinates, +t side) of the plane t = a u + b v + c."""
+    normal = np.array([-plane[0], -plane[1], 1.0])
+    return normal / np.linalg.norm(normal)
+
+
+def fit_plane(columns_uv: np.ndarray, t: np.ndarray) -> np.ndarray | None:
+    """(a, b, c) of the plane t = a u + b v + c, least squares with outliers dropped."""
     keep = np.ones(t.size, dtype=bool)
     design = np.column_stack([columns_uv, np.ones(t.size)])
     for _ in range(2):
@@ -161,6 +188,4 @@ def plane_normal(columns_uv: np.ndarray, t: np.ndarray) -> np.ndarray | None:
         residual = np.abs(t - design @ coefficients)
         scale = np.median(residual[keep]) + 1e-6
         keep = residual <= OUTLIER_MAD * scale + 0.5
-    a, b, _ = coefficients
-    normal = np.array([-a, -b, 1.0])
-    return normal / np.linalg.norm(normal)
+    return coefficients

@@ -25,7 +25,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
-from spinefrac.assessment.endplates import BodyProbe, endplate_axis
+from spinefrac.assessment.endplates import BodyProbe, endplate_axis, endplate_planes
 from spinefrac.assessment.geometry import VertebralFrame, VoxelGrid, make_frame, sample_at  # noqa: F401 (re-exported)
 from spinefrac.assessment.measurement import SpineMeasurements
 from spinefrac.coordinates import lps_from_ras
@@ -131,7 +131,9 @@ def measure_morphometry(
         frame = make_frame(result.frame.centre_lps_mm, neighbour_axis, result.frame.anterior)
         probe = _probe(result, hu, grid)
         frame = _endplate_frame(result, frame, probe, grid)
-        _measure_body(result, frame, grid, probe)
+        local = _body_local(result, frame, grid)
+        planes = endplate_planes(probe, frame, local, _reach(local, grid))
+        _measure_body(result, frame, grid, probe, planes=planes)
     return SpineMorphometry(results, tuple(ct.image.GetSpacing()))
 
 
@@ -285,7 +287,10 @@ def _endplate_frame(result: VertebraMorphometry, frame: VertebralFrame, probe: B
 
 
 def _measure_body(result: VertebraMorphometry, frame: VertebralFrame, grid: VoxelGrid, probe: BodyProbe,
-                  plane_fractions: tuple[float, ...] = PLANE_OFFSETS) -> None:
+                  plane_fractions: tuple[float, ...] = PLANE_OFFSETS, planes=None) -> None:
+    """Heights at Genant's points on parasagittal planes; the corner (anterior, posterior) lines
+    are guided by the fitted endplate ``planes`` where the mask strays, the middle line is not
+    (a biconcave endplate sinks there, away from any plane)."""
     local = _body_local(result, frame, grid)
     voxel_mm = float(grid.spacing.max())
     half_voxel = 0.5 * float(grid.spacing.min())
@@ -310,7 +315,7 @@ def _measure_body(result: VertebraMorphometry, frame: VertebralFrame, grid: Voxe
                      v_middle - HEIGHT_SAMPLE_FRACTION * semi_depth)
         lines_v = (tuple(positions[0] - inside), (v_middle,), tuple(positions[2] + inside))
         for q, v in enumerate(positions):
-            edges = probe.endplates(frame, u, lines_v[q], reach)
+            edges = probe.endplates(frame, u, lines_v[q], reach, planes if q != 1 else None)
             if edges is None:
                 continue
             low, high = edges
