@@ -20,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "SpineFractureDetection"))
 
-from spinefrac.synthetic.real_data_cases import simulated_case_rows, summarise_cases
+from spinefrac.synthetic.real_data_cases import simulated_case_rows, summarise_cases  # noqa: E402
 
 SAMPLE_CT = REPO / "SpineFractureDetection/Resources/SampleData/ts-example-ct.nii.gz"
 SAMPLE_LABELS = REPO / "SpineFractureDetection/Resources/SampleData/ts-example-vertebrae.nii.gz"

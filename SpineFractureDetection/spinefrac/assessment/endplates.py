@@ -74,7 +74,7 @@ class BodyProbe:
         kji, mask_low, mask_high = chosen
         if planes is not None:
             u_line, v_line = u, float(np.atleast_1d(v)[0])
-            mask_low, mask_high = (_guided(mask_low, plane_t(planes[0], u_line, v_line), voxel_mm),
+            mask_low, mask_high = (-_guided(-mask_low, -plane_t(planes[0], u_line, v_line), voxel_mm),
                                    _guided(mask_high, plane_t(planes[1], u_line, v_line), voxel_mm))
         hu_profile = sample_at(self.hu, kji.T, order=1, cval=-1000.0)
         return (bone_edge(t, hu_profile, mask_low, -1, voxel_mm),
@@ -93,7 +93,9 @@ class BodyProbe:
 
 
 def _guided(mask_border: float, plane_border: float, voxel_mm: float) -> float:
-    return mask_border if abs(mask_border - plane_border) <= GUIDE_TOLERANCE_VOXELS * voxel_mm else plane_border
+    """The plane where the mask runs outwards (+) beyond it by more than the tolerance; a mask
+    border inside the plane is kept (a concave or depressed endplate lies inside any plane)."""
+    return plane_border if mask_border - plane_border > GUIDE_TOLERANCE_VOXELS * voxel_mm else mask_border
 
 
 def bone_edge(t: np.ndarray, hu: np.ndarray, t_mask: float, outward: int, voxel_mm: float) -> Edge:
