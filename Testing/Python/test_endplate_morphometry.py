@@ -177,3 +177,15 @@ def test_offline_engine_masks_are_graded_without_false_fractures(sample):
         assert np.isnan(f.trabecular_hu)  # bone-threshold masks: density withheld
         heights = np.array([f.height_anterior_mm, f.height_middle_mm, f.height_posterior_mm])
         assert np.max(np.abs(heights - ref_heights[name])) <= 3.0, name  # one voxel of the 3 mm grid
+
+
+def test_train_cls_augmentation_makes_fractured_crops_from_normal_levels(sample):
+    from spinefrac.assessment.classifier import CropGeometry
+    from spinefrac.training.classifier import simulated_examples
+
+    ct, segmentation, baseline = sample
+    normal = [baseline.morphometry.by_name()[name] for name in ("L2", "L3", "L4")]
+    examples = simulated_examples("sample", ct, segmentation, normal, 2, np.random.default_rng(0), CropGeometry())
+    assert len(examples) == 2 and all(e.fractured and e.case == "sample" for e in examples)
+    assert len({e.level for e in examples}) == 2 and all(e.level in ("L2", "L3", "L4") for e in examples)
+    assert examples[0].crop.shape == examples[1].crop.shape and np.isfinite(examples[0].crop).all()
