@@ -30,6 +30,7 @@ EDGE_WINDOW_EXTRA_MM = 0.5
 EDGE_LEVEL_SPAN_VOXELS = 2.0  # bone and disc levels taken this far inside / outside the edge
 MIN_EDGE_CONTRAST_HU = 80.0
 GUIDE_TOLERANCE_VOXELS = 1.0
+FIRST_EDGE_SHARE = 0.5  # a fall at least this share of the steepest one counts as an edge
 LINE_STEP_MM = 0.1
 COLUMN_FRACTIONS_LR = np.linspace(-0.3, 0.3, 5)  # fraction of the body width, around its middle
 COLUMN_FRACTIONS_AP = np.linspace(-0.6, 0.6, 5)  # fraction of the semi-depth, around its middle
@@ -72,13 +73,14 @@ class BodyProbe:
         if chosen is None:
             return None
         kji, mask_low, mask_high = chosen
+        inner_low = inner_high = None
         if planes is not None:
             u_line, v_line = u, float(np.atleast_1d(v)[0])
-            mask_low, mask_high = (-_guided(-mask_low, -plane_t(planes[0], u_line, v_line), voxel_mm),
-                                   _guided(mask_high, plane_t(planes[1], u_line, v_line), voxel_mm))
+            inner_low = _inner_start(-mask_low, -plane_t(planes[0], u_line, v_line), voxel_mm)
+            inner_high = _inner_start(mask_high, plane_t(planes[1], u_line, v_line), voxel_mm)
         hu_profile = sample_at(self.hu, kji.T, order=1, cval=-1000.0)
-        return (bone_edge(t, hu_profile, mask_low, -1, voxel_mm),
-                bone_edge(t, hu_profile, mask_high, +1, voxel_mm))
+        return (bone_edge(t, hu_profile, mask_low, -1, voxel_mm, None if inner_low is None else -inner_low),
+                bone_edge(t, hu_profile, mask_high, +1, voxel_mm, inner_high))
 
     def _mask_borders(self, frame: VertebralFrame, u: float, v: float, t: np.ndarray):
         """The line's grid indices and the outermost 0.5-crossings of the interpolated mask."""
@@ -92,24 +94,34 @@ class BodyProbe:
         return kji, crossing(t, profile, first - 1, first), crossing(t, profile, last, last + 1)
 
 
-def _guided(mask_border: float, plane_border: float, voxel_mm: float) -> float:
-    """The plane where the mask runs outwards (+) beyond it by more than the tolerance; a mask
-    border inside the plane is kept (a concave or depressed endplate lies inside any plane)."""
-    return plane_border if mask_border - plane_border > GUIDE_TOLERANCE_VOXELS * voxel_mm else mask_border
+def _inner_start(mask_border: float, plane_border: float, voxel_mm: float) -> float | None:
+    """Where to start looking for the edge when the mask runs outwards (+) beyond the fitted
+    plane by more than the tolerance: from the plane, taking the first edge going out (the mask
+    may run into the disc; a concave or intact rim lies further out than a dented plane, and the
+    first edge from inside still finds it). None: the mask's border is trusted."""
+    return plane_border if mask_border - plane_border > GUIDE_TOLERANCE_VOXELS * voxel_mm else None
 
 
-def bone_edge(t: np.ndarray, hu: np.ndarray, t_mask: float, outward: int, voxel_mm: float) -> Edge:
-    """The bone/disc edge nearest the mask border ``t_mask``, going ``outward`` (+1 up, -1 down)."""
+def bone_edge(t: np.ndarray, hu: np.ndarray, t_mask: float, outward: int, voxel_mm: float,
+              t_inner: float | None = None) -> Edge:
+    """The bone/disc edge nearest the mask border ``t_mask``, going ``outward`` (+1 up, -1 down):
+    the steepest fall within the window; with ``t_inner`` (further in than the mask border), the
+    first clear fall going out from there instead."""
     window = EDGE_WINDOW_VOXELS * voxel_mm + EDGE_WINDOW_EXTRA_MM
     span = EDGE_LEVEL_SPAN_VOXELS * voxel_mm
     s = outward * (t - t_mask)  # outward distance from the mask border
     order = np.argsort(s)
     s, profile = s[order], hu[order]
-    in_window = np.nonzero(np.abs(s) <= window)[0]
+    start = -window if t_inner is None else min(outward * (t_inner - t_mask), 0.0) - window
+    in_window = np.nonzero((s >= start) & (s <= window))[0]
     if in_window.size < 3:
         return Edge(t_mask, False)
     slope = np.gradient(profile[in_window])
-    k = in_window[int(np.argmin(slope))]  # steepest fall going outwards
+    if t_inner is None:
+        k = in_window[int(np.argmin(slope))]  # steepest fall going outwards
+    else:
+        clear = np.nonzero(slope <= FIRST_EDGE_SHARE * slope.min())[0]
+        k = in_window[_first_run_minimum(slope, clear)]
     bone = profile[(s >= s[k] - span) & (s <= s[k])].max()
     disc = profile[(s >= s[k]) & (s <= s[k] + span)].min()
     if bone - disc < MIN_EDGE_CONTRAST_HU:
@@ -123,6 +135,14 @@ def bone_edge(t: np.ndarray, hu: np.ndarray, t_mask: float, outward: int, voxel_
     j = falls[np.argmin(np.abs(s[falls] - s[k]))]
     edge_s = s[j] + (profile[j] - level) / (profile[j] - profile[j + 1]) * (s[j + 1] - s[j])
     return Edge(t_mask + outward * float(edge_s), True)
+
+
+def _first_run_minimum(slope: np.ndarray, clear: np.ndarray) -> int:
+    """Index of the steepest sample in the first run of consecutive ``clear`` indices."""
+    run_end = clear[0]
+    while run_end + 1 in clear:
+        run_end += 1
+    return clear[0] + int(np.argmin(slope[clear[0]:run_end + 1]))
 
 
 def crossing(t: np.ndarray, values: np.ndarray, a: int, b: int, level: float = 0.5) -> float:
