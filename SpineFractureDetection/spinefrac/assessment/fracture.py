@@ -41,6 +41,7 @@ from spinefrac.levels import Level, Region
 
 GRADE_THRESHOLDS = (0.20, 0.25, 0.40)  # height reduction at which grades 1, 2, 3 begin
 NEIGHBOUR_DEFORMATION_LIMIT = 0.15  # neighbours wedged more than this do not set expectations
+REFERENCE_PASSES = 4
 NEIGHBOUR_CONCAVITY_LIMIT = 0.20  # nor those whose middle height is this far under their central height
 CRUSH_SHARE = 0.75  # posterior loss at least this share of the largest loss: the whole body is lower
 MAX_AXIAL_VOXEL_FRACTION = 0.2  # heights need at least five voxels along the body axis
@@ -216,19 +217,23 @@ def _central_mm(f: VertebraFinding) -> float:
 
 def _against_neighbours(findings: list[VertebraFinding], morphometry: dict[str, VertebraMorphometry]) -> None:
     """Expected heights from undeformed neighbours: first those whose own shape is normal, then
-    again without any whose heights fall short of their own expectation (a crushed neighbour)."""
+    again without any whose heights fall short of their own expectation by as much as a deformed
+    shape (a crushed neighbour, or two adjacent fractures judging each other), until none drops."""
     measured = [f for f in findings if math.isfinite(f.wedge_reduction)]  # graded levels only
     heights = {f.level.name: LevelHeights(f.level, f.height_anterior_mm, f.height_middle_mm, f.height_posterior_mm,
                                           _point_distance_mm(morphometry[f.level.name])) for f in measured}
     references = [f for f in measured if f.wedge_reduction < NEIGHBOUR_DEFORMATION_LIMIT
                   and f.biconcave_reduction < NEIGHBOUR_CONCAVITY_LIMIT]
     concavity = {f.level.name: f.biconcave_reduction for f in measured}
-    for _ in range(2):
+    for _ in range(REFERENCE_PASSES):
         for finding in measured:
             finding.biconcave_reduction = concavity[finding.level.name]
             _compare(finding, heights, references)
-        references = [f for f in references if max(f.anterior_loss, f.middle_loss, f.crush_reduction, 0.0)
-                      < GRADE_THRESHOLDS[0] or not math.isfinite(f.crush_reduction)]
+        kept = [f for f in references if not math.isfinite(f.crush_reduction)
+                or max(f.anterior_loss, f.middle_loss, f.crush_reduction) < NEIGHBOUR_DEFORMATION_LIMIT]
+        if len(kept) == len(references):
+            break
+        references = kept
 
 
 def _compare(finding: VertebraFinding, heights: dict[str, LevelHeights], references: list[VertebraFinding]) -> None:
