@@ -12,7 +12,8 @@ the anterior height d * tan(angle) smaller than the posterior one without any fr
 Expected heights (each height's relative loss against its pre-fracture estimate, as the
 relative height loss of the vertebra, RHLV, of the HealthiVert-GAN paper does per section): the central height
 Hc = (Ha + Hp) / 2, which wedging does not change, is the median over up to two undeformed
-levels on each side (within three levels); the expected anterior and posterior heights are
+levels on each side (within three levels; cervical levels and the others never judge each
+other, cervical bodies being far smaller); the expected anterior and posterior heights are
 Hc -/+ D / 2, D being this level's physiological difference d * tan(angle) plus the median of the
 neighbours' own differences beyond theirs (the patient's posture and shape carry over), and the
 expected middle height is Hc times the neighbours' own middle/central ratio (their endplate
@@ -91,8 +92,10 @@ def expected_heights(target: LevelHeights, undeformed: list[LevelHeights]) -> Ex
 
 def nearest_neighbours(level: Level, candidates: list[LevelHeights]) -> list[LevelHeights]:
     rank = level.craniocaudal_rank
+    cervical = level.region is Region.CERVICAL  # cervical bodies are far smaller than thoracic ones
     others = [c for c in candidates if c.level.name != level.name
-              and abs(c.level.craniocaudal_rank - rank) <= MAX_NEIGHBOUR_DISTANCE]
+              and abs(c.level.craniocaudal_rank - rank) <= MAX_NEIGHBOUR_DISTANCE
+              and (c.level.region is Region.CERVICAL) == cervical]
     above = sorted((c for c in others if c.level.craniocaudal_rank < rank), key=lambda c: -c.level.craniocaudal_rank)
     below = sorted((c for c in others if c.level.craniocaudal_rank > rank), key=lambda c: c.level.craniocaudal_rank)
     return above[:NEIGHBOURS_PER_SIDE] + below[:NEIGHBOURS_PER_SIDE]
