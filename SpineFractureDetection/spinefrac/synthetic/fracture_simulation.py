@@ -2,12 +2,14 @@
 
 One vertebral body is compressed along its own height axis (the endplate frame that
 morphometry measures on the unfractured CT), in one of Genant's patterns and by a given
-fraction ``loss`` of its central height H:
-  wedge      the superior endplate drops by loss * H at the anterior height point, by nothing at
+fraction ``loss`` of the height it reduces (Ha, Hm, Hp: the body's measured heights):
+  wedge      the superior endplate drops by loss * Ha at the anterior height point, by nothing at
              the posterior one (linear between them); the spine above follows, column by column
-  biconcave  the superior endplate sinks by loss * H in the middle, by nothing at the anterior
+  biconcave  the superior endplate sinks by loss * Hm in the middle, by nothing at the anterior
              and posterior points and the lateral margins; the rim holds, the disc fills the dent
-  crush      the whole superior endplate drops by loss * H; the spine above follows
+  crush      the superior endplate drops by loss times the local height (Hp at the posterior
+             point, Hm in the middle, Ha at the anterior one, linear between): every height
+             loses the same share; the spine above follows
 Inside the body the bone is squeezed (resampled) between the inferior endplate and the dropped
 superior one; the disc above moves with it. Every voxel's source position is computed in the
 body's frame (backward mapping): the CT is resampled linearly, the labels by nearest neighbour,
@@ -53,6 +55,7 @@ class BodyGeometry:
     semi_depth_mm: float
     u_middle_mm: float
     semi_width_mm: float
+    heights_mm: tuple[float, float, float]  # anterior, middle, posterior
 
     @property
     def height_mm(self) -> float:
@@ -69,21 +72,23 @@ def body_geometry(m: VertebraMorphometry, grid: VoxelGrid) -> BodyGeometry:
     local = m.frame.to_local(grid.lps(np.argwhere(body) + np.array([s.start for s in box])))
     u_low, u_high = np.percentile(local[:, 0], [2, 98])
     return BodyGeometry(float(low[2]), float(high[2]), float(low[1]), 0.5 * float(m.body_depth_mm),
-                        0.5 * float(u_low + u_high), 0.5 * float(u_high - u_low))
+                        0.5 * float(u_low + u_high), 0.5 * float(u_high - u_low),
+                        (m.heights.anterior_mm, m.heights.middle_mm, m.heights.posterior_mm))
 
 
 def compression_mm(fracture: SimulatedFracture, body: BodyGeometry, u: np.ndarray, v: np.ndarray):
     """(drop of the superior endplate, shift of everything above) in mm, per column (u, v)."""
-    depth = fracture.loss * body.height_mm
+    anterior, middle, posterior = body.heights_mm
     q = (v - body.v_middle_mm) / (HEIGHT_SAMPLE_FRACTION * body.semi_depth_mm)  # +-1 at the height points
     if fracture.kind == "crush":
-        drop = np.full_like(q, depth)
+        local_height = np.interp(np.clip(q, -1.0, 1.0), [-1.0, 0.0, 1.0], [posterior, middle, anterior])
+        drop = fracture.loss * local_height
         return drop, drop
     if fracture.kind == "wedge":
-        drop = depth * np.clip(0.5 * (q + 1.0), 0.0, 1.0)
+        drop = fracture.loss * anterior * np.clip(0.5 * (q + 1.0), 0.0, 1.0)
         return drop, drop
     r = (u - body.u_middle_mm) / (HEIGHT_SAMPLE_FRACTION * body.semi_width_mm)
-    drop = depth * np.clip(1.0 - np.hypot(q, r) ** BICONCAVE_EXPONENT, 0.0, 1.0)
+    drop = fracture.loss * middle * np.clip(1.0 - np.hypot(q, r) ** BICONCAVE_EXPONENT, 0.0, 1.0)
     return drop, np.zeros_like(drop)
 
 
