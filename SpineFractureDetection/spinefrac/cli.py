@@ -177,6 +177,9 @@ def _add_train_classifier_parser(commands) -> None:
     train.add_argument("--batch-size", type=int, default=8)
     train.add_argument("--learning-rate", type=float, default=1e-3)
     train.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    train.add_argument("--simulated-fractures", type=int, default=0, metavar="N",
+                       help="add N simulated fractures per case (normal levels compressed: wedge, biconcave "
+                       "or crush, 25-50 %% loss) as fractured examples")
     train.set_defaults(handler=_train_classifier)
 
 
@@ -302,7 +305,7 @@ def _train_classifier(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
-    examples = examples_from_dataset(args.data, log=log)
+    examples = examples_from_dataset(args.data, log=log, simulated_per_case=args.simulated_fractures)
     train_classifier(examples, args.output, epochs=args.epochs, batch_size=args.batch_size,
                      learning_rate=args.learning_rate, device=device.name, log=log)
     print(args.output)

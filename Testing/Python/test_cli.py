@@ -201,7 +201,8 @@ def test_cuda_request_without_a_gpu_is_a_clear_error(tmp_path, sample_ct, sample
     assert not (tmp_path / "out").exists()
 
 
-def test_run_without_segmentation_uses_the_offline_engine_and_withholds_grades(tmp_path, sample_ct, monkeypatch):
+def test_run_without_segmentation_uses_the_offline_engine_grades_and_withholds_density(tmp_path, sample_ct,
+                                                                                       monkeypatch):
     monkeypatch.setenv("SPINEFRAC_CACHE", str(tmp_path / "empty-cache"))  # no learned model installed
     result = run_cli("run", sample_ct, "-o", tmp_path / "out", "-q")
     assert result.returncode == 0, result.stderr
@@ -213,8 +214,10 @@ def test_run_without_segmentation_uses_the_offline_engine_and_withholds_grades(t
     assert identification["summary"] in report["segmentation"]["notes"]
     rows = {row["level"]: row for row in report["levels"]}
     assert {"L1", "L2", "L3", "L4", "L5", "sacrum"} <= set(rows)
-    assert all(row["decision"] == "not_assessable" for row in rows.values())
-    assert "offline engine" in rows["L3"]["decision_reason"]
+    # Heights come from the CT's endplates, so the offline masks are graded (a normal CT: all normal)
+    assert all(rows[name]["decision"] == "normal" and rows[name]["genant_grade"] == 0
+               for name in ("L1", "L2", "L3", "L4", "L5"))
+    assert all(rows[name]["trabecular_hu"] is None for name in ("L1", "L2", "L3", "L4", "L5"))
     assert report["osteoporosis_screen"] is None  # threshold masks bias the density: withheld
 
 

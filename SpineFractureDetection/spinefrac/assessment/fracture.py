@@ -4,12 +4,17 @@ Genant HK et al., "Vertebral fracture assessment using a semiquantitative techni
 J Bone Miner Res 1993;8:1137-1148. Height reduction (against the vertebra's own posterior or
 anterior height, or against the expected height from adjacent levels):
   < 20 %: grade 0 (normal); 20-25 %: grade 1 (mild); 25-40 %: grade 2 (moderate); > 40 %: grade 3.
-Type, from which height is reduced most:
-  wedge      anterior height against posterior height          (1 - Ha / Hp)
-  biconcave  middle height against the larger of Ha, Hp        (1 - Hm / max(Ha, Hp))
-  crush      posterior height against the expected posterior height, the median of up to two
-             adjacent levels on each side that are not themselves wedge/biconcave deformed
-             (1 - Hp / Hp_expected)
+Both comparisons of Genant's method are made (expected_heights.py says how):
+  within the vertebra
+    wedge      anterior height against the posterior one, less this level's physiological
+               wedging (thoracic kyphotic wedge, lower lumbar reverse wedge): 1 - Ha / (Hp - d tan w)
+    biconcave  middle height against the central height Hc = (Ha + Hp) / 2, relative to the
+               neighbours' own middle/central ratio (normal endplate concavity): 1 - (Hm/Hc) / c
+  against the expected heights from undeformed neighbours (relative height loss per section)
+    anterior, middle, posterior loss   1 - H / H_expected; the posterior one is the crush reduction
+The grade comes from the largest of these reductions. Type: crush when the posterior height
+is reduced nearly as much as the most reduced one (the whole body is lower), else wedge when
+the anterior height is reduced more than the middle, else biconcave.
 Decision: fractured (red) when grade >= 1 or, with a learned classifier, when its calibrated
 probability reaches the user's threshold; normal (green) otherwise; not assessable (grey) with
 the reason when the level cannot be measured reliably.
@@ -28,13 +33,17 @@ from enum import Enum
 
 import numpy as np
 
+from spinefrac.assessment.expected_heights import LevelHeights, expected_heights, physiological_difference_mm
 from spinefrac.assessment.measurement import FovStatus, SpineMeasurements
-from spinefrac.assessment.morphometry import SpineMorphometry, VertebraMorphometry
+from spinefrac.assessment.morphometry import HEIGHT_SAMPLE_FRACTION, SpineMorphometry, VertebraMorphometry
 from spinefrac.hounsfield import METAL_HU
 from spinefrac.levels import Level, Region
 
 GRADE_THRESHOLDS = (0.20, 0.25, 0.40)  # height reduction at which grades 1, 2, 3 begin
-NEIGHBOUR_DEFORMATION_LIMIT = 0.15  # neighbours deformed more than this do not set expectations
+NEIGHBOUR_DEFORMATION_LIMIT = 0.15  # neighbours wedged more than this do not set expectations
+REFERENCE_PASSES = 4
+NEIGHBOUR_CONCAVITY_LIMIT = 0.20  # nor those whose middle height is this far under their central height
+CRUSH_SHARE = 0.75  # posterior loss at least this share of the largest loss: the whole body is lower
 MAX_AXIAL_VOXEL_FRACTION = 0.2  # heights need at least five voxels along the body axis
 L1_OSTEOPOROSIS_HU = 110.0
 L1_OSTEOPENIA_HU = 160.0
@@ -70,10 +79,16 @@ class VertebraFinding:
     height_anterior_mm: float = math.nan
     height_middle_mm: float = math.nan
     height_posterior_mm: float = math.nan
+    height_anterior_expected_mm: float = math.nan
+    height_middle_expected_mm: float = math.nan
     height_posterior_expected_mm: float = math.nan
-    wedge_reduction: float = math.nan  # 1 - Ha/Hp
-    biconcave_reduction: float = math.nan  # 1 - Hm/max(Ha, Hp)
-    crush_reduction: float = math.nan  # 1 - Hp/Hp_expected
+    expected_from: tuple[str, ...] = ()  # the neighbouring levels that set the expected heights
+    physiological_wedge_mm: float = 0.0  # Hp - Ha of a normal body of this level and depth
+    wedge_reduction: float = math.nan  # 1 - Ha / (Hp - physiological wedge)
+    biconcave_reduction: float = math.nan  # 1 - (Hm/Hc) / neighbours' Hm/Hc
+    anterior_loss: float = math.nan  # 1 - Ha / Ha_expected
+    middle_loss: float = math.nan  # 1 - Hm / Hm_expected
+    crush_reduction: float = math.nan  # posterior loss, 1 - Hp / Hp_expected
     genant_grade: int | None = None
     genant_type: GenantType = GenantType.NONE
     trabecular_hu: float = math.nan
@@ -82,9 +97,12 @@ class VertebraFinding:
 
     @property
     def height_loss(self) -> float:
-        reductions = [r for r in (self.wedge_reduction, self.biconcave_reduction, self.crush_reduction)
-                      if math.isfinite(r)]
+        reductions = [r for r in self.reductions().values() if math.isfinite(r)]
         return max(reductions) if reductions else math.nan
+
+    def reductions(self) -> dict[str, float]:
+        return {"wedge": self.wedge_reduction, "biconcave": self.biconcave_reduction,
+                "anterior": self.anterior_loss, "middle": self.middle_loss, "posterior": self.crush_reduction}
 
 
 @dataclass
@@ -118,18 +136,17 @@ def assess_fractures(
     morphometry: SpineMorphometry,
     probabilities: dict[str, float] | None = None,
     probability_threshold: float = DEFAULT_PROBABILITY_THRESHOLD,
-    masks_fit_for_morphometry: bool = True,
+    masks_fit_for_density: bool = True,
 ) -> FractureFindings:
+    """Grade every level. Heights come from the CT's endplate edges, so a mask a voxel off (the
+    offline engine's) is graded too; ``masks_fit_for_density`` False (bone-threshold masks, which
+    leave out low-density marrow and bias the trabecular mean high) withholds the density."""
     probabilities = probabilities or {}
     fov = {m.level.name: m for m in measurements.vertebrae}
     findings = []
     for m in morphometry.vertebrae:
         reason = _not_assessable_reason(m, fov[m.level.name], morphometry.spacing_mm)
-        if reason is None and not masks_fit_for_morphometry:
-            reason = ("masks from the offline engine locate the level but are too coarse for body heights: "
-                      "correct them (3D Slicer Segment Editor) or use a learned engine, then classify again")
-        # Bone-threshold masks leave out low-density marrow: their "trabecular" mean is biased high.
-        trabecular_hu = m.trabecular_hu if masks_fit_for_morphometry else math.nan
+        trabecular_hu = m.trabecular_hu if masks_fit_for_density else math.nan
         finding = VertebraFinding(m.level, Decision.NOT_ASSESSABLE, reason or "",
                                   trabecular_hu=trabecular_hu,
                                   in_validated_range=m.level.region is not Region.CERVICAL)
@@ -138,7 +155,7 @@ def assess_fractures(
         if reason is None:
             _intra_vertebral(finding, m)
         findings.append(finding)
-    _crush(findings)
+    _against_neighbours(findings, {m.level.name: m for m in morphometry.vertebrae})
     for finding in findings:
         if finding.decision is Decision.NOT_ASSESSABLE and finding.reason:
             continue
@@ -184,43 +201,76 @@ def _record_heights(finding: VertebraFinding, m: VertebraMorphometry) -> None:
 
 def _intra_vertebral(finding: VertebraFinding, m: VertebraMorphometry) -> None:
     h = m.heights
-    finding.wedge_reduction = max(0.0, 1.0 - h.anterior_mm / h.posterior_mm)
-    finding.biconcave_reduction = max(0.0, 1.0 - h.middle_mm / max(h.anterior_mm, h.posterior_mm))
-    finding.decision = Decision.NORMAL  # provisional until the crush comparison is done
+    finding.physiological_wedge_mm = physiological_difference_mm(m.level, _point_distance_mm(m))
+    finding.wedge_reduction = max(0.0, 1.0 - h.anterior_mm / (h.posterior_mm - finding.physiological_wedge_mm))
+    finding.biconcave_reduction = max(0.0, 1.0 - h.middle_mm / _central_mm(finding))  # until neighbours are known
+    finding.decision = Decision.NORMAL  # provisional until the neighbour comparison is done
 
 
-def _crush(findings: list[VertebraFinding]) -> None:
+def _point_distance_mm(m: VertebraMorphometry) -> float:
+    return 2.0 * HEIGHT_SAMPLE_FRACTION * 0.5 * m.body_depth_mm
+
+
+def _central_mm(f: VertebraFinding) -> float:
+    return 0.5 * (f.height_anterior_mm + f.height_posterior_mm)
+
+
+def _against_neighbours(findings: list[VertebraFinding], morphometry: dict[str, VertebraMorphometry]) -> None:
+    """Expected heights from undeformed neighbours: first those whose own shape is normal, then
+    again without any whose heights fall short of their own expectation by as much as a deformed
+    shape (a crushed neighbour, or two adjacent fractures judging each other), until none drops."""
     measured = [f for f in findings if math.isfinite(f.wedge_reduction)]  # graded levels only
-    for finding in measured:
-        references = _reference_neighbours(finding, measured)
-        if not references:
-            continue
-        expected = float(np.median([r.height_posterior_mm for r in references]))
-        finding.height_posterior_expected_mm = expected
-        finding.crush_reduction = max(0.0, 1.0 - finding.height_posterior_mm / expected)
+    heights = {f.level.name: LevelHeights(f.level, f.height_anterior_mm, f.height_middle_mm, f.height_posterior_mm,
+                                          _point_distance_mm(morphometry[f.level.name])) for f in measured}
+    references = [f for f in measured if f.wedge_reduction < NEIGHBOUR_DEFORMATION_LIMIT
+                  and f.biconcave_reduction < NEIGHBOUR_CONCAVITY_LIMIT]
+    concavity = {f.level.name: f.biconcave_reduction for f in measured}
+    for _ in range(REFERENCE_PASSES):
+        for finding in measured:
+            finding.biconcave_reduction = concavity[finding.level.name]
+            _compare(finding, heights, references)
+        kept = [f for f in references if not math.isfinite(f.crush_reduction)
+                or max(f.anterior_loss, f.middle_loss, f.crush_reduction) < NEIGHBOUR_DEFORMATION_LIMIT]
+        if len(kept) == len(references):
+            break
+        references = kept
 
 
-def _reference_neighbours(finding: VertebraFinding, measured: list[VertebraFinding]) -> list[VertebraFinding]:
-    rank = finding.level.craniocaudal_rank
-    undeformed = [f for f in measured if f is not finding
-                  and max(f.wedge_reduction, f.biconcave_reduction) < NEIGHBOUR_DEFORMATION_LIMIT]
-    above = sorted((f for f in undeformed if f.level.craniocaudal_rank < rank), key=lambda f: -f.level.craniocaudal_rank)
-    below = sorted((f for f in undeformed if f.level.craniocaudal_rank > rank), key=lambda f: f.level.craniocaudal_rank)
-    return [f for f in above[:2] + below[:2] if abs(f.level.craniocaudal_rank - rank) <= 3]
+def _compare(finding: VertebraFinding, heights: dict[str, LevelHeights], references: list[VertebraFinding]) -> None:
+    expected = expected_heights(heights[finding.level.name], [heights[r.level.name] for r in references])
+    if expected is None:
+        return
+    finding.height_anterior_expected_mm = expected.anterior_mm
+    finding.height_middle_expected_mm = expected.middle_mm
+    finding.height_posterior_expected_mm = expected.posterior_mm
+    finding.expected_from = expected.references
+    finding.anterior_loss = max(0.0, 1.0 - finding.height_anterior_mm / expected.anterior_mm)
+    finding.middle_loss = max(0.0, 1.0 - finding.height_middle_mm / expected.middle_mm)
+    finding.crush_reduction = max(0.0, 1.0 - finding.height_posterior_mm / expected.posterior_mm)
+    own_concavity = finding.height_middle_mm / _central_mm(finding)
+    neighbours_concavity = expected.middle_mm / (0.5 * (expected.anterior_mm + expected.posterior_mm))
+    finding.biconcave_reduction = max(0.0, 1.0 - own_concavity / neighbours_concavity)
 
 
 def _decide(finding: VertebraFinding, probability: float | None, threshold: float) -> None:
-    reductions = {GenantType.WEDGE: finding.wedge_reduction, GenantType.BICONCAVE: finding.biconcave_reduction,
-                  GenantType.CRUSH: finding.crush_reduction}
-    finite = {kind: r for kind, r in reductions.items() if math.isfinite(r)}
-    worst_type, worst = max(finite.items(), key=lambda item: item[1])
+    worst = finding.height_loss
     finding.genant_grade = genant_grade(worst)
-    finding.genant_type = worst_type if finding.genant_grade > 0 else GenantType.NONE
+    finding.genant_type = _genant_type(finding) if finding.genant_grade > 0 else GenantType.NONE
     finding.fracture_probability = probability
     by_morphometry = finding.genant_grade >= 1
     by_classifier = probability is not None and probability >= threshold
     finding.decision = Decision.FRACTURED if (by_morphometry or by_classifier) else Decision.NORMAL
     finding.reason = _explain(finding, worst, by_morphometry, by_classifier, threshold)
+
+
+def _genant_type(f: VertebraFinding) -> GenantType:
+    if math.isfinite(f.crush_reduction):
+        anterior, middle = max(f.anterior_loss, f.wedge_reduction), max(f.middle_loss, f.biconcave_reduction)
+        if f.crush_reduction >= CRUSH_SHARE * max(anterior, middle):
+            return GenantType.CRUSH
+    else:
+        anterior, middle = f.wedge_reduction, f.biconcave_reduction
+    return GenantType.WEDGE if anterior >= middle else GenantType.BICONCAVE
 
 
 def _explain(finding, worst, by_morphometry, by_classifier, threshold) -> str:
@@ -234,7 +284,7 @@ def _explain(finding, worst, by_morphometry, by_classifier, threshold) -> str:
         relation = ">=" if by_classifier else "<"
         parts.append(f"classifier probability {finding.fracture_probability:.2f} {relation} {threshold:.2f}")
     if not math.isfinite(finding.crush_reduction):
-        parts.append("no undeformed neighbour to judge a crush against")
+        parts.append("no undeformed neighbour to compare heights with: within-vertebra ratios only")
     if not finding.in_validated_range:
         parts.append("cervical level: outside the validated range (T1-L5)")
     if finding.level.name in LUMBOSACRAL_LEVELS and by_morphometry:

@@ -25,6 +25,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
+from spinefrac.assessment.endplates import BodyProbe, endplate_axis, endplate_planes
+from spinefrac.assessment.geometry import VertebralFrame, VoxelGrid, make_frame, sample_at  # noqa: F401 (re-exported)
 from spinefrac.assessment.measurement import SpineMeasurements
 from spinefrac.coordinates import lps_from_ras
 from spinefrac.io.images import CtVolume
@@ -35,29 +37,15 @@ HEIGHT_SAMPLE_FRACTION = 0.85  # Genant's anterior/posterior points, fraction of
 PLANE_OFFSETS = (-0.2, -0.1, 0.0, 0.1, 0.2)  # parasagittal planes, fraction of the body width
 TRABECULAR_MARGIN_MM = 3.0
 MIDLINE_BAND_MM = 2.0  # half-width of the mid-sagittal band; narrower than the canal
-LINE_STEP_MM = 0.1
 MIN_BODY_VOXELS = 30
 MIN_TRABECULAR_VOXELS = 10
 MIN_BODY_SOLIDITY = 0.75
+FRAME_ITERATIONS = 2
+SLAB_FRACTIONS = (1 / 3, 1 / 2, 2 / 3)  # of the body height, where the AP extent is taken
+CORNER_INWARD_FRACTIONS = np.array([0.0, 0.1, 0.2])  # lines just inside a corner point (semi-depth)
+MAX_ENDPLATE_TILT_DEG = 35.0  # against the neighbour axis: beyond it the fit caught something else
 LPS_ANTERIOR = np.array([0.0, -1.0, 0.0])
 LPS_SUPERIOR = np.array([0.0, 0.0, 1.0])
-
-
-@dataclass(frozen=True)
-class VertebralFrame:
-    """Local axes of one vertebra (unit vectors, LPS) and its body centre (LPS mm)."""
-
-    centre_lps_mm: np.ndarray
-    left: np.ndarray
-    anterior: np.ndarray
-    superior: np.ndarray
-
-    def to_local(self, points_lps: np.ndarray) -> np.ndarray:
-        """[..., 3] LPS points -> [..., 3] (left, anterior, superior) mm from the centre."""
-        return (points_lps - self.centre_lps_mm) @ np.column_stack([self.left, self.anterior, self.superior])
-
-    def to_lps(self, local: np.ndarray) -> np.ndarray:
-        return self.centre_lps_mm + np.asarray(local) @ np.vstack([self.left, self.anterior, self.superior])
 
 
 @dataclass(frozen=True)
@@ -77,6 +65,7 @@ class BodyHeights:
     per_plane_mm: np.ndarray  # [plane, (anterior, middle, posterior)]
     plane_offsets_mm: tuple[float, ...]
     lines: tuple[HeightLine, ...]
+    ct_edge_fraction: float = 1.0  # endplate points found on the CT (the rest: the mask's border)
 
 
 @dataclass
@@ -114,34 +103,6 @@ class SpineMorphometry:
         return bodies
 
 
-def sample_at(volume: np.ndarray, kji: np.ndarray, order: int = 1, cval: float = 0.0) -> np.ndarray:
-    """Interpolate ``volume`` at continuous [3, N] indices, touching only the box around them
-    (whole-body CTs are large; one vertebra's neighbourhood is small)."""
-    low = np.clip(np.floor(kji.min(axis=1)).astype(int) - 2, 0, np.array(volume.shape))
-    high = np.clip(np.ceil(kji.max(axis=1)).astype(int) + 3, 0, np.array(volume.shape))
-    if np.any(high <= low):
-        return np.full(kji.shape[1], cval, dtype=np.float32)
-    box = volume[tuple(slice(a, b) for a, b in zip(low, high))].astype(np.float32)
-    return ndimage.map_coordinates(box, kji - low[:, None], order=order, mode="constant", cval=cval)
-
-
-class VoxelGrid:
-    """Index <-> LPS conversions of the canonical grid, vectorised."""
-
-    def __init__(self, image):
-        self.spacing = np.asarray(image.GetSpacing())
-        self.origin = np.asarray(image.GetOrigin())
-        self.direction = np.array(image.GetDirection()).reshape(3, 3)
-
-    def lps(self, kji: np.ndarray) -> np.ndarray:
-        ijk = np.asarray(kji, dtype=float)[..., ::-1]
-        return self.origin + (ijk * self.spacing) @ self.direction.T
-
-    def kji(self, lps: np.ndarray) -> np.ndarray:
-        ijk = ((np.asarray(lps) - self.origin) @ self.direction) / self.spacing
-        return ijk[..., ::-1]
-
-
 def measure_morphometry(
     ct: CtVolume, segmentation: VertebraSegmentation, measurements: SpineMeasurements
 ) -> SpineMorphometry:
@@ -159,15 +120,20 @@ def measure_morphometry(
             continue
         axis = _craniocaudal_axis(level, vertebrae, centroids)
         _isolate_and_measure(result, labels, hu, grid, centroids[level.name], axis, boxes[level.verse_id - 1])
-    # Second pass: with body centroids known, the axis joins neighbouring bodies, not whole
-    # vertebrae (whose posterior elements bias the centroid); heights are measured again.
+    # Second pass: with body centroids known, the axis joining neighbouring bodies (not whole
+    # vertebrae, whose posterior elements bias the centroid) starts the endplate fit; the frame
+    # then comes from the body's own endplates and the heights are measured in it.
     body_centres = {r.level.name: r.frame.centre_lps_mm for r in results if r.frame is not None}
     for result in results:
         if result.frame is None:
             continue
         neighbour_axis = _craniocaudal_axis(result.level, vertebrae, body_centres, fallback=result.frame.superior)
-        frame = _frame(result.frame.centre_lps_mm, neighbour_axis, result.frame.anterior)
-        _measure_body(result, frame, grid)
+        frame = make_frame(result.frame.centre_lps_mm, neighbour_axis, result.frame.anterior)
+        probe = _probe(result, hu, grid)
+        frame = _endplate_frame(result, frame, probe, grid)
+        local = _body_local(result, frame, grid)
+        planes = endplate_planes(probe, frame, local, _reach(local, grid))
+        _measure_body(result, frame, grid, probe, planes=planes)
     return SpineMorphometry(results, tuple(ct.image.GetSpacing()))
 
 
@@ -184,13 +150,6 @@ def _craniocaudal_axis(level: Level, levels: list[Level], centres: dict, fallbac
     return axis / np.linalg.norm(axis)
 
 
-def _frame(centre: np.ndarray, superior: np.ndarray, anterior_hint: np.ndarray) -> VertebralFrame:
-    anterior = anterior_hint - anterior_hint.dot(superior) * superior
-    anterior /= np.linalg.norm(anterior)
-    left = np.cross(superior, anterior)
-    return VertebralFrame(np.asarray(centre, dtype=float), left, anterior, superior)
-
-
 def _padded(box: tuple[slice, ...], shape, pad: int = 2) -> tuple[slice, ...]:
     return tuple(slice(max(s.start - pad, 0), min(s.stop + pad, n)) for s, n in zip(box, shape))
 
@@ -201,7 +160,7 @@ def _isolate_and_measure(result: VertebraMorphometry, labels, hu, grid: VoxelGri
     offset = np.array([s.start for s in box])
     kji = np.argwhere(vertebra)
     points = grid.lps(kji + offset)
-    frame = _frame(centroid, axis, LPS_ANTERIOR)
+    frame = make_frame(centroid, axis, LPS_ANTERIOR)
     local = frame.to_local(points)
     voxel_mm = float(grid.spacing.max())
 
@@ -223,7 +182,7 @@ def _isolate_and_measure(result: VertebraMorphometry, labels, hu, grid: VoxelGri
     body[tuple(kji[in_body].T)] = True
     body_points = points[in_body]
     anterior = _in_plane_ap_axis(body_points, axis, frame.anterior)
-    result.frame = _frame(body_points.mean(axis=0), axis, anterior)
+    result.frame = make_frame(body_points.mean(axis=0), axis, anterior)
     result.body_voxel_count = int(np.count_nonzero(body))
     result.body_mask_box = (box, body)
     body_hu = hu[box][body]
@@ -287,16 +246,52 @@ def sagittal_plane_heights(ct: CtVolume, m: VertebraMorphometry, plane_fractions
     (fractions of the body width from its middle), in the vertebra's measured frame."""
     if m.frame is None or m.body_mask_box is None:
         return np.empty((0, 3))
-    probe = replace(m, problems=[], heights=None)
-    _measure_body(probe, m.frame, VoxelGrid(ct.image), tuple(plane_fractions))
-    return probe.heights.per_plane_mm if probe.heights is not None else np.empty((0, 3))
+    copy = replace(m, problems=[], heights=None)
+    grid = VoxelGrid(ct.image)
+    _measure_body(copy, m.frame, grid, _probe(m, ct.array(), grid), tuple(plane_fractions))
+    return copy.heights.per_plane_mm if copy.heights is not None else np.empty((0, 3))
 
 
-def _measure_body(result: VertebraMorphometry, frame: VertebralFrame, grid: VoxelGrid,
-                  plane_fractions: tuple[float, ...] = PLANE_OFFSETS) -> None:
+def _probe(result: VertebraMorphometry, hu: np.ndarray, grid: VoxelGrid) -> BodyProbe:
     box, body = result.body_mask_box
-    offset = np.array([s.start for s in box])
-    local = frame.to_local(grid.lps(np.argwhere(body) + offset))
+    return BodyProbe(hu, body, np.array([s.start for s in box]), grid)
+
+
+def _body_local(result: VertebraMorphometry, frame: VertebralFrame, grid: VoxelGrid) -> np.ndarray:
+    box, body = result.body_mask_box
+    return frame.to_local(grid.lps(np.argwhere(body) + np.array([s.start for s in box])))
+
+
+def _reach(local: np.ndarray, grid: VoxelGrid) -> float:
+    """Half-length of the lines along the axis: the body's half-height and a margin."""
+    return 0.5 * float(np.ptp(local[:, 2])) + 3 * float(grid.spacing.max())
+
+
+def _endplate_frame(result: VertebraMorphometry, frame: VertebralFrame, probe: BodyProbe,
+                    grid: VoxelGrid) -> VertebralFrame:
+    """The frame of the body's own endplates (endplates.py), starting from ``frame``."""
+    box, body = result.body_mask_box
+    points = grid.lps(np.argwhere(body) + np.array([s.start for s in box]))
+    for _ in range(FRAME_ITERATIONS):
+        local = frame.to_local(points)
+        axis = endplate_axis(probe, frame, local, _reach(local, grid))
+        if axis is None:
+            result.problems.append("endplates not found on enough columns: axis from the neighbouring bodies")
+            return frame
+        if np.degrees(np.arccos(np.clip(axis.dot(frame.superior), -1, 1))) > MAX_ENDPLATE_TILT_DEG:
+            result.problems.append("endplate planes tilted implausibly against the spine: axis from the "
+                                   "neighbouring bodies")
+            return frame
+        frame = make_frame(points.mean(axis=0), axis, _in_plane_ap_axis(points, axis, frame.anterior))
+    return frame
+
+
+def _measure_body(result: VertebraMorphometry, frame: VertebralFrame, grid: VoxelGrid, probe: BodyProbe,
+                  plane_fractions: tuple[float, ...] = PLANE_OFFSETS, planes=None) -> None:
+    """Heights at Genant's points on parasagittal planes; the corner (anterior, posterior) lines
+    are guided by the fitted endplate ``planes`` where the mask strays, the middle line is not
+    (a biconcave endplate sinks there, away from any plane)."""
+    local = _body_local(result, frame, grid)
     voxel_mm = float(grid.spacing.max())
     half_voxel = 0.5 * float(grid.spacing.min())
     u_right, u_left = local[:, 0].min() - half_voxel, local[:, 0].max() + half_voxel
@@ -304,42 +299,39 @@ def _measure_body(result: VertebraMorphometry, frame: VertebralFrame, grid: Voxe
     result.body_width_mm = float(u_left - u_right)
     u_middle = 0.5 * (u_left + u_right)
     planes_u = tuple(u_middle + f * result.body_width_mm for f in plane_fractions)
-    reach = 0.5 * float(np.ptp(local[:, 2])) + 2 * voxel_mm
+    reach = _reach(local, grid)
     band = max(MIDLINE_BAND_MM, 0.6 * voxel_mm)
-    mid_height = _mid_height_slab(local, voxel_mm)
-
-    mask = body.astype(np.float32)
     per_plane = np.full((len(planes_u), 3), np.nan)
-    depths = []
-    lines = []
+    depths, lines, edges_from_ct = [], [], []
     for p, u in enumerate(planes_u):
-        # AP extent of this plane at mid-height: endplate rims and osteophytes flare beyond it,
-        # and a lateral plane of a rounded body is shallower than the midline one.
-        section = (np.abs(local[:, 0] - u) <= band) & mid_height
-        if np.count_nonzero(section) < 2:
+        extent = _ap_extent(local, np.abs(local[:, 0] - u) <= band, voxel_mm, half_voxel)
+        if extent is None:
             continue
-        v_front, v_back = local[section, 1].max() + half_voxel, local[section, 1].min() - half_voxel
+        v_front, v_back = extent
         depths.append(v_front - v_back)
         v_middle, semi_depth = 0.5 * (v_front + v_back), 0.5 * (v_front - v_back)
+        inside = CORNER_INWARD_FRACTIONS * semi_depth
         positions = (v_middle + HEIGHT_SAMPLE_FRACTION * semi_depth, v_middle,
                      v_middle - HEIGHT_SAMPLE_FRACTION * semi_depth)
+        lines_v = (tuple(positions[0] - inside), (v_middle,), tuple(positions[2] + inside))
         for q, v in enumerate(positions):
-            extent = _extent_along_axis(mask, offset, grid, frame, u, v, reach)
-            if extent is None:
+            edges = probe.endplates(frame, u, lines_v[q], reach, planes if q != 1 else None)
+            if edges is None:
                 continue
-            low, high = extent
-            per_plane[p, q] = high - low
+            low, high = edges
+            per_plane[p, q] = high.t_mm - low.t_mm
+            edges_from_ct += [low.from_ct, high.from_ct]
             if p == len(planes_u) // 2:
                 lines.append(HeightLine(("anterior", "middle", "posterior")[q],
-                                        tuple(frame.to_lps([u, v, low]).tolist()),
-                                        tuple(frame.to_lps([u, v, high]).tolist())))
+                                        tuple(frame.to_lps([u, v, low.t_mm]).tolist()),
+                                        tuple(frame.to_lps([u, v, high.t_mm]).tolist())))
     if not depths or not np.all(np.any(np.isfinite(per_plane), axis=0)):
         result.problems.append("body heights could not be measured on the mid-sagittal planes")
         return
     result.body_depth_mm = float(depths[len(depths) // 2])
     heights = np.nanmedian(per_plane, axis=0)
     result.heights = BodyHeights(float(heights[0]), float(heights[1]), float(heights[2]), per_plane,
-                                 planes_u, tuple(lines))
+                                 planes_u, tuple(lines), float(np.mean(edges_from_ct)))
 
 
 def _mid_height_slab(local: np.ndarray, voxel_mm: float) -> np.ndarray:
@@ -349,29 +341,22 @@ def _mid_height_slab(local: np.ndarray, voxel_mm: float) -> np.ndarray:
     return np.abs(local[:, 2] - 0.5 * (low + high)) <= half_thickness
 
 
-def _extent_along_axis(mask, offset, grid: VoxelGrid, frame: VertebralFrame, u: float, v: float, reach: float):
-    """Outermost inferior and superior 0.5-crossings of the interpolated body mask on the line
-    (u, v, t), in mm along the axis: the endplate surfaces, also where a waisted body's side wall
-    curves inside the line between them."""
-    t = np.arange(-reach, reach + LINE_STEP_MM, LINE_STEP_MM)
-    local = np.column_stack([np.full_like(t, u), np.full_like(t, v), t])
-    kji = grid.kji(frame.to_lps(local)) - offset
-    values = ndimage.map_coordinates(mask, kji.T, order=1, mode="constant", cval=0.0)
-    inside = np.nonzero(values >= 0.5)[0]
-    if inside.size == 0:
-        return None
-    first, last = inside[0], inside[-1]
-    return _crossing(t, values, first - 1, first), _crossing(t, values, last, last + 1)
-
-
-def _crossing(t: np.ndarray, values: np.ndarray, a: int, b: int) -> float:
-    """Where the interpolated profile crosses 0.5 between samples a and b (sub-step precision)."""
-    if a < 0 or b >= t.size:
-        return float(t[max(min(a, t.size - 1), 0)])
-    va, vb = values[a], values[b]
-    if va == vb:
-        return float(t[a])
-    return float(t[a] + (0.5 - va) / (vb - va) * (t[b] - t[a]))
+def _ap_extent(local: np.ndarray, in_plane: np.ndarray, voxel_mm: float, half_voxel: float):
+    """AP extent of one parasagittal plane of the body: the part that is body at a third, half
+    and two thirds of its height, so the height points stay inside a wedged body whose walls
+    tilt against the mean endplate normal; endplate rims and osteophytes, which flare beyond the
+    walls, are left out, and a lateral plane of a rounded body is shallower than the midline one."""
+    low, high = np.percentile(local[:, 2], [2, 98])
+    half_thickness = max((high - low) / 10.0, 0.6 * voxel_mm)
+    fronts, backs = [], []
+    for fraction in SLAB_FRACTIONS:
+        section = in_plane & (np.abs(local[:, 2] - (low + fraction * (high - low))) <= half_thickness)
+        if np.count_nonzero(section) < 2:
+            return None
+        fronts.append(local[section, 1].max() + half_voxel)
+        backs.append(local[section, 1].min() - half_voxel)
+    front, back = min(fronts), max(backs)
+    return (front, back) if front - back > 2 * voxel_mm else None
 
 
 def is_validated_region(level: Level) -> bool:

@@ -14,7 +14,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from spinefrac.assessment.fracture import DECISION_COLORS_RGB, Decision, FractureFindings  # noqa: E402
-from spinefrac.assessment.morphometry import SpineMorphometry, VertebraMorphometry, VoxelGrid, sample_at  # noqa: E402
+from spinefrac.assessment.geometry import VoxelGrid, sample_at  # noqa: E402
+from spinefrac.assessment.morphometry import SpineMorphometry, VertebraMorphometry  # noqa: E402
 from spinefrac.io.images import CtVolume  # noqa: E402
 from spinefrac.reporting.drawing import bone_window  # noqa: E402
 from spinefrac.segmentation.base import VertebraSegmentation  # noqa: E402
@@ -33,7 +34,8 @@ def write_gallery_png(
     path: Path,
 ) -> Path:
     """One panel per vertebra: its own mid-sagittal plane (following the spine's curve), bone
-    window, mask outline, measured heights, and grade/decision in the decision's colour."""
+    window, mask outline, measured heights, the expected (pre-fracture) outline from the
+    neighbours (dashed), and grade/decision in the decision's colour."""
     levels = [m for m in morphometry.vertebrae if m.frame is not None]
     rows = max(1, -(-len(levels) // GALLERY_COLUMNS))
     columns = min(GALLERY_COLUMNS, max(len(levels), 1))
@@ -47,7 +49,8 @@ def write_gallery_png(
         _gallery_panel(axis_plot, ct, segmentation, grid, m, by_name.get(m.level.name))
     if not levels:
         axes[0, 0].text(0.5, 0.5, "no vertebral body could be measured", color="white", ha="center")
-    figure.suptitle("Per-vertebra mid-sagittal planes (anterior at left); heights in mm", color="white")
+    figure.suptitle("Per-vertebra mid-sagittal planes (anterior at left); heights in mm; "
+                    "dashed: expected outline from the neighbours", color="white")
     figure.savefig(path, dpi=100, facecolor=figure.get_facecolor(), bbox_inches="tight", pad_inches=0.2)
     plt.close(figure)
     return path
@@ -72,7 +75,25 @@ def _gallery_panel(axis_plot, ct, segmentation, grid, m: VertebraMorphometry, fi
             ends = m.frame.to_local(np.array([line.inferior_lps_mm, line.superior_lps_mm]))
             axis_plot.plot(GALLERY_HALF_WIDTH_MM - ends[:, 1], GALLERY_HALF_HEIGHT_MM + ends[:, 2],
                            color="white", linewidth=1.2)
+        if finding is not None and finding.genant_grade is not None:
+            _expected_outline(axis_plot, m, finding)
     axis_plot.set_title(_gallery_caption(m, finding), color=colour, fontsize=9)
+
+
+def _expected_outline(axis_plot, m: VertebraMorphometry, finding) -> None:
+    """The body as its undeformed neighbours say it should be: from the measured inferior
+    endplate points, the expected anterior, middle and posterior heights, dashed."""
+    expected = {"anterior": finding.height_anterior_expected_mm, "middle": finding.height_middle_expected_mm,
+                "posterior": finding.height_posterior_expected_mm}
+    lines = {line.name: line for line in m.heights.lines}
+    if not all(np.isfinite(list(expected.values()))) or set(lines) != set(expected):
+        return
+    order = ("posterior", "middle", "anterior")
+    bottoms = np.array([m.frame.to_local(np.array(lines[name].inferior_lps_mm)) for name in order])
+    tops = bottoms + np.outer([expected[name] for name in order], [0.0, 0.0, 1.0])
+    outline = np.vstack([bottoms[:1], tops, bottoms[-1:]])
+    axis_plot.plot(GALLERY_HALF_WIDTH_MM - outline[:, 1], GALLERY_HALF_HEIGHT_MM + outline[:, 2],
+                   color="yellow", linewidth=1.0, linestyle="--")
 
 
 def _gallery_caption(m: VertebraMorphometry, finding) -> str:

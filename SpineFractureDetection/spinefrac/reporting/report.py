@@ -26,7 +26,8 @@ from spinefrac.segmentation.base import VertebraSegmentation
 
 REPORT_SCHEMA = "spinefrac-report"
 REPORT_SCHEMA_VERSION = "1.3.0"  # 1.1: fracture findings per level; 1.2: segmentation.level_identification;
-# 1.3: quality control (per level qc_verdict/qc_reasons columns, a quality_control block)
+# 1.3: quality control (per level qc_verdict/qc_reasons columns, a quality_control block); expected
+# anterior/middle heights and the relative height loss per section
 
 SACRUM_NOTE = "sacrum: fused bone, reported for level counting; not graded for fracture"
 
@@ -55,17 +56,33 @@ COLUMN_DEFINITIONS: dict[str, str] = {
     "50 % of the volume of the nearest complete levels: partly outside the field of view)",
     "fov_border_faces": "image faces the label touches (patient sides), ';'-separated",
     "height_anterior_mm": "vertebral body height at the anterior point (85 % of the semi-depth in front of "
-    "the middle), along the local cranio-caudal axis; median over 5 parasagittal planes, mm",
+    "the middle), between the endplates found on the CT (sub-voxel bone/disc edge near the mask's border), "
+    "along the body's own axis (mean normal of its fitted endplate planes); median over 5 parasagittal "
+    "planes, mm",
     "height_middle_mm": "body height at the middle of the body, same method, mm",
     "height_posterior_mm": "body height at the posterior point (85 % of the semi-depth behind the middle), mm",
-    "height_posterior_expected_mm": "expected posterior height: median of up to two undeformed adjacent "
-    "levels on each side, mm",
-    "wedge_ratio": "anterior / posterior height",
-    "biconcave_ratio": "middle / larger of anterior and posterior height",
+    "height_anterior_expected_mm": "expected anterior height: central height (anterior + posterior) / 2 of up "
+    "to two undeformed levels on each side (median), less half this level's physiological wedging "
+    "(Masharawi et al., Eur Spine J 2010) and the neighbours' own, mm",
+    "height_middle_expected_mm": "expected middle height: that central height times the neighbours' own "
+    "middle/central ratio, mm",
+    "height_posterior_expected_mm": "expected posterior height: the central height plus half the "
+    "physiological and the neighbours' own wedging, mm",
+    "anterior_height_loss_percent": "relative height loss of the anterior height against its expected value "
+    "(1 - H / H_expected, as HealthiVert-GAN's RHLV per section), percent",
+    "middle_height_loss_percent": "relative height loss of the middle height against its expected value, percent",
+    "posterior_height_loss_percent": "relative height loss of the posterior height against its expected value "
+    "(the crush reduction), percent",
+    "expected_from": "the neighbouring levels that set the expected heights, ';'-separated",
+    "wedge_ratio": "anterior height / (posterior height less this level's physiological wedging)",
+    "biconcave_ratio": "(middle / central height) / the neighbours' middle / central ratio",
     "crush_ratio": "posterior / expected posterior height",
-    "height_loss_percent": "largest height reduction of the three (wedge, biconcave, crush), percent",
+    "height_loss_percent": "largest reduction of the five (wedge, biconcave; anterior, middle and posterior "
+    "loss against the expected heights), percent",
     "genant_grade": "Genant semi-quantitative grade: 0 < 20 %, 1 20-25 %, 2 25-40 %, 3 > 40 % height reduction",
-    "genant_type": "none, wedge, biconcave or crush: the pattern with the largest reduction",
+    "genant_type": "none, wedge, biconcave or crush: crush when the posterior height is reduced at least 3/4 "
+    "as much as the most reduced one (the whole body lower), else wedge when the anterior is reduced more than "
+    "the middle, else biconcave",
     "trabecular_hu": "mean CT value of the body eroded by 3 mm (cortex and endplates excluded), HU",
     "fracture_probability": "calibrated probability of a learned classifier (empty without one)",
     "decision": "fractured (red), normal (green) or not_assessable (grey)",
@@ -198,10 +215,12 @@ class SpineReport:
 
 
 FRACTURE_METHOD = (
-    "Genant semi-quantitative grading (Genant et al., J Bone Miner Res 1993) from vertebral body heights "
-    "measured on the segmentation: body isolated from the posterior elements at the spinal canal, heights "
-    "along the axis joining the neighbouring bodies, median over five parasagittal planes. Red = grade >= 1 "
-    "(or classifier probability >= threshold), green = normal, grey = not assessable."
+    "Genant semi-quantitative grading (Genant et al., J Bone Miner Res 1993) from vertebral body heights: "
+    "body isolated from the posterior elements at the spinal canal, heights between the endplates found on "
+    "the CT along the body's own endplate axis, median over five parasagittal planes; reductions within the "
+    "vertebra (physiological wedging by level allowed) and against the heights expected from undeformed "
+    "neighbours. Red = grade >= 1 (or classifier probability >= threshold), green = normal, grey = not "
+    "assessable."
 )
 
 
@@ -216,7 +235,10 @@ def _screen(findings: FractureFindings | None) -> dict | None:
 def _finding_columns(f: VertebraFinding | None) -> dict:
     if f is None:
         return {key: None for key in ("height_anterior_mm", "height_middle_mm", "height_posterior_mm",
-                                      "height_posterior_expected_mm", "wedge_ratio", "biconcave_ratio",
+                                      "height_anterior_expected_mm", "height_middle_expected_mm",
+                                      "height_posterior_expected_mm", "anterior_height_loss_percent",
+                                      "middle_height_loss_percent", "posterior_height_loss_percent",
+                                      "expected_from", "wedge_ratio", "biconcave_ratio",
                                       "crush_ratio", "height_loss_percent", "genant_grade", "genant_type",
                                       "trabecular_hu", "fracture_probability", "decision", "decision_reason",
                                       "in_validated_range")}
@@ -224,7 +246,13 @@ def _finding_columns(f: VertebraFinding | None) -> dict:
         "height_anterior_mm": rounded_or_none(f.height_anterior_mm, 1),
         "height_middle_mm": rounded_or_none(f.height_middle_mm, 1),
         "height_posterior_mm": rounded_or_none(f.height_posterior_mm, 1),
+        "height_anterior_expected_mm": rounded_or_none(f.height_anterior_expected_mm, 1),
+        "height_middle_expected_mm": rounded_or_none(f.height_middle_expected_mm, 1),
         "height_posterior_expected_mm": rounded_or_none(f.height_posterior_expected_mm, 1),
+        "anterior_height_loss_percent": rounded_or_none(100.0 * f.anterior_loss, 1),
+        "middle_height_loss_percent": rounded_or_none(100.0 * f.middle_loss, 1),
+        "posterior_height_loss_percent": rounded_or_none(100.0 * f.crush_reduction, 1),
+        "expected_from": ";".join(f.expected_from) or None,
         "wedge_ratio": rounded_or_none(1.0 - f.wedge_reduction, 3),
         "biconcave_ratio": rounded_or_none(1.0 - f.biconcave_reduction, 3),
         "crush_ratio": rounded_or_none(1.0 - f.crush_reduction, 3),

@@ -24,7 +24,9 @@ LEVELS = ("T10", "T11", "T12", "L1", "L2", "L3", "L4", "L5", "sacrum")
 FRACTURED = ("T11", "L1", "L3")
 TYPES = ("wedge", "biconcave", "crush")
 LOSSES = (0.0, 0.10, 0.15, 0.22, 0.30, 0.45)
-HEIGHT_TOLERANCE_SLACK_MM = 0.01  # "within one voxel", allowing for the 0.1 mm line sampling
+# "Within one voxel", allowing for the 0.1 mm line sampling and for the phantom's point-spread
+# function: heights come from the CT's bone/disc edge, which the phantom blurs (PhantomSpec.blur_mm).
+HEIGHT_TOLERANCE_SLACK_MM = 0.01 + PhantomSpec.__dataclass_fields__["blur_mm"].default
 ALL_PLANES = np.linspace(-0.45, 0.45, 19)  # sagittal planes across the whole body width
 GEOMETRIES = {  # name -> PhantomSpec geometry arguments
     "straight": dict(),

@@ -6,7 +6,7 @@ fitted on the held-out cases, and the model package the classifier loads.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -121,9 +121,13 @@ def write_package(network, manifest: ClassifierManifest, output: Path) -> Path:
     return write_model_package(network, manifest, output, MODEL_WEIGHTS_FILE, MODEL_MANIFEST_FILE)
 
 
-def examples_from_dataset(root: Path | str, crop: CropGeometry | None = None, log=print) -> list[TrainingExample]:
+def examples_from_dataset(root: Path | str, crop: CropGeometry | None = None, log=print,
+                          simulated_per_case: int = 0, seed: int = 0) -> list[TrainingExample]:
     """Labelled crops from a data set (VerSe layout or CT + label pairs) with Genant grade files
-    (NAME_genant.csv beside each label map: level,genant_grade). Ungraded levels are skipped."""
+    (NAME_genant.csv beside each label map: level,genant_grade). Ungraded levels are skipped.
+    ``simulated_per_case`` > 0 adds that many fractured crops per case, each a grade-0 level of
+    the case compressed (spinefrac.synthetic.fracture_simulation: random type, 25-50 % loss);
+    they stay with their case in the case-wise train/validation split."""
     from spinefrac.assessment.measurement import measure_vertebrae
     from spinefrac.assessment.morphometry import measure_morphometry
     from spinefrac.io.datasets import read_dataset
@@ -132,6 +136,7 @@ def examples_from_dataset(root: Path | str, crop: CropGeometry | None = None, lo
     from spinefrac.segmentation.label_maps import ExistingLabelMap
 
     crop = crop or CropGeometry()
+    rng = np.random.default_rng(seed)
     examples = []
     for case in read_dataset(root):
         grades_path = grade_file(case.label_path.parent, f"{case.name}_")
@@ -148,7 +153,35 @@ def examples_from_dataset(root: Path | str, crop: CropGeometry | None = None, lo
             if grading is None or grading.genant_grade is None or m.level.name not in crops:
                 continue
             examples.append(TrainingExample(case.name, m.level.name, crops[m.level.name], grading.genant_grade >= 1))
+        normal = [m for m in morphometry.vertebrae if m.heights is not None and m.level.name in crops
+                  and getattr(grades.get(m.level.verse_id), "genant_grade", None) == 0]
+        examples += simulated_examples(case.name, ct, segmentation, normal, simulated_per_case, rng, crop)
         log(f"{case.name}: {sum(e.case == case.name for e in examples)} graded vertebrae")
     if not examples:
         raise InputError(f"no graded vertebrae found under {root} (grade files: NAME_genant.csv, level,genant_grade)")
+    return examples
+
+
+SIMULATED_LOSS_RANGE = (0.25, 0.5)
+
+
+def simulated_examples(case_name: str, ct, segmentation, normal_levels: list, count: int, rng,
+                       crop: CropGeometry) -> list[TrainingExample]:
+    """Fractured crops made by compressing ``count`` of the case's normal levels, one at a time."""
+    from spinefrac.assessment.measurement import measure_vertebrae
+    from spinefrac.assessment.morphometry import measure_morphometry
+    from spinefrac.synthetic.fracture_simulation import KINDS, SimulatedFracture, simulate_fracture
+    from spinefrac.synthetic.real_data_cases import segmentation_of
+
+    examples = []
+    for m in rng.permutation(np.array(normal_levels, dtype=object))[:count]:
+        fracture = SimulatedFracture(m.level.name, str(rng.choice(KINDS)), float(rng.uniform(*SIMULATED_LOSS_RANGE)))
+        image, labels = simulate_fracture(ct.image, segmentation.label_map, m, fracture)
+        fractured_ct = replace(ct, image=image, source_description="simulated fracture", warnings=[])
+        fractured_segmentation = segmentation_of(labels, f"simulated {fracture.kind} of {fracture.level}")
+        morphometry = measure_morphometry(fractured_ct, fractured_segmentation,
+                                          measure_vertebrae(fractured_ct, fractured_segmentation))
+        crops = level_crops(fractured_ct, fractured_segmentation, morphometry, crop)
+        if fracture.level in crops:
+            examples.append(TrainingExample(case_name, fracture.level, crops[fracture.level], True))
     return examples
