@@ -92,5 +92,17 @@ def build_segmentation(series: SourceSeries, labels: np.ndarray, segmentation_in
         segment_descriptions=descriptions, series_instance_uid=UID(), series_number=SEG_SERIES_NUMBER,
         sop_instance_uid=UID(), instance_number=1, manufacturer=MANUFACTURER, manufacturer_model_name=MODEL_NAME,
         software_versions=__version__, device_serial_number=DEVICE_SERIAL_NUMBER, content_label="VERTEBRAE",
-        content_description="Vertebrae C1-L5 and sacrum, VerSe levels", series_description="Vertebrae (spinefrac)")
+        content_description="Vertebrae C1-L5 and sacrum, VerSe levels", series_description="Vertebrae (spinefrac)",
+        pixel_measures=pixel_measures(series))
     return seg, numbers
+
+
+def pixel_measures(series: SourceSeries):
+    """Spacing from the slices' own geometry: some scanners write a negative SpacingBetweenSlices
+    (0018,0088), which the SEG must not inherit (the standard requires it positive)."""
+    from highdicom import PixelMeasuresSequence
+
+    column_spacing, row_spacing, slice_spacing = series.grid.spacing_mm
+    thickness = float(series.datasets[0].get("SliceThickness") or slice_spacing)
+    return PixelMeasuresSequence(pixel_spacing=(row_spacing, column_spacing), slice_thickness=thickness,
+                                 spacing_between_slices=slice_spacing)

@@ -148,7 +148,10 @@ def _not_assessable(rows: list[dict]) -> str:
     grey = [row for row in rows if row.get("decision") not in ("fractured", "normal")]
     if not grey:
         return "none."
-    return "; ".join(f"{row['level']} ({_reason(row)})" for row in grey) + "."
+    by_reason: dict[str, list[str]] = {}  # levels with the same reason share one clause
+    for row in grey:
+        by_reason.setdefault(_reason(row), []).append(row["level"])
+    return "; ".join(f"{', '.join(levels)} ({reason})" for reason, levels in by_reason.items()) + "."
 
 
 def _reason(row: dict) -> str:
