@@ -154,7 +154,6 @@ def run_pipeline(
             "Genant grade >= 1 or probability >= threshold")
 
     stages.stage("Writing outputs")
-    files: dict[str, Path] = {}
     with output as work:
         write_image(ct.to_source_grid(segmentation.label_map), work / LABEL_MAP_FILE)
         write_image(ct.to_source_grid(_body_image(ct, morphometry)), work / BODY_LABEL_MAP_FILE)
@@ -165,14 +164,18 @@ def run_pipeline(
                            morphometry=morphometry, findings=findings)
         write_gallery_png(ct, segmentation, morphometry, findings, work / GALLERY_FILE)
     final = Path(output_folder)
-    written = [("label_map", LABEL_MAP_FILE), ("body_label_map", BODY_LABEL_MAP_FILE), ("report_json", REPORT_JSON_FILE),
-               ("report_csv", REPORT_CSV_FILE), ("overview_png", OVERVIEW_FILE), ("gallery_png", GALLERY_FILE),
-               ("findings_txt", FINDINGS_FILE)]
-    written += [("dicom_seg", DICOM_SEG_FILE), ("dicom_sr", DICOM_SR_FILE)] if report.dicom_export["written"] else []
-    for key, name in written:
-        files[key] = final / name
+    files = _written_files(final, report.dicom_export["written"])
     stages.close()
     return RunResult(ct, segmentation, measurements, morphometry, findings, report, device_choice, final, files)
+
+
+def _written_files(folder: Path, dicom_written: bool) -> dict[str, Path]:
+    written = {"label_map": LABEL_MAP_FILE, "body_label_map": BODY_LABEL_MAP_FILE, "report_json": REPORT_JSON_FILE,
+               "report_csv": REPORT_CSV_FILE, "overview_png": OVERVIEW_FILE, "gallery_png": GALLERY_FILE,
+               "findings_txt": FINDINGS_FILE}
+    if dicom_written:
+        written.update(dicom_seg=DICOM_SEG_FILE, dicom_sr=DICOM_SR_FILE)
+    return {key: folder / name for key, name in written.items()}
 
 
 def _body_image(ct: CtVolume, morphometry: SpineMorphometry) -> sitk.Image:

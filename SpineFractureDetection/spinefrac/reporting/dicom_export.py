@@ -85,6 +85,21 @@ def write_dicom_objects(plan: DicomExportPlan, segmentation: VertebraSegmentatio
     }
 
 
+def export_dicom_objects(ct: CtVolume, segmentation: VertebraSegmentation, report, series_folder: Path | str,
+                         folder: Path | str) -> dict:
+    """The same SEG and SR for a caller outside a run (the Slicer module): written into a hidden folder
+    inside ``folder`` and moved into place, so a failure leaves no half-written object."""
+    import tempfile
+
+    plan = plan_dicom_export(ct, series_folder)
+    folder = Path(folder)
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".spinefrac-dicom-") as work:
+        export = write_dicom_objects(plan, segmentation, report, Path(work))
+        for name in (DICOM_SEG_FILE, DICOM_SR_FILE):
+            (Path(work) / name).replace(folder / name)
+    return export
+
+
 def _require_highdicom() -> None:
     try:
         import highdicom  # noqa: F401

@@ -7,6 +7,8 @@ so the text never says a number the JSON does not.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from spinefrac.assessment.fracture import L1_OSTEOPENIA_HU, L1_OSTEOPOROSIS_HU
 
 GRADE_WORDS = {1: "mild", 2: "moderate", 3: "severe"}
@@ -120,7 +122,7 @@ def impression(report: dict) -> str:
         text = f"{count}: {listed}."
     elif assessed:
         text = f"no vertebral fracture in the {len(assessed)} assessable level{'s' * (len(assessed) > 1)} " \
-               f"({_span(assessed)})."
+               f"({_span(assessed, count=False)})."
     else:
         text = "no level could be assessed for fracture (see above)."
     screen = report.get("osteoporosis_screen")
@@ -159,15 +161,16 @@ def _reason(row: dict) -> str:
     return reason.removeprefix(f"{row['level']}: ")  # "sacrum: not graded" is listed under sacrum already
 
 
-def _span(rows: list[dict]) -> str:
+def _span(rows: list[dict], count: bool = True) -> str:
     names = [row["level"] for row in rows]
-    if not names:
-        return "none"
-    return names[0] if len(names) == 1 else f"{names[0]}-{names[-1]}, {len(names)} levels"
+    if len(names) < 2:
+        return names[0] if names else "none"
+    return f"{names[0]}-{names[-1]}" + (f", {len(names)} levels" if count else "")
 
 
 def _study(report: dict) -> str:
     source = report.get("input", {})
+    name = Path(source.get("path") or "CT").name
     software = report.get("software", {})
-    return (f"{source.get('description') or source.get('path', 'CT')}; spinefrac {software.get('version', '')}, "
-            f"{report.get('created_utc', '')}.")
+    return (f"{name} ({source.get('description') or source.get('format', 'CT')}); spinefrac "
+            f"{software.get('version', '')}, {report.get('created_utc', '')}.")
