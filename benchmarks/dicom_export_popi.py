@@ -27,15 +27,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "SpineFractureDetection"))  # the core, also when not pip-installed
 
-import highdicom as hd  # noqa: E402
-import numpy as np  # noqa: E402
-import SimpleITK as sitk  # noqa: E402
+import highdicom as hd
+import numpy as np
+import SimpleITK as sitk
 
-import spinefrac  # noqa: E402
-from spinefrac.io.dicom_series import read_source_series  # noqa: E402
-from spinefrac.io.outputs import write_text_atomically  # noqa: E402
-from spinefrac.levels import LEVEL_BY_NAME  # noqa: E402
-from spinefrac.reporting.dicom_sr import PRIVATE_MEASUREMENTS, PRIVATE_SCHEME, TRABECULAR_KEY  # noqa: E402
+import spinefrac
+from spinefrac.io.dicom_series import read_source_series
+from spinefrac.io.outputs import write_text_atomically
+from spinefrac.levels import LEVEL_BY_NAME
+from spinefrac.reporting.dicom_sr import PRIVATE_MEASUREMENTS, PRIVATE_SCHEME, TRABECULAR_KEY
 
 SERIES = REPO.parent / "shared" / "data" / "popi-chest" / "dicom"
 
@@ -76,7 +76,7 @@ def sr_matches_report(out: Path) -> dict:
 def dciodvfy(path: Path) -> dict:
     if shutil.which("dciodvfy") is None:
         return {"skipped": "dciodvfy not installed (Debian package dicom3tools)"}
-    completed = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=300)
+    completed = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=300, check=False)
     lines = (completed.stdout + completed.stderr).splitlines()
     warnings = sorted({line for line in lines if line.startswith("Warning")})
     return {"errors": [line for line in lines if line.startswith("Error")], "distinct_warnings": warnings,
@@ -94,7 +94,7 @@ def main() -> int:
         out = Path(temporary) / "out"
         started = time.perf_counter()
         completed = subprocess.run([sys.executable, "-m", "spinefrac", "run", str(SERIES), "-o", str(out), "-q"],
-                                   capture_output=True, text=True,
+                                   capture_output=True, text=True, check=False,
                                    env=dict(os.environ, PYTHONPATH=str(REPO / "SpineFractureDetection")))
         seconds = time.perf_counter() - started
         if completed.returncode != 0:

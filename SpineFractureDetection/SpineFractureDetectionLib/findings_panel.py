@@ -43,8 +43,8 @@ class FindingsPanel:
 
     def showReport(self, report, volume_node=None, segmentation_node=None):
         """Show a classified report's findings; says whether the segments were edited since the module wrote them."""
-        from SpineFractureDetectionLib.mrml_logic import CHECKSUM_ATTRIBUTE, has_unsaved_edits
         from spinefrac.reporting.findings import MASKS_CORRECTED_KEY
+        from SpineFractureDetectionLib.mrml_logic import CHECKSUM_ATTRIBUTE, has_unsaved_edits
 
         if segmentation_node is not None and segmentation_node.GetAttribute(CHECKSUM_ATTRIBUTE) is not None:
             report.segmentation[MASKS_CORRECTED_KEY] = has_unsaved_edits(segmentation_node, volume_node)
@@ -102,8 +102,8 @@ def source_series_folder(volume_node):
 
 def export_from_scene(report, volume_node, segmentation_node, series_folder, folder):
     """The classified segments and their report as DICOM SEG + SR, by the core's exporter."""
-    from SpineFractureDetectionLib.mrml_logic import ct_from_volume, segmentation_from_node
     from spinefrac.reporting.dicom_export import export_dicom_objects
+    from SpineFractureDetectionLib.mrml_logic import ct_from_volume, segmentation_from_node
 
     if report is None:
         raise ValueError("Classify first: there is no report to export")
