@@ -17,8 +17,10 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 
-def write_ct_series(image: sitk.Image, folder: Path, uids: dict[str, str] | None = None) -> list[Path]:
-    """One file per slice; ``uids`` may fix study/series/frame-of-reference UIDs (else new ones)."""
+def write_ct_series(image: sitk.Image, folder: Path, uids: dict[str, str] | None = None,
+                    spacing_between_slices: str | None = None) -> list[Path]:
+    """One file per slice; ``uids`` may fix study/series/frame-of-reference UIDs (else new ones);
+    ``spacing_between_slices`` writes (0018,0088) as given (some scanners write it negative)."""
     folder.mkdir(parents=True, exist_ok=True)
     uids = {"study": generate_uid(), "series": generate_uid(), "frame": generate_uid(), **(uids or {})}
     hu = sitk.GetArrayFromImage(image).astype(np.int16)  # [k, row, column]
@@ -32,6 +34,8 @@ def write_ct_series(image: sitk.Image, folder: Path, uids: dict[str, str] | None
         ds.ImagePositionPatient = [f"{v:.6f}" for v in image.TransformIndexToPhysicalPoint((0, 0, k))]
         ds.PixelSpacing = [f"{spacing[1]:.6f}", f"{spacing[0]:.6f}"]  # row spacing (between rows), column spacing
         ds.SliceThickness = f"{spacing[2]:.6f}"
+        if spacing_between_slices is not None:
+            ds.SpacingBetweenSlices = spacing_between_slices
         ds.Rows, ds.Columns = hu.shape[1], hu.shape[2]
         ds.PixelData = np.ascontiguousarray(hu[k]).tobytes()
         path = folder / f"CT{k:04d}.dcm"

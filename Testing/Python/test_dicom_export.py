@@ -14,11 +14,12 @@ import SimpleITK as sitk
 from dicom_ct_writer import write_ct_series
 
 from spinefrac.errors import InputError
-from spinefrac.io.dicom_series import read_source_series
+from spinefrac.io.dicom_series import on_series_grid, read_source_series
 from spinefrac.io.images import load_ct
 from spinefrac.levels import LEVEL_BY_NAME
 from spinefrac.pipeline import run_pipeline
 from spinefrac.reporting.dicom_export import plan_dicom_export
+from spinefrac.reporting.dicom_seg import build_segmentation
 from spinefrac.reporting.dicom_sr import PRIVATE_MEASUREMENTS, PRIVATE_SCHEME, TRABECULAR_KEY
 
 from spine_test_utils import run_cli
@@ -162,6 +163,17 @@ def test_a_named_series_on_another_grid_is_refused_in_one_line(tmp_path, lumbar_
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("spinefrac: error: --dicom-series")
     assert "not on the CT's grid" in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_a_negative_spacing_between_slices_in_the_source_is_not_copied_into_the_seg(tmp_path, lumbar_phantom):
+    """The popi chest series (Philips) carries SpacingBetweenSlices -2.0, which dciodvfy calls an error."""
+    write_ct_series(lumbar_phantom.ct, tmp_path / "dicom", spacing_between_slices="-2.0")
+    series = read_source_series(tmp_path / "dicom")
+    labels = on_series_grid(lumbar_phantom.labels, series, "test series")
+    seg, _ = build_segmentation(series, labels, {"engine": "existing segmentation"})
+    measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert float(measures.SpacingBetweenSlices) == pytest.approx(series.grid.spacing_mm[2])
+    assert float(series.datasets[0].SpacingBetweenSlices) == -2.0  # the source headers are left as read
 
 
 def test_a_series_without_uids_is_read_but_gets_no_dicom_objects(shared_data):

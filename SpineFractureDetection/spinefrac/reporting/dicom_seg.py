@@ -88,21 +88,25 @@ def build_segmentation(series: SourceSeries, labels: np.ndarray, segmentation_in
         lookup[verse_id] = number
     segment_map = lookup[np.where(np.isin(labels, list(numbers)), labels, 0).astype(np.intp)]
     seg = Segmentation(
-        source_images=series.datasets, pixel_array=segment_map, segmentation_type=SegmentationTypeValues.BINARY,
+        source_images=source_headers(series), pixel_array=segment_map, segmentation_type=SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions, series_instance_uid=UID(), series_number=SEG_SERIES_NUMBER,
         sop_instance_uid=UID(), instance_number=1, manufacturer=MANUFACTURER, manufacturer_model_name=MODEL_NAME,
         software_versions=__version__, device_serial_number=DEVICE_SERIAL_NUMBER, content_label="VERTEBRAE",
-        content_description="Vertebrae C1-L5 and sacrum, VerSe levels", series_description="Vertebrae (spinefrac)",
-        pixel_measures=pixel_measures(series))
+        content_description="Vertebrae C1-L5 and sacrum, VerSe levels", series_description="Vertebrae (spinefrac)")
     return seg, numbers
 
 
-def pixel_measures(series: SourceSeries):
-    """Spacing from the slices' own geometry: some scanners write a negative SpacingBetweenSlices
-    (0018,0088), which the SEG must not inherit (the standard requires it positive)."""
-    from highdicom import PixelMeasuresSequence
 
-    column_spacing, row_spacing, slice_spacing = series.grid.spacing_mm
-    thickness = float(series.datasets[0].get("SliceThickness") or slice_spacing)
-    return PixelMeasuresSequence(pixel_spacing=(row_spacing, column_spacing), slice_thickness=thickness,
-                                 spacing_between_slices=slice_spacing)
+def source_headers(series: SourceSeries) -> list:
+    """The slices' headers as the SEG's source images. Some scanners write a negative
+    SpacingBetweenSlices (0018,0088), which the standard does not permit and highdicom would copy
+    into the SEG: those copies go without it, and highdicom derives it from the slice positions."""
+    import copy
+
+    headers = []
+    for ds in series.datasets:
+        if float(ds.get("SpacingBetweenSlices") or 0.0) < 0.0:
+            ds = copy.deepcopy(ds)  # headers only: no pixel data was read
+            del ds.SpacingBetweenSlices
+        headers.append(ds)
+    return headers
