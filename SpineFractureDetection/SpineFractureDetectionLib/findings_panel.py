@@ -11,6 +11,9 @@ import ctk
 import qt
 import slicer
 
+from SpineFractureDetectionLib.dicom_scene import export_from_scene, record_masks_corrected, source_series_folder
+from SpineFractureDetectionLib.mrml_logic import labels_checksum
+
 DICOM_PIP_REQUIREMENT = {"highdicom": "highdicom==0.28.2"}  # pydicom ships with Slicer
 
 
@@ -19,6 +22,7 @@ class FindingsPanel:
 
     def __init__(self, layout, parameter_node_getter):
         self._parameter_node = parameter_node_getter
+        self._classified_sha256 = None  # the segments the shown report describes
         self._report = None
         section = ctk.ctkCollapsibleButton()
         section.text = "Findings"
@@ -43,11 +47,9 @@ class FindingsPanel:
 
     def showReport(self, report, volume_node=None, segmentation_node=None):
         """Show a classified report's findings; says whether the segments were edited since the module wrote them."""
-        from spinefrac.reporting.findings import MASKS_CORRECTED_KEY
-        from SpineFractureDetectionLib.mrml_logic import CHECKSUM_ATTRIBUTE, has_unsaved_edits
-
-        if segmentation_node is not None and segmentation_node.GetAttribute(CHECKSUM_ATTRIBUTE) is not None:
-            report.segmentation[MASKS_CORRECTED_KEY] = has_unsaved_edits(segmentation_node, volume_node)
+        if segmentation_node is not None:
+            record_masks_corrected(report, segmentation_node, volume_node)
+            self._classified_sha256 = labels_checksum(segmentation_node, volume_node)
         self._report = report
         self.textView.plainText = report.findings_text()
         self._update()
@@ -67,7 +69,7 @@ class FindingsPanel:
                 return
             ensure_highdicom()
             export = export_from_scene(self._report, parameters.inputVolume, parameters.segmentation,
-                                       series_folder, folder)
+                                       series_folder, folder, self._classified_sha256)
             slicer.util.showStatusMessage(f"Wrote {export['segmentation_file']} and "
                                           f"{export['structured_report_file']} in {folder}", 5000)
 
@@ -87,26 +89,3 @@ def ensure_highdicom():
                                               "Install it now (internet access required)?"):
         raise RuntimeError(f"{', '.join(missing)} is not installed: no DICOM export")
     slicer.util.pip_install(missing)
-
-
-def source_series_folder(volume_node):
-    """The folder of the DICOM files a volume was loaded from (Slicer's DICOM database keeps one
-    folder per series), or None for a volume not loaded from DICOM."""
-    import pathlib
-
-    uids = (volume_node.GetAttribute("DICOM.instanceUIDs") or "").split() if volume_node else []
-    database = slicer.dicomDatabase
-    path = database.fileForInstance(uids[0]) if uids and database else ""
-    return pathlib.Path(path).parent if path else None
-
-
-def export_from_scene(report, volume_node, segmentation_node, series_folder, folder):
-    """The classified segments and their report as DICOM SEG + SR, by the core's exporter."""
-    from spinefrac.reporting.dicom_export import export_dicom_objects
-    from SpineFractureDetectionLib.mrml_logic import ct_from_volume, segmentation_from_node
-
-    if report is None:
-        raise ValueError("Classify first: there is no report to export")
-    ct = ct_from_volume(volume_node)
-    segmentation = segmentation_from_node(segmentation_node, volume_node, ct)
-    return export_dicom_objects(ct, segmentation, report, series_folder, folder)
