@@ -100,3 +100,12 @@ def test_a_newer_expected_height_field_is_used_when_a_report_has_it():
     crush = {"genant_type": "crush", "height_posterior_mm": 15.0, "height_posterior_expected_mm": 25.0,
              "height_loss_percent": 40.0}
     assert height_loss_phrase(crush).startswith("posterior height 15.0 mm against 25.0 mm (expected")
+
+
+def test_a_study_with_no_gradable_level_is_not_called_normal(normal_report):
+    grey = [{**row, "decision": "not_assessable", "genant_grade": None, "decision_reason": "too coarse"}
+            for row in normal_report["levels"]]
+    lines = findings_lines({**normal_report, "levels": grey, "osteoporosis_screen": None})
+    assert "Vertebral fractures: not assessed: no level could be graded (the reasons are listed below)." in lines
+    assert lines[-1] == "Impression: No level could be graded for fracture (reasons above): not a normal result."
+    assert not any("none." in line or "No vertebral fracture" in line for line in lines)

@@ -124,7 +124,7 @@ def impression(report: dict) -> str:
         text = f"no vertebral fracture in the {len(assessed)} assessable level{'s' * (len(assessed) > 1)} " \
                f"({_span(assessed, count=False)})."
     else:
-        text = "no level could be assessed for fracture (see above)."
+        text = "no level could be graded for fracture (reasons above): not a normal result."
     screen = report.get("osteoporosis_screen")
     if screen and screen["category"] != "normal density":
         text += f" {screen['level']} {screen['trabecular_hu']:.0f} HU: {screen['category']}."
@@ -141,7 +141,7 @@ def _short_fracture(row: dict) -> str:
 def _no_fracture_sentence(rows: list[dict]) -> str:
     assessed = [row for row in rows if row.get("decision") == "normal"]
     if not assessed:
-        return "Vertebral fractures: none could be assessed (every level is listed as not assessable below)."
+        return "Vertebral fractures: not assessed: no level could be graded (the reasons are listed below)."
     return (f"Vertebral fractures: none. No vertebral fracture was found in the {len(assessed)} assessable "
             f"level{'s' * (len(assessed) > 1)} ({_span(assessed)}): every height loss is under 20 %.")
 
