@@ -139,6 +139,9 @@ class SpineFractureDetectionWidget(ScriptedLoadableModuleWidget, VTKObservationM
         self._segmentationRun = None
         self.ui.tableView.connect("clicked(QModelIndex)", self.onTableClicked)
         self._lastReport = None
+        from SpineFractureDetectionLib.findings_panel import FindingsPanel  # findings text, copy, DICOM export
+
+        self.findingsPanel = FindingsPanel(self.layout, lambda: self._parameterNode)
         self.initializeParameterNode()
 
     def cleanup(self):
@@ -205,6 +208,7 @@ class SpineFractureDetectionWidget(ScriptedLoadableModuleWidget, VTKObservationM
             report = self.logic.classify(self._parameterNode.inputVolume, self._parameterNode.segmentation,
                                          self._parameterNode.measurementTable, self._parameterNode.fractureThreshold)
             self._lastReport = report
+            self.findingsPanel.showReport(report, self._parameterNode.inputVolume, self._parameterNode.segmentation)
             self.ui.tableView.setMRMLTableNode(self._parameterNode.measurementTable)
             fractured = [row["level"] for row in report.rows if row.get("decision") == "fractured"]
             summary = f"{len(report.rows)} levels; fractured: {', '.join(fractured) or 'none'}."

@@ -41,6 +41,11 @@ outputs (in OUTDIR, which appears only when the run succeeds):
   overview.png      mid-sagittal and coronal views, bone window, levels coloured by decision
                     (red fractured, green normal, grey not assessable), measured heights
   gallery.png       one panel per vertebra on its own mid-sagittal plane, grade and heights
+  findings.txt      the findings in words: fractures with grade and height loss, L1 density
+                    screen, levels not assessable and why, mask provenance, impression
+  vertebrae_seg.dcm, measurements_sr.dcm   for a DICOM series input (or --dicom-series):
+                    DICOM SEG of the levels and DICOM SR (TID 1500) of their results,
+                    both referring to the source series
 
 example:
   spinefrac run ct.nii.gz --segmentation vertebrae.nii.gz -o out/
@@ -122,6 +127,9 @@ def _add_run_parser(commands) -> None:
                      help="classifier probability at or above which a level is called fractured (default 0.5)")
     run.add_argument("--no-hu-check", action="store_true",
                      help="accept an image whose values do not look like CT Hounsfield units (no air values)")
+    run.add_argument("--dicom-series", type=Path, metavar="FOLDER",
+                     help="the CT's source DICOM series, when CT is a file converted from it: the DICOM SEG and SR "
+                          "refer to it (a DICOM folder input is its own source)")
     run.add_argument("--overwrite", action="store_true", help="replace a non-empty OUTDIR")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     run.set_defaults(handler=_run)
@@ -263,11 +271,14 @@ def _run(args: argparse.Namespace) -> int:
         args.ct, args.output, segmentation_path=args.segmentation, label_convention=convention,
         device=args.device, overwrite=args.overwrite, stages=stages, classifier_path=args.classifier,
         probability_threshold=args.fracture_threshold, check_hu=not args.no_hu_check, engine=args.engine,
+        dicom_series=args.dicom_series,
     )
     if not args.quiet:
         for warning in result.ct.warnings:
             print(f"{PROG}: warning: {warning}", file=sys.stderr)
         print(_summary(result), file=sys.stderr)
+    if not result.report.dicom_export["written"]:  # said even with -q: the user may expect DICOM objects
+        print(f"{PROG}: note: {result.report.dicom_export['reason']}", file=sys.stderr)
     for path in result.files.values():
         print(path)
     return 0

@@ -21,6 +21,9 @@ from spinefrac.device import DeviceChoice, resolve_device
 from spinefrac.errors import EngineUnavailableError, InputError
 from spinefrac.io.filenames import (
     BODY_LABEL_MAP_FILE,
+    DICOM_SEG_FILE,
+    DICOM_SR_FILE,
+    FINDINGS_FILE,
     GALLERY_FILE,
     LABEL_MAP_FILE,
     OVERVIEW_FILE,
@@ -30,6 +33,7 @@ from spinefrac.io.filenames import (
 from spinefrac.io.images import CtVolume, load_ct, write_image
 from spinefrac.io.outputs import AtomicOutputFolder
 from spinefrac.progress import SilentStages
+from spinefrac.reporting.dicom_export import plan_dicom_export, write_dicom_objects
 from spinefrac.reporting.gallery import write_gallery_png
 from spinefrac.reporting.overview import write_overview_png
 from spinefrac.reporting.report import SpineReport
@@ -121,19 +125,22 @@ def run_pipeline(
     probability_threshold: float = DEFAULT_PROBABILITY_THRESHOLD,
     check_hu: bool = True,
     engine: str = "auto",
+    dicom_series: Path | str | None = None,
 ) -> RunResult:
-    """Run every stage; nothing appears under ``output_folder`` unless all of them succeed."""
+    """Run every stage; nothing appears under ``output_folder`` unless all of them succeed.
+    A DICOM input (or ``dicom_series``, the CT's source series) also gets a DICOM SEG and SR."""
     stages = stages or SilentStages()
     model_folder = Path(engine) if engine not in ENGINE_CHOICES else None
     # Refused up front: a non-empty folder without --overwrite, and one that is, holds or lies in an input.
     output = AtomicOutputFolder(output_folder, overwrite,
-                                inputs=(ct_path, segmentation_path, classifier_path, model_folder))
+                                inputs=(ct_path, segmentation_path, classifier_path, model_folder, dicom_series))
     device_choice = resolve_device(device)
     engine = choose_engine(segmentation_path, label_convention, engine, device_choice.name)
     classifier = FractureClassifier.load(classifier_path, device_choice.name) if classifier_path else None
 
     stages.stage("Loading CT")
     ct = load_ct(ct_path, check_hu=check_hu)
+    dicom_plan = plan_dicom_export(ct, dicom_series)  # a named series that does not fit is refused here
     segmentation = engine.segment(ct, stages.stage(f"Segmentation ({engine.name})"))
     assessment = assess(ct, segmentation, classifier, probability_threshold, stages)
     measurements, morphometry, findings = assessment.measurements, assessment.morphometry, assessment.findings
@@ -141,6 +148,7 @@ def run_pipeline(
     report = SpineReport.from_stages(ct, segmentation, measurements, findings, assessment.quality)
     report.segmentation["device"] = device_choice.name
     report.notes[:0] = [f"input: {warning}" for warning in ct.warnings]
+    report.notes += [dicom_plan.reason] if dicom_plan.reason else []
     if classifier is not None:
         report.notes.append(
             f"classifier {classifier.manifest.name} v{classifier.manifest.version} (sha256 "
@@ -148,23 +156,29 @@ def run_pipeline(
             "Genant grade >= 1 or probability >= threshold")
 
     stages.stage("Writing outputs")
-    files: dict[str, Path] = {}
     with output as work:
         write_image(ct.to_source_grid(segmentation.label_map), work / LABEL_MAP_FILE)
         write_image(ct.to_source_grid(_body_image(ct, morphometry)), work / BODY_LABEL_MAP_FILE)
+        report.dicom_export = write_dicom_objects(dicom_plan, segmentation, report, work)
         report.write(work)
+        (work / FINDINGS_FILE).write_text(report.findings_text(), encoding="utf-8")
         write_overview_png(ct, segmentation, measurements, work / OVERVIEW_FILE, title=_title(ct, segmentation),
                            morphometry=morphometry, findings=findings, quality=assessment.quality)
         write_gallery_png(ct, segmentation, morphometry, findings, work / GALLERY_FILE)
     final = Path(output_folder)
-    for key, name in (("label_map", LABEL_MAP_FILE), ("body_label_map", BODY_LABEL_MAP_FILE),
-                      ("report_json", REPORT_JSON_FILE),
-                      ("report_csv", REPORT_CSV_FILE), ("overview_png", OVERVIEW_FILE),
-                      ("gallery_png", GALLERY_FILE)):
-        files[key] = final / name
+    files = _written_files(final, report.dicom_export["written"])
     stages.close()
     return RunResult(ct, segmentation, measurements, morphometry, findings, report, assessment.quality,
                      device_choice, final, files)
+
+
+def _written_files(folder: Path, dicom_written: bool) -> dict[str, Path]:
+    written = {"label_map": LABEL_MAP_FILE, "body_label_map": BODY_LABEL_MAP_FILE, "report_json": REPORT_JSON_FILE,
+               "report_csv": REPORT_CSV_FILE, "overview_png": OVERVIEW_FILE, "gallery_png": GALLERY_FILE,
+               "findings_txt": FINDINGS_FILE}
+    if dicom_written:
+        written.update(dicom_seg=DICOM_SEG_FILE, dicom_sr=DICOM_SR_FILE)
+    return {key: folder / name for key, name in written.items()}
 
 
 def _body_image(ct: CtVolume, morphometry: SpineMorphometry) -> sitk.Image:

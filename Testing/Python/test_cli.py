@@ -29,8 +29,8 @@ def _comparable_rows(report):
 
 def test_sample_run_writes_every_output(sample_run):
     out, result = sample_run
-    assert sorted(p.name for p in out.iterdir()) == ["gallery.png", "overview.png", "report.csv", "report.json",
-                                                       "vertebrae.nii.gz", "vertebral_bodies.nii.gz"]
+    assert sorted(p.name for p in out.iterdir()) == ["findings.txt", "gallery.png", "overview.png", "report.csv",
+                                                       "report.json", "vertebrae.nii.gz", "vertebral_bodies.nii.gz"]
     assert (out / "overview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "gallery.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "[7/7] Writing outputs" in result.stderr  # progress on the terminal

@@ -21,7 +21,7 @@ from spinefrac.synthetic.phantom import Fracture, PhantomSpec, make_phantom
 
 from spine_test_utils import run_cli, write_dicom_series
 
-RESULT_FILES = {"gallery.png", "overview.png", "report.csv", "report.json", "vertebrae.nii.gz",
+RESULT_FILES = {"findings.txt", "gallery.png", "overview.png", "report.csv", "report.json", "vertebrae.nii.gz",
                 "vertebral_bodies.nii.gz"}
 
 

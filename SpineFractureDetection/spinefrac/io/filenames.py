@@ -1,7 +1,7 @@
 """Every file name the project writes and reads back, in one place.
 
 A run's output folder (``spinefrac run``, each case of ``spinefrac batch``, the Slicer module's
-child process) holds the first six; evaluation, the module and batch summaries read them back
+child process) holds the first six, findings.txt and, for a DICOM source series, the two DICOM objects; evaluation, the module and batch summaries read them back
 by these names.
 """
 
@@ -11,6 +11,9 @@ REPORT_JSON_FILE = "report.json"
 REPORT_CSV_FILE = "report.csv"
 OVERVIEW_FILE = "overview.png"
 GALLERY_FILE = "gallery.png"
+FINDINGS_FILE = "findings.txt"  # the findings in words, as report.json's findings_text
+DICOM_SEG_FILE = "vertebrae_seg.dcm"  # DICOM Segmentation on the source series (DICOM input only)
+DICOM_SR_FILE = "measurements_sr.dcm"  # DICOM SR TID 1500 measurement report (DICOM input only)
 
 BATCH_SUMMARY_JSON_FILE = "batch_summary.json"
 BATCH_SUMMARY_CSV_FILE = "batch_summary.csv"

@@ -22,12 +22,14 @@ from spinefrac.assessment.quality import QC_METHOD, LevelQuality, SegmentationQu
 from spinefrac.io.filenames import REPORT_CSV_FILE, REPORT_JSON_FILE
 from spinefrac.io.images import CtVolume
 from spinefrac.io.outputs import rounded_or_none
+from spinefrac.reporting.findings import findings_text
 from spinefrac.segmentation.base import VertebraSegmentation
 
 REPORT_SCHEMA = "spinefrac-report"
 REPORT_SCHEMA_VERSION = "1.3.0"  # 1.1: fracture findings per level; 1.2: segmentation.level_identification;
 # 1.3: quality control (per level qc_verdict/qc_reasons columns, a quality_control block); expected
-# anterior/middle heights and the relative height loss per section
+# anterior/middle heights and the relative height loss per section; findings_text (what findings.txt
+# holds) and dicom_export
 
 SACRUM_NOTE = "sacrum: fused bone, reported for level counting; not graded for fracture"
 
@@ -131,6 +133,7 @@ class SpineReport:
     notes: list[str] = field(default_factory=list)
     osteoporosis_screen: dict | None = None
     quality_control: dict | None = None
+    dicom_export: dict | None = None  # the DICOM SEG/SR written, or why none was
     created_utc: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     @classmethod
@@ -179,7 +182,7 @@ class SpineReport:
                 identification["summary"] += f"; quality control: {quality.summary()}"
         return report
 
-    def to_dict(self) -> dict:
+    def _data(self) -> dict:
         return {
             "schema": REPORT_SCHEMA,
             "schema_version": REPORT_SCHEMA_VERSION,
@@ -194,7 +197,17 @@ class SpineReport:
             "osteoporosis_screen": self.osteoporosis_screen,
             "fracture_method": FRACTURE_METHOD,
             "notes": self.notes,
+            "dicom_export": self.dicom_export,
         }
+
+    def to_dict(self) -> dict:
+        data = self._data()
+        data["findings_text"] = findings_text(data)
+        return data
+
+    def findings_text(self) -> str:
+        """The findings as a radiologist reads them (findings.txt)."""
+        return self.to_dict()["findings_text"]
 
     def to_json(self) -> str:
         return json.dumps(_finite_or_none(self.to_dict()), indent=2, allow_nan=False) + "\n"
