@@ -41,7 +41,9 @@ def test_a_fractured_level_gets_its_sentence_with_grade_in_words_and_number(frac
     sentence = next(line for line in text.splitlines() if line.startswith(f"- {row['level']}:"))
     grade = row["genant_grade"]
     assert f"{GRADE_WORDS[grade]} (Genant grade {grade}) {row['genant_type']} fracture" in sentence
-    assert f"{row['height_anterior_mm']:.1f} mm against {row['height_posterior_mm']:.1f} mm" in sentence
+    # a wedge's anterior height against its expected value from the neighbours, else against its own posterior height
+    reference_mm = row.get("height_anterior_expected_mm") or row["height_posterior_mm"]
+    assert f"{row['height_anterior_mm']:.1f} mm against {reference_mm:.1f} mm" in sentence
     assert f"{row['height_loss_percent']:.0f} % height loss" in sentence
     impression = text.splitlines()[-1]
     assert impression.startswith("Impression: 1 vertebral fracture: L2") and f"(Genant {grade})" in impression
