@@ -125,6 +125,9 @@ class SpineFractureDetectionWidget(ScriptedLoadableModuleWidget, VTKObservationM
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = SpineFractureDetectionLogic()
+        from SpineFractureDetectionLib.models_panel import ModelsPanel  # registry models: list, download
+
+        self.modelsPanel = ModelsPanel(self.layout)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)

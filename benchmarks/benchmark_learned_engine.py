@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import sys
@@ -70,6 +71,8 @@ def peak_memory_and_machine(device) -> dict:
     cuda = device.name == "cuda"
     return {
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 0),
+        # other processes' load slows every figure: a shared 2-core machine at load 12 runs ~6x slower
+        "load_average_1min_at_end": round(os.getloadavg()[0], 1),
         "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20, 0) if cuda else None,
         "machine": {"cpu_threads": device.cpu_threads, "platform": platform.platform(),
                     "gpu": torch.cuda.get_device_name(0) if cuda else None, "torch": torch.__version__},

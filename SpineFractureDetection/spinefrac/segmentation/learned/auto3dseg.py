@@ -9,8 +9,10 @@ the DICOM code sequences (``SegmentedPropertyTypeCodeSequence.CodeValue`` ... SN
 
 The pre-processing and sliding window follow the extension's inference script: load channel
 first, RAS when asked, crop to the foreground (10 voxels margin), resample, normalise by mode;
-SlidingWindowInfererAdapt with overlap 0.625 and Gaussian blending; softmax (or sigmoid), the
-probabilities inverted back onto the input grid, then the argmax. Labels map to VerSe ids by
+SlidingWindowInfererAdapt with overlap 0.625 and Gaussian blending (the window capped at the image's
+size). Unlike the script, the argmax (or the sigmoid threshold) is taken at the model's resolution
+and the labels, not the probabilities, go back onto the input grid (nearest neighbour, as the MONAI
+bundles do): memory one label volume instead of one float volume per class. Labels map to VerSe ids by
 their SNOMED CT code, by name when the code is not one of ours (S1 and the sacrum both go to the
 sacrum); a label that names no vertebral level is refused by name.
 """
@@ -18,6 +20,7 @@ sacrum); a label that names no vertebral level is refused by name.
 from __future__ import annotations
 
 import csv
+import time
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +33,12 @@ from spinefrac.levels import LEVEL_BY_ID, LEVELS, SNOMED_SCHEME, level_for_name
 from spinefrac.progress import Progress, silent
 from spinefrac.segmentation.base import LabelConvention, SegmentationEngine, VertebraSegmentation
 from spinefrac.segmentation.learned.bundle import load_state
-from spinefrac.segmentation.learned.engine import order_violations, predict_from_file, verse_labels_on_ct_grid
+from spinefrac.segmentation.learned.engine import (
+    label_values,
+    order_violations,
+    predict_from_file,
+    verse_labels_on_ct_grid,
+)
 
 LABELS_FILE = "labels.csv"
 CHECKPOINT_FILE = "model.pt"
@@ -39,6 +47,7 @@ CODE_COLUMNS = ("SegmentedPropertyTypeCodeSequence.CodingSchemeDesignator",
                 "SegmentedPropertyTypeCodeSequence.CodeValue")
 FOREGROUND_MARGIN_VOXELS = 10
 SLIDING_WINDOW_OVERLAP = 0.625
+SEGRESNETDS_BLOCKS_DOWN = (1, 2, 2, 4)  # MONAI's default when a config does not say
 LEVEL_BY_SNOMED = {level.snomed_code: level for level in LEVELS if not level.is_transitional}
 
 
@@ -157,28 +166,53 @@ class Auto3DSegEngine(SegmentationEngine):
         load_state(self.network, checkpoint, self.checkpoint_path, "the network of its config")
         self.network = self.network.to(device).eval()
         self.title = f"{Path(folder).name} (epoch {checkpoint.get('epoch', '?')})"
+        self.timings_s: dict[str, float] = {}  # per stage of the last prediction
 
     def predict_labels(self, image_path: Path) -> np.ndarray:
         """Label values on the grid of ``image_path`` ([x, y, z], as MONAI loads it)."""
-        import torch
-        from monai.inferers import SlidingWindowInfererAdapt
         from monai.transforms import Invertd
 
+        started = time.perf_counter()
         chain = preprocessing(self.config)
         data = chain({"image": str(image_path)})
-        inferer = SlidingWindowInfererAdapt(roi_size=self.config["roi_size"], sw_batch_size=1,
-                                            overlap=SLIDING_WINDOW_OVERLAP, mode="gaussian")
+        self.timings_s = {"preprocessing": time.perf_counter() - started}
+        logits = self._logits(data["image"])
+        self.timings_s["inference"] = time.perf_counter() - started - self.timings_s["preprocessing"]
+        data["pred"] = self._labels_at_model_resolution(logits)
+        del logits
+        inverted = Invertd(keys="pred", orig_keys="image", transform=chain, nearest_interp=True)(data)["pred"]
+        self.timings_s["postprocessing"] = time.perf_counter() - started - sum(self.timings_s.values())
+        return label_values(inverted[0].numpy())
+
+    def _logits(self, image):
+        """Sliding-window logits at the model's resolution; the window never larger than the image
+        (rounded up to what the network's levels divide), so no time is spent on padding."""
+        import torch
+        from monai.inferers import SlidingWindowInfererAdapt
+
+        levels = len(self.config["network"].get("blocks_down", SEGRESNETDS_BLOCKS_DOWN))
+        divisor = 2 ** (levels - 1)  # each level halves the size
+        image_shape = np.asarray(image.shape[1:])
+        roi = np.minimum(self.config["roi_size"], np.ceil(image_shape / divisor) * divisor).astype(int)
+        inferer = SlidingWindowInfererAdapt(roi_size=roi.tolist(), sw_batch_size=1, overlap=SLIDING_WINDOW_OVERLAP,
+                                            mode="gaussian")
         with torch.no_grad(), torch.autocast(device_type="cuda", enabled=self.device == "cuda"):
-            logits = inferer(data["image"][None].to(self.device), self.network)
-        logits = logits[0] if isinstance(logits, (list, tuple)) else logits
-        sigmoid = self.config.get("sigmoid", False)
-        probabilities = torch.sigmoid(logits) if sigmoid else torch.softmax(logits.double(), dim=1).float()
-        data["pred"] = probabilities[0].cpu()
-        inverted = Invertd(keys="pred", orig_keys="image", transform=chain, nearest_interp=False)(data)["pred"]
-        if sigmoid:  # one channel per label: the first label above one half wins
-            above = inverted.numpy() >= 0.5
-            return np.where(above.any(0), above.argmax(0) + 1, 0).astype(np.int64)
-        return inverted.argmax(0).numpy().astype(np.int64)
+            logits = inferer(image[None].to(self.device), self.network)
+        return logits[0] if isinstance(logits, (list, tuple)) else logits
+
+    def _labels_at_model_resolution(self, logits):
+        """Label values from the logits before going back to the input grid: softmax and argmax (or,
+        for a sigmoid model, the first label above one half) at the model's resolution, then one
+        nearest-neighbour resampling of the labels instead of one linear resampling per class (the
+        extension's script resamples the probabilities: 27 classes on a 512 x 512 x 500 CT are 14 GB)."""
+        import torch
+
+        if self.config.get("sigmoid", False):
+            above = torch.sigmoid(logits[0].float()) >= 0.5
+            labels = torch.where(above.any(0), above.int().argmax(0) + 1, 0)
+        else:
+            labels = logits[0].float().argmax(0)  # the argmax of the softmax is the argmax of the logits
+        return labels[None].to(torch.float32).cpu()
 
     def segment(self, ct: CtVolume, progress: Progress = silent) -> VertebraSegmentation:
         progress(0.05, f"{self.title}: pre-processing and sliding-window inference")

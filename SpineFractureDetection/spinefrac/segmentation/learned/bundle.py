@@ -28,7 +28,12 @@ from spinefrac.io.model_packages import require_torch
 from spinefrac.levels import LEVEL_BY_ID, level_for_name
 from spinefrac.progress import Progress, silent
 from spinefrac.segmentation.base import LabelConvention, SegmentationEngine, VertebraSegmentation
-from spinefrac.segmentation.learned.engine import order_violations, predict_from_file, verse_labels_on_ct_grid
+from spinefrac.segmentation.learned.engine import (
+    label_values,
+    order_violations,
+    predict_from_file,
+    verse_labels_on_ct_grid,
+)
 
 INFERENCE_CONFIG = Path("configs") / "inference.json"
 METADATA_CONFIG = Path("configs") / "metadata.json"
@@ -182,10 +187,11 @@ class MonaiBundleEngine(SegmentationEngine):
             prediction = inferer(data[key][None].to(self.device), self.network)
         self.timings_s["inference"] = time.perf_counter() - started - self.timings_s["preprocessing"]
         data["pred"] = prediction[0].float()
+        del prediction  # the post-processing replaces data["pred"]: the logits (105 channels) can go
         data = self._postprocessing()(data)
         self.timings_s["postprocessing"] = time.perf_counter() - started - sum(
             self.timings_s[stage] for stage in ("preprocessing", "inference"))
-        return np.asarray(data["pred"].detach().cpu().numpy()[0], dtype=np.int64)
+        return label_values(np.asarray(data["pred"].detach().cpu().numpy()[0]))
 
     def segment(self, ct: CtVolume, progress: Progress = silent) -> VertebraSegmentation:
         progress(0.05, f"{self.description.name} v{self.description.version}: pre-processing and inference")

@@ -56,7 +56,8 @@ class RegistryEntry:
         object.__setattr__(self, "default_for", tuple(self.default_for))
 
 
-def read_registry(path: Path = REGISTRY_FILE) -> dict[str, RegistryEntry]:
+def read_registry(path: Path | None = None) -> dict[str, RegistryEntry]:
+    path = path or REGISTRY_FILE  # read at call time: tests and the Slicer module may point elsewhere
     try:
         entries = json.loads(path.read_text(encoding="utf-8"))["models"]
         return {entry["name"]: RegistryEntry(**entry) for entry in entries}
