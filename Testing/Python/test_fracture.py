@@ -18,7 +18,6 @@ from spinefrac.synthetic.validation import (
     LEVELS,  # noqa: E402
     LOSSES,
     run_case,
-    single_worst_plane_grades,
     summarise,
 )
 
@@ -82,14 +81,12 @@ def test_grade_accuracy_over_the_loss_grid_at_1_mm():
 @pytest.mark.parametrize("geometry", [dict(spacing_mm=(1.5, 1.5, 1.5)),
                                       dict(spacing_mm=(1.0, 1.0, 2.0), sagittal_curvature_mm=25,
                                            coronal_curvature_mm=15, orientation=OBLIQUE)])
-def test_no_fracture_on_normal_spines_and_fewer_false_positives_than_the_single_slice_rule(geometry):
+def test_no_fracture_on_normal_spines(geometry):
+    # (the comparison with the single-slice rule is made over the whole loss grid, where that rule does err)
     phantom = make_phantom(PhantomSpec(levels=LEVELS, seed=5, **geometry))
-    ct, morphometry, findings = assess(phantom)
-    ours = sum(f.decision is Decision.FRACTURED for f in findings.findings)
-    assert ours == 0
+    _, _, findings = assess(phantom)
+    assert not any(f.decision is Decision.FRACTURED for f in findings.findings)
     assert all(f.decision is Decision.NORMAL for f in findings.findings if f.level.is_vertebra)
-    single_slice = single_worst_plane_grades(ct, morphometry)
-    assert sum(grade >= 1 for grade in single_slice.values()) >= ours
 
 
 def _edited(phantom, edit) -> sitk.Image:
