@@ -175,7 +175,7 @@ def _label_cases(d, good_ct, labels, add):
     for verse_id, ts_id in {18: 33, 19: 32, 20: 31, 21: 30, 22: 29, 23: 28, 24: 27}.items():
         v2_or_v1[verse == verse_id] = ts_id  # TotalSegmentator v2's T11..L5, or v1's T2..T8
     add("ids that fit TotalSegmentator v1 and v2",
-             "VerSe ids on an image flipped head to foot",        [good_ct, "--segmentation", _with_labels(labels, v2_or_v1, d / "either.nii.gz")], "--labels totalseg-v1")
+        [good_ct, "--segmentation", _with_labels(labels, v2_or_v1, d / "either.nii.gz")], "--labels totalseg-v1")
     add("VerSe ids on an image flipped head to foot",
         [good_ct, "--segmentation", _with_labels(labels, verse[::-1].copy(), d / "flipped.nii.gz")],
         "missing inside the spine")
