@@ -49,7 +49,8 @@ def _keyed(target: str, **arguments) -> dict:
     return {"_target_": target, "keys": "@image_key", **arguments}
 
 
-def inference_config() -> dict:
+def inference_config(network_def: dict | None = None) -> dict:
+    """The bundle's inference.json; ``network_def`` replaces the network's arguments (same class)."""
     return {
         "displayable_configs": {"highres": True, "sw_overlap": 0.25, "sw_batch_size": 1},
         "imports": ["$import glob", "$import numpy", "$import os"],
@@ -65,7 +66,7 @@ def inference_config() -> dict:
         "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
         "pixdim": "$[1.5, 1.5, 1.5] if @displayable_configs#highres else [3.0, 3.0, 3.0]",
         "modelname": "$'model.pt' if @displayable_configs#highres else 'model_lowres.pt'",
-        "network_def": dict(NETWORK_DEF),
+        "network_def": dict(network_def or NETWORK_DEF),
         "network": "$@network_def.to(@device)",
         "preprocessing": {"_target_": "Compose", "transforms": [
             _keyed("LoadImaged"), _keyed("EnsureTyped"), _keyed("EnsureChannelFirstd"),
@@ -111,10 +112,10 @@ def metadata(version: str = "0.2.5") -> dict:
             "network_data_format": {"inputs": {"image": image}, "outputs": {"pred": pred}}}
 
 
-def network():
+def network(network_def: dict | None = None):
     from monai.bundle import ConfigParser
 
-    return ConfigParser({"network_def": dict(NETWORK_DEF)}).get_parsed_content("network_def")
+    return ConfigParser({"network_def": dict(network_def or NETWORK_DEF)}).get_parsed_content("network_def")
 
 
 def constant_channel_state(channel: int, seed: int = 0) -> dict:
@@ -130,12 +131,15 @@ def constant_channel_state(channel: int, seed: int = 0) -> dict:
     return state
 
 
-def write_bundle(folder: Path, state: dict, lowres_state: dict | None = None) -> Path:
+def write_bundle(folder: Path, state: dict, lowres_state: dict | None = None,
+                 network_def: dict | None = None) -> Path:
+    """The bundle folder; ``network_def`` replaces the network's arguments (same class, e.g. a tiny one)."""
     import torch
 
     (folder / "configs").mkdir(parents=True, exist_ok=True)
     (folder / "models").mkdir(exist_ok=True)
-    (folder / "configs" / "inference.json").write_text(json.dumps(inference_config(), indent=4), encoding="utf-8")
+    config = inference_config(network_def)
+    (folder / "configs" / "inference.json").write_text(json.dumps(config, indent=4), encoding="utf-8")
     (folder / "configs" / "metadata.json").write_text(json.dumps(metadata(), indent=4), encoding="utf-8")
     torch.save(state, folder / "models" / "model.pt")
     torch.save(lowres_state if lowres_state is not None else state, folder / "models" / "model_lowres.pt")
