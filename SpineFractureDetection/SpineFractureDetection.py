@@ -408,9 +408,12 @@ class SpineFractureDetectionLogic(ScriptedLoadableModuleLogic):
         env = dict(environment or os.environ, PYTHONPATH=str(pathlib.Path(__file__).parent))
         return command, env
 
-    def segment(self, volumeNode, segmentationNode, engine="auto", device="auto", overwriteEdits=False):
-        """Blocking segmentation for scripting: the same child process, waited for. Returns the
-        segment ids in cranio-caudal order; raises with the child's error line."""
+    def segmentationJob(self, volumeNode, segmentationNode, engine, device, onProgress, onFinished,
+                        overwriteEdits=False):
+        """Start ``spinefrac run`` on the exported CT in a child process (``SegmentationJob``, Qt-free);
+        its labels are imported into segmentationNode only when the child succeeds. The work folder
+        is removed when the job ends, or here when the CT cannot be exported."""
+        import pathlib
         import tempfile
 
         from SpineFractureDetectionLib.child_process import SegmentationJob
@@ -422,19 +425,27 @@ class SpineFractureDetectionLogic(ScriptedLoadableModuleLogic):
         except Exception:
             work.cleanup()
             raise
-        outcome = {}
 
         def importResult(folder):
-            outcome["segments"] = import_segmentation_result(segmentationNode, volumeNode,
-                                                             folder / "out" / LABEL_MAP_FILE, overwriteEdits)
+            return import_segmentation_result(segmentationNode, volumeNode,
+                                              pathlib.Path(folder) / "out" / LABEL_MAP_FILE, overwriteEdits)
+
+        return SegmentationJob(command, env, work, importResult, onProgress, onFinished)
+
+    def segment(self, volumeNode, segmentationNode, engine="auto", device="auto", overwriteEdits=False):
+        """Blocking segmentation for scripting: the same child process, waited for. Returns the
+        segment ids in cranio-caudal order; raises with the child's error line."""
+        outcome = {}
 
         def finished(error):
             outcome["error"] = error
 
-        SegmentationJob(command, env, work, importResult, lambda fraction, message: None, finished).wait()
+        job = self.segmentationJob(volumeNode, segmentationNode, engine, device,
+                                   lambda fraction, message: None, finished, overwriteEdits)
+        job.wait()
         if outcome.get("error"):
             raise RuntimeError(outcome["error"])
-        return outcome["segments"]
+        return job.imported
 
     def startSegmentation(self, volumeNode, segmentationNode, engine, device, onProgress, onFinished,
                           overwriteEdits=False):

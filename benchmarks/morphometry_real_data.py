@@ -25,6 +25,7 @@ from spinefrac.assessment.chain import assess  # noqa: E402
 from spinefrac.io.images import load_ct  # noqa: E402
 from spinefrac.segmentation.label_maps import ExistingLabelMap  # noqa: E402
 from spinefrac.segmentation.offline.engine import OfflineEngine  # noqa: E402
+from spinefrac.synthetic.mask_ct import each_label_morphed  # noqa: E402
 from spinefrac.synthetic.real_data_cases import segmentation_of, verse_mask_case  # noqa: E402
 
 SAMPLE = REPO / "SpineFractureDetection/Resources/SampleData"
@@ -63,14 +64,7 @@ def sample_ct() -> dict:
 def one_voxel_edits(ct, segmentation, reference: dict) -> dict:
     result = {}
     for operation in (sitk.BinaryDilate, sitk.BinaryErode):
-        array = sitk.GetArrayFromImage(segmentation.label_map)
-        out = np.zeros_like(array)
-        for value in np.unique(array[array > 0]):
-            one = sitk.GetImageFromArray((array == value).astype(np.uint8))
-            changed = sitk.GetArrayFromImage(operation(one, [1, 1, 1])) > 0
-            out[changed & (out == 0)] = value
-        edited = sitk.GetImageFromArray(out)
-        edited.CopyInformation(segmentation.label_map)
+        edited = each_label_morphed(segmentation.label_map, operation)
         rows = level_rows(assess(ct, segmentation_of(edited, operation.__name__)))
         result[operation.__name__] = {
             name: {"height_change_mm": [round(a - b, 2) for a, b in zip(rows[name]["heights_mm"],

@@ -140,7 +140,8 @@ def error_message(lines: list[str], exit_code: int) -> str:
 class SegmentationJob:
     """One child-process segmentation in a temporary work folder. ``poll()`` (from a timer, or
     ``wait()``) forwards '[k/n] stage ...' progress and, when the child succeeded, calls
-    ``import_result(work_folder)``: the scene changes only then. ``cancel()`` ends the child's
+    ``import_result(work_folder)``: the scene changes only then, and what it returns is kept in
+    ``imported``. ``cancel()`` ends the child's
     whole tree before the folder is removed. ``on_finished(error)`` is called exactly once:
     None, CANCELLED or the message."""
 
@@ -151,6 +152,7 @@ class SegmentationJob:
         self._on_progress, self._on_finished = on_progress, on_finished
         self._lines: list[str] = []
         self.finished = False
+        self.imported: object = None
         try:
             self.child = ChildProcess(command, env)
         except ChildStartError:
@@ -181,7 +183,7 @@ class SegmentationJob:
         if exit_code != 0:
             return error_message(self._lines, exit_code)
         try:
-            self._import_result(self.work_folder)
+            self.imported = self._import_result(self.work_folder)
         except (SpineFracError, RuntimeError, ValueError, OSError) as error:  # sitk raises RuntimeError
             return str(error)
         return None

@@ -8,13 +8,9 @@ process handling (process tree, progress lines, errors) and is tested without Sl
 
 from __future__ import annotations
 
-import tempfile
-
 import qt
 
-from spinefrac.io.filenames import LABEL_MAP_FILE
-from SpineFractureDetectionLib.child_process import CANCELLED, ChildStartError, SegmentationJob
-from SpineFractureDetectionLib.mrml_logic import import_segmentation_result
+from SpineFractureDetectionLib.child_process import CANCELLED, ChildStartError
 
 __all__ = ["CANCELLED", "ChildStartError", "SegmentationRun"]
 
@@ -28,21 +24,11 @@ class SegmentationRun:
 
     def __init__(self, logic, volumeNode, segmentationNode, engine, device, onProgress, onFinished, overwriteEdits):
         self._onFinished = onFinished
-        work = tempfile.TemporaryDirectory(prefix="spinefrac-")
-        try:
-            command, env = logic.childCommand(volumeNode, work.name, engine, device)
-        except Exception:
-            work.cleanup()
-            raise
-
-        def importResult(folder):
-            return import_segmentation_result(segmentationNode, volumeNode, folder / "out" / LABEL_MAP_FILE,
-                                              overwriteEdits)
-
         self._timer = qt.QTimer()
         self._timer.setInterval(POLL_INTERVAL_MS)
         self._timer.connect("timeout()", self._poll)
-        self._job = SegmentationJob(command, env, work, importResult, onProgress, self._finished)
+        self._job = logic.segmentationJob(volumeNode, segmentationNode, engine, device, onProgress, self._finished,
+                                          overwriteEdits)
         self._timer.start()
 
     @property

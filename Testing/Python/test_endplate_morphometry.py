@@ -20,6 +20,7 @@ from spinefrac.io.images import load_ct
 from spinefrac.levels import level_for_name
 from spinefrac.segmentation.label_maps import ExistingLabelMap
 from spinefrac.synthetic.fracture_simulation import SimulatedFracture, simulate_fracture
+from spinefrac.synthetic.mask_ct import each_label_morphed
 from spinefrac.synthetic.real_data_cases import (
     case_row,
     fractured_copy,
@@ -80,7 +81,7 @@ def test_heights_follow_the_ct_when_the_mask_is_a_voxel_too_large_or_small(share
     ref_heights = _heights(reference)
     ref_grades = {f.level.name: f.genant_grade for f in reference.findings.findings}
     for operation in (sitk.BinaryDilate, sitk.BinaryErode):
-        edited = _per_label(segmentation.label_map, operation)
+        edited = each_label_morphed(segmentation.label_map, operation)
         assessment = assess(ct, segmentation_of(edited, operation.__name__))
         for name, heights in _heights(assessment).items():
             if ref_grades[name] != 0:
@@ -92,21 +93,6 @@ def test_heights_follow_the_ct_when_the_mask_is_a_voxel_too_large_or_small(share
         graded_in_both = [n for n in ref_grades if ref_grades[n] is not None and grades[n] is not None]
         assert len(graded_in_both) >= 4  # (dilated, L5 reaches the image's lower border: not assessable)
         assert all(grades[n] == ref_grades[n] for n in graded_in_both), (grades, ref_grades)
-
-
-def _per_label(labels: sitk.Image, operation) -> sitk.Image:
-    """Each vertebra's label dilated or eroded by one voxel on its own (touching levels keep their border)."""
-    result = sitk.Image(labels.GetSize(), labels.GetPixelID())
-    result.CopyInformation(labels)
-    array = sitk.GetArrayFromImage(labels)
-    out = np.zeros_like(array)
-    for value in np.unique(array[array > 0]):
-        one = sitk.GetImageFromArray((array == value).astype(np.uint8))
-        changed = sitk.GetArrayFromImage(operation(one, [1, 1, 1])) > 0
-        out[changed & (out == 0)] = value
-    image = sitk.GetImageFromArray(out)
-    image.CopyInformation(labels)
-    return image
 
 
 def test_verse_expert_masks_against_their_published_genant_grades(shared_data):

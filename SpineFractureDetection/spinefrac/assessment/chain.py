@@ -49,8 +49,8 @@ def assess(
     stages=None,
 ) -> SpineAssessment:
     """Measure every level, check the segmentation's quality, isolate the bodies and their
-    heights, and grade them. Levels are graded only where the segmentation says its masks are fit
-    for morphometry and quality control does not fail them; ``stages`` (``spinefrac.progress``)
+    heights, and grade them. Levels are graded only where quality control does not fail them;
+    trabecular density only where the segmentation says its masks are fit for it; ``stages`` (``spinefrac.progress``)
     reports the stages."""
     stages = stages or SilentStages()
     measurements = measure_vertebrae(ct, segmentation, stages.stage(MEASURING_STAGE))
@@ -62,7 +62,7 @@ def assess(
     if probabilities:
         probabilities = {name: p for name, p in probabilities.items() if name not in quality.failing()}
     findings = assess_fractures(measurements, morphometry, probabilities, probability_threshold,
-                                segmentation.masks_fit_for_morphometry)
+                                segmentation.masks_fit_for_density)
     _explain_withheld(findings, quality)
     return SpineAssessment(measurements, quality, morphometry, findings)
 

@@ -53,9 +53,10 @@ class VertebraSegmentation:
     # Source labels that are not vertebrae -> their voxel count (None: file not read).
     ignored_labels: dict[str, int | None] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    # False when the engine's masks locate and label vertebrae but are too coarse for body
-    # heights (the offline engine): fracture grading then waits for corrected masks.
-    masks_fit_for_morphometry: bool = True
+    # False when the masks follow a bone threshold rather than the trabecular body (the offline
+    # engine): heights are still measured on the CT's endplate edges and graded, but the
+    # trabecular HU (the L1 density screen) is withheld.
+    masks_fit_for_density: bool = True
     # None: the levels are as the source or the model labelled them.
     identification: LevelIdentification | None = None
 
