@@ -21,6 +21,7 @@ from slicer.util import arrayFromVolume, updateVolumeFromArray
 from spinefrac.assessment.chain import assess
 from spinefrac.assessment.fracture import DECISION_COLORS_RGB, DEFAULT_PROBABILITY_THRESHOLD
 from spinefrac.assessment.measurement import measure_vertebrae
+from spinefrac.assessment.quality import check_quality
 from spinefrac.coordinates import LPS_RAS_MATRIX
 from spinefrac.errors import InputError, SpineFracError
 from spinefrac.io.images import CtVolume, ImageGrid, ct_from_image, to_canonical
@@ -449,11 +450,13 @@ class SpineMrmlLogic:
     """Measure and classify the (possibly hand-corrected) level segments of a CT."""
 
     def measure(self, volume_node, segmentation_node, table_node) -> SpineReport:
-        """Per-level measurements only (no fracture assessment)."""
+        """Per-level measurements and the quality control of each mask (no fracture assessment), so
+        the table's QC column already shows which masks need correcting before Classify."""
         ct = ct_from_volume(volume_node)
         segmentation = segmentation_from_node(segmentation_node, volume_node, ct)
         measurements = measure_vertebrae(ct, segmentation)
-        report = SpineReport.from_stages(ct, segmentation, measurements)
+        quality = check_quality(ct, segmentation, measurements)
+        report = SpineReport.from_stages(ct, segmentation, measurements, quality=quality)
         report.notes.extend(segmentation.notes)
         if table_node is not None:
             fill_table(table_node, report)

@@ -96,6 +96,26 @@ def test_an_edited_segment_changes_its_measurements(scene, segmentation, volume,
     assert _segment_names(segmentation) == LEVEL_NAMES  # the edit kept every segment
 
 
+def test_measure_runs_quality_control_so_a_displaced_segment_is_flagged_before_classify(
+        scene, segmentation, volume, sample_labels):
+    """The user drags L3 30 mm to the side (onto the psoas): the measure-only table already says
+    the mask fails QC, with the reason; the untouched levels pass."""
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(sample_labels)))  # k, j, i
+    spacing_i_mm = sitk.ReadImage(str(sample_labels)).GetSpacing()[0]
+    moved = np.roll(labels == LEVEL_BY_NAME["l3"].verse_id, int(round(30.0 / spacing_i_mm)), axis=2)
+    segments = segmentation.GetSegmentation()
+    mrml_logic.set_segment_mask(segmentation, segments.GetSegmentIdBySegmentName("L3"), moved, volume)
+    table = scene.AddNewNodeByClass("vtkMRMLTableNode")
+    report = mrml_logic.SpineMrmlLogic().measure(volume, segmentation, table)
+    rows = {row["level"]: row for row in report.rows}
+    assert rows["L3"]["qc_verdict"] == "fail" and rows["L3"]["qc_reasons"]
+    assert rows["L1"]["qc_verdict"] == "pass"
+    columns = [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())]
+    row = [table.GetCellText(r, 0) for r in range(table.GetNumberOfRows())].index("L3")
+    assert table.GetCellText(row, columns.index("qc_verdict")) == "fail"
+    assert report.quality_control["overall_verdict"] == "fail"
+
+
 def test_segments_with_other_names_are_ignored_and_reported(scene, segmentation, volume):
     segmentation.GetSegmentation().AddEmptySegment("liver", "liver", [0.5, 0.2, 0.2])
     report = mrml_logic.SpineMrmlLogic().measure(volume, segmentation, None)
