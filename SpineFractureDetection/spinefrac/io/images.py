@@ -345,6 +345,10 @@ def require_3d_scalar(image: sitk.Image, path: Path, what: str) -> None:
 
 
 def to_canonical(image: sitk.Image) -> sitk.Image:
+    """The image in canonical axis order; itself when already so (images are never changed in place, and
+    a copy of a 512^3 volume costs a quarter of a second)."""
+    if ImageGrid.of(image).orientation == CANONICAL_ORIENTATION:
+        return image
     return sitk.DICOMOrient(image, CANONICAL_ORIENTATION)
 
 
