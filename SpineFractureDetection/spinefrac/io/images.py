@@ -13,6 +13,7 @@ import errno
 import os
 import shutil
 import stat
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -161,10 +162,40 @@ def read_image(path: Path, what: str = "image") -> sitk.Image:
     require_regular_input(path, what)
     if path.is_dir():
         return read_dicom_series(path, what)[0]
+    if not _announced_size_fits(path, what):  # checked before ITK allocates what a damaged header announces
+        _check_length(path, what)
+        return _itk_read(path, what)
+    # The length check and the reader both inflate a compressed file, neither holding the GIL while it does,
+    # so they run side by side; the check's verdict still comes first (ITK's errors on a cut file mislead).
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        checked = pool.submit(_check_length, path, what)
+        try:
+            image, read_error = _itk_read(path, what), None
+        except InputError as error:
+            image, read_error = None, error
+        checked.result()
+    if read_error is not None:
+        raise read_error
+    return image
+
+
+def _announced_size_fits(path: Path, what: str) -> bool:
+    header = read_header(path)
+    try:
+        return header is not None and check_memory(header.voxels * header.components, header.bytes_per_component,
+                                                   path, what) is None
+    except InputError:
+        return False
+
+
+def _check_length(path: Path, what: str) -> None:
     try:
         check_data_size(path, what)
     except OSError as error:  # no permission to read, an I/O error of the disk
         raise InputError(f"{what} {path} cannot be read ({error.strerror})") from None
+
+
+def _itk_read(path: Path, what: str) -> sitk.Image:
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as error:
