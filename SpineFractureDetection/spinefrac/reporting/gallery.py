@@ -77,7 +77,8 @@ def _gallery_panel(axis_plot, ct, segmentation, grid, m: VertebraMorphometry, fi
                            color="white", linewidth=1.2)
         if finding is not None and finding.genant_grade is not None:
             _expected_outline(axis_plot, m, finding)
-    axis_plot.set_title(_gallery_caption(m, finding), color=colour, fontsize=9)
+    # y given: matplotlib then skips placing the title above tick labels (a hidden axis has none; 0.2 s a picture)
+    axis_plot.set_title(_gallery_caption(m, finding), color=colour, fontsize=9, y=1.0)
 
 
 def _expected_outline(axis_plot, m: VertebraMorphometry, finding) -> None:

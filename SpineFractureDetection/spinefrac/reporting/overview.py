@@ -27,7 +27,7 @@ from spinefrac.reporting.drawing import (  # noqa: E402
     colour_table,
     level_caption,
 )
-from spinefrac.segmentation.base import VertebraSegmentation  # noqa: E402
+from spinefrac.segmentation.base import VertebraSegmentation, labelled_box  # noqa: E402
 
 LABEL_SLAB_HALF_WIDTH_MM = 15.0  # curved spines leave the plane; show labels from a slab
 VIEW_MARGIN_MM = 40.0
@@ -100,7 +100,7 @@ def write_overview_png(
                      rows.spacing_k, findings, quality)
         if morphometry is not None and view.cut_axis == 2:
             _draw_height_lines(axis_plot, ct, morphometry, view.h_low, rows.k_low, view.spacing_h, rows.spacing_k)
-        axis_plot.set_title(view.title, color="white", fontsize=11)
+        axis_plot.set_title(view.title, color="white", fontsize=11, y=1.0)  # y given: no search for tick labels
         axis_plot.set_axis_off()
     figure.suptitle(title, color="white", fontsize=12)
     _add_legend(figure, findings, quality)
@@ -113,7 +113,8 @@ def _plan_views(labels: np.ndarray, shape: tuple[int, ...], spacing_ijk) -> tupl
     """Sagittal and coronal planes through the labels' median column, each cropped to the labels
     plus a margin; both share the labels' cranio-caudal extent plus a margin."""
     spacing_i, spacing_j, spacing_k = spacing_ijk
-    k_idx, j_idx, i_idx = np.nonzero(labels)
+    box = labelled_box(labels)  # np.nonzero over the whole grid costs half a second
+    k_idx, j_idx, i_idx = (found + part.start for found, part in zip(np.nonzero(labels[box]), box))
     centre_i, centre_j = int(np.median(i_idx)), int(np.median(j_idx))
     views = [
         _cropped_view("Sagittal (anterior at left)", 2, centre_i, spacing_i, 1, spacing_j, j_idx, shape),
