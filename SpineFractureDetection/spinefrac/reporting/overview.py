@@ -149,8 +149,10 @@ def _draw_planes(axis_plot, view: _View, rows: _Rows, hu: np.ndarray, labels: np
     """The CT plane in the bone window, with the labels seen through a slab laid over it."""
     crop = (slice(rows.k_low, rows.k_high + 1), slice(view.h_low, view.h_high + 1))
     ct_plane = np.take(hu, view.plane, axis=view.cut_axis)[crop]
-    label_plane = _slab_labels(labels, view.cut_axis, view.plane, int(LABEL_SLAB_HALF_WIDTH_MM / view.slab_spacing))
-    label_plane = label_plane[crop]
+    in_view = [slice(rows.k_low, rows.k_high + 1), slice(None), slice(None)]  # the slab is cropped first
+    in_view[view.h_axis] = slice(view.h_low, view.h_high + 1)
+    label_plane = _slab_labels(labels[tuple(in_view)], view.cut_axis, view.plane,
+                               int(LABEL_SLAB_HALF_WIDTH_MM / view.slab_spacing))
     extent = (0, view.width_mm, 0, rows.height_mm)
     axis_plot.imshow(bone_window(ct_plane), cmap="gray", origin="lower", extent=extent, vmin=0, vmax=1)
     axis_plot.imshow(colours[label_plane], origin="lower", extent=extent, interpolation="nearest")

@@ -45,13 +45,14 @@ class ExistingLabelMap(SegmentationEngine):
             result = self._from_mask_folder(ct)
         else:
             result = self._from_label_file(ct)
-        if not result.levels:
+        levels = result.levels
+        if not levels:
             ignored = ", ".join(result.ignored_labels) or "none"
             raise InputError(
                 f"segmentation {self.path} contains no vertebra labels "
                 f"(convention {result.convention.value}; labels found: {ignored})"
             )
-        progress(1.0, f"{len(result.levels)} levels in the segmentation")
+        progress(1.0, f"{len(levels)} levels in the segmentation")
         return result
 
     # -- one label map file -------------------------------------------------------------
