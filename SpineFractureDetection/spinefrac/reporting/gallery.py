@@ -17,7 +17,7 @@ from spinefrac.assessment.fracture import DECISION_COLORS_RGB, Decision, Fractur
 from spinefrac.assessment.geometry import VoxelGrid, sample_at  # noqa: E402
 from spinefrac.assessment.morphometry import SpineMorphometry, VertebraMorphometry  # noqa: E402
 from spinefrac.io.images import CtVolume  # noqa: E402
-from spinefrac.reporting.drawing import bone_window  # noqa: E402
+from spinefrac.reporting.drawing import PNG_OPTIONS, bone_window  # noqa: E402
 from spinefrac.segmentation.base import VertebraSegmentation  # noqa: E402
 
 GALLERY_COLUMNS = 4
@@ -52,7 +52,8 @@ def write_gallery_png(
         axes[0, 0].text(0.5, 0.5, "no vertebral body could be measured", color="white", ha="center")
     figure.suptitle("Per-vertebra mid-sagittal planes (anterior at left); heights in mm; "
                     "dashed: expected outline from the neighbours", color="white")
-    figure.savefig(path, dpi=100, facecolor=figure.get_facecolor(), bbox_inches="tight", pad_inches=0.2)
+    figure.savefig(path, dpi=100, facecolor=figure.get_facecolor(), bbox_inches="tight", pad_inches=0.2,
+                   pil_kwargs=PNG_OPTIONS)
     return path
 
 

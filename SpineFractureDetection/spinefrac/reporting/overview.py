@@ -23,6 +23,7 @@ from spinefrac.io.images import CtVolume  # noqa: E402
 from spinefrac.reporting.drawing import (  # noqa: E402
     BONE_WINDOW_LEVEL_HU,
     BONE_WINDOW_WIDTH_HU,
+    PNG_OPTIONS,
     bone_window,
     colour_table,
     level_caption,
@@ -67,13 +68,18 @@ class _Rows:
         return (self.k_high - self.k_low + 1) * self.spacing_k
 
 
+def _plane(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
+    """One plane as a view (np.take copies, and first copies a strided volume whole)."""
+    return volume[(slice(None),) * axis + (index,)]
+
+
 def _slab_labels(labels: np.ndarray, axis: int, centre: int, half_width: int) -> np.ndarray:
     """Label seen through a slab: per pixel, the label of the voxel nearest the plane."""
-    out = np.take(labels, centre, axis=axis).copy()
+    out = _plane(labels, axis, centre).copy()
     for offset in range(1, half_width + 1):
         for index in (centre - offset, centre + offset):
             if 0 <= index < labels.shape[axis]:
-                layer = np.take(labels, index, axis=axis)
+                layer = _plane(labels, axis, index)
                 empty = out == 0
                 out[empty] = layer[empty]
     return out
@@ -104,7 +110,8 @@ def write_overview_png(
         axis_plot.set_axis_off()
     figure.suptitle(title, color="white", fontsize=12)
     _add_legend(figure, findings, quality)
-    figure.savefig(path, dpi=110, facecolor=figure.get_facecolor(), bbox_inches="tight", pad_inches=0.2)
+    figure.savefig(path, dpi=110, facecolor=figure.get_facecolor(), bbox_inches="tight", pad_inches=0.2,
+                   pil_kwargs=PNG_OPTIONS)
     return path
 
 
@@ -146,7 +153,7 @@ def _draw_planes(axis_plot, view: _View, rows: _Rows, hu: np.ndarray, labels: np
                  colours: np.ndarray) -> None:
     """The CT plane in the bone window, with the labels seen through a slab laid over it."""
     crop = (slice(rows.k_low, rows.k_high + 1), slice(view.h_low, view.h_high + 1))
-    ct_plane = np.take(hu, view.plane, axis=view.cut_axis)[crop]
+    ct_plane = _plane(hu, view.cut_axis, view.plane)[crop]
     in_view = [slice(rows.k_low, rows.k_high + 1), slice(None), slice(None)]  # the slab is cropped first
     in_view[view.h_axis] = slice(view.h_low, view.h_high + 1)
     label_plane = _slab_labels(labels[tuple(in_view)], view.cut_axis, view.plane,
