@@ -74,11 +74,11 @@ def labelled_box(values: np.ndarray) -> tuple[slice, slice, slice]:
     fill a few percent of a CT's grid, so per-voxel work is done inside it."""
     if values.dtype.kind == "u":  # the maximum is non-zero where any voxel is: no boolean copy of the grid
         k = np.flatnonzero(values.reshape(values.shape[0], -1).max(axis=1, initial=0))
-        plane = values[k[0]: k[-1] + 1].max(axis=0) if k.size else None
+        plane = values[k[0] : k[-1] + 1].max(axis=0) if k.size else None
     else:
         labelled = values != 0
         k = np.flatnonzero(labelled.any(axis=(1, 2)))
-        plane = labelled[k[0]: k[-1] + 1].any(axis=0) if k.size else None
+        plane = labelled[k[0] : k[-1] + 1].any(axis=0) if k.size else None
     if k.size == 0:
         return slice(0, 0), slice(0, 0), slice(0, 0)
     j, i = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
