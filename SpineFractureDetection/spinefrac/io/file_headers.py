@@ -121,6 +121,27 @@ def _inflate_member(raw, pending: bytes, blocks: _Blocks) -> bytes:
     return inflater.unused_data
 
 
+def gzip_trailer_matches(path: Path, voxels: np.ndarray) -> bool:
+    """True when a single-stream .nii.gz written from ``voxels`` (C order, as ITK writes a scalar image) ends
+    with the gzip trailer of its header followed by exactly these voxels: the CRC-32 and length of all it
+    should hold. A file cut short ends inside the compressed data, which matches that by chance once in
+    2^64. False says nothing either way (another layout): the caller then inflates the file."""
+    try:
+        with open(path, "rb") as stream:
+            inflater = zlib.decompressobj(31)
+            head = inflater.decompress(stream.read(1 << 16), 352)
+            offset = int(struct.unpack("<f", head[108:112])[0]) if len(head) == 352 else 0
+            while len(head) < offset and not inflater.eof:  # NIfTI extensions before the voxels
+                head += inflater.decompress(inflater.unconsumed_tail or stream.read(1 << 16), offset - len(head))
+            stream.seek(-8, 2)
+            crc, size = struct.unpack("<II", stream.read(8))
+    except (OSError, zlib.error, struct.error):
+        return False
+    if len(head) != offset or offset < 352:
+        return False
+    return crc == zlib.crc32(voxels, zlib.crc32(head)) and size == (offset + voxels.nbytes) % 2**32
+
+
 def _raw_bytes(path: Path) -> int | None:
     """Bytes of voxel data the header announces (None: the reader cannot tell)."""
     header = read_header(path)

@@ -21,7 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from spinefrac.errors import InputError, OutputError
-from spinefrac.io.file_headers import check_data_size, nifti_form_warning
+from spinefrac.io.file_headers import check_data_size, gzip_trailer_matches, nifti_form_warning
 from spinefrac.io.input_checks import (
     MAX_GAP_FACTOR,
     check_geometry,
@@ -439,7 +439,9 @@ def write_image(image: sitk.Image, path: Path) -> None:
     except RuntimeError as error:
         raise OutputError(f"cannot write {path} ({_first_itk_line(error)})") from None
     try:
-        check_data_size(Path(path), "written image")
+        if not (image.GetNumberOfComponentsPerPixel() == 1 and str(path).lower().endswith(".nii.gz")
+                and gzip_trailer_matches(Path(path), sitk.GetArrayViewFromImage(image))):
+            check_data_size(Path(path), "written image")  # the trailer settles it in a tenth of the time
     except InputError:
         if shutil.disk_usage(Path(path).parent).free < MIN_FREE_BYTES:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
