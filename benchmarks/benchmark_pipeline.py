@@ -83,6 +83,7 @@ class CommandRun:
     cpu_seconds: float  # user + system of the child process and its threads
     load_1min_before: float | None
     load_1min_after: float | None
+    core: str = "this"  # or "baseline": the --baseline-core checkout, timed in turn with this one
 
 
 @dataclass
@@ -152,18 +153,20 @@ def load_1min() -> float | None:
         return None
 
 
-def run_command(ct_path: Path, labels_path: Path, output: Path) -> CommandRun:
-    """The whole command in a fresh process, as a user runs it."""
+def run_command(ct_path: Path, labels_path: Path, output: Path, core: Path | None = None) -> CommandRun:
+    """The whole command in a fresh process, as a user runs it; ``core``: another checkout's
+    SpineFractureDetection folder to run instead of this one."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     load_before = load_1min()
     started = time.perf_counter()
+    environment = dict(os.environ, PYTHONPATH=str(core or REPO / "SpineFractureDetection"))
     subprocess.run([sys.executable, "-m", "spinefrac.cli", "run", str(ct_path), "--segmentation", str(labels_path),
                     "-o", str(output), "--overwrite", "-q"], check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, env=dict(os.environ, PYTHONPATH=str(REPO / "SpineFractureDetection")))
+                   stderr=subprocess.DEVNULL, env=environment)
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return CommandRun(wall, cpu, load_before, load_1min())
+    return CommandRun(wall, cpu, load_before, load_1min(), "baseline" if core else "this")
 
 
 def _current_rss_bytes() -> int:
@@ -293,7 +296,8 @@ def write_inputs(phantom, slices: int, folder: Path) -> tuple[Path, Path, sitk.I
     return ct_path, labels_path, grid
 
 
-def measure_size(phantom, slices: int, work: Path, use_gpu: bool, command_runs: int = 1) -> RunResult:
+def measure_size(phantom, slices: int, work: Path, use_gpu: bool, command_runs: int = 1,
+                 baseline_core: Path | None = None) -> RunResult:
     folder = work / f"slices-{slices}"
     output = folder / "out"
     output.mkdir(parents=True)
@@ -302,7 +306,10 @@ def measure_size(phantom, slices: int, work: Path, use_gpu: bool, command_runs: 
     # A fresh process per size: its peak memory is this size's alone, and no cache carries over.
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
         stages, process_peak = pool.submit(run_stages, str(ct_path), str(labels_path), str(output), use_gpu).result()
-    runs = [run_command(ct_path, labels_path, folder / "command") for _ in range(command_runs)]
+    runs = []
+    for _ in range(command_runs):  # the baseline and this core in turn, so both meet the same load
+        cores = ([baseline_core] if baseline_core else []) + [None]
+        runs += [run_command(ct_path, labels_path, folder / "command", core) for core in cores]
     shutil.rmtree(folder)
     return RunResult(slices, tuple(grid.GetSize()), tuple(grid.GetSpacing()), input_megabytes,
                      [StageResult(**stage) for stage in stages], process_peak, runs)
@@ -442,6 +449,9 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep-inputs", action="store_true", help="keep the temporary inputs and outputs")
     parser.add_argument("--cli-runs", type=int, default=1, metavar="N",
                         help="times the whole 'spinefrac run' command is timed per size (default 1)")
+    parser.add_argument("--baseline-core", type=Path, metavar="FOLDER",
+                        help="another checkout's SpineFractureDetection folder (e.g. 'git archive' of an earlier "
+                             "commit): its 'spinefrac run' is timed in turn with this one's")
     return parser.parse_args(argv)
 
 
@@ -464,13 +474,13 @@ def main(argv: list[str] | None = None) -> int:
     with work_folder(args.keep_inputs) as work:
         for slices in sizes:
             result = measure_size(phantom, slices, work, use_gpu=machine["gpu"] is not None,
-                                  command_runs=args.cli_runs)
+                                  command_runs=args.cli_runs, baseline_core=args.baseline_core)
             results.append(result)
             print(f"{slices:5d} slices: {result.total_seconds:7.2f} s, peak {result.process_peak_rss_mib:7.0f} MiB",
                   flush=True)
             for run in result.command_runs:
-                print(f"      spinefrac run: {run.wall_seconds:6.2f} s wall, {run.cpu_seconds:6.2f} s CPU, load "
-                      f"{run.load_1min_before} -> {run.load_1min_after}", flush=True)
+                print(f"      spinefrac run ({run.core}): {run.wall_seconds:6.2f} s wall, {run.cpu_seconds:6.2f} s "
+                      f"CPU, load {run.load_1min_before} -> {run.load_1min_after}", flush=True)
         if args.keep_inputs:
             print(f"inputs and outputs kept in {work}")
 
@@ -488,6 +498,7 @@ def main(argv: list[str] | None = None) -> int:
                                     "getrusage of the child)",
                      "load_1min": "1-minute load average (os.getloadavg): other work on the machine; wall "
                                   "times under load are upper bounds"},
+        "baseline_core": str(args.baseline_core) if args.baseline_core else None,
         "results": [dict(asdict(result), total_seconds=result.total_seconds) for result in results],
     }
     write_text_atomically(json_path, json.dumps(document, indent=2) + "\n")
