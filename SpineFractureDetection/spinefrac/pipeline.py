@@ -31,7 +31,7 @@ from spinefrac.io.filenames import (
     REPORT_CSV_FILE,
     REPORT_JSON_FILE,
 )
-from spinefrac.io.images import CtVolume, load_ct, write_image
+from spinefrac.io.images import CtVolume, ImageGrid, load_ct, write_image
 from spinefrac.io.outputs import AtomicOutputFolder
 from spinefrac.progress import SilentStages
 from spinefrac.reporting.dicom_export import plan_dicom_export, write_dicom_objects
@@ -159,9 +159,10 @@ def run_pipeline(
     stages.stage("Writing outputs")
     with output as work, ThreadPoolExecutor(max_workers=1) as writer:
         # The label maps are compressed and checked (ITK and zlib, without the GIL) while the pictures are drawn.
-        # The thread gets images of its own: GetArrayViewFromImage copies an image another thread is reading.
-        label_maps = writer.submit(_write_label_maps, ct, ct.to_source_grid(segmentation.label_map), morphometry,
-                                   work)
+        # The thread touches no image the pictures read (GetArrayViewFromImage copies an image another thread
+        # holds, leaving earlier views on a freed buffer): it gets its own, and the CT's grid as numbers.
+        label_maps = writer.submit(_write_label_maps, ct, ct.to_source_grid(segmentation.label_map), ct.grid,
+                                   morphometry, work)
         report.dicom_export = write_dicom_objects(dicom_plan, segmentation, report, work)
         report.write(work)
         (work / FINDINGS_FILE).write_text(report.findings_text(), encoding="utf-8")
@@ -185,15 +186,15 @@ def _written_files(folder: Path, dicom_written: bool) -> dict[str, Path]:
     return {key: folder / name for key, name in written.items()}
 
 
-def _write_label_maps(ct: CtVolume, label_map: sitk.Image, morphometry: SpineMorphometry, folder: Path) -> None:
+def _write_label_maps(ct: CtVolume, label_map: sitk.Image, grid: ImageGrid, morphometry: SpineMorphometry,
+                      folder: Path) -> None:
     write_image(label_map, folder / LABEL_MAP_FILE)
-    write_image(ct.to_source_grid(_body_image(ct, morphometry)), folder / BODY_LABEL_MAP_FILE)
+    write_image(ct.to_source_grid(_body_image(grid, morphometry)), folder / BODY_LABEL_MAP_FILE)
 
 
-def _body_image(ct: CtVolume, morphometry: SpineMorphometry) -> sitk.Image:
-    image = sitk.GetImageFromArray(morphometry.body_label_array(ct.image.GetSize()[::-1]))
-    image.CopyInformation(ct.image)
-    return image
+def _body_image(grid: ImageGrid, morphometry: SpineMorphometry) -> sitk.Image:
+    """The isolated bodies on the CT's canonical ``grid``."""
+    return grid.apply_to(sitk.GetImageFromArray(morphometry.body_label_array(grid.size[::-1])))
 
 
 def _title(ct: CtVolume, segmentation: VertebraSegmentation) -> str:
