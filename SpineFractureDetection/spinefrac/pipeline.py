@@ -158,9 +158,8 @@ def run_pipeline(
 
     stages.stage("Writing outputs")
     with output as work, ThreadPoolExecutor(max_workers=1) as writer:
-        # The label maps are compressed and checked (ITK and zlib, without the GIL) while the pictures are drawn.
-        # The thread touches no image the pictures read (GetArrayViewFromImage copies an image another thread
-        # holds, leaving earlier views on a freed buffer): it gets its own, and the CT's grid as numbers.
+        # Label maps written (ITK, zlib: no GIL) while the pictures are drawn, from images and a grid of their own:
+        # GetArrayViewFromImage copies an image another thread holds, leaving earlier views on a freed buffer.
         label_maps = writer.submit(_write_label_maps, ct, ct.to_source_grid(segmentation.label_map), ct.grid,
                                    morphometry, work)
         report.dicom_export = write_dicom_objects(dicom_plan, segmentation, report, work)
