@@ -6,11 +6,15 @@ covering the spine (N = 128 ... 1024: slice spacing about 6 mm down to 0.8 mm). 
 the CT and label map are written as NIfTI, then a fresh process runs the stages of the core
 as ``spinefrac run --segmentation`` does, timing each with ``time.perf_counter`` and recording
 its peak resident memory (the kernel's high-water mark, reset per stage; ``getrusage`` where
-that is unavailable) and, with CUDA, its peak GPU memory. Results go to
-``<output>/pipeline-<machine>.json``, with a PNG plot of time and memory against size.
+that is unavailable), its CPU seconds (user + system of all threads) and, with CUDA, its peak GPU
+memory. Then the whole command ``spinefrac run CT --segmentation LABELS`` runs as its own process
+(``--cli-runs`` times): wall seconds, CPU seconds (user + system, from the child's rusage) and the
+1-minute load average before and after, since on a shared machine the wall time is an upper bound.
+Results go to ``<output>/pipeline-<machine>.json``, with a PNG plot of time and memory against size.
 
     python benchmarks/benchmark_pipeline.py --sizes 128 256 --output benchmarks/results
     python benchmarks/benchmark_pipeline.py --largest      # adds 1024 slices (several GB of RAM)
+    python benchmarks/benchmark_pipeline.py --sizes 500 --cli-runs 3 --tag 500-slices-amd-epyc-2cpu
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import re
 import resource
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -53,7 +58,7 @@ BASE_SPACING_MM = 1.5  # the phantom is sampled once at this spacing, then resam
 CRANIOCAUDAL_MARGIN_MM = 20.0
 MIB = 1024.0 * 1024.0
 SCHEMA = "spinefrac-benchmark-pipeline"
-SCHEMA_VERSION = "1.0.0"
+SCHEMA_VERSION = "1.1.0"  # 1.1: CPU seconds per stage, whole-command runs, load
 
 
 # -- the measured process ---------------------------------------------------------------------
@@ -66,6 +71,19 @@ class StageResult:
     rss_before_mib: float
     peak_rss_mib: float  # highest resident memory during the stage
     peak_gpu_mib: float | None = None
+    cpu_seconds: float = 0.0  # user + system time of the process (all threads) during the stage
+    load_1min_before: float | None = None
+
+
+@dataclass
+class CommandRun:
+    """One ``spinefrac run CT --segmentation LABELS`` as its own process."""
+
+    wall_seconds: float
+    cpu_seconds: float  # user + system of the child process and its threads
+    load_1min_before: float | None
+    load_1min_after: float | None
+    core: str = "this"  # or "baseline": the --baseline-core checkout, timed in turn with this one
 
 
 @dataclass
@@ -76,6 +94,7 @@ class RunResult:
     input_megabytes: float
     stages: list[StageResult] = field(default_factory=list)
     process_peak_rss_mib: float = 0.0
+    command_runs: list[CommandRun] = field(default_factory=list)
 
     @property
     def total_seconds(self) -> float:
@@ -125,6 +144,29 @@ class PeakMemory:
             return True
         except OSError:
             return False
+
+
+def load_1min() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
+
+
+def run_command(ct_path: Path, labels_path: Path, output: Path, core: Path | None = None) -> CommandRun:
+    """The whole command in a fresh process, as a user runs it; ``core``: another checkout's
+    SpineFractureDetection folder to run instead of this one."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    load_before = load_1min()
+    started = time.perf_counter()
+    environment = dict(os.environ, PYTHONPATH=str(core or REPO / "SpineFractureDetection"))
+    subprocess.run([sys.executable, "-m", "spinefrac.cli", "run", str(ct_path), "--segmentation", str(labels_path),
+                    "-o", str(output), "--overwrite", "-q"], check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, env=environment)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return CommandRun(wall, cpu, load_before, load_1min(), "baseline" if core else "this")
 
 
 def _current_rss_bytes() -> int:
@@ -183,6 +225,8 @@ def run_stages(ct_path: str, labels_path: str, output_dir: str, use_gpu: bool) -
             report=SpineReport.from_stages(state["ct"], state["seg"], state["measurements"], state["findings"]))),
         ("write_label_map", lambda: write_image(state["ct"].to_source_grid(state["seg"].label_map),
                                                 output / "vertebrae.nii.gz")),
+        ("write_body_label_map", lambda: write_image(state["ct"].to_source_grid(body_image(state)),
+                                                     output / "vertebral_bodies.nii.gz")),
         ("write_report", lambda: state["report"].write(output)),
         ("write_overview_png", lambda: write_overview_png(state["ct"], state["seg"], state["measurements"],
                                                           output / "overview.png", morphometry=state["morphometry"],
@@ -197,13 +241,21 @@ def run_stages(ct_path: str, labels_path: str, output_dir: str, use_gpu: bool) -
         memory.reset()
         rss_before = _current_rss_bytes() if memory.resettable else memory.peak_bytes()
         gpu.reset()
-        started = time.perf_counter()
+        load = load_1min()
+        started, cpu_started = time.perf_counter(), time.process_time()
         stage()
-        seconds = time.perf_counter() - started
+        seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
         peak = memory.peak_bytes()
         process_peak = max(process_peak, peak)
-        results.append(asdict(StageResult(name, seconds, rss_before / MIB, peak / MIB, gpu.peak_mib())))
+        results.append(asdict(StageResult(name, seconds, rss_before / MIB, peak / MIB, gpu.peak_mib(), cpu_seconds,
+                                          load)))
     return results, process_peak / MIB
+
+
+def body_image(state: dict) -> sitk.Image:
+    image = sitk.GetImageFromArray(state["morphometry"].body_label_array(state["ct"].image.GetSize()[::-1]))
+    image.CopyInformation(state["ct"].image)
+    return image
 
 
 # -- inputs -----------------------------------------------------------------------------------
@@ -244,7 +296,8 @@ def write_inputs(phantom, slices: int, folder: Path) -> tuple[Path, Path, sitk.I
     return ct_path, labels_path, grid
 
 
-def measure_size(phantom, slices: int, work: Path, use_gpu: bool) -> RunResult:
+def measure_size(phantom, slices: int, work: Path, use_gpu: bool, command_runs: int = 1,
+                 baseline_core: Path | None = None) -> RunResult:
     folder = work / f"slices-{slices}"
     output = folder / "out"
     output.mkdir(parents=True)
@@ -253,9 +306,13 @@ def measure_size(phantom, slices: int, work: Path, use_gpu: bool) -> RunResult:
     # A fresh process per size: its peak memory is this size's alone, and no cache carries over.
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
         stages, process_peak = pool.submit(run_stages, str(ct_path), str(labels_path), str(output), use_gpu).result()
+    runs = []
+    for _ in range(command_runs):  # the baseline and this core in turn, so both meet the same load
+        cores = ([baseline_core] if baseline_core else []) + [None]
+        runs += [run_command(ct_path, labels_path, folder / "command", core) for core in cores]
     shutil.rmtree(folder)
     return RunResult(slices, tuple(grid.GetSize()), tuple(grid.GetSpacing()), input_megabytes,
-                     [StageResult(**stage) for stage in stages], process_peak)
+                     [StageResult(**stage) for stage in stages], process_peak, runs)
 
 
 # -- machine and output -----------------------------------------------------------------------
@@ -390,6 +447,11 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
                         help="folder for the JSON and PNG results (default: benchmarks/results)")
     parser.add_argument("--tag", help="machine name in the file names (default: from the CPU model)")
     parser.add_argument("--keep-inputs", action="store_true", help="keep the temporary inputs and outputs")
+    parser.add_argument("--cli-runs", type=int, default=1, metavar="N",
+                        help="times the whole 'spinefrac run' command is timed per size (default 1)")
+    parser.add_argument("--baseline-core", type=Path, metavar="FOLDER",
+                        help="another checkout's SpineFractureDetection folder (e.g. 'git archive' of an earlier "
+                             "commit): its 'spinefrac run' is timed in turn with this one's")
     return parser.parse_args(argv)
 
 
@@ -411,10 +473,14 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     with work_folder(args.keep_inputs) as work:
         for slices in sizes:
-            result = measure_size(phantom, slices, work, use_gpu=machine["gpu"] is not None)
+            result = measure_size(phantom, slices, work, use_gpu=machine["gpu"] is not None,
+                                  command_runs=args.cli_runs, baseline_core=args.baseline_core)
             results.append(result)
             print(f"{slices:5d} slices: {result.total_seconds:7.2f} s, peak {result.process_peak_rss_mib:7.0f} MiB",
                   flush=True)
+            for run in result.command_runs:
+                print(f"      spinefrac run ({run.core}): {run.wall_seconds:6.2f} s wall, {run.cpu_seconds:6.2f} s "
+                      f"CPU, load {run.load_1min_before} -> {run.load_1min_after}", flush=True)
         if args.keep_inputs:
             print(f"inputs and outputs kept in {work}")
 
@@ -427,7 +493,12 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {"matrix_voxels": MATRIX_VOXELS, "field_of_view_mm": FIELD_OF_VIEW_MM,
                      "phantom_spacing_mm": BASE_SPACING_MM, "input_format": "NIfTI, gzip",
                      "peak_memory": "per stage: Linux high-water mark VmHWM, reset before each stage; "
-                                    "elsewhere the lifetime peak from getrusage"},
+                                    "elsewhere the lifetime peak from getrusage",
+                     "cpu_seconds": "user + system time of all threads (stages: time.process_time; command: "
+                                    "getrusage of the child)",
+                     "load_1min": "1-minute load average (os.getloadavg): other work on the machine; wall "
+                                  "times under load are upper bounds"},
+        "baseline_core": str(args.baseline_core) if args.baseline_core else None,
         "results": [dict(asdict(result), total_seconds=result.total_seconds) for result in results],
     }
     write_text_atomically(json_path, json.dumps(document, indent=2) + "\n")

@@ -6,6 +6,7 @@ grading: the same chain the Slicer module runs) -> SpineReport -> files (written
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from spinefrac.io.filenames import (
     REPORT_CSV_FILE,
     REPORT_JSON_FILE,
 )
-from spinefrac.io.images import CtVolume, load_ct, write_image
+from spinefrac.io.images import CtVolume, ImageGrid, load_ct, write_image
 from spinefrac.io.outputs import AtomicOutputFolder
 from spinefrac.progress import SilentStages
 from spinefrac.reporting.dicom_export import plan_dicom_export, write_dicom_objects
@@ -156,15 +157,18 @@ def run_pipeline(
             "Genant grade >= 1 or probability >= threshold")
 
     stages.stage("Writing outputs")
-    with output as work:
-        write_image(ct.to_source_grid(segmentation.label_map), work / LABEL_MAP_FILE)
-        write_image(ct.to_source_grid(_body_image(ct, morphometry)), work / BODY_LABEL_MAP_FILE)
+    with output as work, ThreadPoolExecutor(max_workers=1) as writer:
+        # Label maps written (ITK, zlib: no GIL) while the pictures are drawn, from images and a grid of their own:
+        # GetArrayViewFromImage copies an image another thread holds, leaving earlier views on a freed buffer.
+        label_maps = writer.submit(_write_label_maps, ct, ct.to_source_grid(segmentation.label_map), ct.grid,
+                                   morphometry, work)
         report.dicom_export = write_dicom_objects(dicom_plan, segmentation, report, work)
         report.write(work)
         (work / FINDINGS_FILE).write_text(report.findings_text(), encoding="utf-8")
         write_overview_png(ct, segmentation, measurements, work / OVERVIEW_FILE, title=_title(ct, segmentation),
                            morphometry=morphometry, findings=findings, quality=assessment.quality)
         write_gallery_png(ct, segmentation, morphometry, findings, work / GALLERY_FILE)
+        label_maps.result()
     final = Path(output_folder)
     files = _written_files(final, report.dicom_export["written"])
     stages.close()
@@ -181,10 +185,15 @@ def _written_files(folder: Path, dicom_written: bool) -> dict[str, Path]:
     return {key: folder / name for key, name in written.items()}
 
 
-def _body_image(ct: CtVolume, morphometry: SpineMorphometry) -> sitk.Image:
-    image = sitk.GetImageFromArray(morphometry.body_label_array(ct.array().shape))
-    image.CopyInformation(ct.image)
-    return image
+def _write_label_maps(ct: CtVolume, label_map: sitk.Image, grid: ImageGrid, morphometry: SpineMorphometry,
+                      folder: Path) -> None:
+    write_image(label_map, folder / LABEL_MAP_FILE)
+    write_image(ct.to_source_grid(_body_image(grid, morphometry)), folder / BODY_LABEL_MAP_FILE)
+
+
+def _body_image(grid: ImageGrid, morphometry: SpineMorphometry) -> sitk.Image:
+    """The isolated bodies on the CT's canonical ``grid``."""
+    return grid.apply_to(sitk.GetImageFromArray(morphometry.body_label_array(grid.size[::-1])))
 
 
 def _title(ct: CtVolume, segmentation: VertebraSegmentation) -> str:

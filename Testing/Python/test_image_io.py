@@ -1,5 +1,6 @@
 """Image input: formats, DICOM series choice, canonical orientation and the exact way back."""
 
+import gzip
 import math
 
 import numpy as np
@@ -7,7 +8,8 @@ import pytest
 import SimpleITK as sitk
 
 from spinefrac.errors import InputError
-from spinefrac.io.images import ImageGrid, load_ct
+from spinefrac.io.file_headers import gzip_trailer_matches
+from spinefrac.io.images import ImageGrid, load_ct, to_canonical
 
 from spine_test_utils import reoriented, write_dicom_series
 
@@ -347,3 +349,48 @@ def test_a_folder_of_only_localizers_is_refused_by_name(tmp_path):
     _scout_pair(tmp_path, "1.2.3.4.1")
     with pytest.raises(InputError, match="no CT volume, only single CT images or localizers"):
         load_ct(tmp_path)
+
+
+def _gzip_variants(tmp_path):
+    """One .nii.gz as ITK writes it, and the same stream with what the gzip format allows after it."""
+    path, image = tmp_path / "ct.nii.gz", _random_ct(size=(40, 40, 20))
+    sitk.WriteImage(image, str(path), useCompression=True)
+    return path, path.read_bytes(), image
+
+
+@pytest.mark.parametrize("tail, accepted", [(b"", True), (b"\0" * 4096, True), ("member", True),
+                                            (b"not gzip", False), (b"\x1f", False)])
+def test_what_follows_the_gzip_stream_is_judged_as_the_gzip_module_does(tmp_path, tail, accepted):
+    """Zero padding and further members are part of a gzip file; other bytes are not. (The length check
+    inflates with zlib directly, so it must keep the gzip module's verdicts.)"""
+    path, stream, _ = _gzip_variants(tmp_path)
+    path.write_bytes(stream + (gzip.compress(b"more") if tail == "member" else tail))
+    if accepted:
+        assert load_ct(path, check_hu=False).image.GetSize() == (40, 40, 20)
+    else:
+        with pytest.raises(InputError, match="not a readable image"):
+            load_ct(path, check_hu=False)
+
+
+def test_a_gzip_stream_with_a_wrong_checksum_is_refused(tmp_path):
+    path, stream, _ = _gzip_variants(tmp_path)
+    path.write_bytes(stream[:-8] + bytes([stream[-8] ^ 1]) + stream[-7:])
+    with pytest.raises(InputError, match="not a readable image"):
+        load_ct(path, check_hu=False)
+
+
+@pytest.mark.parametrize("fraction", [0.999, 0.5, 0.01])
+def test_the_gzip_trailer_tells_a_complete_written_file_from_a_cut_one(tmp_path, fraction):
+    path, stream, image = _gzip_variants(tmp_path)
+    voxels = sitk.GetArrayViewFromImage(image)
+    assert gzip_trailer_matches(path, voxels)
+    assert not gzip_trailer_matches(path, voxels[::-1].copy())  # other voxels: another checksum
+    path.write_bytes(stream[: int(len(stream) * fraction)])
+    assert not gzip_trailer_matches(path, voxels)
+
+
+def test_an_image_already_in_lps_is_not_copied_to_be_canonical():
+    lps, ras = _random_ct(), reoriented(_random_ct(), "RAS")
+    assert to_canonical(lps) is lps
+    assert to_canonical(ras) is not ras
+    assert np.array_equal(sitk.GetArrayViewFromImage(to_canonical(ras)), sitk.GetArrayViewFromImage(lps))

@@ -7,7 +7,7 @@ import SimpleITK as sitk
 from spinefrac.errors import InputError
 from spinefrac.io.images import load_ct
 from spinefrac.levels import TOTALSEGMENTATOR_V1_IDS, TOTALSEGMENTATOR_V2_IDS
-from spinefrac.segmentation.base import LabelConvention
+from spinefrac.segmentation.base import LabelConvention, labelled_box
 from spinefrac.segmentation.label_maps import ExistingLabelMap
 
 from spine_test_utils import reoriented
@@ -357,3 +357,28 @@ def test_verse_ids_on_an_image_flipped_head_to_foot_are_refused_not_read_as_v1(t
     with pytest.raises(InputError, match=r"read only as TotalSegmentator v1 \(T9-L5\), with T10 missing inside "
                                          r"the spine \(as VerSe: its levels are not in cranio-caudal order"):
         ExistingLabelMap(_write(flipped, tmp_path / "flipped.nii.gz")).segment(ct)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.float32])
+def test_the_labelled_box_is_the_bounding_box_of_every_non_zero_voxel(dtype):
+    """Label files come as unsigned, signed (negative values are refused later, not lost) and float maps."""
+    rng = np.random.default_rng(7)
+    for _ in range(40):
+        values = np.zeros(tuple(rng.integers(1, 8, size=3)), dtype=dtype)
+        for _ in range(rng.integers(0, 4)):
+            values[tuple(rng.integers(0, n) for n in values.shape)] = rng.choice([1, 26, 255, -3 if dtype in (
+                np.int16, np.float32) else 2])
+        found = np.argwhere(values != 0)
+        expected = [(0, 0)] * 3 if found.size == 0 else list(zip(found.min(axis=0), found.max(axis=0) + 1))
+        assert [(part.start, part.stop) for part in labelled_box(values)] == expected
+
+
+def test_labels_in_opposite_corners_keep_their_ids_and_counts(tmp_path, ct_and_labels):
+    """Ids are counted and mapped inside the labels' box only: labels in two corners of the grid span it."""
+    ct, labels = ct_and_labels
+    verse = sitk.GetArrayFromImage(labels).astype(np.uint16)
+    verse[0, 0, 0], verse[-1, -1, -1] = 99, 20  # an id VerSe does not know, and one voxel of L1
+    path = _write(_as(labels, verse, sitk.sitkUInt16), tmp_path / "corners.nii.gz")
+    result = ExistingLabelMap(path, LabelConvention.VERSE).segment(ct)
+    assert result.ignored_labels == {"99": 1}
+    assert np.array_equal(sitk.GetArrayFromImage(ct.to_source_grid(result.label_map)), np.where(verse == 99, 0, verse))

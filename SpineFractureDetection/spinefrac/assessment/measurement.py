@@ -73,11 +73,11 @@ def measure_vertebrae(
     ct: CtVolume, segmentation: VertebraSegmentation, progress: Progress = silent
 ) -> SpineMeasurements:
     labels = segmentation.label_map
+    label_array = segmentation.array()  # before the filter holds the image: a view then would copy it
+    hu = ct.array()
     shape = sitk.LabelShapeStatisticsImageFilter()
     shape.ComputePerimeterOff()
     shape.Execute(labels)
-    hu = ct.array()
-    label_array = segmentation.array()
     voxel_volume_mm3 = float(np.prod(labels.GetSpacing()))
     levels = sort_craniocaudal(LEVEL_BY_ID[v] for v in shape.GetLabels() if v in LEVEL_BY_ID)
 

@@ -31,7 +31,7 @@ from spinefrac.assessment.measurement import SpineMeasurements
 from spinefrac.coordinates import lps_from_ras
 from spinefrac.io.images import CtVolume
 from spinefrac.levels import Level, Region
-from spinefrac.segmentation.base import VertebraSegmentation
+from spinefrac.segmentation.base import VertebraSegmentation, labelled_box
 
 HEIGHT_SAMPLE_FRACTION = 0.85  # Genant's anterior/posterior points, fraction of the semi-depth
 PLANE_OFFSETS = (-0.2, -0.1, 0.0, 0.1, 0.2)  # parasagittal planes, fraction of the body width
@@ -111,7 +111,7 @@ def measure_morphometry(
     hu = ct.array()
     centroids = {m.level.name: lps_from_ras(m.centroid_ras_mm) for m in measurements.vertebrae}
     vertebrae = [m.level for m in measurements.vertebrae]
-    boxes = ndimage.find_objects(labels)  # one pass over the volume for every level's box
+    boxes = _level_boxes(labels)
     results = []
     for level in vertebrae:
         result = VertebraMorphometry(level)
@@ -148,6 +148,14 @@ def _craniocaudal_axis(level: Level, levels: list[Level], centres: dict, fallbac
         return fallback / np.linalg.norm(fallback)
     axis = np.asarray(upper) - np.asarray(lower)
     return axis / np.linalg.norm(axis)
+
+
+def _level_boxes(labels: np.ndarray) -> list[tuple[slice, ...] | None]:
+    """Every level's box (index: VerSe id - 1), from one pass over the labelled box of the grid."""
+    box = labelled_box(labels)
+    corner = [part.start for part in box]
+    return [None if found is None else tuple(slice(p.start + c, p.stop + c) for p, c in zip(found, corner))
+            for found in ndimage.find_objects(labels[box])]
 
 
 def _padded(box: tuple[slice, ...], shape, pad: int = 2) -> tuple[slice, ...]:
@@ -195,7 +203,7 @@ def _mid_height_solidity(local: np.ndarray, voxel_mm: float) -> float:
     vertebral body, far less for the U of pedicles and arch."""
     section = local[_mid_height_slab(local, voxel_mm)][:, :2]
     cell_mm = max(voxel_mm, 1.0)
-    cells = np.unique(np.floor(section / cell_mm).astype(int), axis=0)
+    cells = _unique_rows(np.floor(section / cell_mm).astype(int))
     if len(cells) < 6:
         return 0.0
     corners = (cells[:, None, :] + np.array([[0, 0], [0, 1], [1, 0], [1, 1]])[None]).reshape(-1, 2)
@@ -204,6 +212,17 @@ def _mid_height_solidity(local: np.ndarray, voxel_mm: float) -> float:
     except QhullError:
         return 0.0
     return float(len(cells) / hull_area)
+
+
+def _unique_rows(cells: np.ndarray) -> np.ndarray:
+    """np.unique(cells, axis=0) for [N, 2] integers, in the same order, through one integer key per row
+    (np.unique along an axis sorts structured rows, several times slower)."""
+    if cells.size == 0:
+        return cells.reshape(0, 2)
+    low = cells.min(axis=0)
+    span = int(cells[:, 1].max() - low[1]) + 1
+    keys = np.unique((cells[:, 0] - low[0]) * span + (cells[:, 1] - low[1]))
+    return np.column_stack([keys // span + low[0], keys % span + low[1]])
 
 
 def _posterior_wall(local: np.ndarray, voxel_mm: float) -> float | None:
@@ -234,6 +253,10 @@ def _in_plane_ap_axis(points: np.ndarray, superior: np.ndarray, hint: np.ndarray
 
 
 def _trabecular(result: VertebraMorphometry, hu_box: np.ndarray, body: np.ndarray, spacing: np.ndarray) -> None:
+    # Within the body's own box, padded with background: no voxel outside it is nearer to a body voxel
+    # than the padding, so the depths are those in the whole vertebra's box, at a fraction of the work.
+    inner = ndimage.find_objects(body.view(np.uint8))[0]
+    hu_box, body = hu_box[inner], body[inner]
     depth_mm = ndimage.distance_transform_edt(np.pad(body, 1), sampling=spacing[::-1])[1:-1, 1:-1, 1:-1]
     core = depth_mm > TRABECULAR_MARGIN_MM
     result.trabecular_voxel_count = int(np.count_nonzero(core))

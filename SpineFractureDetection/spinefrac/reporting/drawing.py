@@ -12,6 +12,8 @@ from spinefrac.levels import LEVEL_BY_ID
 BONE_WINDOW_LEVEL_HU = 400.0
 BONE_WINDOW_WIDTH_HU = 1800.0
 LABEL_ALPHA = 0.45
+# zlib level 3 instead of 6: the same pixels, files about 13 % larger, written in half the time.
+PNG_OPTIONS = {"compress_level": 3}
 
 
 def colour_table(findings: FractureFindings | None = None) -> np.ndarray:

@@ -25,7 +25,7 @@ from spinefrac.levels import (
     sort_craniocaudal,
 )
 from spinefrac.progress import Progress, silent
-from spinefrac.segmentation.base import LabelConvention, SegmentationEngine, VertebraSegmentation
+from spinefrac.segmentation.base import LabelConvention, SegmentationEngine, VertebraSegmentation, labelled_box
 
 
 class ExistingLabelMap(SegmentationEngine):
@@ -45,13 +45,14 @@ class ExistingLabelMap(SegmentationEngine):
             result = self._from_mask_folder(ct)
         else:
             result = self._from_label_file(ct)
-        if not result.levels:
+        levels = result.levels
+        if not levels:
             ignored = ", ".join(result.ignored_labels) or "none"
             raise InputError(
                 f"segmentation {self.path} contains no vertebra labels "
                 f"(convention {result.convention.value}; labels found: {ignored})"
             )
-        progress(1.0, f"{len(result.levels)} levels in the segmentation")
+        progress(1.0, f"{len(levels)} levels in the segmentation")
         return result
 
     # -- one label map file -------------------------------------------------------------
@@ -63,14 +64,19 @@ class ExistingLabelMap(SegmentationEngine):
             image, segment_names = flatten_segment_layers(image, self.path)
         require_3d_scalar(image, self.path, "segmentation")
         image = _on_ct_grid(image, ct, self.path)
-        source_ids = _integer_labels(image, self.path)
-        counts = np.bincount(source_ids.ravel())  # voxels per source id, one pass over the map
+        values = sitk.GetArrayViewFromImage(image)
+        box = labelled_box(values)  # outside it every voxel is 0, background in every convention
+        source_ids = _integer_labels(values[box], self.path, background_outside=values[box].size < values.size)
+        counts = np.bincount(source_ids.ravel(), minlength=1)  # voxels per source id, one pass over the box
+        counts[0] += values.size - source_ids.size
         convention = self.convention
         notes: list[str] = []
         if convention is LabelConvention.AUTO:
-            convention, notes = _guess_convention(counts, segment_names, image, self.path)
+            convention, notes = _guess_convention(counts, segment_names, _boxed_image(source_ids, image, box),
+                                                  self.path)
         lookup, ignored = _id_lookup(counts, convention, segment_names, self.path)
-        verse_ids = lookup[source_ids]
+        verse_ids = np.zeros(values.shape, dtype=np.uint8)
+        verse_ids[box] = lookup[source_ids]
         return VertebraSegmentation(
             label_map=_label_image(verse_ids, ct),
             engine=self.name,
@@ -135,17 +141,32 @@ def _on_ct_grid(image: sitk.Image, ct: CtVolume, path: Path) -> sitk.Image:
     return canonical
 
 
-def _integer_labels(image: sitk.Image, path: Path) -> np.ndarray:
-    values = sitk.GetArrayFromImage(image)
+def _integer_labels(values: np.ndarray, path: Path, background_outside: bool = False) -> np.ndarray:
+    """The label values as uint16 (no copy when they are already unsigned and that small); refused when
+    not whole numbers in 0..65535. ``background_outside``: the values are a box of a map that is 0 elsewhere."""
+    if values.dtype in (np.uint8, np.uint16):
+        return values
     if values.dtype.kind == "f" and (not np.all(np.isfinite(values))
                                      or not np.array_equal(values, np.round(values))):
         raise InputError(f"segmentation {path} has non-integer voxel values; a label map is needed")
     if values.size and (values.min() < 0 or values.max() > 65535):
+        low = min(values.min(), 0) if background_outside else values.min()
         raise InputError(
             f"segmentation {path} has label values outside 0..65535 "
-            f"(min {values.min()}, max {values.max()}); a label map is needed"
+            f"(min {low}, max {values.max()}); a label map is needed"
         )
     return values.astype(np.uint16)
+
+
+def _boxed_image(source_ids: np.ndarray, image: sitk.Image, box: tuple[slice, ...]) -> sitk.Image:
+    """The label values inside ``box`` as an image at their place in space (centroids are physical)."""
+    if source_ids.size == 0:
+        return image
+    boxed = sitk.GetImageFromArray(source_ids)
+    boxed.SetSpacing(image.GetSpacing())
+    boxed.SetDirection(image.GetDirection())
+    boxed.SetOrigin(image.TransformIndexToPhysicalPoint([int(box[2].start), int(box[1].start), int(box[0].start)]))
+    return boxed
 
 
 def slicer_segment_names(image: sitk.Image) -> dict[int, str]:
@@ -326,7 +347,7 @@ def _distinct_levels(reading: IdReading, present: list[int]) -> dict[int, Level]
 def _centroids(image: sitk.Image) -> dict[int, np.ndarray]:
     """Physical centroid (LPS mm; the image is canonical, so z runs superiorly) of every label."""
     shape = sitk.LabelShapeStatisticsImageFilter()
-    shape.Execute(sitk.Cast(image, sitk.sitkUInt32))
+    shape.Execute(image)
     return {int(label): np.array(shape.GetCentroid(label)) for label in shape.GetLabels()}
 
 
