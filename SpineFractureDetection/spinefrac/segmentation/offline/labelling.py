@@ -234,5 +234,6 @@ def levels_with_metal(hu: np.ndarray, labels: np.ndarray, verse_ids: list[int]) 
     """Names of the levels whose mask holds voxels as dense as an implant or cement."""
     if not verse_ids:
         return []
-    densest = ndimage.maximum(hu, labels, index=verse_ids)
-    return [LEVEL_BY_ID[v].name for v, value in zip(verse_ids, densest) if value >= METAL_HU]
+    # The labels of the metal voxels, not a per-label maximum: that sorts the whole volume (seconds).
+    with_metal = set(np.unique(labels[hu >= METAL_HU]).tolist())
+    return [LEVEL_BY_ID[v].name for v in verse_ids if v in with_metal]
