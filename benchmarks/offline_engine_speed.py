@@ -25,13 +25,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SpineFractureDetection"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared CT grid of the engine benchmarks
 
-import numpy as np  # noqa: E402
-import SimpleITK as sitk  # noqa: E402
+import numpy as np
+import SimpleITK as sitk
 
-from spinefrac.assessment.measurement import measure_vertebrae  # noqa: E402
-from spinefrac.assessment.quality import check_quality  # noqa: E402
-from spinefrac.io.images import ct_from_image  # noqa: E402
-from spinefrac.segmentation.offline.engine import OfflineEngine  # noqa: E402
+from spinefrac.assessment.measurement import measure_vertebrae
+from spinefrac.assessment.quality import check_quality
+from spinefrac.io.images import ct_from_image
+from spinefrac.segmentation.offline.engine import OfflineEngine
 
 SLICES = 500
 TARGETS_S = {"offline_engine": 15.0, "quality_control": 1.0}  # issue 16, on 2 cores
@@ -51,7 +51,9 @@ class StageClock:
 
     def close(self, next_name: str = "") -> None:
         wall, cpu = time.perf_counter(), time.process_time()
-        self.stages.append({"name": self._name, "wall_s": round(wall - self._wall, 3), "cpu_s": round(cpu - self._cpu, 3)})
+        self.stages.append(
+            {"name": self._name, "wall_s": round(wall - self._wall, 3), "cpu_s": round(cpu - self._cpu, 3)}
+        )
         self._name, self._wall, self._cpu = next_name, wall, cpu
 
 
@@ -88,10 +90,14 @@ def one_run(ct) -> dict:
 def summary(runs: list[dict]) -> dict:
     """Per quantity the fastest run: the least disturbed by other processes."""
     best = {}
-    for key in TARGETS_S:
+    for key, target_s in TARGETS_S.items():
         fastest = min(runs, key=lambda run: run[key]["wall_s"])
-        best[key] = {"wall_s": fastest[key]["wall_s"], "cpu_s": fastest[key]["cpu_s"], "target_s": TARGETS_S[key],
-                     "load_average_1min_before": fastest["load_average_1_5_15_before"][0]}
+        best[key] = {
+            "wall_s": fastest[key]["wall_s"],
+            "cpu_s": fastest[key]["cpu_s"],
+            "target_s": target_s,
+            "load_average_1min_before": fastest["load_average_1_5_15_before"][0],
+        }
     return best
 
 
@@ -110,15 +116,23 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for repeat in range(args.repeats):
         runs.append(one_run(ct))
-        print(f"run {repeat + 1}: engine {runs[-1]['offline_engine']['wall_s']:.1f} s wall "
-              f"{runs[-1]['offline_engine']['cpu_s']:.1f} s CPU, QC {runs[-1]['quality_control']['wall_s']:.2f} s, "
-              f"load {runs[-1]['load_average_1_5_15_before'][0]:.1f}", flush=True)
+        print(
+            f"run {repeat + 1}: engine {runs[-1]['offline_engine']['wall_s']:.1f} s wall "
+            f"{runs[-1]['offline_engine']['cpu_s']:.1f} s CPU, QC {runs[-1]['quality_control']['wall_s']:.2f} s, "
+            f"load {runs[-1]['load_average_1_5_15_before'][0]:.1f}",
+            flush=True,
+        )
     document = {
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "ct": {"size_voxels": list(image.GetSize()), "spacing_mm": [round(s, 4) for s in image.GetSpacing()],
-               "what": "thoraco-lumbar phantom (T10-sacrum) of benchmark_learned_engine.clinical_ct"},
-        "machine": {"cpus_usable": len(os.sched_getaffinity(0)), "SimpleITK_threads":
-                    sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()},
+        "ct": {
+            "size_voxels": list(image.GetSize()),
+            "spacing_mm": [round(s, 4) for s in image.GetSpacing()],
+            "what": "thoraco-lumbar phantom (T10-sacrum) of benchmark_learned_engine.clinical_ct",
+        },
+        "machine": {
+            "cpus_usable": len(os.sched_getaffinity(0)),
+            "SimpleITK_threads": sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(),
+        },
         "timing": "wall: time.perf_counter; cpu: time.process_time (user + sys, all threads of the process)",
         "summary_fastest_run": summary(runs),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
