@@ -221,13 +221,27 @@ def fill_enclosed_marrow(labels: np.ndarray) -> np.ndarray:
     """Per level, fill what its bone encloses in sagittal planes: marrow darker than the bone
     threshold (osteoporosis, fat) inside the cortical shell. Sagittal planes, because there the
     spinal canal is an open channel, never a hole, while the body is a closed box."""
-    for box_index, box in enumerate(ndimage.find_objects(labels), start=1):
+    occupied = _occupied_box(labels)  # levels are looked for there only: a whole CT takes seconds
+    if occupied is None:
+        return labels
+    inside = labels[occupied]  # a view: filled in place
+    for box_index, box in enumerate(ndimage.find_objects(inside), start=1):
         if box is None:
             continue
-        mask = labels[box] == box_index
+        mask = inside[box] == box_index
         filled = ndimage.binary_fill_holes(ndimage.binary_closing(mask, SAGITTAL_CROSS, border_value=0), SAGITTAL_CROSS)
-        labels[box][filled & (labels[box] == 0)] = box_index
+        inside[box][filled & (inside[box] == 0)] = box_index
     return labels
+
+
+def _occupied_box(labels: np.ndarray) -> tuple[slice, ...] | None:
+    """The bounding box of the labelled voxels (None when there are none), by maxima along axes."""
+    slices = np.flatnonzero(labels.reshape(labels.shape[0], -1).max(axis=1))
+    if slices.size == 0:
+        return None
+    slab = labels[slices[0]:slices[-1] + 1]
+    rows, cols = np.flatnonzero(slab.max(axis=(0, 2))), np.flatnonzero(slab.max(axis=(0, 1)))
+    return slice(slices[0], slices[-1] + 1), slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
 
 
 def levels_with_metal(hu: np.ndarray, labels: np.ndarray, verse_ids: list[int]) -> list[str]:
