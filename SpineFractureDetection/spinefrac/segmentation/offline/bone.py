@@ -28,7 +28,8 @@ def bone_mask(hu: np.ndarray, spacing_mm: np.ndarray, edge: bool = False) -> np.
     With ``edge``, voxels below the edge fraction of the rise from soft tissue to the nearest peak are
     left out: the partial-volume shell outside the cortex.
     """
-    smooth = ndimage.gaussian_filter(hu, BONE_SMOOTHING_VOXELS)
+    # Integer HU smoothed straight into float32: the numbers of a float32 copy, without the copy.
+    smooth = ndimage.gaussian_filter(hu, BONE_SMOOTHING_VOXELS, output=np.float32 if hu.dtype.kind in "iu" else None)
     bone = smooth > BONE_HU
     if edge:
         size = 2 * np.ceil(EDGE_REACH_MM / np.asarray(spacing_mm)).astype(int) + 1

@@ -212,7 +212,9 @@ def native_labels(hu: np.ndarray, spacing_mm: np.ndarray, work: WorkGrid, work_l
     for axis, factor in enumerate(work.factors):
         grown = np.repeat(grown, factor, axis=axis)
     box = tuple(slice(a, a + n) for a, n in zip(work.start, grown.shape))
-    native_bone = bone_mask(np.asarray(hu[box], dtype=np.float32), spacing_mm, edge=True)
+    # Integer HU are smoothed as they are (exactly as a float32 copy would be, without the copy).
+    native = hu[box] if np.issubdtype(hu.dtype, np.integer) else np.asarray(hu[box], dtype=np.float32)
+    native_bone = bone_mask(native, spacing_mm, edge=True)
     labels[box] = np.where(native_bone, grown, 0)
     return labels
 
@@ -246,8 +248,9 @@ def _occupied_box(labels: np.ndarray) -> tuple[slice, ...] | None:
 
 def levels_with_metal(hu: np.ndarray, labels: np.ndarray, verse_ids: list[int]) -> list[str]:
     """Names of the levels whose mask holds voxels as dense as an implant or cement."""
-    if not verse_ids:
+    occupied = _occupied_box(labels)
+    if not verse_ids or occupied is None:
         return []
     # The labels of the metal voxels, not a per-label maximum: that sorts the whole volume (seconds).
-    with_metal = set(np.unique(labels[hu >= METAL_HU]).tolist())
+    with_metal = set(np.unique(labels[occupied][hu[occupied] >= METAL_HU]).tolist())
     return [LEVEL_BY_ID[v].name for v in verse_ids if v in with_metal]
