@@ -17,12 +17,13 @@ import argparse
 import json
 import os
 import resource
+import subprocess
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SpineFractureDetection"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SpineFractureDetection"))  # the core measured
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared CT grid of the engine benchmarks
 
 import numpy as np
@@ -33,6 +34,7 @@ from spinefrac.assessment.quality import check_quality
 from spinefrac.io.images import ct_from_image
 from spinefrac.segmentation.offline.engine import OfflineEngine
 
+REPO = Path(__file__).resolve().parents[1]
 SLICES = 500
 TARGETS_S = {"offline_engine": 15.0, "quality_control": 1.0}  # issue 16, on 2 cores
 
@@ -101,12 +103,31 @@ def summary(runs: list[dict]) -> dict:
     return best
 
 
+def code_version() -> str:
+    """The commit measured, with '+changes' when the work tree differs from it."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return commit + ("+changes" if changed else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     from benchmark_learned_engine import clinical_ct
+    from benchmark_pipeline import cpu_model
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=1, help="runs on the same CT (the fastest is summarised)")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/offline-engine-speed.json"))
+    parser.add_argument("--code", help="what code is measured (default: the git commit of this checkout)")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         print("offline_engine_speed: error: --repeats must be at least 1", file=sys.stderr)
@@ -124,18 +145,20 @@ def main(argv: list[str] | None = None) -> int:
         )
     document = {
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "code": args.code or code_version(),
         "ct": {
             "size_voxels": list(image.GetSize()),
             "spacing_mm": [round(s, 4) for s in image.GetSpacing()],
             "what": "thoraco-lumbar phantom (T10-sacrum) of benchmark_learned_engine.clinical_ct",
         },
         "machine": {
+            "cpu_model": cpu_model(),
             "cpus_usable": len(os.sched_getaffinity(0)),
             "SimpleITK_threads": sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(),
         },
         "timing": "wall: time.perf_counter; cpu: time.process_time (user + sys, all threads of the process)",
         "summary_fastest_run": summary(runs),
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
+        "process_peak_rss_mib_with_phantom_building": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
         "runs": runs,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
