@@ -28,17 +28,29 @@ def bone_mask(hu: np.ndarray, spacing_mm: np.ndarray, edge: bool = False) -> np.
     With ``edge``, voxels below the edge fraction of the rise from soft tissue to the nearest peak are
     left out: the partial-volume shell outside the cortex.
     """
-    smooth = ndimage.gaussian_filter(hu, BONE_SMOOTHING_VOXELS)
+    # Integer HU smoothed straight into float32: the numbers of a float32 copy, without the copy.
+    smooth = ndimage.gaussian_filter(hu, BONE_SMOOTHING_VOXELS, output=np.float32 if hu.dtype.kind in "iu" else None)
     bone = smooth > BONE_HU
     if edge:
         size = 2 * np.ceil(EDGE_REACH_MM / np.asarray(spacing_mm)).astype(int) + 1
         peak = ndimage.maximum_filter(smooth, size=tuple(size))
         bone &= smooth - SOFT_TISSUE_HU >= _edge_fraction(spacing_mm) * (peak - SOFT_TISSUE_HU)
-    marrow_possible = smooth > MARROW_MIN_HU
-    for k in range(bone.shape[0]):
-        if bone[k].any():
-            bone[k] |= ndimage.binary_fill_holes(bone[k]) & marrow_possible[k]
+    bone |= _holes_in_axial_planes(bone) & (smooth > MARROW_MIN_HU)
     return bone
+
+
+def _holes_in_axial_planes(mask: np.ndarray) -> np.ndarray:
+    """What ``binary_fill_holes`` adds in each axial plane (4-connected): background pieces that do
+    not reach the plane's edge. One labelling of the volume, pieces confined to their plane: half
+    the time of a fill per slice."""
+    in_plane = np.zeros((3, 3, 3), dtype=bool)
+    in_plane[1] = ndimage.generate_binary_structure(2, 1)
+    pieces, count = ndimage.label(~mask, in_plane)
+    reaches_edge = np.zeros(count + 1, dtype=bool)
+    reaches_edge[0] = True  # the mask itself
+    for face in (pieces[:, 0, :], pieces[:, -1, :], pieces[:, :, 0], pieces[:, :, -1]):
+        reaches_edge[face] = True
+    return ~reaches_edge[pieces]
 
 
 def _edge_fraction(spacing_mm: np.ndarray) -> float:

@@ -98,8 +98,10 @@ class OfflineEngine(SegmentationEngine):
         labels = fill_enclosed_marrow(native_labels(hu, spacing, work, work_labels))
         image = sitk.GetImageFromArray(labels)
         image.CopyInformation(ct.image)
-        image = sitk.Cast(image, LABEL_PIXEL_TYPE)
-        present_ids = [int(v) for v in np.flatnonzero(np.bincount(labels.ravel())) if v]  # one pass, no sort
+        if image.GetPixelID() != LABEL_PIXEL_TYPE:
+            image = sitk.Cast(image, LABEL_PIXEL_TYPE)
+        # Counted over the labelled voxels only: a count over the whole volume widens it to 8 bytes a voxel.
+        present_ids = [int(v) for v in np.flatnonzero(np.bincount(labels[labels > 0])) if v]
         found = [LEVEL_BY_ID[verse_id].name for verse_id in reversed(present_ids)]
         progress(1.0, f"{len(found)} levels labelled ({', '.join(found)})")
         notes = ([f"learned model unavailable ({self.fallback_reason}): offline engine used"]

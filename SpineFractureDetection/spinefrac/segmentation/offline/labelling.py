@@ -212,7 +212,9 @@ def native_labels(hu: np.ndarray, spacing_mm: np.ndarray, work: WorkGrid, work_l
     for axis, factor in enumerate(work.factors):
         grown = np.repeat(grown, factor, axis=axis)
     box = tuple(slice(a, a + n) for a, n in zip(work.start, grown.shape))
-    native_bone = bone_mask(np.asarray(hu[box], dtype=np.float32), spacing_mm, edge=True)
+    # Integer HU are smoothed as they are (exactly as a float32 copy would be, without the copy).
+    native = hu[box] if np.issubdtype(hu.dtype, np.integer) else np.asarray(hu[box], dtype=np.float32)
+    native_bone = bone_mask(native, spacing_mm, edge=True)
     labels[box] = np.where(native_bone, grown, 0)
     return labels
 
@@ -221,18 +223,34 @@ def fill_enclosed_marrow(labels: np.ndarray) -> np.ndarray:
     """Per level, fill what its bone encloses in sagittal planes: marrow darker than the bone
     threshold (osteoporosis, fat) inside the cortical shell. Sagittal planes, because there the
     spinal canal is an open channel, never a hole, while the body is a closed box."""
-    for box_index, box in enumerate(ndimage.find_objects(labels), start=1):
+    occupied = _occupied_box(labels)  # levels are looked for there only: a whole CT takes seconds
+    if occupied is None:
+        return labels
+    inside = labels[occupied]  # a view: filled in place
+    for box_index, box in enumerate(ndimage.find_objects(inside), start=1):
         if box is None:
             continue
-        mask = labels[box] == box_index
+        mask = inside[box] == box_index
         filled = ndimage.binary_fill_holes(ndimage.binary_closing(mask, SAGITTAL_CROSS, border_value=0), SAGITTAL_CROSS)
-        labels[box][filled & (labels[box] == 0)] = box_index
+        inside[box][filled & (inside[box] == 0)] = box_index
     return labels
+
+
+def _occupied_box(labels: np.ndarray) -> tuple[slice, ...] | None:
+    """The bounding box of the labelled voxels (None when there are none), by maxima along axes."""
+    slices = np.flatnonzero(labels.reshape(labels.shape[0], -1).max(axis=1))
+    if slices.size == 0:
+        return None
+    slab = labels[slices[0]:slices[-1] + 1]
+    rows, cols = np.flatnonzero(slab.max(axis=(0, 2))), np.flatnonzero(slab.max(axis=(0, 1)))
+    return slice(slices[0], slices[-1] + 1), slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
 
 
 def levels_with_metal(hu: np.ndarray, labels: np.ndarray, verse_ids: list[int]) -> list[str]:
     """Names of the levels whose mask holds voxels as dense as an implant or cement."""
-    if not verse_ids:
+    occupied = _occupied_box(labels)
+    if not verse_ids or occupied is None:
         return []
-    densest = ndimage.maximum(hu, labels, index=verse_ids)
-    return [LEVEL_BY_ID[v].name for v, value in zip(verse_ids, densest) if value >= METAL_HU]
+    # The labels of the metal voxels, not a per-label maximum: that sorts the whole volume (seconds).
+    with_metal = set(np.unique(labels[occupied][hu[occupied] >= METAL_HU]).tolist())
+    return [LEVEL_BY_ID[v].name for v in verse_ids if v in with_metal]
