@@ -167,7 +167,7 @@ def run_pipeline(
         (work / FINDINGS_FILE).write_text(report.findings_text(), encoding="utf-8")
         write_overview_png(ct, segmentation, measurements, work / OVERVIEW_FILE, title=_title(ct, segmentation),
                            morphometry=morphometry, findings=findings, quality=assessment.quality)
-        write_gallery_png(ct, segmentation, morphometry, findings, work / GALLERY_FILE)
+        write_gallery_png(ct, segmentation, morphometry, findings, work / GALLERY_FILE, quality=assessment.quality)
         label_maps.result()
     final = Path(output_folder)
     files = _written_files(final, report.dicom_export["written"])

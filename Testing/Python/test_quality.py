@@ -17,6 +17,7 @@ from spinefrac.assessment.measurement import measure_vertebrae
 from spinefrac.assessment.quality import QcVerdict, check_quality
 from spinefrac.errors import SpineFracError
 from spinefrac.io.images import load_ct
+from spinefrac.levels import LEVEL_BY_NAME
 from spinefrac.segmentation.label_maps import ExistingLabelMap
 from spinefrac.synthetic.phantom import PhantomSpec, make_phantom
 
@@ -294,3 +295,31 @@ def test_phantoms_never_fail(tmp_path, spec):
     segmentation = ExistingLabelMap(tmp_path / "labels.nii", "verse").segment(ct)
     quality = check_quality(ct, segmentation, measure_vertebrae(ct, segmentation))
     assert not quality.failing(), quality.failing()
+
+
+def test_the_gallery_marks_a_level_that_fails_quality_control(sample, tmp_path):
+    """L3 moved 30 mm aside fails QC: its gallery panel is titled 'QC fail' in orange (the overview's
+    mark); without the QC result no orange is drawn."""
+    from PIL import Image
+
+    from spinefrac.reporting.drawing import QC_CAPTION_COLOURS
+    from spinefrac.reporting.gallery import write_gallery_png
+
+    ct, labels = sample
+    l3 = labels == LEVEL_BY_NAME["l3"].verse_id
+    moved_l3 = shifted(l3.astype(labels.dtype), 30.0, 2, ct.image.GetSpacing()[0])
+    edited = np.where(l3, 0, labels)
+    edited[moved_l3 > 0] = LEVEL_BY_NAME["l3"].verse_id
+    segmentation = segmentation_from(ct, edited, "L3 moved")
+    assessment = assess(ct, segmentation)
+    assert assessment.quality.by_name()["L3"].verdict is QcVerdict.FAIL
+    orange = np.array([int(QC_CAPTION_COLOURS[QcVerdict.FAIL][i:i + 2], 16) for i in (1, 3, 5)])
+
+    def orange_pixels(quality) -> int:
+        path = write_gallery_png(ct, segmentation, assessment.morphometry, assessment.findings,
+                                 tmp_path / "gallery.png", quality=quality)
+        rgb = np.asarray(Image.open(path).convert("RGB")).astype(int)
+        return int(np.count_nonzero(np.abs(rgb - orange).max(axis=-1) <= 12))
+
+    assert orange_pixels(assessment.quality) > 20
+    assert orange_pixels(None) == 0

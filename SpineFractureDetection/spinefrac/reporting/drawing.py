@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from spinefrac.assessment.fracture import DECISION_COLORS_RGB, FractureFindings
+from spinefrac.assessment.quality import QcVerdict
 from spinefrac.levels import LEVEL_BY_ID
 
 BONE_WINDOW_LEVEL_HU = 400.0
@@ -39,3 +40,14 @@ def bone_window(hu: np.ndarray) -> np.ndarray:
     """HU -> 0..1 grey through the bone window."""
     low = BONE_WINDOW_LEVEL_HU - BONE_WINDOW_WIDTH_HU / 2
     return np.clip((hu.astype(np.float32) - low) / BONE_WINDOW_WIDTH_HU, 0.0, 1.0)
+
+
+QC_CAPTION_COLOURS = {QcVerdict.FAIL: "#ff8c00", QcVerdict.WARN: "#ffd700"}  # orange fail, yellow warn
+
+
+def qc_marked(caption: str, colour, verdict: QcVerdict | None) -> tuple[str, object]:
+    """A level's caption and colour, marked 'QC fail' (orange) or 'QC warn' (yellow) where quality
+    control flagged its mask, so the pictures show which masks to check."""
+    if verdict is None or verdict is QcVerdict.PASS:
+        return caption, colour
+    return f"{caption} QC {verdict.value}", QC_CAPTION_COLOURS[verdict]

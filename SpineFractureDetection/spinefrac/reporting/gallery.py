@@ -16,8 +16,9 @@ from matplotlib.figure import Figure  # noqa: E402  (not pyplot: its import cost
 from spinefrac.assessment.fracture import DECISION_COLORS_RGB, Decision, FractureFindings  # noqa: E402
 from spinefrac.assessment.geometry import VoxelGrid, sample_at  # noqa: E402
 from spinefrac.assessment.morphometry import SpineMorphometry, VertebraMorphometry  # noqa: E402
+from spinefrac.assessment.quality import SegmentationQuality  # noqa: E402
 from spinefrac.io.images import CtVolume  # noqa: E402
-from spinefrac.reporting.drawing import PNG_OPTIONS, bone_window  # noqa: E402
+from spinefrac.reporting.drawing import PNG_OPTIONS, bone_window, qc_marked  # noqa: E402
 from spinefrac.segmentation.base import VertebraSegmentation  # noqa: E402
 
 GALLERY_COLUMNS = 4
@@ -32,10 +33,12 @@ def write_gallery_png(
     morphometry: SpineMorphometry,
     findings: FractureFindings,
     path: Path,
+    quality: SegmentationQuality | None = None,
 ) -> Path:
     """One panel per vertebra: its own mid-sagittal plane (following the spine's curve), bone
     window, mask outline, measured heights, the expected (pre-fracture) outline from the
-    neighbours (dashed), and grade/decision in the decision's colour."""
+    neighbours (dashed), and grade/decision in the decision's colour; a mask flagged by quality
+    control has 'QC fail' (orange) or 'QC warn' (yellow) in its title."""
     levels = [m for m in morphometry.vertebrae if m.frame is not None]
     rows = max(1, -(-len(levels) // GALLERY_COLUMNS))
     columns = min(GALLERY_COLUMNS, max(len(levels), 1))
@@ -44,10 +47,11 @@ def write_gallery_png(
     figure.patch.set_facecolor("black")
     grid = VoxelGrid(ct.image)
     by_name = findings.by_name()
+    verdicts = {q.level.name: q.verdict for q in quality.levels} if quality else {}
     for axis_plot in axes.ravel():
         axis_plot.set_axis_off()
     for axis_plot, m in zip(axes.ravel(), levels):
-        _gallery_panel(axis_plot, ct, segmentation, grid, m, by_name.get(m.level.name))
+        _gallery_panel(axis_plot, ct, segmentation, grid, m, by_name.get(m.level.name), verdicts.get(m.level.name))
     if not levels:
         axes[0, 0].text(0.5, 0.5, "no vertebral body could be measured", color="white", ha="center")
     figure.suptitle("Per-vertebra mid-sagittal planes (anterior at left); heights in mm; "
@@ -57,7 +61,7 @@ def write_gallery_png(
     return path
 
 
-def _gallery_panel(axis_plot, ct, segmentation, grid, m: VertebraMorphometry, finding) -> None:
+def _gallery_panel(axis_plot, ct, segmentation, grid, m: VertebraMorphometry, finding, verdict) -> None:
     anterior = np.arange(GALLERY_HALF_WIDTH_MM, -GALLERY_HALF_WIDTH_MM, -GALLERY_STEP_MM)  # anterior at left
     superior = np.arange(-GALLERY_HALF_HEIGHT_MM, GALLERY_HALF_HEIGHT_MM, GALLERY_STEP_MM)
     a, s = np.meshgrid(anterior, superior)
@@ -79,7 +83,8 @@ def _gallery_panel(axis_plot, ct, segmentation, grid, m: VertebraMorphometry, fi
         if finding is not None and finding.genant_grade is not None:
             _expected_outline(axis_plot, m, finding)
     # y given: matplotlib then skips placing the title above tick labels (a hidden axis has none; 0.2 s a picture)
-    axis_plot.set_title(_gallery_caption(m, finding), color=colour, fontsize=9, y=1.0)
+    caption, title_colour = qc_marked(_gallery_caption(m, finding), colour, verdict)
+    axis_plot.set_title(caption, color=title_colour, fontsize=9, y=1.0)
 
 
 def _expected_outline(axis_plot, m: VertebraMorphometry, finding) -> None:

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure  # noqa: E402  (not pyplot: its import cost
 from spinefrac.assessment.fracture import FractureFindings  # noqa: E402
 from spinefrac.assessment.measurement import SpineMeasurements  # noqa: E402
 from spinefrac.assessment.morphometry import SpineMorphometry, VoxelGrid  # noqa: E402
-from spinefrac.assessment.quality import QcVerdict, SegmentationQuality  # noqa: E402
+from spinefrac.assessment.quality import SegmentationQuality  # noqa: E402
 from spinefrac.coordinates import lps_from_ras  # noqa: E402
 from spinefrac.io.images import CtVolume  # noqa: E402
 from spinefrac.reporting.drawing import (  # noqa: E402
@@ -27,6 +27,7 @@ from spinefrac.reporting.drawing import (  # noqa: E402
     bone_window,
     colour_table,
     level_caption,
+    qc_marked,
 )
 from spinefrac.segmentation.base import VertebraSegmentation, labelled_box  # noqa: E402
 
@@ -34,7 +35,6 @@ LABEL_SLAB_HALF_WIDTH_MM = 15.0  # curved spines leave the plane; show labels fr
 VIEW_MARGIN_MM = 40.0
 VERTICAL_MARGIN_MM = 20.0
 FIGURE_HEIGHT_IN = 8.0
-QC_CAPTION_COLOURS = {QcVerdict.FAIL: "#ff8c00", QcVerdict.WARN: "#ffd700"}  # orange fail, yellow warn
 
 
 @dataclass(frozen=True)
@@ -202,11 +202,9 @@ def _name_levels(axis_plot, ct, measurements, removed_axis, h_low, k_low, spacin
         i, j, k = ct.image.TransformPhysicalPointToContinuousIndex(lps.tolist())
         horizontal = (j if removed_axis == 2 else i) - h_low
         x_mm, y_mm = (horizontal + 0.5) * spacing_h, (k - k_low + 0.5) * spacing_k
-        verdict = verdicts.get(m.level.name, QcVerdict.PASS)
-        caption = level_caption(m.level.name, findings)
-        colour = "white" if findings else np.array(m.level.color_rgb) / 255.0
-        if verdict is not QcVerdict.PASS:
-            caption, colour = f"{caption} QC {verdict.value}", QC_CAPTION_COLOURS[verdict]
+        caption, colour = qc_marked(level_caption(m.level.name, findings),
+                                    "white" if findings else np.array(m.level.color_rgb) / 255.0,
+                                    verdicts.get(m.level.name))
         text = axis_plot.text(
             x_mm, y_mm, caption,
             color=colour,
