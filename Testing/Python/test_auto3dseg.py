@@ -134,7 +134,7 @@ def test_pieces_found_on_the_model_grid_give_the_input_grid_clean_up():
 
     rng = np.random.default_rng(7)
     grid = _input_grid()
-    everything = (slice(None),) * 3
+    everything = tuple(slice(0, size) for size in grid.GetSize()[::-1])
     for _ in range(3):
         model = np.where(rng.random((12, 10, 14)) < 0.35, rng.choice([18, 22, 24], (12, 10, 14)), 0).astype(np.uint8)
         labels, notes = largest_pieces_on_grid(model, MODEL_AFFINE_RAS, grid, everything)

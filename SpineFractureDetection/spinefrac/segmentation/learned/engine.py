@@ -336,15 +336,18 @@ def largest_pieces_on_grid(verse_ids_xyz: np.ndarray, affine_ras, reference: sit
     pieces, level_of_piece = level_pieces(sitk.GetArrayFromImage(aligned))
     pieces_image = sitk.GetImageFromArray(pieces)
     pieces_image.CopyInformation(aligned)
-    resampler = sitk.ResampleImageFilter()
-    resampler.SetReferenceImage(reference)
+    resampler = sitk.ResampleImageFilter()  # onto the box only: fewer voxels to compute and hold
+    resampler.SetOutputOrigin(reference.TransformIndexToPhysicalPoint([part.start for part in box[::-1]]))
+    resampler.SetSize([part.stop - part.start for part in box[::-1]])
+    resampler.SetOutputSpacing(reference.GetSpacing())
+    resampler.SetOutputDirection(reference.GetDirection())
     resampler.SetInterpolator(sitk.sitkNearestNeighbor)
     resampler.SetUseNearestNeighborExtrapolator(True)
     resampler.SetOutputPixelType(sitk.sitkInt32)
     resampled = resampler.Execute(pieces_image)
-    pieces_on_grid = sitk.GetArrayViewFromImage(resampled)  # a view: valid while ``resampled`` lives
-    labels = np.zeros(pieces_on_grid.shape, dtype=np.uint8)
-    labels[box], dropped = keep_largest_pieces(pieces_on_grid[box], level_of_piece)
+    labels = np.zeros(reference.GetSize()[::-1], dtype=np.uint8)
+    labels[box], dropped = keep_largest_pieces(sitk.GetArrayViewFromImage(resampled), level_of_piece)
+    del resampled
     image = sitk.GetImageFromArray(labels)
     image.CopyInformation(reference)
     return image, dropped_note(dropped)
