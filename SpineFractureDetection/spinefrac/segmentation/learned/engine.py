@@ -331,7 +331,9 @@ def largest_pieces_on_grid(verse_ids_xyz: np.ndarray, affine_ras, reference: sit
     go the same way), and carried by nearest neighbour, extended past the model grid's last voxel
     centres as MONAI's inverse resampling does (border padding); their sizes are counted on
     ``reference``'s grid. Where that grid is as fine as the model's or finer, a piece stays one piece,
-    so the result is what cleaning up on ``reference``'s grid after resampling the labels gives."""
+    so the result is what cleaning up on ``reference``'s grid after resampling the labels gives. (A
+    voxel exactly halfway between two model voxel centres may go to either: MONAI's Invertd decides
+    such ties by float32 rounding, ITK rounds half up.)"""
     orientation = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(reference.GetDirection())
     aligned = sitk.DICOMOrient(image_from_monai(verse_ids_xyz, affine_ras), orientation)
     pieces, level_of_piece = level_pieces(sitk.GetArrayFromImage(aligned))
