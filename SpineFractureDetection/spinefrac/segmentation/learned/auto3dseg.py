@@ -14,7 +14,10 @@ size). Unlike the script, the argmax (or the sigmoid threshold) is taken at the 
 and the labels, not the probabilities, go back onto the input grid (nearest neighbour, as the MONAI
 bundles do): memory one label volume instead of one float volume per class. Labels map to VerSe ids by
 their SNOMED CT code, by name when the code is not one of ours (S1 and the sacrum both go to the
-sacrum); a label that names no vertebral level is refused by name.
+sacrum); a label that names no vertebral level is refused by name. Each level keeps its largest
+piece: the pieces are found at the model's resolution and sized on the input grid
+(engine.largest_pieces_on_grid), which gives what a clean-up on the input grid would, on a fraction of
+the voxels.
 """
 
 from __future__ import annotations
@@ -34,10 +37,13 @@ from spinefrac.progress import Progress, silent
 from spinefrac.segmentation.base import LabelConvention, SegmentationEngine, VertebraSegmentation
 from spinefrac.segmentation.learned.bundle import load_state
 from spinefrac.segmentation.learned.engine import (
-    label_values,
+    box_on_grid,
+    largest_pieces_on_grid,
     order_violations,
     predict_from_file,
-    verse_labels_on_ct_grid,
+    refuse_empty,
+    to_verse_ids,
+    verse_lookup,
 )
 
 LABELS_FILE = "labels.csv"
@@ -110,6 +116,15 @@ def read_checkpoint(path: Path) -> dict:
 
 def preprocessing(config: dict):
     """The image -> network-input chain the extension's inference script builds from the config."""
+    from monai.transforms import Compose
+
+    onto_input_grid, onto_model_grid = preprocessing_stages(config)
+    return Compose([onto_input_grid, onto_model_grid])
+
+
+def preprocessing_stages(config: dict):
+    """That chain in two parts: loading (channel first, RAS, foreground crop), whose grid the labels go
+    back to; then resampling to the model's resolution and intensity normalisation."""
     import torch
     from monai.transforms import Compose, CropForegroundd, EnsureTyped, LoadImaged, Orientationd, Spacingd
 
@@ -120,12 +135,13 @@ def preprocessing(config: dict):
     if config.get("crop_foreground", True):
         steps.append(CropForegroundd(keys="image", source_key="image", margin=FOREGROUND_MARGIN_VOXELS,
                                      allow_smaller=True))
+    resampling = []
     if config.get("resample_resolution") is not None:
         spacing = np.array(config["resample_resolution"], dtype=float)
-        steps.append(Spacingd(keys="image", pixdim=list(spacing), mode="bilinear", dtype=torch.float,
-                              min_pixdim=spacing * 0.75, max_pixdim=spacing * 1.25))
-    steps += _normalisation(config["normalize_mode"], config.get("intensity_bounds"))
-    return Compose(steps)
+        resampling.append(Spacingd(keys="image", pixdim=list(spacing), mode="bilinear", dtype=torch.float,
+                                   min_pixdim=spacing * 0.75, max_pixdim=spacing * 1.25))
+    resampling += _normalisation(config["normalize_mode"], config.get("intensity_bounds"))
+    return Compose(steps), Compose(resampling)
 
 
 def _normalisation(mode: str, bounds) -> list:
@@ -168,21 +184,23 @@ class Auto3DSegEngine(SegmentationEngine):
         self.title = f"{Path(folder).name} (epoch {checkpoint.get('epoch', '?')})"
         self.timings_s: dict[str, float] = {}  # per stage of the last prediction
 
-    def predict_labels(self, image_path: Path) -> np.ndarray:
-        """Label values on the grid of ``image_path`` ([x, y, z], as MONAI loads it)."""
-        from monai.transforms import Invertd
-
+    def predict(self, image_path: Path, reference: sitk.Image) -> tuple[sitk.Image, list[str]]:
+        """VerSe ids on ``reference``'s grid (the grid of ``image_path``), each level's largest piece
+        kept (found at the model's resolution, see largest_pieces_on_grid); notes on what was dropped."""
         started = time.perf_counter()
-        chain = preprocessing(self.config)
-        data = chain({"image": str(image_path)})
+        onto_input_grid, onto_model_grid = preprocessing_stages(self.config)
+        data = onto_input_grid({"image": str(image_path)})
+        box = box_on_grid(reference, data["image"].affine.numpy(), data["image"].shape[1:])
+        image = onto_model_grid(data)["image"]
+        del data  # the input-resolution crop: not needed past here
         self.timings_s = {"preprocessing": time.perf_counter() - started}
-        logits = self._logits(data["image"])
+        logits = self._logits(image)
         self.timings_s["inference"] = time.perf_counter() - started - self.timings_s["preprocessing"]
-        data["pred"] = self._labels_at_model_resolution(logits)
+        verse_ids = to_verse_ids(self._labels_at_model_resolution(logits), verse_lookup(self.label_to_verse))
         del logits
-        inverted = Invertd(keys="pred", orig_keys="image", transform=chain, nearest_interp=True)(data)["pred"]
+        labels, dropped = largest_pieces_on_grid(verse_ids, image.affine.numpy(), reference, box)
         self.timings_s["postprocessing"] = time.perf_counter() - started - sum(self.timings_s.values())
-        return label_values(inverted[0].numpy())
+        return labels, dropped
 
     def _logits(self, image):
         """Sliding-window logits at the model's resolution; the window never larger than the image
@@ -212,12 +230,12 @@ class Auto3DSegEngine(SegmentationEngine):
             labels = torch.where(above.any(0), above.int().argmax(0) + 1, 0)
         else:
             labels = logits[0].float().argmax(0)  # the argmax of the softmax is the argmax of the logits
-        return labels[None].to(torch.float32).cpu()
+        return labels.to(torch.int32).cpu().numpy()
 
     def segment(self, ct: CtVolume, progress: Progress = silent) -> VertebraSegmentation:
         progress(0.05, f"{self.title}: pre-processing and sliding-window inference")
-        values = predict_from_file(ct, self.predict_labels, "spinefrac-auto3dseg-")
-        image, dropped = verse_labels_on_ct_grid(values, self.label_to_verse, ct, self.title)
+        image, dropped = predict_from_file(ct, lambda path: self.predict(path, ct.image), "spinefrac-auto3dseg-")
+        image = refuse_empty(image, self.title)
         verse_ids = sitk.GetArrayViewFromImage(image)
         present = sorted({LEVEL_BY_ID[int(v)].name for v in np.unique(verse_ids) if v})
         return VertebraSegmentation(

@@ -24,6 +24,7 @@ through an adapter that maps their channels to VerSe ids (see model_registry.py)
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -47,6 +48,7 @@ SEG_PACKAGE_FORMAT_VERSION = 1
 ROI_BONE_HU = 200.0
 ROI_MARGIN_MM = 25.0
 ROI_HALF_WIDTH_MM = 90.0  # left-right and antero-posterior reach around the spine's column
+RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])  # MONAI's world (RAS) -> ITK's (LPS)
 
 
 @dataclass
@@ -220,47 +222,144 @@ def label_values(values: np.ndarray) -> np.ndarray:
     return values.astype(np.uint8 if values.max(initial=0) < 256 else np.int32, copy=False)
 
 
+def verse_lookup(verse_id_of: dict[int, int]) -> np.ndarray:
+    """Label value -> VerSe id as a uint8 table (values it does not name are background)."""
+    lookup = np.zeros(max(verse_id_of, default=0) + 1, dtype=np.uint8)
+    lookup[list(verse_id_of)] = list(verse_id_of.values())
+    return lookup
+
+
+def to_verse_ids(values: np.ndarray, lookup: np.ndarray) -> np.ndarray:
+    """Label values -> VerSe ids by table (uint8; values beyond the table are background)."""
+    if values.max(initial=0) < lookup.size:
+        return lookup[values]
+    return np.where(values < lookup.size, lookup[np.minimum(values, lookup.size - 1)], 0).astype(np.uint8)
+
+
 def verse_labels_on_ct_grid(values_xyz: np.ndarray, verse_id_of: dict[int, int], ct: CtVolume,
                             model: str) -> tuple[sitk.Image, list[str]]:
     """Predicted label values on the CT's grid as MONAI loads it ([x, y, z]) -> VerSe ids on the CT's
     grid (values missing from ``verse_id_of`` are background), each level's largest piece kept (notes
     on what was dropped); an empty result is refused."""
-    lookup = np.zeros(max(verse_id_of, default=0) + 1, dtype=np.uint8)
-    lookup[list(verse_id_of)] = list(verse_id_of.values())
-    verse_ids = np.where(values_xyz < lookup.size, lookup[np.clip(values_xyz, 0, lookup.size - 1)], 0)
-    verse_ids = verse_ids.transpose(2, 1, 0)  # [x, y, z] -> [z, y, x]
+    verse_ids = to_verse_ids(values_xyz, verse_lookup(verse_id_of)).transpose(2, 1, 0)  # [x, y, z] -> [z, y, x]
     verse_ids, dropped = keep_largest_components(np.ascontiguousarray(verse_ids))
-    if not verse_ids.any():
-        raise InputError(f"no spine found in the CT by {model}: no voxel of a vertebra label")
-    image = sitk.Cast(sitk.GetImageFromArray(verse_ids), LABEL_PIXEL_TYPE)
+    image = sitk.GetImageFromArray(verse_ids)
     image.CopyInformation(ct.image)
-    return image, dropped
+    return refuse_empty(image, model), dropped
+
+
+def refuse_empty(labels: sitk.Image, model: str) -> sitk.Image:
+    """``labels`` as the label pixel type; a map without one vertebra voxel is refused."""
+    if not sitk.GetArrayViewFromImage(labels).any():
+        raise InputError(f"no spine found in the CT by {model}: no voxel of a vertebra label")
+    return sitk.Cast(labels, LABEL_PIXEL_TYPE)
 
 
 def keep_largest_components(labels: np.ndarray) -> tuple[np.ndarray, list[str]]:
     """Each level keeps its largest 26-connected piece; stray islands are dropped and counted."""
-    cleaned = np.zeros_like(labels)
-    dropped = 0
-    boxes = ndimage.find_objects(labels)
-    for value, box in enumerate(boxes, start=1):
+    pieces, level_of_piece = level_pieces(labels)
+    cleaned, dropped = keep_largest_pieces(pieces, level_of_piece)
+    return cleaned, dropped_note(dropped)
+
+
+def dropped_note(dropped_voxels: int) -> list[str]:
+    if not dropped_voxels:
+        return []
+    return [f"{dropped_voxels} voxels in islands apart from their level's main piece were dropped"]
+
+
+def level_pieces(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 26-connected pieces of every level, numbered across levels (int32, 0 = background), in
+    raster order within a level; and the level of each piece number (index 0: background)."""
+    pieces = np.zeros(labels.shape, dtype=np.int32)
+    level_of_piece = [0]
+    for value, box in enumerate(ndimage.find_objects(labels), start=1):
         if box is None:
             continue
         mask = labels[box] == value
         components, count = ndimage.label(mask, structure=np.ones((3, 3, 3)))
-        if count > 1:
-            sizes = np.bincount(components.ravel())[1:]
-            keep = components == (np.argmax(sizes) + 1)
-            dropped += int(sizes.sum() - sizes.max())
-        else:
-            keep = mask
-        cleaned[box][keep] = value
-    notes = [f"{dropped} voxels in islands apart from their level's main piece were dropped"] if dropped else []
-    return cleaned, notes
+        np.add(components, len(level_of_piece) - 1, out=components, where=mask)
+        np.copyto(pieces[box], components, where=mask)
+        level_of_piece += [value] * count
+    return pieces, np.asarray(level_of_piece, dtype=labels.dtype)
+
+
+def keep_largest_pieces(pieces: np.ndarray, level_of_piece: np.ndarray) -> tuple[np.ndarray, int]:
+    """Level ids where a piece is its level's largest (by voxels of ``pieces``; the first in number
+    order on a tie), background elsewhere; and the number of voxels dropped."""
+    sizes = np.bincount(pieces.ravel(), minlength=level_of_piece.size)
+    sizes[0] = 0
+    kept = np.zeros(level_of_piece.size, dtype=level_of_piece.dtype)
+    for level in np.unique(level_of_piece[1:]):
+        numbers = np.flatnonzero(level_of_piece == level)
+        largest = numbers[np.argmax(sizes[numbers])]
+        kept[largest] = level if sizes[largest] else 0
+    return kept[pieces], int(sizes.sum() - sizes[kept > 0].sum())
+
+
+def image_from_monai(array_xyz: np.ndarray, affine_ras) -> sitk.Image:
+    """A MONAI array ([x, y, z]; its affine maps voxels to RAS millimetres, as MONAI's loaders give it)
+    as a SimpleITK image (ITK's world is LPS: the first two world axes flip)."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array_xyz.transpose(2, 1, 0)))
+    affine_lps = RAS_TO_LPS @ np.asarray(affine_ras, dtype=float)[:3]
+    spacing_mm = np.linalg.norm(affine_lps[:, :3], axis=0)
+    image.SetOrigin(affine_lps[:, 3].tolist())
+    image.SetSpacing(spacing_mm.tolist())
+    image.SetDirection((affine_lps[:, :3] / spacing_mm).ravel().tolist())
+    return image
+
+
+def box_on_grid(reference: sitk.Image, affine_ras, shape_xyz) -> tuple[slice, slice, slice]:
+    """The [z, y, x] box of ``reference`` covered by a grid whose voxels are some of its own (a crop of
+    it, axes maybe flipped or swapped, as MONAI's Orientation and CropForeground leave it)."""
+    corners = np.array(list(itertools.product(*[(0, n - 1) for n in shape_xyz])), dtype=float)
+    affine_lps = RAS_TO_LPS @ np.asarray(affine_ras, dtype=float)[:3]
+    points = corners @ affine_lps[:, :3].T + affine_lps[:, 3]
+    indices = np.array([reference.TransformPhysicalPointToIndex(point.tolist()) for point in points])
+    low = np.maximum(indices.min(axis=0), 0)
+    high = np.minimum(indices.max(axis=0) + 1, reference.GetSize())
+    return tuple(slice(int(start), int(stop)) for start, stop in zip(low[::-1], high[::-1]))
+
+
+def largest_pieces_on_grid(verse_ids_xyz: np.ndarray, affine_ras, reference: sitk.Image,
+                           box: tuple[slice, slice, slice]) -> tuple[sitk.Image, list[str]]:
+    """VerSe ids predicted on a model's grid (MONAI layout) -> on ``reference``'s grid inside ``box``
+    (the region the model's input came from; background outside), each level's largest piece kept.
+
+    The pieces are found on the model's grid (a 3 mm grid has 27 times fewer voxels than a 1 mm CT),
+    laid out in ``reference``'s axis order so that pieces are numbered in its raster order (ties
+    go the same way), and carried by nearest neighbour, extended past the model grid's last voxel
+    centres as MONAI's inverse resampling does (border padding); their sizes are counted on
+    ``reference``'s grid. Where that grid is as fine as the model's or finer, a piece stays one piece,
+    so the result is what cleaning up on ``reference``'s grid after resampling the labels gives. (A
+    voxel exactly halfway between two model voxel centres may go to either: MONAI's Invertd decides
+    such ties by float32 rounding, ITK rounds half up.)"""
+    orientation = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(reference.GetDirection())
+    aligned = sitk.DICOMOrient(image_from_monai(verse_ids_xyz, affine_ras), orientation)
+    pieces, level_of_piece = level_pieces(sitk.GetArrayFromImage(aligned))
+    pieces_image = sitk.GetImageFromArray(pieces)
+    pieces_image.CopyInformation(aligned)
+    resampler = sitk.ResampleImageFilter()  # onto the box only: fewer voxels to compute and hold
+    resampler.SetOutputOrigin(reference.TransformIndexToPhysicalPoint([part.start for part in box[::-1]]))
+    resampler.SetSize([part.stop - part.start for part in box[::-1]])
+    resampler.SetOutputSpacing(reference.GetSpacing())
+    resampler.SetOutputDirection(reference.GetDirection())
+    resampler.SetInterpolator(sitk.sitkNearestNeighbor)
+    resampler.SetUseNearestNeighborExtrapolator(True)
+    resampler.SetOutputPixelType(sitk.sitkInt32)
+    resampled = resampler.Execute(pieces_image)
+    labels = np.zeros(reference.GetSize()[::-1], dtype=np.uint8)
+    labels[box], dropped = keep_largest_pieces(sitk.GetArrayViewFromImage(resampled), level_of_piece)
+    del resampled
+    image = sitk.GetImageFromArray(labels)
+    image.CopyInformation(reference)
+    return image, dropped_note(dropped)
 
 
 def order_violations(labels: sitk.Image) -> list[str]:
     """Levels must run cranio-caudally in label order without gaps; say where they do not."""
     shape = sitk.LabelShapeStatisticsImageFilter()
+    shape.SetComputePerimeter(False)  # only centroids are needed: the perimeter is most of the time
     shape.Execute(labels)
     present = sort_craniocaudal(LEVEL_BY_ID[v] for v in shape.GetLabels() if v in LEVEL_BY_ID)
     notes = []
