@@ -13,7 +13,8 @@ Expected heights (each height's relative loss against its pre-fracture estimate,
 relative height loss of the vertebra, RHLV, of the HealthiVert-GAN paper does per section): the central height
 Hc = (Ha + Hp) / 2, which wedging does not change, is the median over up to two undeformed
 levels on each side (within three levels; cervical levels and the others never judge each
-other, cervical bodies being far smaller); the expected anterior and posterior heights are
+other, cervical bodies being far smaller; T1, transitional, neither judges nor is judged by its
+neighbours: NO_NEIGHBOUR_LEVELS); the expected anterior and posterior heights are
 Hc -/+ D / 2, D being this level's physiological difference d * tan(angle) plus the median of the
 neighbours' own differences beyond theirs (the patient's posture and shape carry over), and the
 expected middle height is Hc times the neighbours' own middle/central ratio (their endplate
@@ -33,6 +34,10 @@ PHYSIOLOGICAL_WEDGE_DEG = {
     "T9": 3.8, "T10": 3.2, "T11": 5.0, "T12": 4.2, "L1": 3.35, "L2": 1.65, "L3": 0.1, "L4": -1.9, "L5": -6.2,
 }
 NEIGHBOURS_PER_SIDE = 2
+# T1, the cervicothoracic transitional vertebra, has a body smaller than T2-T4's and no level of
+# its own kind above (cervical bodies never judge thoracic ones): its neighbours would call a
+# normal T1 compressed, and it would lower T2's expectation. It is graded on its own ratios only.
+NO_NEIGHBOUR_LEVELS = ("T1",)
 MAX_NEIGHBOUR_DISTANCE = 3  # levels
 
 
@@ -91,9 +96,11 @@ def expected_heights(target: LevelHeights, undeformed: list[LevelHeights]) -> Ex
 
 
 def nearest_neighbours(level: Level, candidates: list[LevelHeights]) -> list[LevelHeights]:
+    if level.name in NO_NEIGHBOUR_LEVELS:
+        return []
     rank = level.craniocaudal_rank
     cervical = level.region is Region.CERVICAL  # cervical bodies are far smaller than thoracic ones
-    others = [c for c in candidates if c.level.name != level.name
+    others = [c for c in candidates if c.level.name != level.name and c.level.name not in NO_NEIGHBOUR_LEVELS
               and abs(c.level.craniocaudal_rank - rank) <= MAX_NEIGHBOUR_DISTANCE
               and (c.level.region is Region.CERVICAL) == cervical]
     above = sorted((c for c in others if c.level.craniocaudal_rank < rank), key=lambda c: -c.level.craniocaudal_rank)

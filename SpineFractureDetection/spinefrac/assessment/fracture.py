@@ -33,11 +33,21 @@ from enum import Enum
 
 import numpy as np
 
-from spinefrac.assessment.expected_heights import LevelHeights, expected_heights, physiological_difference_mm
+from spinefrac.assessment.expected_heights import (
+    NO_NEIGHBOUR_LEVELS,
+    LevelHeights,
+    expected_heights,
+    physiological_difference_mm,
+)
 from spinefrac.assessment.measurement import FovStatus, SpineMeasurements
-from spinefrac.assessment.morphometry import HEIGHT_SAMPLE_FRACTION, SpineMorphometry, VertebraMorphometry
+from spinefrac.assessment.morphometry import (
+    HEIGHT_SAMPLE_FRACTION,
+    SpineMorphometry,
+    VertebraMorphometry,
+    is_validated_region,
+)
 from spinefrac.hounsfield import METAL_HU
-from spinefrac.levels import Level, Region
+from spinefrac.levels import Level
 
 GRADE_THRESHOLDS = (0.20, 0.25, 0.40)  # height reduction at which grades 1, 2, 3 begin
 NEIGHBOUR_DEFORMATION_LIMIT = 0.15  # neighbours wedged more than this do not set expectations
@@ -49,6 +59,9 @@ L1_OSTEOPOROSIS_HU = 110.0
 L1_OSTEOPENIA_HU = 160.0
 DEFAULT_PROBABILITY_THRESHOLD = 0.5
 LUMBOSACRAL_LEVELS = ("L5", "L6")
+# Genant's grading and the normal ratios it is judged against are defined for thoracic and lumbar
+# bodies; cervical bodies (and C1, which has none) are measured and shown, never graded.
+OUTSIDE_VALIDATED_RANGE = "outside the validated range of the method (C1-C7): Genant grading is for T1-L5"
 
 
 class GenantType(str, Enum):
@@ -149,7 +162,7 @@ def assess_fractures(
         trabecular_hu = m.trabecular_hu if masks_fit_for_density else math.nan
         finding = VertebraFinding(m.level, Decision.NOT_ASSESSABLE, reason or "",
                                   trabecular_hu=trabecular_hu,
-                                  in_validated_range=m.level.region is not Region.CERVICAL)
+                                  in_validated_range=is_validated_region(m.level))
         if m.heights is not None:
             _record_heights(finding, m)  # shown even when not graded: the reason says why
         if reason is None:
@@ -166,8 +179,8 @@ def assess_fractures(
 def _not_assessable_reason(m: VertebraMorphometry, fov, spacing_mm) -> str | None:
     if not m.level.is_vertebra:
         return "sacrum: not graded"
-    if m.level.name == "C1":
-        return "C1 has no vertebral body"
+    if not is_validated_region(m.level):
+        return OUTSIDE_VALIDATED_RANGE
     if fov.fov_status is FovStatus.CUT:
         return "cut by the field of view"
     if m.heights is None:
@@ -283,10 +296,11 @@ def _explain(finding, worst, by_morphometry, by_classifier, threshold) -> str:
     if finding.fracture_probability is not None:
         relation = ">=" if by_classifier else "<"
         parts.append(f"classifier probability {finding.fracture_probability:.2f} {relation} {threshold:.2f}")
-    if not math.isfinite(finding.crush_reduction):
+    if finding.level.name in NO_NEIGHBOUR_LEVELS:
+        parts.append(f"{finding.level.name}: transitional body, smaller than the levels below it: "
+                     "within-vertebra ratios only")
+    elif not math.isfinite(finding.crush_reduction):
         parts.append("no undeformed neighbour to compare heights with: within-vertebra ratios only")
-    if not finding.in_validated_range:
-        parts.append("cervical level: outside the validated range (T1-L5)")
     if finding.level.name in LUMBOSACRAL_LEVELS and by_morphometry:
         parts.append("lumbosacral level: physiological wedging and tilt make morphometric grades less specific; "
                      "check the gallery")

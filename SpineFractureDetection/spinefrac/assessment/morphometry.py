@@ -40,9 +40,11 @@ MIDLINE_BAND_MM = 2.0  # half-width of the mid-sagittal band; narrower than the 
 MIN_BODY_VOXELS = 30
 MIN_TRABECULAR_VOXELS = 10
 MIN_BODY_SOLIDITY = 0.75
+BODY_WIDTH_MARGIN_FRACTION = 0.15  # the posterior half of a heart-shaped thoracic body is the wider
 FRAME_ITERATIONS = 2
 SLAB_FRACTIONS = (1 / 3, 1 / 2, 2 / 3)  # of the body height, where the AP extent is taken
 CORNER_INWARD_FRACTIONS = np.array([0.0, 0.1, 0.2])  # lines just inside a corner point (semi-depth)
+MIDDLE_SPAN_FRACTIONS = np.array([-0.2, -0.1, 0.0, 0.1, 0.2])  # middle-height lines (semi-depth from mid-depth)
 MAX_ENDPLATE_TILT_DEG = 35.0  # against the neighbour axis: beyond it the fit caught something else
 LPS_ANTERIOR = np.array([0.0, -1.0, 0.0])
 LPS_SUPERIOR = np.array([0.0, 0.0, 1.0])
@@ -169,6 +171,7 @@ def _isolate_and_measure(result: VertebraMorphometry, labels, hu, grid: VoxelGri
         result.problems.append("no gap of the spinal canal found: body and posterior elements not separable")
         return
     in_body = local[:, 1] >= anterior_limit
+    in_body[in_body] = _within_body_width(local[in_body])
     if np.count_nonzero(in_body) < MIN_BODY_VOXELS:
         result.problems.append(f"vertebral body too small ({np.count_nonzero(in_body)} voxels)")
         return
@@ -188,6 +191,20 @@ def _isolate_and_measure(result: VertebraMorphometry, labels, hu, grid: VoxelGri
     body_hu = hu[box][body]
     result.body_max_hu = float(body_hu.max())
     _trabecular(result, hu[box], body, grid.spacing)
+
+
+def _within_body_width(local: np.ndarray) -> np.ndarray:
+    """Points within the lateral extent of the body's anterior half (and a margin): transverse
+    processes and rib heads that reach in front of the canal's posterior-wall plane (T1 under C7,
+    a tilted upper thoracic level) lie beside the body, not in front of the pedicles; kept, they
+    would widen the body and move its mid-sagittal planes off its middle."""
+    v_low, v_high = np.percentile(local[:, 1], [2, 98])
+    front = local[local[:, 1] >= 0.5 * (v_low + v_high), 0]
+    if front.size < 2:
+        return np.ones(len(local), dtype=bool)
+    u_low, u_high = np.percentile(front, [1, 99])
+    margin = BODY_WIDTH_MARGIN_FRACTION * (u_high - u_low)
+    return (local[:, 0] >= u_low - margin) & (local[:, 0] <= u_high + margin)
 
 
 def _mid_height_solidity(local: np.ndarray, voxel_mm: float) -> float:
@@ -309,13 +326,7 @@ def _measure_body(result: VertebraMorphometry, frame: VertebralFrame, grid: Voxe
             continue
         v_front, v_back = extent
         depths.append(v_front - v_back)
-        v_middle, semi_depth = 0.5 * (v_front + v_back), 0.5 * (v_front - v_back)
-        inside = CORNER_INWARD_FRACTIONS * semi_depth
-        positions = (v_middle + HEIGHT_SAMPLE_FRACTION * semi_depth, v_middle,
-                     v_middle - HEIGHT_SAMPLE_FRACTION * semi_depth)
-        lines_v = (tuple(positions[0] - inside), (v_middle,), tuple(positions[2] + inside))
-        for q, v in enumerate(positions):
-            edges = probe.endplates(frame, u, lines_v[q], reach, planes if q != 1 else None)
+        for q, (v, edges) in enumerate(_genant_points(probe, frame, u, v_front, v_back, reach, planes)):
             if edges is None:
                 continue
             low, high = edges
@@ -332,6 +343,23 @@ def _measure_body(result: VertebraMorphometry, frame: VertebralFrame, grid: Voxe
     heights = np.nanmedian(per_plane, axis=0)
     result.heights = BodyHeights(float(heights[0]), float(heights[1]), float(heights[2]), per_plane,
                                  planes_u, tuple(lines), float(np.mean(edges_from_ct)))
+
+
+def _genant_points(probe: BodyProbe, frame: VertebralFrame, u: float, v_front: float, v_back: float,
+                   reach: float, planes) -> list[tuple[float, tuple | None]]:
+    """(v, endplate edges) of the anterior, middle and posterior height lines of one plane. The
+    middle height is the lowest over the central part of the body (MIDDLE_SPAN_FRACTIONS of the
+    semi-depth around the middle): where a reader puts the middle points of a biconcave body,
+    at the deepest point of the endplates' depression, which need not lie exactly mid-depth."""
+    v_middle, semi_depth = 0.5 * (v_front + v_back), 0.5 * (v_front - v_back)
+    inside = CORNER_INWARD_FRACTIONS * semi_depth
+    v_anterior = v_middle + HEIGHT_SAMPLE_FRACTION * semi_depth
+    v_posterior = v_middle - HEIGHT_SAMPLE_FRACTION * semi_depth
+    middle = [(v, probe.endplates(frame, u, v, reach)) for v in v_middle + MIDDLE_SPAN_FRACTIONS * semi_depth]
+    middle = [(v, edges) for v, edges in middle if edges is not None]
+    lowest = min(middle, key=lambda pair: pair[1][1].t_mm - pair[1][0].t_mm) if middle else (v_middle, None)
+    return [(v_anterior, probe.endplates(frame, u, tuple(v_anterior - inside), reach, planes)), lowest,
+            (v_posterior, probe.endplates(frame, u, tuple(v_posterior + inside), reach, planes))]
 
 
 def _mid_height_slab(local: np.ndarray, voxel_mm: float) -> np.ndarray:
