@@ -1,18 +1,20 @@
 """Stage 3a: vertebral body morphometry — body isolation, local frame, heights, trabecular HU.
 
 For each vertebra:
-1. A local frame that follows the spine: the cranio-caudal axis joins the neighbouring levels'
-   centroids (so it follows curvature and tilt, and a wedge-shaped body does not tilt its own
-   axis); the antero-posterior axis is the body's in-plane principal axis nearest the patient's
+1. A local frame that follows the spine: the cranio-caudal axis starts as the line joining the
+   neighbouring levels' bodies and ends as the mean normal of the body's own fitted endplates
+   (endplates.py: it bisects a wedged body's endplates); the antero-posterior axis is the body's in-plane principal axis nearest the patient's
    anterior direction (so axial rotation in scoliosis is followed).
 2. The vertebral body: the anterior-most solid run of the mask along the AP axis in a
    mid-sagittal band; everything posterior to the gap of the spinal canal (pedicles, arch,
-   processes) is removed.
+   processes) is removed, and so is anything beside the body's lateral extent (a transverse
+   process or rib head reaching in front of the canal's posterior-wall plane).
 3. Heights at the anterior, middle and posterior positions of Genant's six-point method (the
    middle and +/- HEIGHT_SAMPLE_FRACTION of the semi-depth), measured along the cranio-caudal
    axis on several parasagittal planes around the midline and summarised by their median —
-   not by the single most deformed plane. Each height is the distance between the outermost
-   0.5 crossings (inferior and superior endplate) of the linearly interpolated body mask.
+   not by the single most deformed plane; the middle height is the lowest over the central
+   part of the depth (the deepest point of a depressed endplate). Each height runs between the
+   endplates' bone/disc edges on the CT (endplates.py).
 4. Trabecular density: mean HU of the body eroded by TRABECULAR_MARGIN_MM (cortex and
    endplates excluded).
 """
@@ -40,7 +42,7 @@ MIDLINE_BAND_MM = 2.0  # half-width of the mid-sagittal band; narrower than the 
 MIN_BODY_VOXELS = 30
 MIN_TRABECULAR_VOXELS = 10
 MIN_BODY_SOLIDITY = 0.75
-BODY_WIDTH_MARGIN_FRACTION = 0.15  # the posterior half of a heart-shaped thoracic body is the wider
+BODY_WIDTH_MARGIN_FRACTION = 0.10  # a side: a thoracic body's posterior half is up to 16 % wider in all (VerSe)
 FRAME_ITERATIONS = 2
 SLAB_FRACTIONS = (1 / 3, 1 / 2, 2 / 3)  # of the body height, where the AP extent is taken
 CORNER_INWARD_FRACTIONS = np.array([0.0, 0.1, 0.2])  # lines just inside a corner point (semi-depth)
