@@ -18,7 +18,9 @@ neighbours: NO_NEIGHBOUR_LEVELS); the expected anterior and posterior heights ar
 Hc -/+ D / 2, D being this level's physiological difference d * tan(angle) plus the median of the
 neighbours' own differences beyond theirs (the patient's posture and shape carry over), and the
 expected middle height is Hc times the neighbours' own middle/central ratio (their endplate
-concavity).
+concavity), and so is each point of the middle profile (the heights across the central part of
+the body): a normal endplate's deepest point need not be at mid-depth, nor a fracture's, so
+the middle loss is compared point by point.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ class LevelHeights:
     middle_mm: float
     posterior_mm: float
     point_distance_mm: float  # between the anterior and posterior height points
+    middle_profile_mm: tuple[float, ...] = ()  # heights across the central part (morphometry.py)
 
     @property
     def central_mm(self) -> float:
@@ -77,6 +80,7 @@ class ExpectedHeights:
     middle_mm: float
     posterior_mm: float
     references: tuple[str, ...]  # the neighbouring levels used
+    middle_profile_mm: tuple[float, ...] = ()  # expected heights at the target's middle-profile points
 
 
 def expected_heights(target: LevelHeights, undeformed: list[LevelHeights]) -> ExpectedHeights | None:
@@ -92,7 +96,17 @@ def expected_heights(target: LevelHeights, undeformed: list[LevelHeights]) -> Ex
                               for r in references]))
     half_difference = 0.5 * (excess + physiological_difference_mm(target.level, target.point_distance_mm))
     return ExpectedHeights(central - half_difference, central * concavity, central + half_difference,
-                           tuple(r.level.name for r in references))
+                           tuple(r.level.name for r in references), _middle_profile(target, references, central))
+
+
+def _middle_profile(target: LevelHeights, references: list[LevelHeights], central_mm: float) -> tuple[float, ...]:
+    """Expected heights point by point across the central part: the neighbours' own heights there
+    over their central height (normal endplate concavity, deepest wherever it is) times ``central_mm``."""
+    size = len(target.middle_profile_mm)
+    shapes = [np.asarray(r.middle_profile_mm) / r.central_mm for r in references if len(r.middle_profile_mm) == size]
+    if size == 0 or not shapes:
+        return ()
+    return tuple(float(central_mm * ratio) for ratio in np.nanmedian(shapes, axis=0))
 
 
 def nearest_neighbours(level: Level, candidates: list[LevelHeights]) -> list[LevelHeights]:

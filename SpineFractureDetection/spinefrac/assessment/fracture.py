@@ -234,7 +234,8 @@ def _against_neighbours(findings: list[VertebraFinding], morphometry: dict[str, 
     shape (a crushed neighbour, or two adjacent fractures judging each other), until none drops."""
     measured = [f for f in findings if math.isfinite(f.wedge_reduction)]  # graded levels only
     heights = {f.level.name: LevelHeights(f.level, f.height_anterior_mm, f.height_middle_mm, f.height_posterior_mm,
-                                          _point_distance_mm(morphometry[f.level.name])) for f in measured}
+                                          _point_distance_mm(morphometry[f.level.name]),
+                                          morphometry[f.level.name].heights.middle_profile_mm) for f in measured}
     references = [f for f in measured if f.wedge_reduction < NEIGHBOUR_DEFORMATION_LIMIT
                   and f.biconcave_reduction < NEIGHBOUR_CONCAVITY_LIMIT]
     concavity = {f.level.name: f.biconcave_reduction for f in measured}
@@ -253,16 +254,27 @@ def _compare(finding: VertebraFinding, heights: dict[str, LevelHeights], referen
     expected = expected_heights(heights[finding.level.name], [heights[r.level.name] for r in references])
     if expected is None:
         return
+    finding.height_middle_mm, finding.height_middle_expected_mm = _most_reduced_middle(
+        heights[finding.level.name], expected)
     finding.height_anterior_expected_mm = expected.anterior_mm
-    finding.height_middle_expected_mm = expected.middle_mm
     finding.height_posterior_expected_mm = expected.posterior_mm
     finding.expected_from = expected.references
     finding.anterior_loss = max(0.0, 1.0 - finding.height_anterior_mm / expected.anterior_mm)
-    finding.middle_loss = max(0.0, 1.0 - finding.height_middle_mm / expected.middle_mm)
+    finding.middle_loss = max(0.0, 1.0 - finding.height_middle_mm / finding.height_middle_expected_mm)
     finding.crush_reduction = max(0.0, 1.0 - finding.height_posterior_mm / expected.posterior_mm)
     own_concavity = finding.height_middle_mm / _central_mm(finding)
-    neighbours_concavity = expected.middle_mm / (0.5 * (expected.anterior_mm + expected.posterior_mm))
+    neighbours_concavity = finding.height_middle_expected_mm / (0.5 * (expected.anterior_mm + expected.posterior_mm))
     finding.biconcave_reduction = max(0.0, 1.0 - own_concavity / neighbours_concavity)
+
+
+def _most_reduced_middle(target: LevelHeights, expected) -> tuple[float, float]:
+    """(measured, expected) middle height, mm, at the point of the central part reduced most
+    against the neighbours' heights at the same point (the deepest one without a profile)."""
+    points = [(h, e) for h, e in zip(target.middle_profile_mm, expected.middle_profile_mm)
+              if math.isfinite(h) and math.isfinite(e) and e > 0]
+    if not points:
+        return target.middle_mm, expected.middle_mm
+    return min(points, key=lambda pair: pair[0] / pair[1])
 
 
 def _decide(finding: VertebraFinding, probability: float | None, threshold: float) -> None:

@@ -21,6 +21,7 @@ For each vertebra:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -46,7 +47,7 @@ BODY_WIDTH_MARGIN_FRACTION = 0.10  # a side: a thoracic body's posterior half is
 FRAME_ITERATIONS = 2
 SLAB_FRACTIONS = (1 / 3, 1 / 2, 2 / 3)  # of the body height, where the AP extent is taken
 CORNER_INWARD_FRACTIONS = np.array([0.0, 0.1, 0.2])  # lines just inside a corner point (semi-depth)
-MIDDLE_SPAN_FRACTIONS = np.array([-0.2, -0.1, 0.0, 0.1, 0.2])  # middle-height lines (semi-depth from mid-depth)
+MIDDLE_SPAN_FRACTIONS = np.array([-0.1, 0.0, 0.1])  # middle-height lines (semi-depth from mid-depth)
 MAX_ENDPLATE_TILT_DEG = 35.0  # against the neighbour axis: beyond it the fit caught something else
 LPS_ANTERIOR = np.array([0.0, -1.0, 0.0])
 LPS_SUPERIOR = np.array([0.0, 0.0, 1.0])
@@ -70,6 +71,9 @@ class BodyHeights:
     plane_offsets_mm: tuple[float, ...]
     lines: tuple[HeightLine, ...]
     ct_edge_fraction: float = 1.0  # endplate points found on the CT (the rest: the mask's border)
+    # Heights at MIDDLE_SPAN_FRACTIONS of the semi-depth around mid-depth (median over the planes);
+    # middle_mm is the lowest of them.
+    middle_profile_mm: tuple[float, ...] = ()
 
 
 @dataclass
@@ -308,7 +312,7 @@ def _endplate_frame(result: VertebraMorphometry, frame: VertebralFrame, probe: B
 def _measure_body(result: VertebraMorphometry, frame: VertebralFrame, grid: VoxelGrid, probe: BodyProbe,
                   plane_fractions: tuple[float, ...] = PLANE_OFFSETS, planes=None) -> None:
     """Heights at Genant's points on parasagittal planes; the corner (anterior, posterior) lines
-    are guided by the fitted endplate ``planes`` where the mask strays, the middle line is not
+    are guided by the fitted endplate ``planes`` where the mask strays, the middle lines are not
     (a biconcave endplate sinks there, away from any plane)."""
     local = _body_local(result, frame, grid)
     voxel_mm = float(grid.spacing.max())
@@ -321,47 +325,53 @@ def _measure_body(result: VertebraMorphometry, frame: VertebralFrame, grid: Voxe
     reach = _reach(local, grid)
     band = max(MIDLINE_BAND_MM, 0.6 * voxel_mm)
     per_plane = np.full((len(planes_u), 3), np.nan)
+    middle_per_plane = np.full((len(planes_u), len(MIDDLE_SPAN_FRACTIONS)), np.nan)
     depths, lines, edges_from_ct = [], [], []
     for p, u in enumerate(planes_u):
         extent = _ap_extent(local, np.abs(local[:, 0] - u) <= band, voxel_mm, half_voxel)
         if extent is None:
             continue
-        v_front, v_back = extent
-        depths.append(v_front - v_back)
-        for q, (v, edges) in enumerate(_genant_points(probe, frame, u, v_front, v_back, reach, planes)):
+        depths.append(extent[0] - extent[1])
+        anterior, middle, posterior = _genant_points(probe, frame, u, *extent, reach, planes)
+        middle_per_plane[p] = [_height(edges) for _, edges in middle]
+        # The drawn middle line stays at mid-depth (the fracture simulator compresses around it).
+        mid_depth = middle[int(np.argmin(np.abs(MIDDLE_SPAN_FRACTIONS)))]
+        for q, (v, edges) in enumerate((anterior, mid_depth, posterior)):
             if edges is None:
                 continue
-            low, high = edges
-            per_plane[p, q] = high.t_mm - low.t_mm
-            edges_from_ct += [low.from_ct, high.from_ct]
+            per_plane[p, q] = _height(edges) if q != 1 else np.nanmin(middle_per_plane[p])
+            edges_from_ct += [edges[0].from_ct, edges[1].from_ct]
             if p == len(planes_u) // 2:
                 lines.append(HeightLine(("anterior", "middle", "posterior")[q],
-                                        tuple(frame.to_lps([u, v, low.t_mm]).tolist()),
-                                        tuple(frame.to_lps([u, v, high.t_mm]).tolist())))
+                                        tuple(frame.to_lps([u, v, edges[0].t_mm]).tolist()),
+                                        tuple(frame.to_lps([u, v, edges[1].t_mm]).tolist())))
     if not depths or not np.all(np.any(np.isfinite(per_plane), axis=0)):
         result.problems.append("body heights could not be measured on the mid-sagittal planes")
         return
     result.body_depth_mm = float(depths[len(depths) // 2])
     heights = np.nanmedian(per_plane, axis=0)
-    result.heights = BodyHeights(float(heights[0]), float(heights[1]), float(heights[2]), per_plane,
-                                 planes_u, tuple(lines), float(np.mean(edges_from_ct)))
+    profile = tuple(float(h) for h in np.nanmedian(middle_per_plane, axis=0))
+    result.heights = BodyHeights(float(heights[0]), float(np.nanmin(profile)), float(heights[2]), per_plane,
+                                 planes_u, tuple(lines), float(np.mean(edges_from_ct)), profile)
+
+
+def _height(edges) -> float:
+    return math.nan if edges is None else edges[1].t_mm - edges[0].t_mm
 
 
 def _genant_points(probe: BodyProbe, frame: VertebralFrame, u: float, v_front: float, v_back: float,
-                   reach: float, planes) -> list[tuple[float, tuple | None]]:
-    """(v, endplate edges) of the anterior, middle and posterior height lines of one plane. The
-    middle height is the lowest over the central part of the body (MIDDLE_SPAN_FRACTIONS of the
-    semi-depth around the middle): where a reader puts the middle points of a biconcave body,
-    at the deepest point of the endplates' depression, which need not lie exactly mid-depth."""
+                   reach: float, planes):
+    """(v, endplate edges or None) of the anterior height line, of the middle lines (at
+    MIDDLE_SPAN_FRACTIONS of the semi-depth around mid-depth) and of the posterior line of one
+    plane. The middle height is the lowest of the middle lines: the deepest point of a depressed
+    endplate, where a reader puts the middle points, need not lie exactly mid-depth."""
     v_middle, semi_depth = 0.5 * (v_front + v_back), 0.5 * (v_front - v_back)
     inside = CORNER_INWARD_FRACTIONS * semi_depth
     v_anterior = v_middle + HEIGHT_SAMPLE_FRACTION * semi_depth
     v_posterior = v_middle - HEIGHT_SAMPLE_FRACTION * semi_depth
     middle = [(v, probe.endplates(frame, u, v, reach)) for v in v_middle + MIDDLE_SPAN_FRACTIONS * semi_depth]
-    middle = [(v, edges) for v, edges in middle if edges is not None]
-    lowest = min(middle, key=lambda pair: pair[1][1].t_mm - pair[1][0].t_mm) if middle else (v_middle, None)
-    return [(v_anterior, probe.endplates(frame, u, tuple(v_anterior - inside), reach, planes)), lowest,
-            (v_posterior, probe.endplates(frame, u, tuple(v_posterior + inside), reach, planes))]
+    return ((v_anterior, probe.endplates(frame, u, tuple(v_anterior - inside), reach, planes)), middle,
+            (v_posterior, probe.endplates(frame, u, tuple(v_posterior + inside), reach, planes)))
 
 
 def _mid_height_slab(local: np.ndarray, voxel_mm: float) -> np.ndarray:
