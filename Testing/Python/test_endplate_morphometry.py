@@ -214,3 +214,18 @@ def test_train_cls_augmentation_makes_fractured_crops_from_normal_levels(sample)
     assert len(examples) == 2 and all(e.fractured and e.case == "sample" for e in examples)
     assert len({e.level for e in examples}) == 2 and all(e.level in ("L2", "L3", "L4") for e in examples)
     assert examples[0].crop.shape == examples[1].crop.shape and np.isfinite(examples[0].crop).all()
+
+
+def test_middle_heights_are_compared_point_by_point_with_the_neighbours():
+    """Normal endplates may be deepest off mid-depth: a level shaped like its neighbours loses
+    nothing, wherever their deepest point is; a depression at another point is measured there."""
+    def heights(name, profile):
+        return LevelHeights(level_for_name(name), 30.0, min(profile), 30.0, 30.0, tuple(profile))
+    neighbours = [heights("L2", (26.0, 27.0, 28.0)), heights("L4", (26.0, 27.0, 28.0))]
+    same_shape = expected_heights(heights("L3", (26.0, 27.0, 28.0)), neighbours)
+    assert same_shape.middle_profile_mm == pytest.approx((26.0, 27.0, 28.0))
+    depressed = heights("L3", (26.0, 20.0, 28.0))  # its deepest point (20 mm) is where theirs is 27 mm
+    expected = expected_heights(depressed, neighbours)
+    losses = [1 - h / e for h, e in zip(depressed.middle_profile_mm, expected.middle_profile_mm)]
+    assert max(losses) == pytest.approx(1 - 20.0 / 27.0)
+    assert 1 - depressed.middle_mm / expected.middle_mm < max(losses)  # the deepest alone would say less

@@ -202,7 +202,7 @@ def test_a_process_beside_the_body_does_not_widen_it_or_move_its_planes(lumbar):
     """A transverse process or rib head reaching in front of the canal's posterior-wall plane (as
     at T1 under C7) is beside the body: the body keeps its width and its grade."""
     body = np.argwhere(sitk.GetArrayFromImage(lumbar.body_labels) == 22)
-    (k0, j0, i0), (k1, j1, i1) = body.min(axis=0), body.max(axis=0)
+    (k0, j0, _), (k1, j1, i1) = body.min(axis=0), body.max(axis=0)
 
     def add_process(labels):
         k, j = (k0 + k1) // 2, j0 + 3 * (j1 - j0) // 4  # mid-height, in the posterior quarter of the body
