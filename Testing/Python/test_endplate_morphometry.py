@@ -95,7 +95,9 @@ def test_heights_follow_the_ct_when_the_mask_is_a_voxel_too_large_or_small(share
         assert all(grades[n] == ref_grades[n] for n in graded_in_both), (grades, ref_grades)
 
 
-def test_verse_expert_masks_against_their_published_genant_grades(shared_data):
+@pytest.fixture(scope="module")
+def verse_graded(shared_data):
+    """(truth rows, {(subject, level): finding}) for the VerSe masks with published grades."""
     folder = shared_data / "verse-masks"
     with open(folder / "fracture_grades.csv", newline="", encoding="utf-8") as handle:
         truth = [(row["subject"], row["level"], int(row["genant_grade"])) for row in csv.DictReader(handle)]
@@ -104,15 +106,30 @@ def test_verse_expert_masks_against_their_published_genant_grades(shared_data):
         ct, segmentation = verse_mask_case(folder / f"{subject}_seg-vert_msk.nii.gz")
         for f in assess(ct, segmentation).findings.findings:
             found[subject, f.level.name] = f
+    return truth, found
+
+
+def test_verse_expert_masks_against_their_published_genant_grades(verse_graded):
+    truth, found = verse_graded
     exact = 0
     for subject, level, grade in truth:
         f = found[subject, level]
         if grade == 0:
             assert f.decision is Decision.NORMAL, (subject, level, f.reason)
         else:
-            assert f.decision is Decision.FRACTURED and f.genant_grade >= 1, (subject, level, f.reason)
+            assert f.decision is Decision.FRACTURED and f.genant_grade >= min(grade, 2), (subject, level, f.reason)
         exact += f.genant_grade == grade
     assert exact >= 9, f"grade exact on {exact} of {len(truth)}"
+
+
+def test_expected_heights_never_come_from_a_fractured_neighbour(verse_graded):
+    """sub-verse004: T9, T10 and L1 are fractured; T10's expectation comes from T11 and T12, the
+    next undeformed levels, not from T9 above it."""
+    _, found = verse_graded
+    for (subject, name), f in found.items():
+        for reference in f.expected_from:
+            assert found[subject, reference].decision is Decision.NORMAL, (subject, name, reference)
+    assert found["sub-verse004", "T10"].expected_from == ("T11", "T12")
 
 
 @pytest.mark.parametrize("level, kind, loss", [("L2", "wedge", 0.4), ("L3", "biconcave", 0.3), ("L4", "crush", 0.35)])
@@ -152,6 +169,10 @@ def test_physiological_wedging_and_expected_heights():
     assert expected.anterior_mm > expected.posterior_mm  # L5's reverse wedge beyond L3/L4's
     assert expected.middle_mm == pytest.approx(27.0 / 30.0 * 0.5 * (expected.anterior_mm + expected.posterior_mm))
     assert expected_heights(heights("L5", 20, 20, 20), []) is None
+    # T1, transitional and smaller than T2-T4, neither takes nor sets a neighbour's expectation
+    upper = [heights("T1", 15, 15, 15), heights("T3", 22, 21, 23)]
+    assert expected_heights(heights("T1", 15, 15, 15), [heights("T2", 22, 21, 23)]) is None
+    assert expected_heights(heights("T2", 22, 21, 23), upper).references == ("T3",)
 
 
 def test_offline_engine_masks_are_graded_without_false_fractures(sample):
@@ -179,3 +200,18 @@ def test_train_cls_augmentation_makes_fractured_crops_from_normal_levels(sample)
     assert len(examples) == 2 and all(e.fractured and e.case == "sample" for e in examples)
     assert len({e.level for e in examples}) == 2 and all(e.level in ("L2", "L3", "L4") for e in examples)
     assert examples[0].crop.shape == examples[1].crop.shape and np.isfinite(examples[0].crop).all()
+
+
+def test_middle_heights_are_compared_point_by_point_with_the_neighbours():
+    """Normal endplates may be deepest off mid-depth: a level shaped like its neighbours loses
+    nothing, wherever their deepest point is; a depression at another point is measured there."""
+    def heights(name, profile):
+        return LevelHeights(level_for_name(name), 30.0, min(profile), 30.0, 30.0, tuple(profile))
+    neighbours = [heights("L2", (26.0, 27.0, 28.0)), heights("L4", (26.0, 27.0, 28.0))]
+    same_shape = expected_heights(heights("L3", (26.0, 27.0, 28.0)), neighbours)
+    assert same_shape.middle_profile_mm == pytest.approx((26.0, 27.0, 28.0))
+    depressed = heights("L3", (26.0, 20.0, 28.0))  # its deepest point (20 mm) is where theirs is 27 mm
+    expected = expected_heights(depressed, neighbours)
+    losses = [1 - h / e for h, e in zip(depressed.middle_profile_mm, expected.middle_profile_mm)]
+    assert max(losses) == pytest.approx(1 - 20.0 / 27.0)
+    assert 1 - depressed.middle_mm / expected.middle_mm < max(losses)  # the deepest alone would say less

@@ -177,3 +177,39 @@ def test_real_sample_reports_heights_grades_and_density(sample_ct, sample_labels
     for name in ("L1", "L2", "L3", "L4"):
         assert findings[name].genant_grade == 0, name
     assert findings["sacrum"].genant_grade is None and math.isnan(findings["sacrum"].height_middle_mm)
+
+
+def test_cervical_levels_are_measured_but_not_graded_and_t1_is_graded_on_its_own_ratios():
+    """Genant grading is for T1-L5: cervical levels stay grey with that reason (their heights
+    shown); T1, the transitional level under C7, neither sets nor takes a neighbour's expected
+    heights."""
+    neck = make_phantom(PhantomSpec(levels=("C6", "C7", "T1", "T2", "T3", "T4"), spacing_mm=(2.0, 2.0, 2.0),
+                                    ribs=False, seed=3))
+    _, _, findings = assess(neck)
+    by_name = findings.by_name()
+    for name in ("C6", "C7"):
+        f = by_name[name]
+        assert f.decision is Decision.NOT_ASSESSABLE and f.genant_grade is None, name
+        assert "outside the validated range of the method (C1-C7)" in f.reason, f.reason
+        assert not f.in_validated_range and math.isfinite(f.height_posterior_mm)
+    t1 = by_name["T1"]
+    assert t1.decision is Decision.NORMAL and t1.genant_grade == 0, t1.reason
+    assert t1.expected_from == () and "within-vertebra ratios only" in t1.reason
+    assert "T1" not in by_name["T2"].expected_from and by_name["T2"].expected_from
+
+
+def test_a_process_beside_the_body_does_not_widen_it_or_move_its_planes(lumbar):
+    """A transverse process or rib head reaching in front of the canal's posterior-wall plane (as
+    at T1 under C7) is beside the body: the body keeps its width and its grade."""
+    body = np.argwhere(sitk.GetArrayFromImage(lumbar.body_labels) == 22)
+    (k0, j0, _), (k1, j1, i1) = body.min(axis=0), body.max(axis=0)
+
+    def add_process(labels):
+        k, j = (k0 + k1) // 2, j0 + 3 * (j1 - j0) // 4  # mid-height, in the posterior quarter of the body
+        labels[k - 2:k + 2, j - 1:j + 2, i1:i1 + 17] = 22  # 25 mm to the left, 6 x 4.5 mm in section
+    _, plain, _ = assess(lumbar)
+    _, morphometry, findings = assess(lumbar, _edited(lumbar, add_process))
+    width = plain.by_name()["L3"].body_width_mm
+    # kept: at most the margin allowed for a body whose posterior half is the wider (10 % a side)
+    assert width <= morphometry.by_name()["L3"].body_width_mm <= 1.11 * width
+    assert findings.by_name()["L3"].decision is Decision.NORMAL

@@ -33,11 +33,21 @@ from enum import Enum
 
 import numpy as np
 
-from spinefrac.assessment.expected_heights import LevelHeights, expected_heights, physiological_difference_mm
+from spinefrac.assessment.expected_heights import (
+    NO_NEIGHBOUR_LEVELS,
+    LevelHeights,
+    expected_heights,
+    physiological_difference_mm,
+)
 from spinefrac.assessment.measurement import FovStatus, SpineMeasurements
-from spinefrac.assessment.morphometry import HEIGHT_SAMPLE_FRACTION, SpineMorphometry, VertebraMorphometry
+from spinefrac.assessment.morphometry import (
+    HEIGHT_SAMPLE_FRACTION,
+    SpineMorphometry,
+    VertebraMorphometry,
+    is_validated_region,
+)
 from spinefrac.hounsfield import METAL_HU
-from spinefrac.levels import Level, Region
+from spinefrac.levels import Level
 
 GRADE_THRESHOLDS = (0.20, 0.25, 0.40)  # height reduction at which grades 1, 2, 3 begin
 NEIGHBOUR_DEFORMATION_LIMIT = 0.15  # neighbours wedged more than this do not set expectations
@@ -49,6 +59,9 @@ L1_OSTEOPOROSIS_HU = 110.0
 L1_OSTEOPENIA_HU = 160.0
 DEFAULT_PROBABILITY_THRESHOLD = 0.5
 LUMBOSACRAL_LEVELS = ("L5", "L6")
+# Genant's grading and the normal ratios it is judged against are defined for thoracic and lumbar
+# bodies; cervical bodies (and C1, which has none) are measured and shown, never graded.
+OUTSIDE_VALIDATED_RANGE = "outside the validated range of the method (C1-C7): Genant grading is for T1-L5"
 
 
 class GenantType(str, Enum):
@@ -149,7 +162,7 @@ def assess_fractures(
         trabecular_hu = m.trabecular_hu if masks_fit_for_density else math.nan
         finding = VertebraFinding(m.level, Decision.NOT_ASSESSABLE, reason or "",
                                   trabecular_hu=trabecular_hu,
-                                  in_validated_range=m.level.region is not Region.CERVICAL)
+                                  in_validated_range=is_validated_region(m.level))
         if m.heights is not None:
             _record_heights(finding, m)  # shown even when not graded: the reason says why
         if reason is None:
@@ -166,8 +179,8 @@ def assess_fractures(
 def _not_assessable_reason(m: VertebraMorphometry, fov, spacing_mm) -> str | None:
     if not m.level.is_vertebra:
         return "sacrum: not graded"
-    if m.level.name == "C1":
-        return "C1 has no vertebral body"
+    if not is_validated_region(m.level):
+        return OUTSIDE_VALIDATED_RANGE
     if fov.fov_status is FovStatus.CUT:
         return "cut by the field of view"
     if m.heights is None:
@@ -221,7 +234,8 @@ def _against_neighbours(findings: list[VertebraFinding], morphometry: dict[str, 
     shape (a crushed neighbour, or two adjacent fractures judging each other), until none drops."""
     measured = [f for f in findings if math.isfinite(f.wedge_reduction)]  # graded levels only
     heights = {f.level.name: LevelHeights(f.level, f.height_anterior_mm, f.height_middle_mm, f.height_posterior_mm,
-                                          _point_distance_mm(morphometry[f.level.name])) for f in measured}
+                                          _point_distance_mm(morphometry[f.level.name]),
+                                          morphometry[f.level.name].heights.middle_profile_mm) for f in measured}
     references = [f for f in measured if f.wedge_reduction < NEIGHBOUR_DEFORMATION_LIMIT
                   and f.biconcave_reduction < NEIGHBOUR_CONCAVITY_LIMIT]
     concavity = {f.level.name: f.biconcave_reduction for f in measured}
@@ -240,16 +254,27 @@ def _compare(finding: VertebraFinding, heights: dict[str, LevelHeights], referen
     expected = expected_heights(heights[finding.level.name], [heights[r.level.name] for r in references])
     if expected is None:
         return
+    finding.height_middle_mm, finding.height_middle_expected_mm = _most_reduced_middle(
+        heights[finding.level.name], expected)
     finding.height_anterior_expected_mm = expected.anterior_mm
-    finding.height_middle_expected_mm = expected.middle_mm
     finding.height_posterior_expected_mm = expected.posterior_mm
     finding.expected_from = expected.references
     finding.anterior_loss = max(0.0, 1.0 - finding.height_anterior_mm / expected.anterior_mm)
-    finding.middle_loss = max(0.0, 1.0 - finding.height_middle_mm / expected.middle_mm)
+    finding.middle_loss = max(0.0, 1.0 - finding.height_middle_mm / finding.height_middle_expected_mm)
     finding.crush_reduction = max(0.0, 1.0 - finding.height_posterior_mm / expected.posterior_mm)
     own_concavity = finding.height_middle_mm / _central_mm(finding)
-    neighbours_concavity = expected.middle_mm / (0.5 * (expected.anterior_mm + expected.posterior_mm))
+    neighbours_concavity = finding.height_middle_expected_mm / (0.5 * (expected.anterior_mm + expected.posterior_mm))
     finding.biconcave_reduction = max(0.0, 1.0 - own_concavity / neighbours_concavity)
+
+
+def _most_reduced_middle(target: LevelHeights, expected) -> tuple[float, float]:
+    """(measured, expected) middle height, mm, at the point of the central part reduced most
+    against the neighbours' heights at the same point (the deepest one without a profile)."""
+    points = [(h, e) for h, e in zip(target.middle_profile_mm, expected.middle_profile_mm)
+              if math.isfinite(h) and math.isfinite(e) and e > 0]
+    if not points:
+        return target.middle_mm, expected.middle_mm
+    return min(points, key=lambda pair: pair[0] / pair[1])
 
 
 def _decide(finding: VertebraFinding, probability: float | None, threshold: float) -> None:
@@ -283,10 +308,11 @@ def _explain(finding, worst, by_morphometry, by_classifier, threshold) -> str:
     if finding.fracture_probability is not None:
         relation = ">=" if by_classifier else "<"
         parts.append(f"classifier probability {finding.fracture_probability:.2f} {relation} {threshold:.2f}")
-    if not math.isfinite(finding.crush_reduction):
+    if finding.level.name in NO_NEIGHBOUR_LEVELS:
+        parts.append(f"{finding.level.name}: transitional body, smaller than the levels below it: "
+                     "within-vertebra ratios only")
+    elif not math.isfinite(finding.crush_reduction):
         parts.append("no undeformed neighbour to compare heights with: within-vertebra ratios only")
-    if not finding.in_validated_range:
-        parts.append("cervical level: outside the validated range (T1-L5)")
     if finding.level.name in LUMBOSACRAL_LEVELS and by_morphometry:
         parts.append("lumbosacral level: physiological wedging and tilt make morphometric grades less specific; "
                      "check the gallery")

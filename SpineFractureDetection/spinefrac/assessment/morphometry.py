@@ -1,24 +1,27 @@
 """Stage 3a: vertebral body morphometry — body isolation, local frame, heights, trabecular HU.
 
 For each vertebra:
-1. A local frame that follows the spine: the cranio-caudal axis joins the neighbouring levels'
-   centroids (so it follows curvature and tilt, and a wedge-shaped body does not tilt its own
-   axis); the antero-posterior axis is the body's in-plane principal axis nearest the patient's
+1. A local frame that follows the spine: the cranio-caudal axis starts as the line joining the
+   neighbouring levels' bodies and ends as the mean normal of the body's own fitted endplates
+   (endplates.py: it bisects a wedged body's endplates); the antero-posterior axis is the body's in-plane principal axis nearest the patient's
    anterior direction (so axial rotation in scoliosis is followed).
 2. The vertebral body: the anterior-most solid run of the mask along the AP axis in a
    mid-sagittal band; everything posterior to the gap of the spinal canal (pedicles, arch,
-   processes) is removed.
+   processes) is removed, and so is anything beside the body's lateral extent (a transverse
+   process or rib head reaching in front of the canal's posterior-wall plane).
 3. Heights at the anterior, middle and posterior positions of Genant's six-point method (the
    middle and +/- HEIGHT_SAMPLE_FRACTION of the semi-depth), measured along the cranio-caudal
    axis on several parasagittal planes around the midline and summarised by their median —
-   not by the single most deformed plane. Each height is the distance between the outermost
-   0.5 crossings (inferior and superior endplate) of the linearly interpolated body mask.
+   not by the single most deformed plane; the middle height is the lowest over the central
+   part of the depth (the deepest point of a depressed endplate). Each height runs between the
+   endplates' bone/disc edges on the CT (endplates.py).
 4. Trabecular density: mean HU of the body eroded by TRABECULAR_MARGIN_MM (cortex and
    endplates excluded).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -40,9 +43,11 @@ MIDLINE_BAND_MM = 2.0  # half-width of the mid-sagittal band; narrower than the 
 MIN_BODY_VOXELS = 30
 MIN_TRABECULAR_VOXELS = 10
 MIN_BODY_SOLIDITY = 0.75
+BODY_WIDTH_MARGIN_FRACTION = 0.10  # a side: a thoracic body's posterior half is up to 16 % wider in all (VerSe)
 FRAME_ITERATIONS = 2
 SLAB_FRACTIONS = (1 / 3, 1 / 2, 2 / 3)  # of the body height, where the AP extent is taken
 CORNER_INWARD_FRACTIONS = np.array([0.0, 0.1, 0.2])  # lines just inside a corner point (semi-depth)
+MIDDLE_SPAN_FRACTIONS = np.array([-0.1, 0.0, 0.1])  # middle-height lines (semi-depth from mid-depth)
 MAX_ENDPLATE_TILT_DEG = 35.0  # against the neighbour axis: beyond it the fit caught something else
 LPS_ANTERIOR = np.array([0.0, -1.0, 0.0])
 LPS_SUPERIOR = np.array([0.0, 0.0, 1.0])
@@ -66,6 +71,9 @@ class BodyHeights:
     plane_offsets_mm: tuple[float, ...]
     lines: tuple[HeightLine, ...]
     ct_edge_fraction: float = 1.0  # endplate points found on the CT (the rest: the mask's border)
+    # Heights at MIDDLE_SPAN_FRACTIONS of the semi-depth around mid-depth (median over the planes);
+    # middle_mm is the lowest of them.
+    middle_profile_mm: tuple[float, ...] = ()
 
 
 @dataclass
@@ -177,6 +185,7 @@ def _isolate_and_measure(result: VertebraMorphometry, labels, hu, grid: VoxelGri
         result.problems.append("no gap of the spinal canal found: body and posterior elements not separable")
         return
     in_body = local[:, 1] >= anterior_limit
+    in_body[in_body] = _within_body_width(local[in_body])
     if np.count_nonzero(in_body) < MIN_BODY_VOXELS:
         result.problems.append(f"vertebral body too small ({np.count_nonzero(in_body)} voxels)")
         return
@@ -196,6 +205,20 @@ def _isolate_and_measure(result: VertebraMorphometry, labels, hu, grid: VoxelGri
     body_hu = hu[box][body]
     result.body_max_hu = float(body_hu.max())
     _trabecular(result, hu[box], body, grid.spacing)
+
+
+def _within_body_width(local: np.ndarray) -> np.ndarray:
+    """Points within the lateral extent of the body's anterior half (and a margin): transverse
+    processes and rib heads that reach in front of the canal's posterior-wall plane (T1 under C7,
+    a tilted upper thoracic level) lie beside the body, not in front of the pedicles; kept, they
+    would widen the body and move its mid-sagittal planes off its middle."""
+    v_low, v_high = np.percentile(local[:, 1], [2, 98])
+    front = local[local[:, 1] >= 0.5 * (v_low + v_high), 0]
+    if front.size < 2:
+        return np.ones(len(local), dtype=bool)
+    u_low, u_high = np.percentile(front, [1, 99])
+    margin = BODY_WIDTH_MARGIN_FRACTION * (u_high - u_low)
+    return (local[:, 0] >= u_low - margin) & (local[:, 0] <= u_high + margin)
 
 
 def _mid_height_solidity(local: np.ndarray, voxel_mm: float) -> float:
@@ -312,7 +335,7 @@ def _endplate_frame(result: VertebraMorphometry, frame: VertebralFrame, probe: B
 def _measure_body(result: VertebraMorphometry, frame: VertebralFrame, grid: VoxelGrid, probe: BodyProbe,
                   plane_fractions: tuple[float, ...] = PLANE_OFFSETS, planes=None) -> None:
     """Heights at Genant's points on parasagittal planes; the corner (anterior, posterior) lines
-    are guided by the fitted endplate ``planes`` where the mask strays, the middle line is not
+    are guided by the fitted endplate ``planes`` where the mask strays, the middle lines are not
     (a biconcave endplate sinks there, away from any plane)."""
     local = _body_local(result, frame, grid)
     voxel_mm = float(grid.spacing.max())
@@ -325,36 +348,53 @@ def _measure_body(result: VertebraMorphometry, frame: VertebralFrame, grid: Voxe
     reach = _reach(local, grid)
     band = max(MIDLINE_BAND_MM, 0.6 * voxel_mm)
     per_plane = np.full((len(planes_u), 3), np.nan)
+    middle_per_plane = np.full((len(planes_u), len(MIDDLE_SPAN_FRACTIONS)), np.nan)
     depths, lines, edges_from_ct = [], [], []
     for p, u in enumerate(planes_u):
         extent = _ap_extent(local, np.abs(local[:, 0] - u) <= band, voxel_mm, half_voxel)
         if extent is None:
             continue
-        v_front, v_back = extent
-        depths.append(v_front - v_back)
-        v_middle, semi_depth = 0.5 * (v_front + v_back), 0.5 * (v_front - v_back)
-        inside = CORNER_INWARD_FRACTIONS * semi_depth
-        positions = (v_middle + HEIGHT_SAMPLE_FRACTION * semi_depth, v_middle,
-                     v_middle - HEIGHT_SAMPLE_FRACTION * semi_depth)
-        lines_v = (tuple(positions[0] - inside), (v_middle,), tuple(positions[2] + inside))
-        for q, v in enumerate(positions):
-            edges = probe.endplates(frame, u, lines_v[q], reach, planes if q != 1 else None)
+        depths.append(extent[0] - extent[1])
+        anterior, middle, posterior = _genant_points(probe, frame, u, *extent, reach, planes)
+        middle_per_plane[p] = [_height(edges) for _, edges in middle]
+        # The drawn middle line stays at mid-depth (the fracture simulator compresses around it).
+        mid_depth = middle[int(np.argmin(np.abs(MIDDLE_SPAN_FRACTIONS)))]
+        for q, (v, edges) in enumerate((anterior, mid_depth, posterior)):
             if edges is None:
                 continue
-            low, high = edges
-            per_plane[p, q] = high.t_mm - low.t_mm
-            edges_from_ct += [low.from_ct, high.from_ct]
+            per_plane[p, q] = _height(edges) if q != 1 else np.nanmin(middle_per_plane[p])
+            edges_from_ct += [edges[0].from_ct, edges[1].from_ct]
             if p == len(planes_u) // 2:
                 lines.append(HeightLine(("anterior", "middle", "posterior")[q],
-                                        tuple(frame.to_lps([u, v, low.t_mm]).tolist()),
-                                        tuple(frame.to_lps([u, v, high.t_mm]).tolist())))
+                                        tuple(frame.to_lps([u, v, edges[0].t_mm]).tolist()),
+                                        tuple(frame.to_lps([u, v, edges[1].t_mm]).tolist())))
     if not depths or not np.all(np.any(np.isfinite(per_plane), axis=0)):
         result.problems.append("body heights could not be measured on the mid-sagittal planes")
         return
     result.body_depth_mm = float(depths[len(depths) // 2])
     heights = np.nanmedian(per_plane, axis=0)
-    result.heights = BodyHeights(float(heights[0]), float(heights[1]), float(heights[2]), per_plane,
-                                 planes_u, tuple(lines), float(np.mean(edges_from_ct)))
+    profile = tuple(float(h) for h in np.nanmedian(middle_per_plane, axis=0))
+    result.heights = BodyHeights(float(heights[0]), float(np.nanmin(profile)), float(heights[2]), per_plane,
+                                 planes_u, tuple(lines), float(np.mean(edges_from_ct)), profile)
+
+
+def _height(edges) -> float:
+    return math.nan if edges is None else edges[1].t_mm - edges[0].t_mm
+
+
+def _genant_points(probe: BodyProbe, frame: VertebralFrame, u: float, v_front: float, v_back: float,
+                   reach: float, planes):
+    """(v, endplate edges or None) of the anterior height line, of the middle lines (at
+    MIDDLE_SPAN_FRACTIONS of the semi-depth around mid-depth) and of the posterior line of one
+    plane. The middle height is the lowest of the middle lines: the deepest point of a depressed
+    endplate, where a reader puts the middle points, need not lie exactly mid-depth."""
+    v_middle, semi_depth = 0.5 * (v_front + v_back), 0.5 * (v_front - v_back)
+    inside = CORNER_INWARD_FRACTIONS * semi_depth
+    v_anterior = v_middle + HEIGHT_SAMPLE_FRACTION * semi_depth
+    v_posterior = v_middle - HEIGHT_SAMPLE_FRACTION * semi_depth
+    middle = [(v, probe.endplates(frame, u, v, reach)) for v in v_middle + MIDDLE_SPAN_FRACTIONS * semi_depth]
+    return ((v_anterior, probe.endplates(frame, u, tuple(v_anterior - inside), reach, planes)), middle,
+            (v_posterior, probe.endplates(frame, u, tuple(v_posterior + inside), reach, planes)))
 
 
 def _mid_height_slab(local: np.ndarray, voxel_mm: float) -> np.ndarray:

@@ -60,7 +60,7 @@ def fracture_sentence(row: dict) -> str:
     sentence = (f"{row['level']}: {GRADE_WORDS[grade]} (Genant grade {grade}) {row.get('genant_type')} fracture, "
                 f"{height_loss_phrase(row)}")
     cautions = [part for part in (row.get("decision_reason") or "").split("; ")
-                if part.startswith(("lumbosacral", "cervical", "classifier"))]
+                if part.startswith(("lumbosacral", "classifier"))]
     return sentence + "".join(f"; {caution}" for caution in cautions) + "."
 
 

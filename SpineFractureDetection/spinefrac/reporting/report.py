@@ -89,7 +89,8 @@ COLUMN_DEFINITIONS: dict[str, str] = {
     "fracture_probability": "calibrated probability of a learned classifier (empty without one)",
     "decision": "fractured (red), normal (green) or not_assessable (grey)",
     "decision_reason": "why: the grade and reduction, or what prevents an assessment",
-    "in_validated_range": "true for T1-L5 (and T13/L6); cervical levels are measured outside it",
+    "in_validated_range": "true for T1-L5 (and T13/L6); cervical levels are outside it: heights measured and "
+    "shown, never graded (not_assessable)",
     "qc_verdict": "quality control of the level's mask before grading: pass, warn (graded, check the mask) or "
     "fail (not graded: grey); see quality_control.method",
     "qc_reasons": "why the level warns or fails, ';'-separated (empty when it passes)",
