@@ -181,15 +181,23 @@ def _split_caudal_block(discs: list[int], profile: np.ndarray) -> list[int]:
 
 
 def _best_cuts(profile: np.ndarray, low: int, high: int, count: int, min_piece: float) -> list[int]:
-    """Up to count dips in [low, high) of highest endplate contrast, min_piece from the ends and each other."""
+    """Up to count dips in [low, high) of highest endplate contrast, min_piece from the ends and each other.
+    A disc dips below the marrow (the segment's median HU); a ripple in a flat body between its two
+    bright endplates does not, however bright the endplates either side of it: where dips below the
+    marrow exist only they are cut (a thin disc lost to partial volume may not dip below it, and is
+    taken where none does)."""
     reach = int(round(ENDPLATE_REACH_MM / PROFILE_STEP_MM))
     dips = [d for d in signal.argrelmin(profile, order=1)[0] if low + min_piece <= d <= high - min_piece]
     contrast = [min(profile[max(d - reach, 0):d].max(), profile[d + 1:d + reach + 1].max()) - profile[d] for d in dips]
+    marrow_hu = float(np.median(profile[low:high]))
+    below_marrow = [profile[d] <= marrow_hu - DISC_PROMINENCE_HU for d in dips]
+    if any(below_marrow):
+        dips, contrast = [d for d, b in zip(dips, below_marrow) if b], [c for c, b in zip(contrast, below_marrow) if b]
     cuts: list[int] = []
     for order in np.argsort(contrast)[::-1]:
-        if contrast[order] < DISC_PROMINENCE_HU or len(cuts) == count:
+        if len(cuts) == count:
             break
-        if all(abs(dips[order] - cut) >= min_piece for cut in cuts):
+        if contrast[order] >= DISC_PROMINENCE_HU and all(abs(dips[order] - cut) >= min_piece for cut in cuts):
             cuts.append(int(dips[order]))
     return cuts
 
