@@ -52,11 +52,11 @@ from spinefrac.segmentation.offline.discs import find_segments, mark_field_of_vi
 from spinefrac.segmentation.offline.identification import identify_levels
 from spinefrac.segmentation.offline.labelling import (
     assign_levels,
-    fill_enclosed_marrow,
     levels_with_metal,
     native_labels,
     refine_boundaries,
     segment_index,
+    vessel_mask,
 )
 
 
@@ -93,10 +93,12 @@ class OfflineEngine(SegmentationEngine):
         lateral_mm, anterior_mm, arc_mm = local_coordinates(work, bone, axis)
         identification = identify_levels(segments, lateral_mm, anterior_mm, arc_mm, float(np.prod(work.spacing_mm)))
         progress(0.75, "labelling vertebrae")
+        vessels = vessel_mask(work, bone, lateral_mm, anterior_mm, [s.length_mm for s in segments])
         work_labels = assign_levels(segments, bone, lateral_mm, anterior_mm, arc_mm)
+        work_labels[vessels] = 0
         work_labels = refine_boundaries(work, segments, bone, work_labels, arc_mm)
         work_labels[~bone_mask(work.values, work.spacing_mm, edge=True)] = 0
-        labels = fill_enclosed_marrow(native_labels(hu, spacing, work, work_labels))
+        labels = native_labels(hu, spacing, work, work_labels, vessels)
         image = sitk.GetImageFromArray(labels)
         image.CopyInformation(ct.image)
         image = sitk.Cast(image, LABEL_PIXEL_TYPE)
