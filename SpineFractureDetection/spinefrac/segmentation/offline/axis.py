@@ -17,7 +17,7 @@ from scipy.spatial import cKDTree
 
 from spinefrac.errors import InputError
 from spinefrac.hounsfield import AIR_MAX_HU
-from spinefrac.segmentation.offline.canal import BODY_BEFORE_CANAL_MM, CANAL_LATERAL_MM, canal_centres
+from spinefrac.segmentation.offline.canal import BODY_BEFORE_CANAL_MM, BODY_BESIDE_CANAL_MM, canal_fronts
 
 COARSE_SPACING_MM = 4.0
 WORK_SPACING_MM = 1.2  # finer voxels are block-averaged to about this size
@@ -190,7 +190,7 @@ def refine_axis(work: WorkGrid, bone: np.ndarray, coarse: WorkGrid, coarse_path_
     valid = np.nonzero(spine_slices)[0]
     work_k_mm = (np.arange(bone.shape[0]) + 0.5) * spacing[0]
     guide = np.stack([np.interp(work_k_mm, coarse_k_mm[valid], coarse_ji_mm[valid, axis]) for axis in (0, 1)], 1)
-    canal_ji_mm = canal_centres(canal, spacing, guide) if canal is not None else np.full(guide.shape, np.nan)
+    canal_ji_mm = canal_fronts(canal, spacing, guide) if canal is not None else np.full(guide.shape, np.nan)
     found = guide.copy()
     depth_mm = np.zeros(bone.shape[0])
     for k in range(bone.shape[0]):
@@ -224,14 +224,15 @@ def _thickest_near(bone_slice: np.ndarray, guide_mm: np.ndarray, spacing: np.nda
 
 
 def _before_canal(canal_mm: np.ndarray, low: np.ndarray, high: np.ndarray, spacing: np.ndarray) -> np.ndarray:
-    """Cells of the window [low, high) not too far in front of or beside the canal (all if none). The
-    axis may sit at the back of the body (the deepest bone where pedicles join it), so no minimum."""
+    """Cells of the window [low, high) not too far in front of or beside the canal's front (all if
+    none). The axis may sit at the back of the body (the deepest bone where the pedicles join it),
+    so no minimum."""
     j_mm = (np.arange(low[0], high[0]) + 0.5) * spacing[0]
     i_mm = (np.arange(low[1], high[1]) + 0.5) * spacing[1]
     if np.isnan(canal_mm[0]):
         return np.ones((j_mm.size, i_mm.size), dtype=bool)
     ahead_mm = canal_mm[0] - j_mm  # LPS: anterior is towards smaller j
-    return (ahead_mm <= BODY_BEFORE_CANAL_MM)[:, None] & (np.abs(i_mm - canal_mm[1]) <= CANAL_LATERAL_MM)[None, :]
+    return (ahead_mm <= BODY_BEFORE_CANAL_MM)[:, None] & (np.abs(i_mm - canal_mm[1]) <= BODY_BESIDE_CANAL_MM)[None, :]
 
 
 def _weighted_smooth(values: np.ndarray, weight: np.ndarray, sigma: float) -> np.ndarray:

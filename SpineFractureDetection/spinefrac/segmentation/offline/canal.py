@@ -21,9 +21,12 @@ ENCLOSURE_MM = 16.0  # a thoracic canal is 15 mm across, a lumbar one about 20 m
 ENCLOSING_RAYS = 6  # of 8: gaps (a foramen, a thin lamina lost to partial volume) allowed
 BEHIND_AXIS_MM = (8.0, 40.0)  # canal centre behind the body centre, cervical to lumbar
 CANAL_LATERAL_MM = 12.0
-# A body centre lies up to about 30 mm in front of the canal centre (a lumbar or sacral body: half its
-# depth plus the canal's radius); an enhanced aorta beside an upper thoracic body, more than 35 mm.
-BODY_BEFORE_CANAL_MM = 32.0
+# A body centre lies up to about 25 mm in front of the canal's front (half a lumbar body's depth, more
+# where the lumbosacral junction tilts the body across axial slices); an enhanced aorta beside an upper
+# thoracic body lies behind the body's front, more than 25 mm in front of the canal, its centre 40 mm.
+BODY_BEFORE_CANAL_MM = 28.0
+BODY_BESIDE_CANAL_MM = 25.0  # the canal's voxels can be lopsided (a foramen on one side)
+CANAL_FRONT_PERCENTILE = 10.0
 # The canal closes its bony ring only at the pedicles: a body lies in front of a ring found within
 # about half a vertebra above or below.
 CANAL_REACH_MM = 15.0
@@ -50,11 +53,11 @@ def canal_mask(hu: np.ndarray, spacing_mm: np.ndarray) -> np.ndarray:
     return (smooth >= CANAL_HU[0]) & (smooth <= CANAL_HU[1]) & (enclosed >= ENCLOSING_RAYS)
 
 
-def canal_centres(canal: np.ndarray, spacing_mm: np.ndarray, guide_ji_mm: np.ndarray) -> np.ndarray:
-    """Per axial slice, the (j, i) mm of the spinal canal (median of its voxels within CANAL_REACH_MM
-    above and below; NaN where none). Only canal behind the column's guide ([k, 2] mm) counts: the fat
-    between an enhanced aorta and a body, or the papillary muscles of an enhanced heart, are enclosed
-    by bright voxels too, but lie in front of it."""
+def canal_fronts(canal: np.ndarray, spacing_mm: np.ndarray, guide_ji_mm: np.ndarray) -> np.ndarray:
+    """Per axial slice, the (j, i) mm of the spinal canal's front (the CANAL_FRONT_PERCENTILE of its
+    voxels' j, their median i, within CANAL_REACH_MM above and below; NaN where none). Only canal
+    behind the column's guide ([k, 2] mm) counts: the fat between an enhanced aorta and a body, or
+    the papillary muscles of an enhanced heart, are enclosed by bright voxels too, but lie in front."""
     k, j, i = np.nonzero(canal)
     ji_mm = (np.column_stack([j, i]) + 0.5) * spacing_mm[1:]
     behind_mm = ji_mm[:, 0] - guide_ji_mm[k, 0]  # LPS: j runs posteriorly
@@ -62,12 +65,12 @@ def canal_centres(canal: np.ndarray, spacing_mm: np.ndarray, guide_ji_mm: np.nda
             & (np.abs(ji_mm[:, 1] - guide_ji_mm[k, 1]) <= CANAL_GUIDE_LATERAL_MM))
     k, ji_mm = k[near], ji_mm[near]  # np.nonzero gives k in ascending order
     reach = int(CANAL_REACH_MM / spacing_mm[0])
-    centres = np.full((canal.shape[0], 2), np.nan)
+    fronts = np.full((canal.shape[0], 2), np.nan)
     for n in range(canal.shape[0]):
         low, high = np.searchsorted(k, [n - reach, n + reach + 1])
         if high > low:
-            centres[n] = np.median(ji_mm[low:high], axis=0)
-    return centres
+            fronts[n] = np.percentile(ji_mm[low:high, 0], CANAL_FRONT_PERCENTILE), np.median(ji_mm[low:high, 1])
+    return fronts
 
 
 def _shifted(mask: np.ndarray, dj: int, di: int) -> np.ndarray:
