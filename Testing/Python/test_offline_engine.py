@@ -234,10 +234,9 @@ def test_contrast_chest_at_3_mm_with_its_top_vertebra_cut_keeps_the_axis_off_the
     phantom = make_phantom(PhantomSpec(levels=levels, spacing_mm=(3.0, 3.0, 3.0), contrast_vessels=True,
                                        sagittal_curvature_mm=curvature_mm, coronal_curvature_mm=curvature_mm / 2,
                                        crop_superior_mm=10.0, crop_inferior_mm=10.0, seed=seed))
-    reference = sitk.GetArrayFromImage(phantom.labels)
     blood_hu = sitk.GetArrayFromImage(phantom.ct)[sitk.GetArrayFromImage(phantom.vessels) > 0]
     assert 300 <= np.median(blood_hu) <= 500
-    assert np.count_nonzero(reference == 11) < 0.8 * np.count_nonzero(reference == 12)  # T4 cut by the view
+    assert np.any(sitk.GetArrayFromImage(sitk.DICOMOrient(phantom.labels, "LPS"))[-1] == 11)  # T4 cut by the view
     result = _segment(phantom.ct)
     assert _vessel_voxels_labelled(phantom, result) == 0  # measured 0 on both
     evaluation = evaluate_segmentation(result.label_map, sitk.DICOMOrient(phantom.labels, "LPS"))

@@ -64,7 +64,7 @@ def find_segments(work: WorkGrid, axis: SpineAxis) -> list[Segment]:
     section = profile[first:last + 1]
     discs = _disc_positions(section, thick_slices=work.spacing_mm[0] >= THICK_SLICE_MM)
     if work.spacing_mm[0] <= JOIN_MAX_SLICE_MM:  # on thick slices a thin disc's depth varies with its phase
-        discs = _joined_pieces(discs, section)
+        discs = _joined_pieces(discs, section, first == 0, last == arc_grid.size - 1)
     discs = _split_long_segments(discs, section) + first
     bounds = [arc_grid[first]] + [arc_grid[d] for d in discs] + [arc_grid[last] + PROFILE_STEP_MM]
     segments = [Segment(low, high) for low, high in zip(bounds[:-1], bounds[1:])]
@@ -101,18 +101,20 @@ def _disc_positions(profile: np.ndarray, thick_slices: bool = False) -> np.ndarr
     return _thinned(np.array(discs, dtype=int), profile, int(MIN_SEGMENT_MM / PROFILE_STEP_MM))
 
 
-def _joined_pieces(discs: np.ndarray, profile: np.ndarray) -> np.ndarray:
+def _joined_pieces(discs: np.ndarray, profile: np.ndarray, cut_below: bool = False,
+                   cut_above: bool = False) -> np.ndarray:
     """Drop dips that split one vertebra. Where trabecular bone is sparse a body dips between its
     own endplates too; on fine cranio-caudal voxels such dips can pass for discs and alternate
     with them. Two neighbouring segments that are each short for their stretch of spine and
     together as long as its vertebrae, parted by a dip shallower than the discs at their outer
-    ends, are one vertebra (the shallowest such dip is joined first)."""
+    ends, are one vertebra (the shallowest such dip is joined first). An end segment that the field
+    of view cuts is short for that reason: it is not joined to its neighbour."""
     kept = [int(d) for d in discs]
     while True:
         bounds = [0] + kept + [profile.size]
         lengths = np.diff(bounds)
         best, best_hu = -1, -np.inf
-        for n in range(len(kept)):  # dip kept[n] parts segments n and n + 1
+        for n in range(int(cut_below), len(kept) - int(cut_above)):  # dip kept[n] parts segments n and n + 1
             others = np.concatenate([lengths[max(n - 4, 0):n], lengths[n + 2:n + 6]])
             if others.size < 2:
                 continue
