@@ -107,14 +107,15 @@ def _joined_pieces(discs: np.ndarray, profile: np.ndarray, cut_below: bool = Fal
     own endplates too; on fine cranio-caudal voxels such dips can pass for discs and alternate
     with them. Two neighbouring segments that are each short for their stretch of spine and
     together as long as its vertebrae, parted by a dip shallower than the discs at their outer
-    ends, are one vertebra (the shallowest such dip is joined first). An end segment that the field
-    of view cuts is short for that reason: it is not joined to its neighbour."""
+    ends, are one vertebra (the shallowest such dip is joined first)."""
     kept = [int(d) for d in discs]
     while True:
         bounds = [0] + kept + [profile.size]
         lengths = np.diff(bounds)
         best, best_hu = -1, -np.inf
-        for n in range(int(cut_below), len(kept) - int(cut_above)):  # dip kept[n] parts segments n and n + 1
+        for n in range(len(kept)):  # dip kept[n] parts segments n and n + 1
+            if not _joinable_at_cut_end(kept, profile, n, cut_below, cut_above):
+                continue
             others = np.concatenate([lengths[max(n - 4, 0):n], lengths[n + 2:n + 6]])
             if others.size < 2:
                 continue
@@ -128,6 +129,16 @@ def _joined_pieces(discs: np.ndarray, profile: np.ndarray, cut_below: bool = Fal
         if best < 0:
             return np.array(kept, dtype=int)
         kept.pop(best)
+
+
+def _joinable_at_cut_end(kept: list[int], profile: np.ndarray, n: int, cut_below: bool, cut_above: bool) -> bool:
+    """A segment cut by the field of view is short for that reason, and has no disc at its outer end
+    to compare with: the dip parting it from its neighbour joins only when it is clearly (JOIN_HU)
+    shallower than the disc on the neighbour's other side."""
+    inner = n + 1 if (cut_below and n == 0) else n - 1 if (cut_above and n == len(kept) - 1) else None
+    if inner is None:
+        return True
+    return 0 <= inner < len(kept) and profile[kept[n]] - profile[kept[inner]] >= JOIN_HU
 
 
 def _shallower(kept: list[int], profile: np.ndarray, n: int) -> bool:
