@@ -225,6 +225,22 @@ def test_contrast_filled_aorta_and_heart_are_never_labelled(levels, spacing_mm, 
     assert _identified(phantom, result) == list(levels)
 
 
+def test_contrast_chest_at_3_mm_with_its_top_vertebra_cut_keeps_the_axis_off_the_aorta():
+    """At 3 mm the aorta beside the small upper thoracic bodies is as thick as they are, and where the
+    field of view cuts the top vertebra the axis used to veer onto it (917 vessel voxels in a vertebra
+    and 6 of 11 levels identified on this phantom): a body must lie in front of the spinal canal."""
+    levels = tuple(f"T{n}" for n in range(4, 13)) + ("L1", "L2")
+    phantom = make_phantom(PhantomSpec(levels=levels, spacing_mm=(3.0, 3.0, 3.0), contrast_vessels=True,
+                                       crop_superior_mm=10.0, crop_inferior_mm=10.0, seed=6))
+    blood_hu = sitk.GetArrayFromImage(phantom.ct)[sitk.GetArrayFromImage(phantom.vessels) > 0]
+    assert 300 <= np.median(blood_hu) <= 500
+    assert np.any(sitk.GetArrayFromImage(sitk.DICOMOrient(phantom.labels, "LPS"))[-1] == 11)  # T4 cut by the view
+    result = _segment(phantom.ct)
+    assert _vessel_voxels_labelled(phantom, result) == 0  # measured 0
+    evaluation = evaluate_segmentation(result.label_map, sitk.DICOMOrient(phantom.labels, "LPS"))
+    assert evaluation.identification_rate == 1.0 and evaluation.mean_dice >= 0.90  # measured 1.00, 0.92
+
+
 def test_lumbar_crop_cut_through_vertebrae_at_both_ends_is_not_counted_from_the_atlas():
     # T12 and the sacrum outside the view, L1 and L5 cut through: no anchor is seen.
     phantom = make_phantom(PhantomSpec(levels=("T12",) + LUMBAR[2:], spacing_mm=(1.5,) * 3, crop_superior_mm=45.0,

@@ -17,6 +17,7 @@ from scipy.spatial import cKDTree
 
 from spinefrac.errors import InputError
 from spinefrac.hounsfield import AIR_MAX_HU
+from spinefrac.segmentation.offline.canal import BODY_BEFORE_CANAL_MM, BODY_BESIDE_CANAL_MM, canal_fronts
 
 COARSE_SPACING_MM = 4.0
 WORK_SPACING_MM = 1.2  # finer voxels are block-averaged to about this size
@@ -200,8 +201,10 @@ def crop_box(coarse: WorkGrid, path_mm: np.ndarray, spine_slices: np.ndarray, sp
 
 
 def refine_axis(work: WorkGrid, bone: np.ndarray, coarse: WorkGrid, coarse_path_mm: np.ndarray,
-                 spine_slices: np.ndarray) -> SpineAxis:
-    """Follow the vertebral body centres: the thickest bone (deepest inside the mask) near the coarse axis."""
+                 spine_slices: np.ndarray, canal: np.ndarray | None = None) -> SpineAxis:
+    """Follow the vertebral body centres: the thickest bone (deepest inside the mask) near the coarse
+    axis; with a canal mask, only in front of the spinal canal (an enhanced aorta beside an upper
+    thoracic body is as thick, but has no canal behind it)."""
     spacing = work.spacing_mm
     offset_mm = work.start * (spacing / work.factors)  # working voxel 0 in the CT's index mm
     coarse_k_mm = (np.arange(coarse.values.shape[0]) + 0.5) * coarse.spacing_mm[0] - offset_mm[0]
@@ -209,10 +212,11 @@ def refine_axis(work: WorkGrid, bone: np.ndarray, coarse: WorkGrid, coarse_path_
     valid = np.nonzero(spine_slices)[0]
     work_k_mm = (np.arange(bone.shape[0]) + 0.5) * spacing[0]
     guide = np.stack([np.interp(work_k_mm, coarse_k_mm[valid], coarse_ji_mm[valid, axis]) for axis in (0, 1)], 1)
+    canal_ji_mm = canal_fronts(canal, spacing, guide) if canal is not None else np.full(guide.shape, np.nan)
     found = guide.copy()
     depth_mm = np.zeros(bone.shape[0])
     for k in range(bone.shape[0]):
-        found[k], depth_mm[k] = _thickest_near(bone[k], guide[k], spacing[1:])
+        found[k], depth_mm[k] = _thickest_near(bone[k], guide[k], spacing[1:], canal_ji_mm[k])
     smoothed = _weighted_smooth(found, depth_mm ** 2, AXIS_SMOOTHING_MM / spacing[0])
     points = np.column_stack([work_k_mm, smoothed])
     tangents = np.gradient(points, axis=0)
@@ -221,8 +225,11 @@ def refine_axis(work: WorkGrid, bone: np.ndarray, coarse: WorkGrid, coarse_path_
     return SpineAxis(points, tangents, arc)
 
 
-def _thickest_near(bone_slice: np.ndarray, guide_mm: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarray, float]:
-    """The point deepest inside bone near the guide: a body centre, not a thin arch or rib."""
+def _thickest_near(bone_slice: np.ndarray, guide_mm: np.ndarray, spacing: np.ndarray,
+                   canal_mm: np.ndarray) -> tuple[np.ndarray, float]:
+    """The point deepest inside bone near the guide: a body centre, not a thin arch or rib; where a
+    canal is in reach, only in front of it (a slice without one, or without bone there, keeps the
+    whole window)."""
     radius = np.ceil(BODY_SEARCH_RADIUS_MM / spacing).astype(int)
     centre = np.round(guide_mm / spacing - 0.5).astype(int)
     low = np.clip(centre - radius, 0, bone_slice.shape)
@@ -231,8 +238,23 @@ def _thickest_near(bone_slice: np.ndarray, guide_mm: np.ndarray, spacing: np.nda
     if window.size == 0 or not window.any():
         return guide_mm, 0.0
     depth = ndimage.distance_transform_edt(window, sampling=spacing)
+    zone = _before_canal(canal_mm, low, high, spacing) & window
+    if zone.any():
+        depth = np.where(zone, depth, 0.0)
     best = np.unravel_index(int(np.argmax(depth)), depth.shape)
     return (np.array(best) + low + 0.5) * spacing, float(depth[best])
+
+
+def _before_canal(canal_mm: np.ndarray, low: np.ndarray, high: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """Cells of the window [low, high) not too far in front of or beside the canal's front (all if
+    none). The axis may sit at the back of the body (the deepest bone where the pedicles join it),
+    so no minimum."""
+    j_mm = (np.arange(low[0], high[0]) + 0.5) * spacing[0]
+    i_mm = (np.arange(low[1], high[1]) + 0.5) * spacing[1]
+    if np.isnan(canal_mm[0]):
+        return np.ones((j_mm.size, i_mm.size), dtype=bool)
+    ahead_mm = canal_mm[0] - j_mm  # LPS: anterior is towards smaller j
+    return (ahead_mm <= BODY_BEFORE_CANAL_MM)[:, None] & (np.abs(i_mm - canal_mm[1]) <= BODY_BESIDE_CANAL_MM)[None, :]
 
 
 def _weighted_smooth(values: np.ndarray, weight: np.ndarray, sigma: float) -> np.ndarray:

@@ -21,6 +21,17 @@ ENCLOSURE_MM = 16.0  # a thoracic canal is 15 mm across, a lumbar one about 20 m
 ENCLOSING_RAYS = 6  # of 8: gaps (a foramen, a thin lamina lost to partial volume) allowed
 BEHIND_AXIS_MM = (8.0, 40.0)  # canal centre behind the body centre, cervical to lumbar
 CANAL_LATERAL_MM = 12.0
+# A body centre lies up to about 25 mm in front of the canal's front (half a lumbar body's depth, more
+# where the lumbosacral junction tilts the body across axial slices); an enhanced aorta beside an upper
+# thoracic body lies behind the body's front, more than 25 mm in front of the canal, its centre 40 mm.
+BODY_BEFORE_CANAL_MM = 28.0
+BODY_BESIDE_CANAL_MM = 25.0  # the canal's voxels can be lopsided (a foramen on one side)
+CANAL_FRONT_PERCENTILE = 10.0
+# The canal closes its bony ring only at the pedicles: a body lies in front of a ring found within
+# about half a vertebra above or below.
+CANAL_REACH_MM = 15.0
+CANAL_BEHIND_GUIDE_MM = (0.0, 45.0)  # the coarse guide is the centre of the bone mass: body and arch
+CANAL_GUIDE_LATERAL_MM = 20.0
 MIN_CANAL_VOXELS_MM3 = 20.0  # per segment: a few voxels of canal at one pedicle level suffice
 # Measured: 3 of 9 segments (a straight 3 mm neck phantom) to all, on phantoms; 7 of 7 to 14 of 14 on
 # the real CTs of ../shared/data; 0 on a bright contrast column with disc-like bands.
@@ -40,6 +51,26 @@ def canal_mask(hu: np.ndarray, spacing_mm: np.ndarray) -> np.ndarray:
             hit |= _shifted(bone, n * dj, n * di)
         enclosed += hit
     return (smooth >= CANAL_HU[0]) & (smooth <= CANAL_HU[1]) & (enclosed >= ENCLOSING_RAYS)
+
+
+def canal_fronts(canal: np.ndarray, spacing_mm: np.ndarray, guide_ji_mm: np.ndarray) -> np.ndarray:
+    """Per axial slice, the (j, i) mm of the spinal canal's front (the CANAL_FRONT_PERCENTILE of its
+    voxels' j, their median i, within CANAL_REACH_MM above and below; NaN where none). Only canal
+    behind the column's guide ([k, 2] mm) counts: the fat between an enhanced aorta and a body, or
+    the papillary muscles of an enhanced heart, are enclosed by bright voxels too, but lie in front."""
+    k, j, i = np.nonzero(canal)
+    ji_mm = (np.column_stack([j, i]) + 0.5) * spacing_mm[1:]
+    behind_mm = ji_mm[:, 0] - guide_ji_mm[k, 0]  # LPS: j runs posteriorly
+    near = ((behind_mm >= CANAL_BEHIND_GUIDE_MM[0]) & (behind_mm <= CANAL_BEHIND_GUIDE_MM[1])
+            & (np.abs(ji_mm[:, 1] - guide_ji_mm[k, 1]) <= CANAL_GUIDE_LATERAL_MM))
+    k, ji_mm = k[near], ji_mm[near]  # np.nonzero gives k in ascending order
+    reach = int(CANAL_REACH_MM / spacing_mm[0])
+    fronts = np.full((canal.shape[0], 2), np.nan)
+    for n in range(canal.shape[0]):
+        low, high = np.searchsorted(k, [n - reach, n + reach + 1])
+        if high > low:
+            fronts[n] = np.percentile(ji_mm[low:high, 0], CANAL_FRONT_PERCENTILE), np.median(ji_mm[low:high, 1])
+    return fronts
 
 
 def _shifted(mask: np.ndarray, dj: int, di: int) -> np.ndarray:

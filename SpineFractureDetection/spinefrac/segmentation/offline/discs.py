@@ -64,7 +64,7 @@ def find_segments(work: WorkGrid, axis: SpineAxis) -> list[Segment]:
     section = profile[first:last + 1]
     discs = _disc_positions(section, thick_slices=work.spacing_mm[0] >= THICK_SLICE_MM)
     if work.spacing_mm[0] <= JOIN_MAX_SLICE_MM:  # on thick slices a thin disc's depth varies with its phase
-        discs = _joined_pieces(discs, section)
+        discs = _joined_pieces(discs, section, first == 0, last == arc_grid.size - 1)
     discs = _split_long_segments(discs, section) + first
     bounds = [arc_grid[first]] + [arc_grid[d] for d in discs] + [arc_grid[last] + PROFILE_STEP_MM]
     segments = [Segment(low, high) for low, high in zip(bounds[:-1], bounds[1:])]
@@ -101,7 +101,8 @@ def _disc_positions(profile: np.ndarray, thick_slices: bool = False) -> np.ndarr
     return _thinned(np.array(discs, dtype=int), profile, int(MIN_SEGMENT_MM / PROFILE_STEP_MM))
 
 
-def _joined_pieces(discs: np.ndarray, profile: np.ndarray) -> np.ndarray:
+def _joined_pieces(discs: np.ndarray, profile: np.ndarray, cut_below: bool = False,
+                   cut_above: bool = False) -> np.ndarray:
     """Drop dips that split one vertebra. Where trabecular bone is sparse a body dips between its
     own endplates too; on fine cranio-caudal voxels such dips can pass for discs and alternate
     with them. Two neighbouring segments that are each short for their stretch of spine and
@@ -113,6 +114,8 @@ def _joined_pieces(discs: np.ndarray, profile: np.ndarray) -> np.ndarray:
         lengths = np.diff(bounds)
         best, best_hu = -1, -np.inf
         for n in range(len(kept)):  # dip kept[n] parts segments n and n + 1
+            if not _joinable_at_cut_end(kept, profile, n, cut_below, cut_above):
+                continue
             others = np.concatenate([lengths[max(n - 4, 0):n], lengths[n + 2:n + 6]])
             if others.size < 2:
                 continue
@@ -126,6 +129,16 @@ def _joined_pieces(discs: np.ndarray, profile: np.ndarray) -> np.ndarray:
         if best < 0:
             return np.array(kept, dtype=int)
         kept.pop(best)
+
+
+def _joinable_at_cut_end(kept: list[int], profile: np.ndarray, n: int, cut_below: bool, cut_above: bool) -> bool:
+    """A segment cut by the field of view is short for that reason, and has no disc at its outer end
+    to compare with: the dip parting it from its neighbour joins only when it is clearly (JOIN_HU)
+    shallower than the disc on the neighbour's other side."""
+    inner = n + 1 if (cut_below and n == 0) else n - 1 if (cut_above and n == len(kept) - 1) else None
+    if inner is None:
+        return True
+    return 0 <= inner < len(kept) and profile[kept[n]] - profile[kept[inner]] >= JOIN_HU
 
 
 def _shallower(kept: list[int], profile: np.ndarray, n: int) -> bool:
@@ -181,15 +194,23 @@ def _split_caudal_block(discs: list[int], profile: np.ndarray) -> list[int]:
 
 
 def _best_cuts(profile: np.ndarray, low: int, high: int, count: int, min_piece: float) -> list[int]:
-    """Up to count dips in [low, high) of highest endplate contrast, min_piece from the ends and each other."""
+    """Up to count dips in [low, high) of highest endplate contrast, min_piece from the ends and each other.
+    A disc dips below the marrow (the segment's median HU); a ripple in a flat body between its two
+    bright endplates does not, however bright the endplates either side of it: where dips below the
+    marrow exist only they are cut (a thin disc lost to partial volume may not dip below it, and is
+    taken where none does)."""
     reach = int(round(ENDPLATE_REACH_MM / PROFILE_STEP_MM))
     dips = [d for d in signal.argrelmin(profile, order=1)[0] if low + min_piece <= d <= high - min_piece]
     contrast = [min(profile[max(d - reach, 0):d].max(), profile[d + 1:d + reach + 1].max()) - profile[d] for d in dips]
+    marrow_hu = float(np.median(profile[low:high]))
+    below_marrow = [profile[d] <= marrow_hu - DISC_PROMINENCE_HU for d in dips]
+    if any(below_marrow):
+        dips, contrast = [d for d, b in zip(dips, below_marrow) if b], [c for c, b in zip(contrast, below_marrow) if b]
     cuts: list[int] = []
     for order in np.argsort(contrast)[::-1]:
-        if contrast[order] < DISC_PROMINENCE_HU or len(cuts) == count:
+        if len(cuts) == count:
             break
-        if all(abs(dips[order] - cut) >= min_piece for cut in cuts):
+        if contrast[order] >= DISC_PROMINENCE_HU and all(abs(dips[order] - cut) >= min_piece for cut in cuts):
             cuts.append(int(dips[order]))
     return cuts
 

@@ -52,11 +52,11 @@ from spinefrac.segmentation.offline.discs import find_segments, mark_field_of_vi
 from spinefrac.segmentation.offline.identification import identify_levels
 from spinefrac.segmentation.offline.labelling import (
     assign_levels,
-    fill_enclosed_marrow,
     levels_with_metal,
     native_labels,
     refine_boundaries,
     segment_index,
+    vessel_mask,
 )
 
 
@@ -78,7 +78,8 @@ class OfflineEngine(SegmentationEngine):
         crop_start, crop_stop = crop_box(coarse, coarse_path_mm, spine_slices, spacing, hu.shape)
         work = block_mean(hu, spacing, WORK_SPACING_MM, crop_start, crop_stop)
         bone = bone_mask(work.values, work.spacing_mm)
-        axis = refine_axis(work, bone, coarse, coarse_path_mm, spine_slices)
+        canal = canal_mask(work.values, work.spacing_mm)
+        axis = refine_axis(work, bone, coarse, coarse_path_mm, spine_slices, canal)
         progress(0.45, "finding intervertebral discs")
         segments = find_segments(work, axis)
         native_k_mm = spacing[0]  # working-grid k mm of the image's faces: the grid starts at work.start
@@ -87,15 +88,17 @@ class OfflineEngine(SegmentationEngine):
             raise InputError("no spine found in the CT: no sequence of vertebrae separated by discs "
                              "along the bone column (is the spine in the field of view?)")
         progress(0.55, "checking for the spinal canal")
-        require_canal(_segments_with_canal(work, axis, segments))
+        require_canal(_segments_with_canal(work, canal, axis, segments))
         progress(0.6, "identifying levels")
         lateral_mm, anterior_mm, arc_mm = local_coordinates(work, bone, axis)
         identification = identify_levels(segments, lateral_mm, anterior_mm, arc_mm, float(np.prod(work.spacing_mm)))
         progress(0.75, "labelling vertebrae")
+        vessels = vessel_mask(work, bone, lateral_mm, anterior_mm, [s.length_mm for s in segments])
         work_labels = assign_levels(segments, bone, lateral_mm, anterior_mm, arc_mm)
+        work_labels[vessels] = 0
         work_labels = refine_boundaries(work, segments, bone, work_labels, arc_mm)
         work_labels[~bone_mask(work.values, work.spacing_mm, edge=True)] = 0
-        labels = fill_enclosed_marrow(native_labels(hu, spacing, work, work_labels))
+        labels = native_labels(hu, spacing, work, work_labels, vessels)
         image = sitk.GetImageFromArray(labels)
         image.CopyInformation(ct.image)
         if image.GetPixelID() != LABEL_PIXEL_TYPE:
@@ -118,8 +121,7 @@ class OfflineEngine(SegmentationEngine):
         )
 
 
-def _segments_with_canal(work, axis, segments) -> np.ndarray:
-    canal = canal_mask(work.values, work.spacing_mm)
+def _segments_with_canal(work, canal, axis, segments) -> np.ndarray:
     lateral_mm, anterior_mm, arc_mm = local_coordinates(work, canal, axis)
     return segments_with_canal(canal, float(np.prod(work.spacing_mm)), segment_index(segments, arc_mm),
                                lateral_mm, anterior_mm, len(segments))

@@ -32,6 +32,12 @@ LATERAL_REACH_MM = {"cervical": 35.0, "thoracic": 31.0, "lumbar": 50.0, "sacral"
 BODY_CENTRE_MM = 6.0  # a piece with bone this close to the axis holds the body
 FRONT_PIECE_MM = 10.0  # a piece whose mean lies this far in front of the axis is not the vertebra
 
+# Contrast-filled blood: homogeneous, 250-650 HU on lightly smoothed voxels (cortex is denser, and
+# too thin to hold a core); a vessel core is what is left of it after an axial erosion by
+# VESSEL_CORE_MM (the aorta is 20-30 mm across, partial-volume bridges to a body a voxel or two wide).
+VESSEL_HU = (250.0, 650.0)
+VESSEL_CORE_MM = 4.0
+VESSEL_LENGTH_RATIO = 1.3  # of the typical segment (body and disc): longer than any body
 VESSEL_CELL_MM = 2.0  # cross-section cells of bright voxels crossing a disc plane
 DISC_PLANE_MM = 1.5  # half thickness of a disc plane: inside the thinnest disc
 
@@ -118,6 +124,41 @@ def _drop_pieces_in_front(labels: np.ndarray, bone: np.ndarray, lateral_mm: np.n
     return labels
 
 
+def vessel_mask(work: WorkGrid, bone: np.ndarray, lateral_mm: np.ndarray, anterior_mm: np.ndarray,
+                segment_lengths_mm: list[float]) -> np.ndarray:
+    """Working voxels of contrast-filled vessels running past the bodies: cores of blood-bright tissue
+    in front of the axis that hold no body centre and run further along the spine than a vertebra
+    (a disc, dark, parts the bodies; the aorta crosses it), with the partial-volume rim around them.
+    A body's marrow can be as bright, but holds its centre; nothing of a vertebra lies in front of
+    its body and is longer than it."""
+    smooth = ndimage.gaussian_filter(work.values, BONE_SMOOTHING_VOXELS)
+    bright = (smooth >= VESSEL_HU[0]) & (smooth <= VESSEL_HU[1]) & bone
+    disk = _axial_disk(VESSEL_CORE_MM, work.spacing_mm)
+    cores, count = ndimage.label(ndimage.binary_erosion(bright, disk))
+    if count == 0:
+        return np.zeros(bone.shape, dtype=bool)
+    forward = np.zeros(bone.shape, dtype=np.float32)
+    forward[bone] = anterior_mm
+    centre = np.zeros(bone.shape, dtype=bool)
+    centre[bone] = (np.abs(lateral_mm) <= BODY_CENTRE_MM) & (np.abs(anterior_mm) <= BODY_CENTRE_MM)
+    numbers = np.arange(1, count + 1)
+    in_front = np.asarray(ndimage.mean(forward, cores, numbers)) > FRONT_PIECE_MM
+    holds_centre = np.asarray(ndimage.maximum(centre, cores, numbers)) > 0
+    boxes = ndimage.find_objects(cores)
+    length_mm = np.array([(box[0].stop - box[0].start) * work.spacing_mm[0] for box in boxes])
+    longer = length_mm > VESSEL_LENGTH_RATIO * float(np.median(segment_lengths_mm))
+    vessels = np.isin(cores, numbers[in_front & ~holds_centre & longer])
+    rim = _axial_disk(VESSEL_CORE_MM + float(np.max(work.spacing_mm[1:])), work.spacing_mm)
+    return ndimage.binary_dilation(vessels, rim) & bone
+
+
+def _axial_disk(radius_mm: float, spacing_mm: np.ndarray) -> np.ndarray:
+    """A structuring element: the voxels of one axial slice within radius_mm of its centre."""
+    reach = np.maximum(1, np.floor(radius_mm / np.asarray(spacing_mm[1:]))).astype(int)
+    j, i = np.ogrid[-reach[0]:reach[0] + 1, -reach[1]:reach[1] + 1]
+    return (np.hypot(j * spacing_mm[1], i * spacing_mm[2]) <= max(radius_mm, *spacing_mm[1:]))[None]
+
+
 def refine_boundaries(work: WorkGrid, segments: list[Segment], bone: np.ndarray, labels: np.ndarray,
                        arc_mm: np.ndarray) -> np.ndarray:
     """Re-draw the cuts between levels: bone near a cut plane goes to the level it is joined to
@@ -200,12 +241,16 @@ def _keep_connected_to_body(labels: np.ndarray) -> np.ndarray:
     return labels
 
 
-def native_labels(hu: np.ndarray, spacing_mm: np.ndarray, work: WorkGrid, work_labels: np.ndarray) -> np.ndarray:
-    """Labels on the CT's own grid: working labels spread over the native bone voxels."""
+def native_labels(hu: np.ndarray, spacing_mm: np.ndarray, work: WorkGrid, work_labels: np.ndarray,
+                  vessels: np.ndarray) -> np.ndarray:
+    """Labels on the CT's own grid: working labels spread over the native bone voxels, none on the
+    working voxels of vessels, and each level's enclosed marrow filled in."""
     labels = np.zeros(hu.shape, dtype=np.uint8)
     if np.all(work.factors == 1):
-        stop = work.start + np.array(work_labels.shape)
-        labels[tuple(slice(a, b) for a, b in zip(work.start, stop))] = work_labels
+        box = tuple(slice(a, a + n) for a, n in zip(work.start, work_labels.shape))
+        labels[box] = work_labels
+        labels = fill_enclosed_marrow(labels)
+        labels[box][vessels] = 0
         return labels
     # One working voxel of growth first: native bone reaches a little beyond the averaged bone.
     grown = np.where(work_labels > 0, work_labels, ndimage.grey_dilation(work_labels, size=3))
@@ -216,6 +261,10 @@ def native_labels(hu: np.ndarray, spacing_mm: np.ndarray, work: WorkGrid, work_l
     native = hu[box] if np.issubdtype(hu.dtype, np.integer) else np.asarray(hu[box], dtype=np.float32)
     native_bone = bone_mask(native, spacing_mm, edge=True)
     labels[box] = np.where(native_bone, grown, 0)
+    labels = fill_enclosed_marrow(labels)
+    for axis, factor in enumerate(work.factors):
+        vessels = np.repeat(vessels, factor, axis=axis)
+    labels[box][vessels] = 0
     return labels
 
 
