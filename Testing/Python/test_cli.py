@@ -201,7 +201,8 @@ def test_cuda_request_without_a_gpu_is_a_clear_error(tmp_path, sample_ct, sample
     assert not (tmp_path / "out").exists()
 
 
-def test_run_without_segmentation_uses_the_offline_engine_grades_and_withholds_density(tmp_path, sample_ct,
+def test_run_without_segmentation_uses_the_offline_engine_shows_heights_and_withholds_grade_and_density(
+        tmp_path, sample_ct,
                                                                                        monkeypatch):
     monkeypatch.setenv("SPINEFRAC_CACHE", str(tmp_path / "empty-cache"))  # no learned model installed
     result = run_cli("run", sample_ct, "-o", tmp_path / "out", "-q")
@@ -214,9 +215,10 @@ def test_run_without_segmentation_uses_the_offline_engine_grades_and_withholds_d
     assert identification["summary"] in report["segmentation"]["notes"]
     rows = {row["level"]: row for row in report["levels"]}
     assert {"L1", "L2", "L3", "L4", "L5", "sacrum"} <= set(rows)
-    # Heights come from the CT's endplates, so the offline masks are graded (a normal CT: all normal)
-    assert all(rows[name]["decision"] == "normal" and rows[name]["genant_grade"] == 0
-               for name in ("L1", "L2", "L3", "L4", "L5"))
+    # Unchecked offline masks: heights shown, no grade, the reason says why and what to do
+    for name in ("L1", "L2", "L3", "L4", "L5"):
+        assert rows[name]["decision"] == "not_assessable" and rows[name]["genant_grade"] is None
+        assert "offline-engine mask" in rows[name]["decision_reason"] and rows[name]["height_anterior_mm"] > 15
     assert all(rows[name]["trabecular_hu"] is None for name in ("L1", "L2", "L3", "L4", "L5"))
     assert report["osteoporosis_screen"] is None  # threshold masks bias the density: withheld
 

@@ -62,7 +62,7 @@ def assess(
     if probabilities:
         probabilities = {name: p for name, p in probabilities.items() if name not in quality.failing()}
     findings = assess_fractures(measurements, morphometry, probabilities, probability_threshold,
-                                segmentation.masks_fit_for_density)
+                                segmentation.masks_fit_for_density, segmentation.masks_fit_for_grading)
     _explain_withheld(findings, quality)
     return SpineAssessment(measurements, quality, morphometry, findings)
 

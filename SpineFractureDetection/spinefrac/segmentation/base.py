@@ -57,6 +57,10 @@ class VertebraSegmentation:
     # engine): heights are still measured on the CT's endplate edges and graded, but the
     # trabecular HU (the L1 density screen) is withheld.
     masks_fit_for_density: bool = True
+    # False when the level borders are estimated cut planes rather than traced endplates (the
+    # offline engine): heights are measured and shown, the Genant grade is withheld until a
+    # clinician has checked the masks (Slicer: edit, then Classify) or a learned model segments.
+    masks_fit_for_grading: bool = True
     # None: the levels are as the source or the model labelled them.
     identification: LevelIdentification | None = None
 
