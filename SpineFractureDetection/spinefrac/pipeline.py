@@ -158,22 +158,8 @@ def run_pipeline(
             "Genant grade >= 1 or probability >= threshold")
 
     stages.stage("Writing outputs")
-    with output as work, BackgroundDrawing() as gallery, ThreadPoolExecutor(max_workers=1) as writer:
-        # The gallery drawn in a forked child on the second core; forked before the writer thread starts, so the
-        # child inherits no lock that thread holds.
-        gallery.start(write_gallery_png, ct, segmentation, morphometry, findings, work / GALLERY_FILE,
-                      quality=assessment.quality)
-        # Label maps written (ITK, zlib: no GIL) while the pictures are drawn, from images and a grid of their own:
-        # GetArrayViewFromImage copies an image another thread holds, leaving earlier views on a freed buffer.
-        label_maps = writer.submit(_write_label_maps, ct, ct.to_source_grid(segmentation.label_map), ct.grid,
-                                   morphometry, work)
-        report.dicom_export = write_dicom_objects(dicom_plan, segmentation, report, work)
-        report.write(work)
-        (work / FINDINGS_FILE).write_text(report.findings_text(), encoding="utf-8")
-        write_overview_png(ct, segmentation, measurements, work / OVERVIEW_FILE, title=_title(ct, segmentation),
-                           morphometry=morphometry, findings=findings, quality=assessment.quality)
-        label_maps.result()
-        gallery.result()
+    with output as work:
+        _write_outputs(work, ct, segmentation, assessment, report, dicom_plan)
     final = Path(output_folder)
     files = _written_files(final, report.dicom_export["written"])
     stages.close()
@@ -240,6 +226,27 @@ def _draw_and_answer(sending, draw, args, kwargs) -> None:
     except Exception:  # an exception that does not pickle: its type name and message instead
         sending.send(RuntimeError(f"{type(error).__name__}: {error}"))
     sending.close()
+
+
+def _write_outputs(work: Path, ct: CtVolume, segmentation: VertebraSegmentation, assessment, report: SpineReport,
+                   dicom_plan) -> None:
+    """Every output file into the work folder (renamed into place by AtomicOutputFolder when all succeed)."""
+    with BackgroundDrawing() as gallery, ThreadPoolExecutor(max_workers=1) as writer:
+        # The gallery drawn in a forked child on the second core; forked before the writer thread starts, so the
+        # child inherits no lock that thread holds.
+        gallery.start(write_gallery_png, ct, segmentation, assessment.morphometry, assessment.findings,
+                      work / GALLERY_FILE, quality=assessment.quality)
+        # Label maps written (ITK, zlib: no GIL) while the pictures are drawn, from images and a grid of their own:
+        # GetArrayViewFromImage copies an image another thread holds, leaving earlier views on a freed buffer.
+        label_maps = writer.submit(_write_label_maps, ct, ct.to_source_grid(segmentation.label_map), ct.grid,
+                                   assessment.morphometry, work)
+        report.dicom_export = write_dicom_objects(dicom_plan, segmentation, report, work)
+        report.write(work)
+        (work / FINDINGS_FILE).write_text(report.findings_text(), encoding="utf-8")
+        write_overview_png(ct, segmentation, assessment.measurements, work / OVERVIEW_FILE,
+                           title=_title(ct, segmentation), morphometry=assessment.morphometry, findings=assessment.findings, quality=assessment.quality)
+        label_maps.result()
+        gallery.result()
 
 
 def _written_files(folder: Path, dicom_written: bool) -> dict[str, Path]:
