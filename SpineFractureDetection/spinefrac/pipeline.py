@@ -6,6 +6,7 @@ grading: the same chain the Slicer module runs) -> SpineReport -> files (written
 
 from __future__ import annotations
 
+import multiprocessing
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,23 +158,95 @@ def run_pipeline(
             "Genant grade >= 1 or probability >= threshold")
 
     stages.stage("Writing outputs")
-    with output as work, ThreadPoolExecutor(max_workers=1) as writer:
-        # Label maps written (ITK, zlib: no GIL) while the pictures are drawn, from images and a grid of their own:
-        # GetArrayViewFromImage copies an image another thread holds, leaving earlier views on a freed buffer.
-        label_maps = writer.submit(_write_label_maps, ct, ct.to_source_grid(segmentation.label_map), ct.grid,
-                                   morphometry, work)
-        report.dicom_export = write_dicom_objects(dicom_plan, segmentation, report, work)
-        report.write(work)
-        (work / FINDINGS_FILE).write_text(report.findings_text(), encoding="utf-8")
-        write_overview_png(ct, segmentation, measurements, work / OVERVIEW_FILE, title=_title(ct, segmentation),
-                           morphometry=morphometry, findings=findings, quality=assessment.quality)
-        write_gallery_png(ct, segmentation, morphometry, findings, work / GALLERY_FILE, quality=assessment.quality)
-        label_maps.result()
+    with output as work:
+        _write_outputs(work, ct, segmentation, assessment, report, dicom_plan)
     final = Path(output_folder)
     files = _written_files(final, report.dicom_export["written"])
     stages.close()
     return RunResult(ct, segmentation, measurements, morphometry, findings, report, assessment.quality,
                      device_choice, final, files)
+
+
+class BackgroundDrawing:
+    """Runs one drawing in a forked child process (a second core for matplotlib, which holds the GIL), or in
+    this process where fork is unavailable. ``result`` waits for it and raises the child's exception here, so
+    a full disk in the child is the same one-line error; leaving the block unfinished ends the child."""
+
+    def __init__(self):
+        self._child = self._answer = None
+
+    def start(self, draw, *args, **kwargs) -> None:
+        if "fork" not in multiprocessing.get_all_start_methods():
+            draw(*args, **kwargs)
+            return
+        self._answer, sending = multiprocessing.Pipe(duplex=False)
+        self._child = multiprocessing.get_context("fork").Process(
+            target=_draw_and_answer, args=(sending, draw, args, kwargs), daemon=True)
+        self._child.start()
+        sending.close()
+
+    def result(self) -> None:
+        if self._child is None:
+            return
+        try:
+            error = self._answer.recv()
+        except EOFError:  # the child died without answering (killed, out of memory)
+            self._child.join()
+            error = RuntimeError(f"the drawing process ended with exit code {self._child.exitcode}")
+        except Exception as unreadable:  # an exception that pickles but does not unpickle
+            error = RuntimeError(f"the drawing process failed: {unreadable}")
+        self._finish()
+        if error is not None:
+            raise error
+
+    def _finish(self) -> None:
+        child, self._child = self._child, None
+        if child.is_alive():
+            child.terminate()
+        child.join()
+        self._answer.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._child is not None:
+            self._finish()
+
+
+def _draw_and_answer(sending, draw, args, kwargs) -> None:
+    """In the child: draw, then send None or the exception (its type and message survive pickling)."""
+    try:
+        draw(*args, **kwargs)
+        error = None
+    except BaseException as caught:  # noqa: BLE001 - every failure goes back to the parent
+        error = caught
+    try:
+        sending.send(error)
+    except Exception:  # an exception that does not pickle: its type name and message instead
+        sending.send(RuntimeError(f"{type(error).__name__}: {error}"))
+    sending.close()
+
+
+def _write_outputs(work: Path, ct: CtVolume, segmentation: VertebraSegmentation, assessment, report: SpineReport,
+                   dicom_plan) -> None:
+    """Every output file into the work folder (renamed into place by AtomicOutputFolder when all succeed)."""
+    with BackgroundDrawing() as gallery, ThreadPoolExecutor(max_workers=1) as writer:
+        # The gallery drawn in a forked child on the second core; forked before the writer thread starts, so the
+        # child inherits no lock that thread holds.
+        gallery.start(write_gallery_png, ct, segmentation, assessment.morphometry, assessment.findings,
+                      work / GALLERY_FILE, quality=assessment.quality)
+        # Label maps written (ITK, zlib: no GIL) while the pictures are drawn, from images and a grid of their own:
+        # GetArrayViewFromImage copies an image another thread holds, leaving earlier views on a freed buffer.
+        label_maps = writer.submit(_write_label_maps, ct, ct.to_source_grid(segmentation.label_map), ct.grid,
+                                   assessment.morphometry, work)
+        report.dicom_export = write_dicom_objects(dicom_plan, segmentation, report, work)
+        report.write(work)
+        (work / FINDINGS_FILE).write_text(report.findings_text(), encoding="utf-8")
+        write_overview_png(ct, segmentation, assessment.measurements, work / OVERVIEW_FILE,
+                           title=_title(ct, segmentation), morphometry=assessment.morphometry, findings=assessment.findings, quality=assessment.quality)
+        label_maps.result()
+        gallery.result()
 
 
 def _written_files(folder: Path, dicom_written: bool) -> dict[str, Path]:

@@ -22,6 +22,8 @@ For each vertebra:
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -45,6 +47,7 @@ MIN_TRABECULAR_VOXELS = 10
 MIN_BODY_SOLIDITY = 0.75
 BODY_WIDTH_MARGIN_FRACTION = 0.10  # a side: a thoracic body's posterior half is up to 16 % wider in all (VerSe)
 FRAME_ITERATIONS = 2
+LEVEL_WORKERS = 2  # processes for the per-level work: the issue's target machine has 2 cores
 SLAB_FRACTIONS = (1 / 3, 1 / 2, 2 / 3)  # of the body height, where the AP extent is taken
 CORNER_INWARD_FRACTIONS = np.array([0.0, 0.1, 0.2])  # lines just inside a corner point (semi-depth)
 MIDDLE_SPAN_FRACTIONS = np.array([-0.1, 0.0, 0.1])  # middle-height lines (semi-depth from mid-depth)
@@ -120,21 +123,23 @@ def measure_morphometry(
     centroids = {m.level.name: lps_from_ras(m.centroid_ras_mm) for m in measurements.vertebrae}
     vertebrae = [m.level for m in measurements.vertebrae]
     boxes = _level_boxes(labels)
-    results = []
-    for level in vertebrae:
+
+    def isolate(level: Level) -> VertebraMorphometry:
         result = VertebraMorphometry(level)
-        results.append(result)
-        if not level.is_vertebra:
-            continue
-        axis = _craniocaudal_axis(level, vertebrae, centroids)
-        _isolate_and_measure(result, labels, hu, grid, centroids[level.name], axis, boxes[level.verse_id - 1])
+        if level.is_vertebra:
+            axis = _craniocaudal_axis(level, vertebrae, centroids)
+            _isolate_and_measure(result, labels, hu, grid, centroids[level.name], axis, boxes[level.verse_id - 1])
+        return result
+
+    results = map_levels(isolate, vertebrae)
     # Second pass: with body centroids known, the axis joining neighbouring bodies (not whole
     # vertebrae, whose posterior elements bias the centroid) starts the endplate fit; the frame
     # then comes from the body's own endplates and the heights are measured in it.
     body_centres = {r.level.name: r.frame.centre_lps_mm for r in results if r.frame is not None}
-    for result in results:
+
+    def measure(result: VertebraMorphometry) -> VertebraMorphometry:
         if result.frame is None:
-            continue
+            return result
         neighbour_axis = _craniocaudal_axis(result.level, vertebrae, body_centres, fallback=result.frame.superior)
         frame = make_frame(result.frame.centre_lps_mm, neighbour_axis, result.frame.anterior)
         probe = _probe(result, hu, grid)
@@ -142,7 +147,32 @@ def measure_morphometry(
         local = _body_local(result, frame, grid)
         planes = endplate_planes(probe, frame, local, _reach(local, grid))
         _measure_body(result, frame, grid, probe, planes=planes)
-    return SpineMorphometry(results, tuple(ct.image.GetSpacing()))
+        return result
+
+    return SpineMorphometry(map_levels(measure, results), tuple(ct.image.GetSpacing()))
+
+
+_FORKED_WORK = None  # the function the forked workers of map_levels call: inherited, never pickled
+
+
+def map_levels(work, items: list) -> list:
+    """[work(item) for item in items], the levels shared out over forked worker processes (one per usable
+    core, at most LEVEL_WORKERS; the levels are independent): each worker inherits the CT and masks without a
+    copy and sends back only its results. In this process where fork is unavailable or one core is usable."""
+    global _FORKED_WORK
+    workers = min(LEVEL_WORKERS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+    if workers < 2 or len(items) < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        return [work(item) for item in items]
+    _FORKED_WORK = lambda index: work(items[index])  # noqa: E731 - bound here, run in the forks
+    try:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            return pool.map(_run_forked_work, range(len(items)), chunksize=1)
+    finally:
+        _FORKED_WORK = None
+
+
+def _run_forked_work(index: int):
+    return _FORKED_WORK(index)
 
 
 def _craniocaudal_axis(level: Level, levels: list[Level], centres: dict, fallback=LPS_SUPERIOR) -> np.ndarray:
