@@ -8,6 +8,7 @@ benchmarks/simulated_fractures_real_ct.py."""
 from __future__ import annotations
 
 import csv
+import sys
 
 import numpy as np
 import pytest
@@ -223,3 +224,20 @@ def test_middle_heights_are_compared_point_by_point_with_the_neighbours():
     losses = [1 - h / e for h, e in zip(depressed.middle_profile_mm, expected.middle_profile_mm)]
     assert max(losses) == pytest.approx(1 - 20.0 / 27.0)
     assert 1 - depressed.middle_mm / expected.middle_mm < max(losses)  # the deepest alone would say less
+
+
+def test_levels_are_measured_in_forked_workers_only_outside_slicer(monkeypatch):
+    """The CLI shares the levels over forked workers (2 cores); inside the Slicer application (its
+    module imported) the GUI process is never forked: the work runs in this process."""
+    import os
+
+    from spinefrac.assessment import morphometry
+
+    monkeypatch.setitem(sys.modules, "slicer", object())
+    assert set(morphometry.map_levels(lambda _: os.getpid(), [0, 1, 2])) == {os.getpid()}
+    monkeypatch.delitem(sys.modules, "slicer")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    pids = morphometry.map_levels(lambda _: os.getpid(), [0, 1, 2, 3])
+    assert len(pids) == 4
+    if cores >= 2 and "fork" in __import__("multiprocessing").get_all_start_methods():
+        assert os.getpid() not in pids

@@ -24,6 +24,8 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import sys
+import threading
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -161,7 +163,7 @@ def map_levels(work, items: list) -> list:
     copy and sends back only its results. In this process where fork is unavailable or one core is usable."""
     global _FORKED_WORK
     workers = min(LEVEL_WORKERS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
-    if workers < 2 or len(items) < 2 or "fork" not in multiprocessing.get_all_start_methods():
+    if workers < 2 or len(items) < 2 or not _may_fork():
         return [work(item) for item in items]
     _FORKED_WORK = lambda index: work(items[index])  # noqa: E731 - bound here, run in the forks
     try:
@@ -169,6 +171,13 @@ def map_levels(work, items: list) -> list:
             return pool.map(_run_forked_work, range(len(items)), chunksize=1)
     finally:
         _FORKED_WORK = None
+
+
+def _may_fork() -> bool:
+    """Fork only a plain Python process's main thread: inside the Slicer application (Qt event loop,
+    VTK and OpenGL state) or from a worker thread, the levels are measured in this process."""
+    return ("fork" in multiprocessing.get_all_start_methods() and "slicer" not in sys.modules
+            and threading.current_thread() is threading.main_thread())
 
 
 def _run_forked_work(index: int):
