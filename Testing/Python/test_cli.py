@@ -221,6 +221,8 @@ def test_run_without_segmentation_uses_the_offline_engine_shows_heights_and_with
         assert "offline-engine mask" in rows[name]["decision_reason"] and rows[name]["height_anterior_mm"] > 15
     assert all(rows[name]["trabecular_hu"] is None for name in ("L1", "L2", "L3", "L4", "L5"))
     assert report["osteoporosis_screen"] is None  # threshold masks bias the density: withheld
+    findings = (tmp_path / "out" / "findings.txt").read_text(encoding="utf-8")
+    assert "not measured on the offline engine's masks" in findings and "not a normal result" in findings
 
 
 def test_help_explains_the_command():
