@@ -172,13 +172,15 @@ class BackgroundDrawing:
     this process where fork is unavailable. ``result`` waits for it and raises the child's exception here, so
     a full disk in the child is the same one-line error; leaving the block unfinished ends the child."""
 
-    def __init__(self):
-        self._child = self._answer = None
+    def __init__(self, timeout_s: float = 300.0):
+        self._child = self._answer = self._drawing = None
+        self._timeout_s = timeout_s  # a watchdog: a child that never answers is ended, the drawing done here
 
     def start(self, draw, *args, **kwargs) -> None:
         if "fork" not in multiprocessing.get_all_start_methods():
             draw(*args, **kwargs)
             return
+        self._drawing = (draw, args, kwargs)
         self._answer, sending = multiprocessing.Pipe(duplex=False)
         self._child = multiprocessing.get_context("fork").Process(
             target=_draw_and_answer, args=(sending, draw, args, kwargs), daemon=True)
@@ -187,6 +189,11 @@ class BackgroundDrawing:
 
     def result(self) -> None:
         if self._child is None:
+            return
+        if not self._answer.poll(self._timeout_s):  # hung (a lock inherited in its held state)
+            self._finish()
+            draw, args, kwargs = self._drawing
+            draw(*args, **kwargs)
             return
         try:
             error = self._answer.recv()

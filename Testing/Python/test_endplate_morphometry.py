@@ -241,3 +241,26 @@ def test_levels_are_measured_in_forked_workers_only_outside_slicer(monkeypatch):
     assert len(pids) == 4
     if cores >= 2 and "fork" in __import__("multiprocessing").get_all_start_methods():
         assert os.getpid() not in pids
+
+
+def test_a_forked_level_worker_that_never_answers_does_not_hang_the_run(monkeypatch):
+    """Watchdog: workers that hang (here: every forked one) are given up after the timeout and the
+    levels are measured in this process, with the same results."""
+    import os
+    import time
+
+    from spinefrac.assessment import morphometry
+
+    if (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1) < 2:
+        pytest.skip("one usable core: the levels are never forked")
+    monkeypatch.delitem(sys.modules, "slicer", raising=False)
+    monkeypatch.setattr(morphometry, "LEVEL_WORKERS_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(morphometry, "LEVEL_WORKER_TIMEOUT_S_PER_LEVEL", 0.0)
+    parent = os.getpid()
+
+    def work(item):
+        while os.getpid() != parent:  # a forked worker that never answers
+            time.sleep(0.05)
+        return item * 10
+
+    assert morphometry.map_levels(work, [1, 2, 3]) == [10, 20, 30]

@@ -254,3 +254,35 @@ def test_a_full_disk_during_overwrite_keeps_the_previous_results(tmp_path, data)
     assert child.stderr.startswith("spinefrac: error: no space left") and len(child.stderr.splitlines()) == 1
     assert _digests(out) == before and _digests(data) == inputs
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "out"]
+
+
+def test_a_drawing_child_that_never_answers_is_ended_and_the_drawing_done_here(tmp_path):
+    """The gallery's forked child hangs (here: every child): after the watchdog the child is ended and
+    the picture drawn in this process; an error in a child that answers is raised here."""
+    import multiprocessing
+    import os
+    import time
+
+    from spinefrac.pipeline import BackgroundDrawing
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork: drawings are made in this process")
+    parent = os.getpid()
+
+    def draw(path):
+        while os.getpid() != parent:
+            time.sleep(0.05)
+        path.write_text("drawn here", encoding="utf-8")
+
+    target = tmp_path / "gallery.png"
+    with BackgroundDrawing(timeout_s=1.0) as drawing:
+        drawing.start(draw, target)
+        drawing.result()
+    assert target.read_text(encoding="utf-8") == "drawn here"
+
+    def fail(_):
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"), BackgroundDrawing(timeout_s=30.0) as drawing:
+        drawing.start(fail, target)
+        drawing.result()

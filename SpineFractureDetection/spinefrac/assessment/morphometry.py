@@ -50,6 +50,8 @@ MIN_BODY_SOLIDITY = 0.75
 BODY_WIDTH_MARGIN_FRACTION = 0.10  # a side: a thoracic body's posterior half is up to 16 % wider in all (VerSe)
 FRAME_ITERATIONS = 2
 LEVEL_WORKERS = 2  # processes for the per-level work: the target machine has 2 cores
+LEVEL_WORKERS_TIMEOUT_S = 60.0  # then the levels are measured in this process (a watchdog, not a budget:
+LEVEL_WORKER_TIMEOUT_S_PER_LEVEL = 10.0  # a level takes well under a second on a 512 x 512 x 500 CT)
 SLAB_FRACTIONS = (1 / 3, 1 / 2, 2 / 3)  # of the body height, where the AP extent is taken
 CORNER_INWARD_FRACTIONS = np.array([0.0, 0.1, 0.2])  # lines just inside a corner point (semi-depth)
 MIDDLE_SPAN_FRACTIONS = np.array([-0.1, 0.0, 0.1])  # middle-height lines (semi-depth from mid-depth)
@@ -168,7 +170,12 @@ def map_levels(work, items: list) -> list:
     _FORKED_WORK = lambda index: work(items[index])  # noqa: E731 - bound here, run in the forks
     try:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
-            return pool.map(_run_forked_work, range(len(items)), chunksize=1)
+            pending = pool.map_async(_run_forked_work, range(len(items)), chunksize=1)
+            # A watchdog: a forked worker that never answers (a lock inherited in its held state, a
+            # worker killed) must not hang the run; the levels are then measured here instead.
+            return pending.get(timeout=LEVEL_WORKERS_TIMEOUT_S + LEVEL_WORKER_TIMEOUT_S_PER_LEVEL * len(items))
+    except multiprocessing.TimeoutError:
+        return [work(item) for item in items]
     finally:
         _FORKED_WORK = None
 
