@@ -7,6 +7,7 @@ grading: the same chain the Slicer module runs) -> SpineReport -> files (written
 from __future__ import annotations
 
 import multiprocessing
+import signal
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -222,7 +223,9 @@ class BackgroundDrawing:
 
 
 def _draw_and_answer(sending, draw, args, kwargs) -> None:
-    """In the child: draw, then send None or the exception (its type and message survive pickling)."""
+    """In the child: draw, then send None or the exception (its type and message survive pickling). The
+    parent's SIGTERM handler is not the child's: ended by the parent, it ends quietly."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
         draw(*args, **kwargs)
         error = None

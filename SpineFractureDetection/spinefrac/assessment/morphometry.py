@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 from dataclasses import dataclass, field, replace
@@ -169,7 +170,7 @@ def map_levels(work, items: list) -> list:
         return [work(item) for item in items]
     _FORKED_WORK = lambda index: work(items[index])  # noqa: E731 - bound here, run in the forks
     try:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
+        with multiprocessing.get_context("fork").Pool(workers, initializer=_default_termination) as pool:
             pending = pool.map_async(_run_forked_work, range(len(items)), chunksize=1)
             # A watchdog: a forked worker that never answers (a lock inherited in its held state, a
             # worker killed) must not hang the run; the levels are then measured here instead.
@@ -185,6 +186,12 @@ def _may_fork() -> bool:
     VTK and OpenGL state) or from a worker thread, the levels are measured in this process."""
     return ("fork" in multiprocessing.get_all_start_methods() and "slicer" not in sys.modules
             and threading.current_thread() is threading.main_thread())
+
+
+def _default_termination() -> None:
+    """A worker ends quietly when the pool terminates it: the parent's SIGTERM handler (the CLI turns
+    SIGTERM into a clean one-line exit) must not run in the worker and print a traceback."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _run_forked_work(index: int):
