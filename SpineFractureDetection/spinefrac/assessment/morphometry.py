@@ -190,8 +190,14 @@ def _may_fork() -> bool:
 
 def _default_termination() -> None:
     """A worker ends quietly when the pool terminates it: the parent's SIGTERM handler (the CLI turns
-    SIGTERM into a clean one-line exit) must not run in the worker and print a traceback."""
+    SIGTERM into a clean one-line exit) must not run in the worker and print a traceback. On Linux it
+    also ends when its parent does (killed outright, the pool cannot end it): no orphan waits forever."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
 
 
 def _run_forked_work(index: int):
