@@ -254,7 +254,8 @@ def _write_outputs(work: Path, ct: CtVolume, segmentation: VertebraSegmentation,
         report.write(work)
         (work / FINDINGS_FILE).write_text(report.findings_text(), encoding="utf-8")
         write_overview_png(ct, segmentation, assessment.measurements, work / OVERVIEW_FILE,
-                           title=_title(ct, segmentation), morphometry=assessment.morphometry, findings=assessment.findings, quality=assessment.quality)
+                           title=_title(ct, segmentation), morphometry=assessment.morphometry,
+                           findings=assessment.findings, quality=assessment.quality)
         label_maps.result()
         gallery.result()
 

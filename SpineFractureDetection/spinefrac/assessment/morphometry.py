@@ -3,8 +3,9 @@
 For each vertebra:
 1. A local frame that follows the spine: the cranio-caudal axis starts as the line joining the
    neighbouring levels' bodies and ends as the mean normal of the body's own fitted endplates
-   (endplates.py: it bisects a wedged body's endplates); the antero-posterior axis is the body's in-plane principal axis nearest the patient's
-   anterior direction (so axial rotation in scoliosis is followed).
+   (endplates.py: it bisects a wedged body's endplates); the antero-posterior axis is the body's
+   in-plane principal axis nearest the patient's anterior direction (so axial rotation in scoliosis
+   is followed).
 2. The vertebral body: the anterior-most solid run of the mask along the AP axis in a
    mid-sagittal band; everything posterior to the gap of the spinal canal (pedicles, arch,
    processes) is removed, and so is anything beside the body's lateral extent (a transverse

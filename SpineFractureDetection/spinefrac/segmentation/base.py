@@ -54,8 +54,7 @@ class VertebraSegmentation:
     ignored_labels: dict[str, int | None] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     # False when the masks follow a bone threshold rather than the trabecular body (the offline
-    # engine): heights are still measured on the CT's endplate edges and graded, but the
-    # trabecular HU (the L1 density screen) is withheld.
+    # engine): the trabecular HU (the L1 density screen) is withheld.
     masks_fit_for_density: bool = True
     # False when the level borders are estimated cut planes rather than traced endplates (the
     # offline engine): heights are measured and shown, the Genant grade is withheld until a

@@ -13,6 +13,7 @@ from scipy.sparse import csgraph
 
 from spinefrac.hounsfield import METAL_HU
 from spinefrac.levels import LEVEL_BY_ID
+from spinefrac.segmentation.base import labelled_box
 from spinefrac.segmentation.offline.axis import WorkGrid
 from spinefrac.segmentation.offline.bone import BONE_SMOOTHING_VOXELS, bone_mask
 from spinefrac.segmentation.offline.discs import Segment
@@ -272,10 +273,7 @@ def fill_enclosed_marrow(labels: np.ndarray) -> np.ndarray:
     """Per level, fill what its bone encloses in sagittal planes: marrow darker than the bone
     threshold (osteoporosis, fat) inside the cortical shell. Sagittal planes, because there the
     spinal canal is an open channel, never a hole, while the body is a closed box."""
-    occupied = _occupied_box(labels)  # levels are looked for there only: a whole CT takes seconds
-    if occupied is None:
-        return labels
-    inside = labels[occupied]  # a view: filled in place
+    inside = labels[labelled_box(labels)]  # a view, filled in place: levels looked for there only (a CT: seconds)
     for box_index, box in enumerate(ndimage.find_objects(inside), start=1):
         if box is None:
             continue
@@ -285,21 +283,11 @@ def fill_enclosed_marrow(labels: np.ndarray) -> np.ndarray:
     return labels
 
 
-def _occupied_box(labels: np.ndarray) -> tuple[slice, ...] | None:
-    """The bounding box of the labelled voxels (None when there are none), by maxima along axes."""
-    slices = np.flatnonzero(labels.reshape(labels.shape[0], -1).max(axis=1))
-    if slices.size == 0:
-        return None
-    slab = labels[slices[0]:slices[-1] + 1]
-    rows, cols = np.flatnonzero(slab.max(axis=(0, 2))), np.flatnonzero(slab.max(axis=(0, 1)))
-    return slice(slices[0], slices[-1] + 1), slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
-
-
 def levels_with_metal(hu: np.ndarray, labels: np.ndarray, verse_ids: list[int]) -> list[str]:
     """Names of the levels whose mask holds voxels as dense as an implant or cement."""
-    occupied = _occupied_box(labels)
-    if not verse_ids or occupied is None:
+    if not verse_ids:
         return []
+    occupied = labelled_box(labels)
     # The labels of the metal voxels, not a per-label maximum: that sorts the whole volume (seconds).
     with_metal = set(np.unique(labels[occupied][hu[occupied] >= METAL_HU]).tolist())
     return [LEVEL_BY_ID[v].name for v in verse_ids if v in with_metal]
