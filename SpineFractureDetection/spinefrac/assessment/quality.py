@@ -12,7 +12,10 @@ chain in ``assessment/chain.py`` calls it). Each level gets pass / warn / fail w
   the in-plane resolution shows it;
 - position: cranio-caudal order of the centroids, and centroid spacing against the level's
   expected pitch (too close: one vertebra split between two labels; numbering that skips a
-  level where the distance fits one: the count disagrees with the labels).
+  level where the distance fits one: the count disagrees with the labels);
+- borders: neighbouring labels that touch face to face over much of the bodies' front (a border
+  through a vertebral body instead of the disc: heights and grades from such masks are wrong)
+  fail both levels.
 
 A failing level is never graded (the chain withholds it, grey, with the reason), and the
 identification confidence drops with failures. Thresholds were set from physiology and checked
@@ -31,7 +34,15 @@ import numpy as np
 
 from spinefrac.assessment.anatomy import expected_distance_mm, expected_volume_ml, steps_between
 from spinefrac.assessment.measurement import FovStatus, SpineMeasurements, VertebraMeasurement
-from spinefrac.assessment.quality_evidence import BONE_HU, LevelEvidence, index_box, level_evidence
+from spinefrac.assessment.quality_evidence import (
+    BODY_FRONT_FRACTION,
+    BONE_HU,
+    MARROW_HU,
+    LevelEvidence,
+    border_contact,
+    index_box,
+    level_evidence,
+)
 from spinefrac.io.images import CtVolume
 from spinefrac.levels import LEVELS, Level
 from spinefrac.segmentation.base import VertebraSegmentation
@@ -61,6 +72,15 @@ CANAL_MAX_IN_PLANE_MM = 1.0
 SPACING_TOO_CLOSE = 0.6
 SPACING_GAP = 1.6
 PATIENT_SCALE_LIMITS = (0.7, 1.4)
+# Borders: contact area in front of the canal over volume^(2/3) of the larger of the two levels.
+# Measured: reference masks (the sample CT's, four VerSe expert sets) 0.00-0.17, offline masks
+# whose borders run through the bodies (POPI, lung1, lung2) 0.37-0.97; the cut halves the gap.
+BORDER_CONTACT_RATIO = 0.25
+# ... of which this share at least must have marrow on both sides (MARROW_HU, each side's HU
+# averaged over 3 x 3 voxels in the border's plane): touching on disc tissue or on the endplates of
+# a disc thinner than a voxel is no body cut. Measured 0.25-0.92 on those offline borders, 0.00 on
+# phantoms with discs thinner than their voxels (labels touching over 0.4-0.8 x volume^(2/3)).
+BORDER_MARROW_SHARE = 0.15
 MISPLACED_REASONS = ("labels on soft tissue", "label does not follow", "bright but homogeneous",
                      "wrong cranio-caudal order")
 CONFIDENCE_STEPS = ("uncertain", "low", "medium", "high")
@@ -70,8 +90,11 @@ QC_METHOD = (
     "whole vertebra) and against the patient's other levels; voxels on bone (share >= 150 HU, 95th "
     "percentile, rim vs interior HU, relative spread: soft tissue and homogeneous contrast-filled blood "
     "fail); one piece, not merged; a canal behind the body where axial voxels are <= 1 mm; cranio-caudal "
-    "order of centroids; centroid spacing against the expected pitch. fail: never graded (grey); warn: "
-    "graded, check the mask."
+    "order of centroids; centroid spacing against the expected pitch; neighbouring labels touching over "
+    f">= {BORDER_CONTACT_RATIO} x volume^(2/3) in the front {BODY_FRONT_FRACTION:.0%} of their antero-posterior "
+    f"extent (the bodies), >= {BORDER_MARROW_SHARE:.0%} of it with marrow ({MARROW_HU[0]:.0f}-"
+    f"{MARROW_HU[1]:.0f} HU) on both sides: a border through a body, both fail. fail: never graded "
+    "(grey); warn: graded, check the mask."
 )
 
 
@@ -91,6 +114,8 @@ class LevelQuality:
     volume_expected_ml: float
     volume_relative_to_others: float = math.nan  # volume / the patient's other levels scaled by the table
     spacing_ratios: dict[str, float] = field(default_factory=dict)  # neighbour -> distance / expected
+    # neighbour -> contact area in front of the canal / volume^(2/3) of the larger level
+    border_contact_ratios: dict[str, float] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -152,13 +177,14 @@ def check_quality(ct: CtVolume, segmentation: VertebraSegmentation,
     hu = ct.array()
     spacing_kji = tuple(float(s) for s in reversed(segmentation.label_map.GetSpacing()))
     image = segmentation.label_map
-    levels = [_level_quality(m, level_evidence(hu, labels, m.level.verse_id,
-                                               index_box(image, m.bbox_min_ras_mm, m.bbox_max_ras_mm), spacing_kji))
-              for m in measurements.vertebrae]
+    boxes = [index_box(image, m.bbox_min_ras_mm, m.bbox_max_ras_mm) for m in measurements.vertebrae]
+    levels = [_level_quality(m, level_evidence(hu, labels, m.level.verse_id, box, spacing_kji))
+              for m, box in zip(measurements.vertebrae, boxes)]
     by_name = {q.level.name: (q, m) for q, m in zip(levels, measurements.vertebrae)}
     _check_relative_volumes(by_name)
     identity_failures = _check_order(by_name) + _check_spacing(by_name)
     _check_merged(by_name)
+    _check_borders(list(zip(levels, measurements.vertebrae, boxes)), hu, labels, spacing_kji)
     before = segmentation.identification.confidence if segmentation.identification else None
     return SegmentationQuality(levels, before, _confidence_after(before, levels, identity_failures),
                                identity_failures)
@@ -221,6 +247,25 @@ def _check_canal(q: LevelQuality, m: VertebraMeasurement) -> None:
         return
     q.warn("no spinal canal enclosed behind the body on any axial slice: not a whole vertebra "
            "(arch missing or open)")
+
+
+def _check_borders(entries: list, hu: np.ndarray, labels: np.ndarray, spacing_kji_mm) -> None:
+    """Consecutive labelled levels whose labels touch over much of the bodies' front, with marrow on
+    both sides: their border runs through a vertebral body, not the disc. Both masks are wrong
+    there, so both levels fail."""
+    for (upper, upper_m, upper_box), (lower, lower_m, lower_box) in pairwise(entries):
+        contact = border_contact(hu, labels, upper.level.verse_id, lower.level.verse_id, upper_box, lower_box,
+                                 spacing_kji_mm)
+        ratio = contact.body_contact_mm2 / max(upper_m.volume_mm3, lower_m.volume_mm3) ** (2.0 / 3.0)
+        upper.border_contact_ratios[lower.level.name] = lower.border_contact_ratios[upper.level.name] = ratio
+        if (ratio < BORDER_CONTACT_RATIO
+                or contact.marrow_contact_mm2 < BORDER_MARROW_SHARE * contact.body_contact_mm2):
+            continue
+        reason = (f"border with {{other}} runs through a vertebral body, not the disc: marrow on both sides over "
+                  f"{contact.marrow_contact_mm2:.0f} mm2 (the labels touch over {contact.body_contact_mm2:.0f} mm2 "
+                  f"in front of the canal, {ratio:.2f} x volume^(2/3)): check the masks")
+        upper.fail(reason.format(other=lower.level.name))
+        lower.fail(reason.format(other=upper.level.name))
 
 
 def _check_relative_volumes(by_name: dict) -> None:

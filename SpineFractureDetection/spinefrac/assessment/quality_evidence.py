@@ -12,6 +12,12 @@ time, not evidence; a thin cortex still brightens the rim blocks, pieces and can
   bone and soft tissue alike, and a vessel's rim is its darker wall;
 - its pieces (26-connected components), to find a level split in two;
 - the spinal canal: per axial slice, a hole enclosed by the label behind its centre.
+
+Per pair of neighbouring levels, their border (``border_contact``): where the two labels touch
+face to face in front of the canal (the bodies), and over how much of that the CT shows marrow on
+both sides. A border at the disc has disc tissue (70-130 HU) between the bodies, touches only at
+the arches, or, where the disc is thinner than a voxel, touches on the bright endplates; a border
+that runs through a vertebral body has marrow on both sides.
 """
 
 from __future__ import annotations
@@ -29,6 +35,12 @@ from spinefrac.coordinates import LPS_RAS_SIGNS
 BONE_HU = 150.0  # marrow of healthy bone and all cortex lie above; muscle, fat, fluid below
 SAMPLING_MM = 1.5  # cortex (0.3-1 mm) plus the partial-volume layer outside it: the rim's depth
 CANAL_MIN_AREA_MM2 = 30.0  # a stenotic canal is still over 70 mm2; 30 allows partial volume
+# The bodies: the front of a vertebra's antero-posterior extent (body 35-45 %, canal and arch
+# behind it, from cervical to lumbar); facet joints, arches and rib heads lie behind this.
+BODY_FRONT_FRACTION = 0.3
+# Marrow of a vertebral body, HU: above disc tissue (70-130), below cortex and endplates (the
+# endplates either side of a disc thinner than a voxel make a legitimate touching border bright).
+MARROW_HU = (130.0, 400.0)
 FACE_NEIGHBOURS = ndimage.generate_binary_structure(3, 1)
 EIGHT_CONNECTED_IN_SLICE = np.array([np.zeros((3, 3)), np.ones((3, 3)), np.zeros((3, 3))], dtype=bool)
 
@@ -131,3 +143,68 @@ def _canal_slices(mask: np.ndarray, spacing_kji_mm) -> int:
                 count += 1
                 break
     return count
+
+
+@dataclass(frozen=True)
+class BorderContact:
+    """Where two neighbouring labels touch in front of the canal (areas in mm2: face-adjacent voxel
+    pairs times their face area, at the label map's own resolution)."""
+
+    body_contact_mm2: float  # the labels touch face to face here
+    marrow_contact_mm2: float  # ... and both touching voxels hold marrow (MARROW_HU): inside a body
+
+
+def border_contact(hu: np.ndarray, labels: np.ndarray, first_id: int, second_id: int,
+                   first_box: tuple[slice, ...], second_box: tuple[slice, ...],
+                   spacing_kji_mm: tuple[float, float, float]) -> BorderContact:
+    """The border between two levels, each in its own box (the tight [k, j, i] box of its voxels),
+    in front of the canal. Full resolution (sampling coarser than a thin disc would step over it
+    and make the labels seem to touch), but only where the two boxes meet."""
+    j_front = min(first_box[1].start, second_box[1].start)
+    j_depth = max(first_box[1].stop, second_box[1].stop) - 1 - j_front
+    body_j_stop = j_front + int(BODY_FRONT_FRACTION * j_depth) + 1
+    # Touching voxels lie in both boxes grown by one voxel.
+    box = tuple(slice(max(a.start, b.start) - 1, min(a.stop, b.stop) + 1) for a, b in zip(first_box, second_box))
+    box = tuple(slice(max(b.start, 0), min(b.stop, n)) for b, n in zip(box, labels.shape))
+    box = (box[0], slice(box[1].start, min(box[1].stop, body_j_stop)), box[2])
+    if any(b.stop - b.start < 1 for b in box):
+        return BorderContact(0.0, 0.0)
+    region = labels[box]
+    offset = np.array([b.start for b in box])
+    body, marrow = 0.0, 0.0
+    for axis in range(3):
+        low, high = _shifted_pair(region, axis)
+        touching = np.nonzero(((low == first_id) & (high == second_id)) | ((low == second_id) & (high == first_id)))
+        if not touching[0].size:
+            continue
+        face_mm2 = float(np.prod(np.delete(spacing_kji_mm, axis)))
+        first = np.stack(touching, axis=1) + offset
+        second = first.copy()
+        second[:, axis] += 1
+        sides = np.stack([_face_mean_hu(hu, first, axis), _face_mean_hu(hu, second, axis)])
+        in_marrow = (sides.min(axis=0) >= MARROW_HU[0]) & (sides.max(axis=0) <= MARROW_HU[1])
+        body += first.shape[0] * face_mm2
+        marrow += int(np.count_nonzero(in_marrow)) * face_mm2
+    return BorderContact(body, marrow)
+
+
+def _face_mean_hu(hu: np.ndarray, kji: np.ndarray, axis: int) -> np.ndarray:
+    """Mean HU of each voxel and its 8 neighbours in the plane across ``axis`` (the border's
+    plane): less noise than one voxel, no blur across the border."""
+    total = np.zeros(kji.shape[0], dtype=np.float64)
+    in_plane = [a for a in range(3) if a != axis]
+    for d0, d1 in product((-1, 0, 1), repeat=2):
+        index = kji.copy()
+        index[:, in_plane[0]] += d0
+        index[:, in_plane[1]] += d1
+        index = np.clip(index, 0, np.array(hu.shape) - 1)
+        total += hu[index[:, 0], index[:, 1], index[:, 2]]
+    return total / 9.0
+
+
+def _shifted_pair(volume: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """The volume without its last and without its first layer along ``axis``: face neighbours."""
+    low = [slice(None)] * 3
+    high = [slice(None)] * 3
+    low[axis], high[axis] = slice(0, -1), slice(1, None)
+    return volume[tuple(low)], volume[tuple(high)]

@@ -121,6 +121,9 @@ QC_DEFINITIONS: dict[str, str] = {
     "its centre (the spinal canal); judged where axial voxels are <= 1 mm",
     "quality_control.levels[].spacing_ratios": "neighbouring labelled level -> centroid distance / expected "
     "distance (level pitch x one scale factor per patient), ratio",
+    "quality_control.levels[].border_contact_ratios": "neighbouring labelled level -> area over which the two "
+    "labels touch face to face in the front 30 % of their antero-posterior extent (the bodies, mm2) over the "
+    "larger level's volume^(2/3) (mm2), ratio; >= 0.25 with marrow on both sides: a border through a body",
 }
 
 
@@ -312,6 +315,7 @@ def _quality_entry(q: LevelQuality) -> dict:
         "piece_volumes_ml": [round(v, 2) for v in e.piece_volumes_ml[:5]],
         "canal_slices": e.canal_slices,
         "spacing_ratios": {name: round(r, 2) for name, r in q.spacing_ratios.items()},
+        "border_contact_ratios": {name: round(r, 2) for name, r in q.border_contact_ratios.items()},
     }
 
 

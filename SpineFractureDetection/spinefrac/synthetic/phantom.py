@@ -23,7 +23,7 @@ Heights are reported where Genant's six-point method places its points: at the m
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Sequence
 
@@ -122,6 +122,7 @@ class PhantomSpec:
     forward_tilt_deg: float = 0.0  # whole spine leaning (rotation about the left-right axis)
     lateral_tilt_deg: float = 0.0  # rotation about the antero-posterior axis
     fractures: dict[str, Fracture] = field(default_factory=dict)
+    disc_height_factor: float = 1.0  # < 1: thin (degenerated) discs, e.g. 0.25 -> lumbar discs ~2.5 mm
     ribs: bool = True
     margin_mm: float = 30.0  # field of view beyond the outermost bone
     crop_superior_mm: float = 0.0  # cut the field of view into the top of the spine
@@ -194,6 +195,7 @@ class _Placed:
 
 def _centreline(spec: PhantomSpec, levels: list[Level]) -> list[_Placed]:
     dims = [typical_dimensions(level) for level in levels]
+    dims = [replace(d, disc_below=d.disc_below * spec.disc_height_factor) for d in dims]
     # Stack bodies bottom-up along z: body, disc, body, ...
     z_centres = [0.0] * len(levels)
     z = 0.0
