@@ -129,3 +129,20 @@ def split_between_labels(labels: np.ndarray, name: str, lower_name: str) -> np.n
     caudal[middle:] = False  # k increases superiorly: below the middle slice
     out[caudal] = level_id(lower_name)
     return out
+
+
+def border_moved_into(labels: np.ndarray, upper_name: str, lower_name: str, fraction: float) -> np.ndarray:
+    """The border between two neighbours moved ``fraction`` of the lower level's body height into
+    that body: the lower level's voxels above the new border plane are given the upper label (what
+    an engine does when it cuts the spine half-way between discs). The body is the front 30 % of
+    the level's antero-posterior extent; k increases superiorly."""
+    out = labels.copy()
+    lower = labels == level_id(lower_name)
+    k, j, _ = np.nonzero(lower)
+    front = j <= j.min() + 0.3 * (j.max() - j.min())
+    body_bottom, body_top = int(k[front].min()), int(k[front].max())
+    border_k = body_top + 1 - round(fraction * (body_top + 1 - body_bottom))
+    moved = lower.copy()
+    moved[:border_k] = False
+    out[moved] = level_id(upper_name)
+    return out

@@ -14,7 +14,7 @@ from scipy import ndimage
 from spinefrac.assessment.chain import QC_FAILED_PREFIX, assess
 from spinefrac.assessment.fracture import Decision
 from spinefrac.assessment.measurement import measure_vertebrae
-from spinefrac.assessment.quality import QcVerdict, check_quality
+from spinefrac.assessment.quality import BORDER_CONTACT_RATIO, QcVerdict, check_quality
 from spinefrac.errors import SpineFracError
 from spinefrac.io.images import load_ct
 from spinefrac.levels import LEVEL_BY_NAME
@@ -22,6 +22,7 @@ from spinefrac.segmentation.label_maps import ExistingLabelMap
 from spinefrac.synthetic.phantom import PhantomSpec, make_phantom
 
 from quality_cases import (
+    border_moved_into,
     flipped_head_to_foot,
     grown,
     merged,
@@ -168,6 +169,33 @@ def test_lumbar_levels_named_from_the_atlas_fail_on_their_size(sample):
     assert assessment.quality.identification_confidence == "uncertain"
 
 
+def test_reference_borders_run_through_the_discs(sample):
+    """The sample's reference labels never touch in front of the canal: every neighbouring pair has
+    its contact measured, far under the limit."""
+    ct, labels = sample
+    quality = _assess(ct, labels).quality.by_name()
+    for upper, lower in zip(SAMPLE_LEVELS, SAMPLE_LEVELS[1:]):
+        assert quality[upper].border_contact_ratios[lower] < BORDER_CONTACT_RATIO / 2, (upper, lower)
+        assert not any("border with" in f for f in quality[upper].failures + quality[lower].failures)
+
+
+def test_a_border_moved_a_third_into_the_lower_body(sample):
+    """The L2/L3 border moved a third of L3's body height into L3: both levels fail with the pair
+    named and are not graded; the borders around them still pass."""
+    ct, labels = sample
+    edited = border_moved_into(labels, "L2", "L3", 1 / 3)
+    l3 = labels == LEVEL_BY_NAME["l3"].verse_id
+    relabelled = l3 & (edited == LEVEL_BY_NAME["l2"].verse_id)
+    assert 0.15 < relabelled.sum() / l3.sum() < 0.5  # the top of L3's body and arch now labelled L2
+    assessment = _assess(ct, edited)
+    _assert_withheld(assessment, "L2", "border with L3 runs through a vertebral body")
+    _assert_withheld(assessment, "L3", "border with L2 runs through a vertebral body")
+    quality = assessment.quality.by_name()
+    assert quality["L2"].border_contact_ratios["L3"] >= BORDER_CONTACT_RATIO
+    for level in ("L1", "L4", "L5"):
+        assert not any("border with" in f for f in quality[level].failures), quality[level].failures
+
+
 def test_report_carries_the_quality_block_and_columns(sample, tmp_path):
     from spinefrac.reporting.report import SpineReport
 
@@ -294,6 +322,21 @@ def test_phantoms_never_fail(tmp_path, spec):
     ct = load_ct(tmp_path / "ct.nii")
     segmentation = ExistingLabelMap(tmp_path / "labels.nii", "verse").segment(ct)
     quality = check_quality(ct, segmentation, measure_vertebrae(ct, segmentation))
+    assert not quality.failing(), quality.failing()
+
+
+def test_discs_thinner_than_a_voxel_pass(tmp_path):
+    """Lumbar discs of about 1 mm on 2 mm voxels: the labels touch over much of the bodies, but on
+    the bright endplates, not on marrow, so no border fails."""
+    phantom = make_phantom(PhantomSpec(spacing_mm=(2.0, 2.0, 2.0), disc_height_factor=0.1, seed=4))
+    sitk.WriteImage(phantom.ct, str(tmp_path / "ct.nii"))
+    sitk.WriteImage(phantom.labels, str(tmp_path / "labels.nii"))
+    ct = load_ct(tmp_path / "ct.nii")
+    segmentation = ExistingLabelMap(tmp_path / "labels.nii", "verse").segment(ct)
+    quality = check_quality(ct, segmentation, measure_vertebrae(ct, segmentation))
+    touching = [(q.level.name, other) for q in quality.levels for other, ratio in q.border_contact_ratios.items()
+                if ratio >= BORDER_CONTACT_RATIO]
+    assert touching  # the case is real: labels touch over the limit's area
     assert not quality.failing(), quality.failing()
 
 

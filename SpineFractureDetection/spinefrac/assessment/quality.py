@@ -77,10 +77,10 @@ PATIENT_SCALE_LIMITS = (0.7, 1.4)
 # whose borders run through the bodies (POPI, lung1, lung2) 0.37-0.97; the cut halves the gap.
 BORDER_CONTACT_RATIO = 0.25
 # ... of which this share at least must have marrow on both sides (MARROW_HU, each side's HU
-# averaged over 3 x 3 voxels in the border's plane): touching on disc tissue or on the endplates of
-# a disc thinner than a voxel is no body cut. Measured 0.25-0.92 on those offline borders, 0.00 on
-# phantoms with discs thinner than their voxels (labels touching over 0.4-0.8 x volume^(2/3)).
-BORDER_MARROW_SHARE = 0.15
+# averaged over 3 x 3 voxels in the border's plane): touching on soft tissue or on the endplates of
+# a disc thinner than a voxel is no body cut. Measured 0.75-1.00 on those offline borders, 0.00 on
+# phantoms with discs thinner than their voxels (labels touching over 0.4-0.7 x volume^(2/3)).
+BORDER_MARROW_SHARE = 0.5
 MISPLACED_REASONS = ("labels on soft tissue", "label does not follow", "bright but homogeneous",
                      "wrong cranio-caudal order")
 CONFIDENCE_STEPS = ("uncertain", "low", "medium", "high")

@@ -15,9 +15,10 @@ time, not evidence; a thin cortex still brightens the rim blocks, pieces and can
 
 Per pair of neighbouring levels, their border (``border_contact``): where the two labels touch
 face to face in front of the canal (the bodies), and over how much of that the CT shows marrow on
-both sides. A border at the disc has disc tissue (70-130 HU) between the bodies, touches only at
-the arches, or, where the disc is thinner than a voxel, touches on the bright endplates; a border
-that runs through a vertebral body has marrow on both sides.
+both sides. A border at the disc leaves the disc unlabelled between the bodies (the labels touch
+only at the arches, behind), or, where the disc is thinner than a voxel, touches on the bright
+endplates; a border that runs through a vertebral body touches over the body, with marrow on both
+sides.
 """
 
 from __future__ import annotations
@@ -38,9 +39,11 @@ CANAL_MIN_AREA_MM2 = 30.0  # a stenotic canal is still over 70 mm2; 30 allows pa
 # The bodies: the front of a vertebra's antero-posterior extent (body 35-45 %, canal and arch
 # behind it, from cervical to lumbar); facet joints, arches and rib heads lie behind this.
 BODY_FRONT_FRACTION = 0.3
-# Marrow of a vertebral body, HU: above disc tissue (70-130), below cortex and endplates (the
-# endplates either side of a disc thinner than a voxel make a legitimate touching border bright).
-MARROW_HU = (130.0, 400.0)
+# Marrow of a vertebral body, HU: above soft tissue (muscle <= 60), below cortex and endplates (the
+# endplates either side of a disc thinner than a voxel make a legitimately touching border bright).
+# Disc tissue (70-130) is inside this band: marrow of older bones is as dark (the sample CT's L3
+# body 90-140 HU at 3 mm), so HU cannot tell a disc from marrow; the contact area does.
+MARROW_HU = (60.0, 400.0)
 FACE_NEIGHBOURS = ndimage.generate_binary_structure(3, 1)
 EIGHT_CONNECTED_IN_SLICE = np.array([np.zeros((3, 3)), np.ones((3, 3)), np.zeros((3, 3))], dtype=bool)
 
