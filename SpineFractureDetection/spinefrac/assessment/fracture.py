@@ -139,12 +139,16 @@ class FractureFindings:
         return {f.level.name: f for f in self.findings}
 
 
-# Offline-engine masks: on CTs it was not tuned on (a chest CT, 5 mm chest CTs) their level borders
-# crossed bodies and discs, and the heights between them read as grade 2-3 fractures of normal
-# vertebrae; so their heights are shown, never graded, until the masks are checked.
-UNCHECKED_MASKS = ("grade withheld: offline-engine mask (level borders at estimated disc planes, heights shown "
-                   "as measured); check or correct the masks (Slicer: Segment Editor, then Classify) or use a "
-                   "learned model")
+# Offline-engine masks: their level borders are estimated, and where one strays the heights
+# between them read as fractures of normal vertebrae (grade 2-3 on chest CTs it was not tuned
+# on); so a level whose quality control raised any warning keeps its heights but not its grade.
+UNCHECKED_MASK_PREFIX = "grade withheld: offline-engine mask with a quality-control warning"
+
+
+def unchecked_mask_reason(warnings: str) -> str:
+    """Why an offline-engine level with QC warnings is not graded, and what to do about it."""
+    return (f"{UNCHECKED_MASK_PREFIX} ({warnings}); heights shown as measured; check or correct the masks "
+            "(Slicer: Segment Editor, then Classify) or use a learned model")
 
 
 def genant_grade(height_reduction: float) -> int:
@@ -158,19 +162,19 @@ def assess_fractures(
     probabilities: dict[str, float] | None = None,
     probability_threshold: float = DEFAULT_PROBABILITY_THRESHOLD,
     masks_fit_for_density: bool = True,
-    masks_fit_for_grading: bool = True,
+    withheld: dict[str, str] | None = None,
 ) -> FractureFindings:
     """Grade every level. ``masks_fit_for_density`` False (bone-threshold masks, which leave out
-    low-density marrow and bias the trabecular mean high) withholds the density;
-    ``masks_fit_for_grading`` False (level borders at estimated disc planes: the offline engine)
-    measures and shows the heights but withholds the grade (UNCHECKED_MASKS)."""
-    probabilities = probabilities or {}
+    low-density marrow and bias the trabecular mean high) withholds the density; ``withheld``
+    (level name -> reason) measures and shows those levels' heights but withholds their grade,
+    and they serve no neighbour as a reference."""
+    probabilities, withheld = probabilities or {}, withheld or {}
     fov = {m.level.name: m for m in measurements.vertebrae}
     findings = []
     for m in morphometry.vertebrae:
         reason = _not_assessable_reason(m, fov[m.level.name], morphometry.spacing_mm)
-        if reason is None and not masks_fit_for_grading:
-            reason = UNCHECKED_MASKS
+        if reason is None:
+            reason = withheld.get(m.level.name)
         trabecular_hu = m.trabecular_hu if masks_fit_for_density else math.nan
         finding = VertebraFinding(m.level, Decision.NOT_ASSESSABLE, reason or "",
                                   trabecular_hu=trabecular_hu,
