@@ -217,9 +217,12 @@ def _body_touches_axial_border(fov) -> bool:
 
 
 def _axial_voxel_mm(m: VertebraMorphometry, spacing_mm) -> float:
-    """Voxel size along the body's axis: the spacing of the grid axis it runs along most."""
-    superior = np.abs(m.frame.superior)
-    return float(np.dot(superior / superior.sum(), np.asarray(spacing_mm)))
+    """Voxel size along the body's axis, mm: the length of the spacing vector taken along the
+    (unit) axis, so 5 mm slices still count nearly 5 mm along a body leaning 30 degrees (a
+    spacing-weighted mean of the axes gave 3.5 mm there and let such bodies be graded) and an
+    isotropic grid counts its spacing in every direction."""
+    superior = np.asarray(m.frame.superior, dtype=float)
+    return float(np.linalg.norm(superior / np.linalg.norm(superior) * np.asarray(spacing_mm)))
 
 
 def _record_heights(finding: VertebraFinding, m: VertebraMorphometry) -> None:
