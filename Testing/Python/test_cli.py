@@ -49,7 +49,7 @@ def test_sample_report_levels_fov_and_sacrum(sample_run, sample_labels):
     for row in report["levels"]:
         counted_mm3 = np.count_nonzero(labels == row["verse_id"]) * 27.0  # 3 mm isotropic voxels
         assert abs(row["volume_mm3"] - counted_mm3) <= 0.01 * counted_mm3
-    assert report["schema_version"] == "1.3.0"
+    assert report["schema_version"] == "1.4.0"
     assert report["segmentation"]["level_identification"]["confidence"] is None  # levels as the file has them
     assert "volume_mm3" in report["definitions"] and "mean_hu" in report["definitions"]
 
@@ -201,28 +201,35 @@ def test_cuda_request_without_a_gpu_is_a_clear_error(tmp_path, sample_ct, sample
     assert not (tmp_path / "out").exists()
 
 
-def test_run_without_segmentation_uses_the_offline_engine_shows_heights_and_withholds_grade_and_density(
-        tmp_path, sample_ct,
-                                                                                       monkeypatch):
+def test_run_without_segmentation_uses_the_offline_engine_grades_clean_levels_and_withholds_density(
+        tmp_path, sample_ct, monkeypatch):
     monkeypatch.setenv("SPINEFRAC_CACHE", str(tmp_path / "empty-cache"))  # no learned model installed
     result = run_cli("run", sample_ct, "-o", tmp_path / "out", "-q")
     assert result.returncode == 0, result.stderr
     report = _report(tmp_path / "out")
     assert report["segmentation"]["engine"] == "offline classical"
+    assert report["segmentation"]["grading_needs_clean_qc"] is True
+    assert report["segmentation"]["masks_fit_for_density"] is False
     assert "sacrum" in " ".join(report["segmentation"]["notes"])
     identification = report["segmentation"]["level_identification"]
     assert identification["anchors"][0] == "the sacrum upwards" and identification["confidence"] == "high"
     assert identification["summary"] in report["segmentation"]["notes"]
     rows = {row["level"]: row for row in report["levels"]}
     assert {"L1", "L2", "L3", "L4", "L5", "sacrum"} <= set(rows)
-    # Unchecked offline masks: heights shown, no grade, the reason says why and what to do
+    # Levels QC passes without a warning are graded; a warned one would show its heights, grade withheld
     for name in ("L1", "L2", "L3", "L4", "L5"):
-        assert rows[name]["decision"] == "not_assessable" and rows[name]["genant_grade"] is None
-        assert "offline-engine mask" in rows[name]["decision_reason"] and rows[name]["height_anterior_mm"] > 15
+        row = rows[name]
+        if row["qc_verdict"] == "pass":
+            assert row["genant_grade"] is not None and row["decision"] in ("normal", "fractured")
+        else:
+            assert row["genant_grade"] is None and "offline-engine mask" in row["decision_reason"]
+        assert row["height_anterior_mm"] > 15
     assert all(rows[name]["trabecular_hu"] is None for name in ("L1", "L2", "L3", "L4", "L5"))
     assert report["osteoporosis_screen"] is None  # threshold masks bias the density: withheld
     findings = (tmp_path / "out" / "findings.txt").read_text(encoding="utf-8")
-    assert "not measured on the offline engine's masks" in findings and "not a normal result" in findings
+    assert "not measured on the offline engine's masks" in findings
+    graded = [name for name in ("L1", "L2", "L3", "L4", "L5") if rows[name]["genant_grade"] is not None]
+    assert ("assessable level" in findings) if graded else ("not a normal result" in findings)
 
 
 def test_help_explains_the_command():

@@ -176,28 +176,59 @@ def test_physiological_wedging_and_expected_heights():
     assert expected_heights(heights("T2", 22, 21, 23), upper).references == ("T3",)
 
 
-def test_offline_engine_masks_show_heights_but_are_never_graded(sample):
-    """Offline masks' level borders are estimated disc planes: heights are measured and shown (most
-    within a voxel of the reference-mask heights), the grade is withheld with the reason, so no
-    fracture is called on unchecked masks; the same masks as Slicer segments (checked) are graded."""
-    from spinefrac.assessment.fracture import UNCHECKED_MASKS
+def test_offline_engine_masks_that_pass_qc_are_graded_within_a_voxel_no_false_fracture(sample):
+    """Offline masks' level borders are estimated; where QC passes a level cleanly it is graded:
+    on the normal sample CT every lumbar level is graded, its heights within one voxel (3 mm) of
+    the reference-mask heights, none fractured; density stays withheld (bone-threshold masks)."""
     from spinefrac.segmentation.offline.engine import OfflineEngine
 
     ct, _, reference = sample
     offline = OfflineEngine().segment(ct)
-    findings = assess(ct, offline).findings.by_name()
+    assert offline.grading_needs_clean_qc
+    assessment = assess(ct, offline)
+    findings = assessment.findings.by_name()
     ref_heights = _heights(reference)
-    differences = []
     for name in LUMBAR:
         f = findings[name]
-        assert f.decision is Decision.NOT_ASSESSABLE and f.genant_grade is None and f.reason == UNCHECKED_MASKS
+        assert assessment.quality.by_name()[name].verdict.value == "pass", name
+        assert f.decision is Decision.NORMAL and f.genant_grade == 0, (name, f.reason)
         assert np.isnan(f.trabecular_hu)  # bone-threshold masks: density withheld
         heights = np.array([f.height_anterior_mm, f.height_middle_mm, f.height_posterior_mm])
-        differences.append(np.max(np.abs(heights - ref_heights[name])))
-    assert sorted(differences)[-2] <= 3.0, differences  # one voxel of the 3 mm grid, all but one level
-    checked = segmentation_of(offline.label_map, "offline masks, checked")
-    assert all(assess(ct, checked).findings.by_name()[name].genant_grade is not None for name in LUMBAR)
+        assert np.max(np.abs(heights - ref_heights[name])) <= 3.0, (name, heights, ref_heights[name])
 
+
+def test_estimated_borders_with_a_qc_warning_keep_heights_but_not_the_grade(sample):
+    """A level QC passes with a warning (here a stray piece of L3 on the sacrum) is graded when a
+    model or a clinician drew the masks, but not when the borders are estimated (the offline
+    engine): heights shown, grade withheld with the warning, and it is no neighbour's reference."""
+    from dataclasses import replace
+
+    from spinefrac.assessment.fracture import UNCHECKED_MASK_PREFIX
+    from spinefrac.levels import level_for_name as level
+
+    ct, segmentation, _ = sample
+    labels = sitk.GetArrayFromImage(segmentation.label_map)
+    sacrum = np.argwhere(labels == level("sacrum").verse_id)
+    k, j, i = sacrum[len(sacrum) // 2]
+    stray = (slice(k - 1, k + 2), slice(j - 1, j + 2), slice(i - 1, i + 2))
+    labels[stray] = np.where(labels[stray] > 0, level("L3").verse_id, 0)
+    image = sitk.GetImageFromArray(labels)
+    image.CopyInformation(segmentation.label_map)
+    drawn = segmentation_of(image, "reference labels with a stray L3 piece")
+    estimated = replace(drawn, grading_needs_clean_qc=True)
+
+    graded = assess(ct, drawn)
+    assert graded.quality.by_name()["L3"].verdict.value == "warn"
+    assert graded.findings.by_name()["L3"].genant_grade == 0
+    withheld = assess(ct, estimated)
+    l3 = withheld.findings.by_name()["L3"]
+    assert l3.decision is Decision.NOT_ASSESSABLE and l3.genant_grade is None
+    assert l3.reason.startswith(UNCHECKED_MASK_PREFIX) and "stray piece" in l3.reason
+    assert 20 < l3.height_anterior_mm < 40  # heights still shown
+    for name in ("L2", "L4"):
+        neighbour = withheld.findings.by_name()[name]
+        assert neighbour.genant_grade == 0 and "L3" not in neighbour.expected_from, (name, neighbour.expected_from)
+    assert "L3" in graded.findings.by_name()["L2"].expected_from
 
 def test_train_cls_augmentation_makes_fractured_crops_from_normal_levels(sample):
     from spinefrac.assessment.classifier import CropGeometry

@@ -213,3 +213,26 @@ def test_a_process_beside_the_body_does_not_widen_it_or_move_its_planes(lumbar):
     # kept: at most the margin allowed for a body whose posterior half is the wider (10 % a side)
     assert width <= morphometry.by_name()["L3"].body_width_mm <= 1.11 * width
     assert findings.by_name()["L3"].decision is Decision.NORMAL
+
+
+def test_thick_slices_along_a_tilted_body_axis_are_too_coarse_to_grade():
+    """A spine leaning 30 degrees, measured on 3 mm voxels, then judged as if its slices were
+    5.5 mm thick: along each body's axis such a voxel spans about 4.8 mm (the length of its
+    spacing vector taken along the axis), more than a fifth of a ~21 mm thoracic body, so the
+    heights cannot resolve a 20 % loss: not assessable, 'too coarse'. On the 3 mm grid it is
+    graded."""
+    from dataclasses import replace
+
+    levels = ("T6", "T7", "T8", "T9")
+    spine = make_phantom(PhantomSpec(levels=levels, spacing_mm=(1.0, 1.0, 3.0), forward_tilt_deg=30.0,
+                                     ribs=False, seed=4))
+    ct, morphometry, findings = assess(spine)
+    measurements = measure_vertebrae(ct, VertebraSegmentation(to_canonical(spine.labels), "truth", "phantom",
+                                                              LabelConvention.VERSE))
+    thick = assess_fractures(measurements, replace(morphometry, spacing_mm=(1.0, 1.0, 5.5)))
+    for name in levels[1:-1]:
+        tilt_deg = np.degrees(np.arccos(abs(morphometry.by_name()[name].frame.superior[2])))
+        assert 25 < tilt_deg < 35, (name, tilt_deg)
+        assert findings.by_name()[name].genant_grade == 0, (name, findings.by_name()[name].reason)
+        f = thick.by_name()[name]
+        assert f.decision is Decision.NOT_ASSESSABLE and f.reason.startswith("too coarse"), (name, f.reason)

@@ -17,6 +17,7 @@ from spinefrac.assessment.fracture import (
     Decision,
     FractureFindings,
     assess_fractures,
+    unchecked_mask_reason,
 )
 from spinefrac.assessment.measurement import SpineMeasurements, measure_vertebrae
 from spinefrac.assessment.morphometry import SpineMorphometry, measure_morphometry
@@ -49,9 +50,9 @@ def assess(
     stages=None,
 ) -> SpineAssessment:
     """Measure every level, check the segmentation's quality, isolate the bodies and their
-    heights, and grade them. Levels are graded only where quality control does not fail them;
-    trabecular density only where the segmentation says its masks are fit for it; ``stages`` (``spinefrac.progress``)
-    reports the stages."""
+    heights, and grade them. Levels are graded only where quality control does not fail them (nor
+    warn, for estimated level borders); trabecular density only where the segmentation says its
+    masks are fit for it; ``stages`` (``spinefrac.progress``) reports the stages."""
     stages = stages or SilentStages()
     measurements = measure_vertebrae(ct, segmentation, stages.stage(MEASURING_STAGE))
     stages.stage(QUALITY_STAGE)
@@ -62,9 +63,17 @@ def assess(
     if probabilities:
         probabilities = {name: p for name, p in probabilities.items() if name not in quality.failing()}
     findings = assess_fractures(measurements, morphometry, probabilities, probability_threshold,
-                                segmentation.masks_fit_for_density, segmentation.masks_fit_for_grading)
+                                segmentation.masks_fit_for_density, withheld_grades(segmentation, quality))
     _explain_withheld(findings, quality)
     return SpineAssessment(measurements, quality, morphometry, findings)
+
+
+def withheld_grades(segmentation: VertebraSegmentation, quality: SegmentationQuality) -> dict[str, str]:
+    """Level name -> why its grade is withheld although QC does not fail it: estimated level
+    borders (the offline engine) are graded only where QC passes them without a warning."""
+    if not segmentation.grading_needs_clean_qc:
+        return {}
+    return {name: unchecked_mask_reason(warnings) for name, warnings in quality.warned().items()}
 
 
 def withhold_failing(morphometry: SpineMorphometry, quality: SegmentationQuality) -> SpineMorphometry:

@@ -139,12 +139,16 @@ class FractureFindings:
         return {f.level.name: f for f in self.findings}
 
 
-# Offline-engine masks: on CTs it was not tuned on (a chest CT, 5 mm chest CTs) their level borders
-# crossed bodies and discs, and the heights between them read as grade 2-3 fractures of normal
-# vertebrae; so their heights are shown, never graded, until the masks are checked.
-UNCHECKED_MASKS = ("grade withheld: offline-engine mask (level borders at estimated disc planes, heights shown "
-                   "as measured); check or correct the masks (Slicer: Segment Editor, then Classify) or use a "
-                   "learned model")
+# Offline-engine masks: their level borders are estimated, and where one strays the heights
+# between them read as fractures of normal vertebrae (grade 2-3 on chest CTs it was not tuned
+# on); so a level whose quality control raised any warning keeps its heights but not its grade.
+UNCHECKED_MASK_PREFIX = "grade withheld: offline-engine mask with a quality-control warning"
+
+
+def unchecked_mask_reason(warnings: str) -> str:
+    """Why an offline-engine level with QC warnings is not graded, and what to do about it."""
+    return (f"{UNCHECKED_MASK_PREFIX} ({warnings}); heights shown as measured; check or correct the masks "
+            "(Slicer: Segment Editor, then Classify) or use a learned model")
 
 
 def genant_grade(height_reduction: float) -> int:
@@ -158,19 +162,19 @@ def assess_fractures(
     probabilities: dict[str, float] | None = None,
     probability_threshold: float = DEFAULT_PROBABILITY_THRESHOLD,
     masks_fit_for_density: bool = True,
-    masks_fit_for_grading: bool = True,
+    withheld: dict[str, str] | None = None,
 ) -> FractureFindings:
     """Grade every level. ``masks_fit_for_density`` False (bone-threshold masks, which leave out
-    low-density marrow and bias the trabecular mean high) withholds the density;
-    ``masks_fit_for_grading`` False (level borders at estimated disc planes: the offline engine)
-    measures and shows the heights but withholds the grade (UNCHECKED_MASKS)."""
-    probabilities = probabilities or {}
+    low-density marrow and bias the trabecular mean high) withholds the density; ``withheld``
+    (level name -> reason) measures and shows those levels' heights but withholds their grade,
+    and they serve no neighbour as a reference."""
+    probabilities, withheld = probabilities or {}, withheld or {}
     fov = {m.level.name: m for m in measurements.vertebrae}
     findings = []
     for m in morphometry.vertebrae:
         reason = _not_assessable_reason(m, fov[m.level.name], morphometry.spacing_mm)
-        if reason is None and not masks_fit_for_grading:
-            reason = UNCHECKED_MASKS
+        if reason is None:
+            reason = withheld.get(m.level.name)
         trabecular_hu = m.trabecular_hu if masks_fit_for_density else math.nan
         finding = VertebraFinding(m.level, Decision.NOT_ASSESSABLE, reason or "",
                                   trabecular_hu=trabecular_hu,
@@ -213,9 +217,12 @@ def _body_touches_axial_border(fov) -> bool:
 
 
 def _axial_voxel_mm(m: VertebraMorphometry, spacing_mm) -> float:
-    """Voxel size along the body's axis: the spacing of the grid axis it runs along most."""
-    superior = np.abs(m.frame.superior)
-    return float(np.dot(superior / superior.sum(), np.asarray(spacing_mm)))
+    """Voxel size along the body's axis, mm: the length of the spacing vector taken along the
+    (unit) axis, so 5 mm slices still count nearly 5 mm along a body leaning 30 degrees (a
+    spacing-weighted mean of the axes gave 3.5 mm there and let such bodies be graded) and an
+    isotropic grid counts its spacing in every direction."""
+    superior = np.asarray(m.frame.superior, dtype=float)
+    return float(np.linalg.norm(superior / np.linalg.norm(superior) * np.asarray(spacing_mm)))
 
 
 def _record_heights(finding: VertebraFinding, m: VertebraMorphometry) -> None:

@@ -158,6 +158,10 @@ class SegmentationQuality:
         """Level name -> its failure reasons, for levels that must not be graded."""
         return {q.level.name: "; ".join(q.failures) for q in self.levels if q.failures}
 
+    def warned(self) -> dict[str, str]:
+        """Level name -> its warnings, for levels that pass with warnings (none failing)."""
+        return {q.level.name: "; ".join(q.warnings) for q in self.levels if q.warnings and not q.failures}
+
     def counts(self) -> dict[str, int]:
         return {v.value: sum(q.verdict is v for q in self.levels) for v in QcVerdict}
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from spinefrac.assessment.fracture import L1_OSTEOPENIA_HU, L1_OSTEOPOROSIS_HU, UNCHECKED_MASKS
+from spinefrac.assessment.fracture import L1_OSTEOPENIA_HU, L1_OSTEOPOROSIS_HU
 
 GRADE_WORDS = {1: "mild", 2: "moderate", 3: "severe"}
 
@@ -93,7 +93,7 @@ def osteoporosis_sentence(report: dict) -> str:
     l1 = next((row for row in report.get("levels", []) if row.get("level") == "L1"), None)
     if l1 is None:
         return "not done: L1 is not in view."
-    if l1.get("decision_reason") == UNCHECKED_MASKS:  # the offline engine's bone-threshold masks
+    if report.get("segmentation", {}).get("masks_fit_for_density") is False:  # the offline engine's masks
         return ("not done: L1 trabecular attenuation is not measured on the offline engine's masks (a bone "
                 "threshold leaves out low-density marrow and would bias it high).")
     return f"not done: L1 trabecular attenuation not measured ({l1.get('decision_reason') or 'no vertebral body'})."

@@ -26,10 +26,10 @@ from spinefrac.reporting.findings import findings_text
 from spinefrac.segmentation.base import VertebraSegmentation
 
 REPORT_SCHEMA = "spinefrac-report"
-REPORT_SCHEMA_VERSION = "1.3.0"  # 1.1: fracture findings per level; 1.2: segmentation.level_identification;
+REPORT_SCHEMA_VERSION = "1.4.0"  # 1.1: fracture findings per level; 1.2: segmentation.level_identification;
 # 1.3: quality control (per level qc_verdict/qc_reasons columns, a quality_control block); expected
 # anterior/middle heights and the relative height loss per section; findings_text (what findings.txt
-# holds) and dicom_export
+# holds) and dicom_export; 1.4: segmentation.masks_fit_for_density, segmentation.grading_needs_clean_qc
 
 SACRUM_NOTE = "sacrum: fused bone, reported for level counting; not graded for fracture"
 
@@ -91,8 +91,9 @@ COLUMN_DEFINITIONS: dict[str, str] = {
     "decision_reason": "why: the grade and reduction, or what prevents an assessment",
     "in_validated_range": "true for T1-L5 (and T13/L6); cervical levels are outside it: heights measured and "
     "shown, never graded (not_assessable)",
-    "qc_verdict": "quality control of the level's mask before grading: pass, warn (graded, check the mask) or "
-    "fail (not graded: grey); see quality_control.method",
+    "qc_verdict": "quality control of the level's mask before grading: pass, warn (graded, check the mask; not "
+    "graded when segmentation.grading_needs_clean_qc: the offline engine's estimated level borders) or fail "
+    "(not graded: grey); see quality_control.method",
     "qc_reasons": "why the level warns or fails, ';'-separated (empty when it passes)",
     "note": "field-of-view and sacrum remarks, in words",
 }
@@ -168,6 +169,8 @@ class SpineReport:
                 "label_convention": segmentation.convention.value,
                 "ignored_labels": segmentation.ignored_labels,
                 "notes": segmentation.notes,
+                "masks_fit_for_density": segmentation.masks_fit_for_density,
+                "grading_needs_clean_qc": segmentation.grading_needs_clean_qc,
                 "level_identification": (segmentation.identification.to_dict() if segmentation.identification
                                          else {"anchors": [], "confidence": None,
                                                "summary": "levels as labelled by the segmentation source"}),

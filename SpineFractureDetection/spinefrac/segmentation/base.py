@@ -56,10 +56,11 @@ class VertebraSegmentation:
     # False when the masks follow a bone threshold rather than the trabecular body (the offline
     # engine): the trabecular HU (the L1 density screen) is withheld.
     masks_fit_for_density: bool = True
-    # False when the level borders are estimated cut planes rather than traced endplates (the
-    # offline engine): heights are measured and shown, the Genant grade is withheld until a
-    # clinician has checked the masks (Slicer: edit, then Classify) or a learned model segments.
-    masks_fit_for_grading: bool = True
+    # True when the level borders are estimated rather than traced by a model or a clinician (the
+    # offline engine): a level is graded only where quality control passes it without a warning;
+    # elsewhere its heights are shown and the grade is withheld until the masks are checked
+    # (Slicer: edit, then Classify).
+    grading_needs_clean_qc: bool = False
     # None: the levels are as the source or the model labelled them.
     identification: LevelIdentification | None = None
 

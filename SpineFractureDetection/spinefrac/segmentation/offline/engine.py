@@ -116,7 +116,7 @@ class OfflineEngine(SegmentationEngine):
                          "and its streaks as well as the bone")
         return VertebraSegmentation(
             label_map=image, engine=self.name, source="offline classical segmentation (no trained model)",
-            convention=LabelConvention.VERSE, notes=notes, masks_fit_for_density=False, masks_fit_for_grading=False,
+            convention=LabelConvention.VERSE, notes=notes, masks_fit_for_density=False, grading_needs_clean_qc=True,
             identification=identification,
         )
 
