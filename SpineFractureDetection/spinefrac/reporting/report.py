@@ -29,7 +29,8 @@ REPORT_SCHEMA = "spinefrac-report"
 REPORT_SCHEMA_VERSION = "1.4.0"  # 1.1: fracture findings per level; 1.2: segmentation.level_identification;
 # 1.3: quality control (per level qc_verdict/qc_reasons columns, a quality_control block); expected
 # anterior/middle heights and the relative height loss per section; findings_text (what findings.txt
-# holds) and dicom_export; 1.4: segmentation.masks_fit_for_density, segmentation.grading_needs_clean_qc
+# holds) and dicom_export; 1.4: segmentation.masks_fit_for_density, segmentation.grading_needs_clean_qc,
+# quality_control.levels[].border_contact_ratios
 
 SACRUM_NOTE = "sacrum: fused bone, reported for level counting; not graded for fracture"
 
