@@ -439,9 +439,10 @@ def load_ct(path: Path | str, check_hu: bool = True) -> CtVolume:
 class InputReads:
     """The CT (``load_ct``) and a label-map file (``read_image``), read one after the other in a thread of their
     own from the start of a run: ITK and zlib let go of the GIL, so the caller meanwhile imports the pipeline's
-    measuring and drawing modules (scipy and matplotlib: about a second of a core). A daemon thread: an early
-    exit (a refused output folder) does not wait for it. ``ct`` and ``label_image`` wait for their read and
-    return its result or raise its error, as the readers called in the caller's thread would."""
+    measuring and drawing modules (scipy and matplotlib: about a second of a core). Not a daemon thread: an
+    early exit (a refused output folder) waits for the read to end, since a thread stopped by the interpreter's
+    exit inside ITK may abort the process. ``ct`` and ``label_image`` wait for their read and return its
+    result or raise its error, as the readers called in the caller's thread would."""
 
     def __init__(self, ct_path: Path | str, segmentation_path: Path | str | None = None, check_hu: bool = True):
         self.ct_path, self.check_hu = Path(ct_path), check_hu
@@ -449,7 +450,7 @@ class InputReads:
         self.labels_path = labels if labels is not None and labels.is_file() else None  # not a folder of masks
         self._outcomes: dict[str, tuple] = {}
         self._ct_read = threading.Event()
-        self._thread = threading.Thread(target=self._read, daemon=True, name="spinefrac-input-reads")
+        self._thread = threading.Thread(target=self._read, name="spinefrac-input-reads")
         self._thread.start()
 
     def _read(self) -> None:
