@@ -18,7 +18,6 @@ from spinefrac import __version__
 from spinefrac.device import DEVICE_CHOICES
 from spinefrac.errors import SpineFracError
 from spinefrac.levels import LEVELS
-from spinefrac.pipeline import STAGE_COUNT, run_pipeline
 from spinefrac.progress import SilentStages, TerminalProgress
 from spinefrac.segmentation.label_maps import LABEL_OPTIONS
 
@@ -265,13 +264,20 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from spinefrac.io.images import InputReads
+
+    # The CT and labels are read in a thread while the rest of the pipeline (scipy, matplotlib: about a
+    # second) is imported here, after the reads began.
+    reads = InputReads(args.ct, args.segmentation, check_hu=not args.no_hu_check)
+    from spinefrac.pipeline import STAGE_COUNT, run_pipeline
+
     stages = SilentStages() if args.quiet else TerminalProgress(STAGE_COUNT)
     convention = LABEL_OPTIONS[args.labels]
     result = run_pipeline(
         args.ct, args.output, segmentation_path=args.segmentation, label_convention=convention,
         device=args.device, overwrite=args.overwrite, stages=stages, classifier_path=args.classifier,
         probability_threshold=args.fracture_threshold, check_hu=not args.no_hu_check, engine=args.engine,
-        dicom_series=args.dicom_series,
+        dicom_series=args.dicom_series, reads=reads,
     )
     if not args.quiet:
         for warning in result.ct.warnings:

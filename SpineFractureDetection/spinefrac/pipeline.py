@@ -33,7 +33,7 @@ from spinefrac.io.filenames import (
     REPORT_CSV_FILE,
     REPORT_JSON_FILE,
 )
-from spinefrac.io.images import CtVolume, ImageGrid, load_ct, write_image
+from spinefrac.io.images import CtVolume, ImageGrid, InputReads, load_ct, write_image
 from spinefrac.io.outputs import AtomicOutputFolder
 from spinefrac.progress import SilentStages
 from spinefrac.reporting.dicom_export import plan_dicom_export, write_dicom_objects
@@ -68,12 +68,13 @@ def choose_engine(
     label_convention: str = LabelConvention.AUTO.value,
     engine: str = "auto",
     device: str = "cpu",
+    read_label_file=None,
 ) -> SegmentationEngine:
     """The engine for this run: the user's own segmentation when given; otherwise a model
     package path, the registry's model ("monai", downloaded on first use), the classical
     "offline" engine, or for "auto" a verified model already in the cache, else "offline"."""
     if segmentation_path is not None:
-        return ExistingLabelMap(segmentation_path, label_convention)
+        return ExistingLabelMap(segmentation_path, label_convention, read_label_file)
     from spinefrac.segmentation.learned.auto3dseg import Auto3DSegEngine, is_auto3dseg_model
     from spinefrac.segmentation.learned.bundle import MonaiBundleEngine, is_monai_bundle
     from spinefrac.segmentation.learned.engine import LearnedEngine
@@ -129,22 +130,29 @@ def run_pipeline(
     check_hu: bool = True,
     engine: str = "auto",
     dicom_series: Path | str | None = None,
+    reads: InputReads | None = None,
 ) -> RunResult:
     """Run every stage; nothing appears under ``output_folder`` unless all of them succeed.
-    A DICOM input (or ``dicom_series``, the CT's source series) also gets a DICOM SEG and SR."""
+    A DICOM input (or ``dicom_series``, the CT's source series) also gets a DICOM SEG and SR.
+    ``reads``: the CT and label map already being read (InputReads), used where they are these files."""
     stages = stages or SilentStages()
     model_folder = Path(engine) if engine not in ENGINE_CHOICES else None
     # Refused up front: a non-empty folder without --overwrite, and one that is, holds or lies in an input.
     output = AtomicOutputFolder(output_folder, overwrite,
                                 inputs=(ct_path, segmentation_path, classifier_path, model_folder, dicom_series))
     device_choice = resolve_device(device)
-    engine = choose_engine(segmentation_path, label_convention, engine, device_choice.name)
+    label_read_ahead = (reads is not None and segmentation_path is not None
+                        and reads.labels_path == Path(segmentation_path))
+    engine = choose_engine(segmentation_path, label_convention, engine, device_choice.name,
+                           reads.label_image if label_read_ahead else None)
     classifier = FractureClassifier.load(classifier_path, device_choice.name) if classifier_path else None
 
     stages.stage("Loading CT")
-    ct = load_ct(ct_path, check_hu=check_hu)
+    ct = reads.ct(ct_path, check_hu) if reads is not None else load_ct(ct_path, check_hu=check_hu)
     dicom_plan = plan_dicom_export(ct, dicom_series)  # a named series that does not fit is refused here
     segmentation = engine.segment(ct, stages.stage(f"Segmentation ({engine.name})"))
+    if reads is not None:
+        reads.finish()  # the reading thread ended before the measurements fork their workers
     assessment = assess(ct, segmentation, classifier, probability_threshold, stages)
     measurements, morphometry, findings = assessment.measurements, assessment.morphometry, assessment.findings
     stages.stage("Building report")

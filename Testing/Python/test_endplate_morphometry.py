@@ -295,3 +295,37 @@ def test_a_forked_level_worker_that_never_answers_does_not_hang_the_run(monkeypa
         return item * 10
 
     assert morphometry.map_levels(work, [1, 2, 3]) == [10, 20, 30]
+
+
+def test_lines_searched_together_give_each_line_s_own_edges(sample):
+    """The endplate search runs on all lines of a body at once (one interpolation of the mask and of the
+    CT, the edge search on all profiles together): to the last bit the edges of each line searched
+    alone, and those of the one-line search (bone_edge) on the same profiles."""
+    from spinefrac.assessment.endplates import LINE_STEP_MM, BodyProbe, bone_edge, bone_edges
+    from spinefrac.assessment.geometry import VoxelGrid, sample_lines
+
+    ct, _, assessment = sample
+    grid, hu, rng = VoxelGrid(ct.image), ct.array(), np.random.default_rng(7)
+    reach = 25.0
+    t = np.arange(-reach, reach + LINE_STEP_MM, LINE_STEP_MM)
+    searched = found_on_ct = 0
+    for m in assessment.morphometry.vertebrae:
+        if m.heights is None:
+            continue
+        box, body = m.body_mask_box
+        probe = BodyProbe(hu, body, np.array([s.start for s in box]), grid)
+        us = np.linspace(-0.7, 0.7, 6) * m.body_width_mm / 2  # the outer lines miss the body
+        lines = [(u, (v, v - 2.0), None) for u in us for v in np.linspace(-1.2, 1.2, 6) * m.body_depth_mm / 2]
+        together = probe.endplates_of_lines(m.frame, lines, reach)
+        assert together == [probe.endplates(m.frame, u, v, reach) for u, v, _ in lines], m.level.name
+        assert any(edges is None for edges in together) and any(edges is not None for edges in together)
+        local = np.stack([np.column_stack([np.full_like(t, u), np.full_like(t, v[0]), t]) for u, v, _ in lines])
+        profiles = sample_lines(hu, grid.kji(m.frame.to_lps(local)), cval=-1000.0)
+        borders = rng.uniform(-0.6 * reach, 0.6 * reach, len(lines))
+        voxel_mm = grid.voxel_along_mm(m.frame.superior)
+        for outward in (-1, +1):
+            edges = bone_edges(t, profiles, borders, outward, voxel_mm, (None,) * len(lines))
+            assert edges == [bone_edge(t, p, float(b), outward, voxel_mm) for p, b in zip(profiles, borders)]
+            searched += len(edges)
+            found_on_ct += sum(edge.from_ct for edge in edges)
+    assert searched > 0 and 0 < found_on_ct < searched  # edges found on the CT, and mask borders kept

@@ -410,12 +410,13 @@ def _measure_body(result: VertebraMorphometry, frame: VertebralFrame, grid: Voxe
     per_plane = np.full((len(planes_u), 3), np.nan)
     middle_per_plane = np.full((len(planes_u), len(MIDDLE_SPAN_FRACTIONS)), np.nan)
     depths, lines, edges_from_ct = [], [], []
-    for p, u in enumerate(planes_u):
-        extent = _ap_extent(local, np.abs(local[:, 0] - u) <= band, voxel_mm, half_voxel)
+    extents = [_ap_extent(local, np.abs(local[:, 0] - u) <= band, voxel_mm, half_voxel) for u in planes_u]
+    measured = _genant_points(probe, frame, planes_u, extents, reach, planes)
+    for p, (u, extent, points) in enumerate(zip(planes_u, extents, measured)):
         if extent is None:
             continue
         depths.append(extent[0] - extent[1])
-        anterior, middle, posterior = _genant_points(probe, frame, u, *extent, reach, planes)
+        anterior, middle, posterior = points
         middle_per_plane[p] = [_height(edges) for _, edges in middle]
         # The drawn middle line stays at mid-depth (the fracture simulator compresses around it).
         mid_depth = middle[int(np.argmin(np.abs(MIDDLE_SPAN_FRACTIONS)))]
@@ -442,19 +443,37 @@ def _height(edges) -> float:
     return math.nan if edges is None else edges[1].t_mm - edges[0].t_mm
 
 
-def _genant_points(probe: BodyProbe, frame: VertebralFrame, u: float, v_front: float, v_back: float,
-                   reach: float, planes):
-    """(v, endplate edges or None) of the anterior height line, of the middle lines (at
-    MIDDLE_SPAN_FRACTIONS of the semi-depth around mid-depth) and of the posterior line of one
-    plane. The middle height is the lowest of the middle lines: the deepest point of a depressed
-    endplate, where a reader puts the middle points, need not lie exactly mid-depth."""
-    v_middle, semi_depth = 0.5 * (v_front + v_back), 0.5 * (v_front - v_back)
-    inside = CORNER_INWARD_FRACTIONS * semi_depth
-    v_anterior = v_middle + HEIGHT_SAMPLE_FRACTION * semi_depth
-    v_posterior = v_middle - HEIGHT_SAMPLE_FRACTION * semi_depth
-    middle = [(v, probe.endplates(frame, u, v, reach)) for v in v_middle + MIDDLE_SPAN_FRACTIONS * semi_depth]
-    return ((v_anterior, probe.endplates(frame, u, tuple(v_anterior - inside), reach, planes)), middle,
-            (v_posterior, probe.endplates(frame, u, tuple(v_posterior + inside), reach, planes)))
+def _genant_points(probe: BodyProbe, frame: VertebralFrame, planes_u: tuple[float, ...], extents: list,
+                   reach: float, planes) -> list:
+    """Per plane (None where ``extents`` has no AP extent): (v, endplate edges or None) of the anterior
+    height line, of the middle lines (at MIDDLE_SPAN_FRACTIONS of the semi-depth around mid-depth) and
+    of the posterior line, all lines of the body searched together. The middle height is the lowest of
+    the middle lines: the deepest point of a depressed endplate, where a reader puts the middle points,
+    need not lie exactly mid-depth."""
+    lines, where = [], []
+    for u, extent in zip(planes_u, extents):
+        if extent is None:
+            where.append(None)
+            continue
+        v_front, v_back = extent
+        v_middle, semi_depth = 0.5 * (v_front + v_back), 0.5 * (v_front - v_back)
+        inside = CORNER_INWARD_FRACTIONS * semi_depth
+        v_anterior = v_middle + HEIGHT_SAMPLE_FRACTION * semi_depth
+        v_posterior = v_middle - HEIGHT_SAMPLE_FRACTION * semi_depth
+        v_lines = [v_anterior, *(v_middle + MIDDLE_SPAN_FRACTIONS * semi_depth), v_posterior]
+        where.append((len(lines), v_lines))
+        lines += [(u, tuple(v_anterior - inside), planes), *((u, v, None) for v in v_lines[1:-1]),
+                  (u, tuple(v_posterior + inside), planes)]
+    edges = probe.endplates_of_lines(frame, lines, reach) if lines else []
+    points = []
+    for found in where:
+        if found is None:
+            points.append(None)
+            continue
+        first, v_lines = found
+        measured = list(zip(v_lines, edges[first:first + len(v_lines)]))
+        points.append((measured[0], measured[1:-1], measured[-1]))
+    return points
 
 
 def _mid_height_slab(local: np.ndarray, voxel_mm: float) -> np.ndarray:

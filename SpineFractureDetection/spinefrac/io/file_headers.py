@@ -264,6 +264,15 @@ def nifti_header(path: Path) -> bytes:
         return stream.read(348)
 
 
+def nifti_stored_as_read(header: bytes) -> bool:
+    """True when ITK holds a NIfTI-1 file's voxels byte for byte as the file stores them (little-endian, no
+    scl_slope/scl_inter rescaling, which ITK turns into floats), so that its gzip trailer can vouch for them."""
+    if len(header) < 348 or struct.unpack("<i", header[:4])[0] != 348:
+        return False
+    slope, intercept = struct.unpack("<2f", header[112:120])
+    return (slope == 0.0 or slope == 1.0) and intercept == 0.0
+
+
 def nifti_forms(header: bytes) -> tuple[np.ndarray | None, np.ndarray | None, tuple[int, int, int]] | None:
     """The qform and sform voxel -> RAS mm matrices (4 x 4; None where the code is 0) and the grid size,
     from a NIfTI-1 header (None: not NIfTI-1). Formulas of the NIfTI-1 standard (nifti1.h)."""

@@ -33,9 +33,11 @@ class ExistingLabelMap(SegmentationEngine):
 
     name = "existing segmentation"
 
-    def __init__(self, path: Path | str, convention: LabelConvention | str = LabelConvention.AUTO):
+    def __init__(self, path: Path | str, convention: LabelConvention | str = LabelConvention.AUTO,
+                 read_label_file=None):
         self.path = Path(path)
         self.convention = LabelConvention(convention)
+        self._read_label_file = read_label_file  # a read begun ahead (InputReads.label_image), or None: read here
 
     def segment(self, ct: CtVolume, progress: Progress = silent) -> VertebraSegmentation:
         progress(0.0, f"reading segmentation {self.path.name}")
@@ -58,7 +60,7 @@ class ExistingLabelMap(SegmentationEngine):
     # -- one label map file -------------------------------------------------------------
 
     def _from_label_file(self, ct: CtVolume) -> VertebraSegmentation:
-        image = read_image(self.path, "segmentation")
+        image = self._read_label_file() if self._read_label_file else read_image(self.path, "segmentation")
         segment_names = slicer_segment_names(image)  # before re-orientation, which drops the header
         if image.GetNumberOfComponentsPerPixel() > 1 and segment_names:
             image, segment_names = flatten_segment_layers(image, self.path)
