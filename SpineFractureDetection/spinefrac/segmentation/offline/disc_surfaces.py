@@ -31,7 +31,7 @@ SAMPLE_STEP_MM = 1.0  # along the axis
 COLUMN_STEP_MM = 2.0  # across it
 BODY_HALF_WIDTH_MM = 30.0  # lumbar bodies are 40-50 mm wide
 BODY_FRONT_MM = 30.0  # in front of the axis (the body centre)
-NO_CANAL_BACK_MM = 10.0  # body columns reach this far behind the axis where no canal is found
+NO_CANAL_BACK_MM = 10.0  # body columns reach at least this far behind the axis (thoracic and lumbar bodies)
 CANAL_GAP_MM = 2.0  # body columns start this far in front of the canal (its front wall)
 CANAL_LATERAL_MM = 12.0
 SEARCH_FRACTION = 0.5  # the disc lies within half a segment of the profile's cut
@@ -120,7 +120,9 @@ def _canal_front_mm(canal_mm: np.ndarray, frame: np.ndarray, reach_mm: tuple[flo
     near = (s >= -reach_mm[0]) & (s <= reach_mm[1]) & (np.abs(u) <= CANAL_LATERAL_MM) & (v < 0)
     if not near.any():
         return -NO_CANAL_BACK_MM
-    return float(np.percentile(v[near], 90)) + CANAL_GAP_MM
+    # Canal voxels closer to the axis than any body's back (the sacral canal beside a tilted
+    # lumbosacral axis) do not cut the footprint short.
+    return min(float(np.percentile(v[near], 90)) + CANAL_GAP_MM, -NO_CANAL_BACK_MM)
 
 
 def _disc_plane(smooth: np.ndarray, spacing_mm: np.ndarray, frame: np.ndarray, reach_mm: tuple[float, float],
