@@ -54,6 +54,7 @@ class DiscPlane:
     below_mm: float  # median distance from the plane to the lower body's endplate peak
     above_mm: float  # ... to the upper body's
     disc_max_hu: float  # half way from the dip to the darker endplate peak (medians over the columns)
+    dip_hu: float  # median HU on the plane
 
     def along_mm(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         return self.offset_mm + self.tilt_u * u + self.tilt_v * v
@@ -85,7 +86,8 @@ def disc_surface_labels(work: WorkGrid, axis: SpineAxis, segments: list[Segment]
             (np.abs(u) <= BODY_HALF_WIDTH_MM) & (s >= -reach_mm[0]) & (s <= reach_mm[1])
         from_plane = s - plane.along_mm(u, v)
         values[pair] = np.where(from_plane[pair] > 0, upper.verse_id, lower.verse_id)
-        in_disc = pair & (from_plane > -plane.below_mm) & (from_plane < plane.above_mm) & \
+        # Only a bone-dense disc is labelled at all; next to a dark one the voxels in reach are marrow.
+        in_disc = pair & (plane.dip_hu > BONE_HU) & (from_plane > -plane.below_mm) & (from_plane < plane.above_mm) & \
             (labelled_hu < plane.disc_max_hu)
         values[in_disc] = 0
         reassigned |= pair
@@ -149,9 +151,10 @@ def _disc_plane(smooth: np.ndarray, spacing_mm: np.ndarray, frame: np.ndarray, r
                                                                + tilt_v * v[inside]))
 
 
-def _disc_extent(profiles: np.ndarray, s: np.ndarray, plane_mm: np.ndarray) -> tuple[float, float, float]:
+def _disc_extent(profiles: np.ndarray, s: np.ndarray, plane_mm: np.ndarray) -> tuple[float, float, float, float]:
     """Median distances (mm) from the plane to the brightest sample within ENDPLATE_REACH_MM below and
-    above it, and the median of half way from the plane's sample up to the darker of the two."""
+    above it, the median of half way from the plane's sample up to the darker of the two, and the
+    median of the plane's samples."""
     reach = int(round(ENDPLATE_REACH_MM / SAMPLE_STEP_MM))
     at = np.clip(np.round((plane_mm - s[0]) / SAMPLE_STEP_MM).astype(int), reach, s.size - reach - 1)
     rows = np.arange(at.size)[:, None]
@@ -160,7 +163,8 @@ def _disc_extent(profiles: np.ndarray, s: np.ndarray, plane_mm: np.ndarray) -> t
     dip = profiles[rows[:, 0], at]
     half_hu = (dip + np.minimum(below.max(axis=1), above.max(axis=1))) / 2
     return (float(np.median(below.argmax(axis=1) + 1)) * SAMPLE_STEP_MM,
-            float(np.median(above.argmax(axis=1) + 1)) * SAMPLE_STEP_MM, float(np.median(half_hu)))
+            float(np.median(above.argmax(axis=1) + 1)) * SAMPLE_STEP_MM, float(np.median(half_hu)),
+            float(np.median(dip)))
 
 
 def _flanked_dips(profiles: np.ndarray) -> np.ndarray:
