@@ -25,7 +25,7 @@ from scipy import ndimage
 from spinefrac.levels import LEVEL_BY_ID, Region
 from spinefrac.segmentation.offline.axis import SpineAxis, WorkGrid
 from spinefrac.segmentation.offline.bone import BONE_HU, BONE_SMOOTHING_VOXELS
-from spinefrac.segmentation.offline.discs import ENDPLATE_REACH_MM, Segment
+from spinefrac.segmentation.offline.discs import DISC_MAX_HU, ENDPLATE_REACH_MM, Segment
 
 SAMPLE_STEP_MM = 1.0  # along the axis
 COLUMN_STEP_MM = 2.0  # across it
@@ -41,6 +41,7 @@ TILT_STEP = 0.05
 # concave waist a column leaves the bone, and the soft tissue there would pass for a disc.
 DISC_MIN_HU = 60.0  # discs are 70-130 HU, fat and muscle below
 MIN_INSIDE_FRACTION = 0.85
+FOOTPRINT_FRACTION = 0.5  # of a body column's search range labelled by the slabs
 MIN_BODY_COLUMNS = 6
 
 
@@ -78,12 +79,13 @@ def disc_surface_labels(work: WorkGrid, axis: SpineAxis, segments: list[Segment]
         frame = _cut_frame(axis, left, anterior, upper.low_mm)
         reach_mm = (SEARCH_FRACTION * lower.length_mm, SEARCH_FRACTION * upper.length_mm)
         back_mm = _canal_front_mm(canal_mm, frame, reach_mm)
-        plane = _disc_plane(smooth, work.spacing_mm, frame, reach_mm, back_mm)
-        if plane is None:
-            continue
         s, u, v = _in_frame(labelled_mm, frame)
         pair = ((values == lower.verse_id) | (values == upper.verse_id)) & (v > back_mm) & \
             (np.abs(u) <= BODY_HALF_WIDTH_MM) & (s >= -reach_mm[0]) & (s <= reach_mm[1])
+        plane = _disc_plane(smooth, work.spacing_mm, frame, reach_mm, back_mm,
+                            (u[pair], v[pair], float(np.prod(work.spacing_mm))))
+        if plane is None or plane.dip_hu >= DISC_MAX_HU:  # no disc between the bodies there: keep the slabs
+            continue
         from_plane = s - plane.along_mm(u, v)
         values[pair] = np.where(from_plane[pair] > 0, upper.verse_id, lower.verse_id)
         # Only a bone-dense disc is labelled at all; next to a dark one the voxels in reach are marrow.
@@ -128,9 +130,10 @@ def _canal_front_mm(canal_mm: np.ndarray, frame: np.ndarray, reach_mm: tuple[flo
 
 
 def _disc_plane(smooth: np.ndarray, spacing_mm: np.ndarray, frame: np.ndarray, reach_mm: tuple[float, float],
-                back_mm: float) -> DiscPlane | None:
+                back_mm: float, pair: tuple[np.ndarray, np.ndarray, float]) -> DiscPlane | None:
     """The plane through the best endplate-flanked dips of the body columns, or None where too few
-    columns cross bodies."""
+    columns cross bodies. pair: lateral and anterior offsets (mm) of the pair's labelled voxels within
+    reach, and a voxel's volume (mm^3)."""
     margin_mm = MAX_TILT * max(BODY_HALF_WIDTH_MM, BODY_FRONT_MM - back_mm) + ENDPLATE_REACH_MM
     s = np.arange(-reach_mm[0] - margin_mm, reach_mm[1] + margin_mm + SAMPLE_STEP_MM, SAMPLE_STEP_MM)
     u, v = np.meshgrid(np.arange(-BODY_HALF_WIDTH_MM, BODY_HALF_WIDTH_MM + 1e-6, COLUMN_STEP_MM),
@@ -142,7 +145,7 @@ def _disc_plane(smooth: np.ndarray, spacing_mm: np.ndarray, frame: np.ndarray, r
     profiles = ndimage.map_coordinates(smooth, index, order=1, mode="nearest").reshape(u.size, s.size)
     in_range = (s >= -reach_mm[0]) & (s <= reach_mm[1])
     inside = ((profiles[:, in_range] > DISC_MIN_HU).mean(axis=1) >= MIN_INSIDE_FRACTION) & \
-        (profiles[:, in_range].max(axis=1) > BONE_HU)
+        (profiles[:, in_range].max(axis=1) > BONE_HU) & _in_labels(u, v, pair, float(in_range.sum()) * SAMPLE_STEP_MM)
     if inside.sum() < MIN_BODY_COLUMNS:
         return None
     contrast = np.where(profiles[inside] >= DISC_MIN_HU, _flanked_dips(profiles[inside]), 0.0)
@@ -165,6 +168,20 @@ def _disc_extent(profiles: np.ndarray, s: np.ndarray, plane_mm: np.ndarray) -> t
     return (float(np.median(below.argmax(axis=1) + 1)) * SAMPLE_STEP_MM,
             float(np.median(above.argmax(axis=1) + 1)) * SAMPLE_STEP_MM, float(np.median(half_hu)),
             float(np.median(dip)))
+
+
+def _in_labels(u: np.ndarray, v: np.ndarray, pair: tuple[np.ndarray, np.ndarray, float], length_mm: float) -> np.ndarray:
+    """Columns labelled (as either level of the pair) over at least FOOTPRINT_FRACTION of their length:
+    a contrast-filled aorta or heart in front of the bodies is bright and has dips of its own, but the
+    slabs left it unlabelled."""
+    half = COLUMN_STEP_MM / 2
+    u_edges = np.append(np.unique(u) - half, u.max() + half)
+    v_edges = np.append(np.unique(v) - half, v.max() + half)
+    counts, _, _ = np.histogram2d(pair[0], pair[1], bins=(u_edges, v_edges))
+    fraction = counts * pair[2] / (COLUMN_STEP_MM ** 2 * length_mm)
+    cell_u = np.clip(np.searchsorted(u_edges, u) - 1, 0, counts.shape[0] - 1)
+    cell_v = np.clip(np.searchsorted(v_edges, v) - 1, 0, counts.shape[1] - 1)
+    return fraction[cell_u, cell_v] >= FOOTPRINT_FRACTION
 
 
 def _flanked_dips(profiles: np.ndarray) -> np.ndarray:
