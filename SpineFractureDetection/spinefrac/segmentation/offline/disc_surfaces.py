@@ -25,7 +25,7 @@ from scipy import ndimage
 from spinefrac.levels import LEVEL_BY_ID, Region
 from spinefrac.segmentation.offline.axis import SpineAxis, WorkGrid
 from spinefrac.segmentation.offline.bone import BONE_HU, BONE_SMOOTHING_VOXELS
-from spinefrac.segmentation.offline.discs import DISC_MAX_HU, ENDPLATE_REACH_MM, Segment
+from spinefrac.segmentation.offline.discs import Segment
 
 SAMPLE_STEP_MM = 1.0  # along the axis
 COLUMN_STEP_MM = 2.0  # across it
@@ -43,6 +43,9 @@ DISC_MIN_HU = 60.0  # discs are 70-130 HU, fat and muscle below
 MIN_INSIDE_FRACTION = 0.85
 FOOTPRINT_FRACTION = 0.5  # of a body column's search range labelled by the slabs
 MIN_BODY_COLUMNS = 6
+# A disc's endplates lie within half the thickest (lumbar) disc of its middle; a thin thoracic body's
+# own endplates lie further from its middle (8-9 mm), which must not pass for a disc's.
+ENDPLATE_REACH_MM = 6.0
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,7 @@ def disc_surface_labels(work: WorkGrid, axis: SpineAxis, segments: list[Segment]
             (np.abs(u) <= BODY_HALF_WIDTH_MM) & (s >= -reach_mm[0]) & (s <= reach_mm[1])
         plane = _disc_plane(smooth, work.spacing_mm, frame, reach_mm, back_mm,
                             (u[pair], v[pair], float(np.prod(work.spacing_mm))))
-        if plane is None or plane.dip_hu >= DISC_MAX_HU:  # no disc between the bodies there: keep the slabs
+        if plane is None:  # no disc found between the bodies: the slabs stay
             continue
         from_plane = s - plane.along_mm(u, v)
         values[pair] = np.where(from_plane[pair] > 0, upper.verse_id, lower.verse_id)
@@ -149,7 +152,10 @@ def _disc_plane(smooth: np.ndarray, spacing_mm: np.ndarray, frame: np.ndarray, r
     if inside.sum() < MIN_BODY_COLUMNS:
         return None
     contrast = np.where(profiles[inside] >= DISC_MIN_HU, _flanked_dips(profiles[inside]), 0.0)
-    offset_mm, tilt_u, tilt_v = _best_plane(contrast, u[inside], v[inside], s, reach_mm)
+    best = _best_plane(contrast, u[inside], v[inside], s, reach_mm)
+    if best is None:
+        return None
+    offset_mm, tilt_u, tilt_v = best
     return DiscPlane(offset_mm, tilt_u, tilt_v, *_disc_extent(profiles[inside], s, offset_mm + tilt_u * u[inside]
                                                                + tilt_v * v[inside]))
 
@@ -197,7 +203,7 @@ def _flanked_dips(profiles: np.ndarray) -> np.ndarray:
 
 
 def _best_plane(contrast: np.ndarray, u: np.ndarray, v: np.ndarray, s: np.ndarray,
-                reach_mm: tuple[float, float]) -> tuple[float, float, float]:
+                reach_mm: tuple[float, float]) -> tuple[float, float, float] | None:
     """Exhaustive search over offsets (one sample apart) and tilts for the highest mean contrast."""
     centre_u, centre_v = float(u.mean()), float(v.mean())
     offsets = np.nonzero((s >= -reach_mm[0]) & (s <= reach_mm[1]))[0]
@@ -213,4 +219,6 @@ def _best_plane(contrast: np.ndarray, u: np.ndarray, v: np.ndarray, s: np.ndarra
             if score[n] > best[0]:
                 best = (float(score[n]), float(s[offsets[n]]), float(tilt_u), float(tilt_v))
     _, offset, tilt_u, tilt_v = best
+    if not s[offsets[0]] < offset < s[offsets[-1]]:
+        return None  # the best at an end of the reach lies beyond it: another disc, or none
     return offset - tilt_u * centre_u - tilt_v * centre_v, tilt_u, tilt_v
