@@ -25,7 +25,7 @@ from scipy import ndimage
 from spinefrac.levels import LEVEL_BY_ID, Region
 from spinefrac.segmentation.offline.axis import SpineAxis, WorkGrid
 from spinefrac.segmentation.offline.bone import BONE_HU, BONE_SMOOTHING_VOXELS
-from spinefrac.segmentation.offline.discs import Segment
+from spinefrac.segmentation.offline.discs import THICK_SLICE_MM, Segment
 
 SAMPLE_STEP_MM = 1.0  # along the axis
 COLUMN_STEP_MM = 2.0  # across it
@@ -68,6 +68,8 @@ def disc_surface_labels(work: WorkGrid, axis: SpineAxis, segments: list[Segment]
                         canal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Re-assign each pair of neighbouring bodies along the disc plane found between them.
     Returns the labels and the mask of the voxels re-assigned (in the body footprints)."""
+    if work.spacing_mm[0] >= THICK_SLICE_MM:  # a disc is a slice at most: no surface to follow, no tilt to see
+        return labels, np.zeros(labels.shape, dtype=bool)
     smooth = ndimage.gaussian_filter(work.values, BONE_SMOOTHING_VOXELS)
     left, anterior = axis.frame()
     labelled_mm = (np.argwhere(labels > 0) + 0.5) * work.spacing_mm
