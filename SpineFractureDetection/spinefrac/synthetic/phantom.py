@@ -121,6 +121,10 @@ class PhantomSpec:
     coronal_curvature_mm: float = 0.0  # scoliotic arc, + = apex to the patient's left
     forward_tilt_deg: float = 0.0  # whole spine leaning (rotation about the left-right axis)
     lateral_tilt_deg: float = 0.0  # rotation about the antero-posterior axis
+    # Each vertebra pitched (its front up for +) about its own left-right axis against the line of
+    # body centres: endplates and discs tilted against the spine axis, the centres still stacked.
+    body_pitch_deg: float = 0.0
+    disc_hu: float = HU_DISC  # degenerated or partial-volume discs can be as dense as sparse marrow
     fractures: dict[str, Fracture] = field(default_factory=dict)
     disc_height_factor: float = 1.0  # < 1: thin (degenerated) discs, e.g. 0.25 -> lumbar discs ~2.5 mm
     ribs: bool = True
@@ -219,6 +223,8 @@ def _centreline(spec: PhantomSpec, levels: list[Level]) -> list[_Placed]:
         v = anterior - anterior.dot(w) * w
         v /= np.linalg.norm(v)
         u = np.cross(w, v)
+        pitch = np.deg2rad(spec.body_pitch_deg)
+        v, w = np.cos(pitch) * v + np.sin(pitch) * w, np.cos(pitch) * w - np.sin(pitch) * v
         centre = rotation @ (offset(zc) - middle)
         placed.append(_Placed(level, d, centre, np.column_stack([u, v, w]), spec.fractures.get(level.name)))
     return placed
@@ -399,7 +405,8 @@ def make_phantom(spec: PhantomSpec | None = None) -> Phantom:
     for upper, lower in zip(placed[:-1], placed[1:]):
         reach = (lower.dims.body_width / 2 + 1, lower.dims.body_depth / 2 + 1)
         _paint(grid, lower, hu, lambda local, lo=lower, up=upper: {"disc": _disc_mask(up, lo, local)},
-               (-reach[0], -reach[1], -1.0), (reach[0], reach[1], np.linalg.norm(upper.centre - lower.centre) + 1))
+               (-reach[0], -reach[1], -1.0), (reach[0], reach[1], np.linalg.norm(upper.centre - lower.centre) + 1),
+               disc_hu=spec.disc_hu)
     for p in placed:
         _paint_vertebra(grid, p, hu, labels, bodies)
         if spec.ribs and p.level.region is Region.THORACIC:
@@ -469,7 +476,8 @@ def _fill_trunk(grid: sitk.Image, hu: np.ndarray, placed: list[_Placed]) -> None
         hu[k][r <= 0.9] = HU_SOFT_TISSUE
 
 
-def _paint(grid: sitk.Image, p: _Placed, hu: np.ndarray, masks_of, box_low, box_high, labels=None, bodies=None):
+def _paint(grid: sitk.Image, p: _Placed, hu: np.ndarray, masks_of, box_low, box_high, labels=None, bodies=None,
+           disc_hu: float = HU_DISC):
     start, stop = _index_box(grid, _local_box_corners(p, np.asarray(box_low), np.asarray(box_high)), 1.0)
     if np.any(stop <= start):
         return
@@ -477,7 +485,7 @@ def _paint(grid: sitk.Image, p: _Placed, hu: np.ndarray, masks_of, box_low, box_
     box = (slice(start[2], stop[2]), slice(start[1], stop[1]), slice(start[0], stop[0]))
     masks = masks_of(local)
     if "disc" in masks:
-        hu[box][masks["disc"]] = HU_DISC
+        hu[box][masks["disc"]] = disc_hu
         return
     hu_box = hu[box]
     hu_box[masks["canal"]] = HU_CSF

@@ -48,6 +48,7 @@ from spinefrac.segmentation.offline.axis import (
 )
 from spinefrac.segmentation.offline.bone import bone_mask
 from spinefrac.segmentation.offline.canal import canal_mask, require_canal, segments_with_canal
+from spinefrac.segmentation.offline.disc_surfaces import disc_surface_labels
 from spinefrac.segmentation.offline.discs import find_segments, mark_field_of_view_cuts
 from spinefrac.segmentation.offline.identification import identify_levels
 from spinefrac.segmentation.offline.labelling import (
@@ -96,7 +97,8 @@ class OfflineEngine(SegmentationEngine):
         vessels = vessel_mask(work, bone, lateral_mm, anterior_mm, [s.length_mm for s in segments])
         work_labels = assign_levels(segments, bone, lateral_mm, anterior_mm, arc_mm)
         work_labels[vessels] = 0
-        work_labels = refine_boundaries(work, segments, bone, work_labels, arc_mm)
+        work_labels, in_bodies = disc_surface_labels(work, axis, segments, work_labels, canal)
+        work_labels = refine_boundaries(work, segments, bone, work_labels, arc_mm, in_bodies)
         work_labels[~bone_mask(work.values, work.spacing_mm, edge=True)] = 0
         labels = native_labels(hu, spacing, work, work_labels, vessels)
         image = sitk.GetImageFromArray(labels)

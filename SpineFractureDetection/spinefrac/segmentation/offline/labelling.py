@@ -161,10 +161,11 @@ def _axial_disk(radius_mm: float, spacing_mm: np.ndarray) -> np.ndarray:
 
 
 def refine_boundaries(work: WorkGrid, segments: list[Segment], bone: np.ndarray, labels: np.ndarray,
-                       arc_mm: np.ndarray) -> np.ndarray:
+                       arc_mm: np.ndarray, fixed: np.ndarray | None = None) -> np.ndarray:
     """Re-draw the cuts between levels: bone near a cut plane goes to the level it is joined to
     most cheaply through bone (geodesic competition, dim voxels costly), so the facet-joint gap
-    rather than the plane parts neighbouring posterior elements."""
+    rather than the plane parts neighbouring posterior elements. Voxels in ``fixed`` (the bodies,
+    already parted along their discs) keep their labels and seed the competition."""
     if len(segments) < 2:
         return labels
     cuts_mm = np.array([s.low_mm for s in segments[1:]])
@@ -175,6 +176,8 @@ def refine_boundaries(work: WorkGrid, segments: list[Segment], bone: np.ndarray,
     arc_volume[bone] = arc_mm
     labelled = labels > 0
     near_cut = np.any(np.abs(arc_volume[labelled][:, None] - cuts_mm[None, :]) <= band_mm[None, :], axis=1)
+    if fixed is not None:
+        near_cut &= ~fixed[labelled]
     number = np.full(bone.shape, -1)
     number[labelled] = np.arange(int(labelled.sum()))
     smooth = ndimage.gaussian_filter(work.values, BONE_SMOOTHING_VOXELS)
