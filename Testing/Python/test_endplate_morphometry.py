@@ -329,3 +329,36 @@ def test_lines_searched_together_give_each_line_s_own_edges(sample):
             searched += len(edges)
             found_on_ct += sum(edge.from_ct for edge in edges)
     assert searched > 0 and 0 < found_on_ct < searched  # edges found on the CT, and mask borders kept
+
+
+def test_estimated_borders_beside_a_failing_level_or_in_a_doubtful_partition_are_not_graded(sample):
+    """Estimated borders (the offline engine): a level next to one QC fails shares a border in
+    doubt (L1 beside a failing L2, L4 beside a failing L3), and when QC lowers the identification
+    to low (levels out of order) every border is in doubt; their grades are withheld with that
+    reason, heights shown. Drawn masks with the same faults keep those grades."""
+    from dataclasses import replace
+
+    from quality_cases import border_moved_into, segmentation_from, swapped
+
+    from spinefrac.assessment.fracture import UNCHECKED_MASK_PREFIX
+
+    ct, segmentation, _ = sample
+    labels = sitk.GetArrayFromImage(segmentation.label_map)
+    moved = segmentation_from(ct, border_moved_into(labels, "L2", "L3", 1 / 3), "L2/L3 border in L3")
+    drawn, estimated = assess(ct, moved), assess(ct, replace(moved, grading_needs_clean_qc=True))
+    assert set(drawn.quality.failing()) == {"L2", "L3"}
+    for name, failing_neighbour in (("L1", "L2"), ("L4", "L3")):
+        assert drawn.findings.by_name()[name].genant_grade is not None, name
+        f = estimated.findings.by_name()[name]
+        assert f.genant_grade is None and f.reason.startswith(UNCHECKED_MASK_PREFIX), (name, f.reason)
+        assert f"neighbour {failing_neighbour} fails" in f.reason and f.height_posterior_mm > 20, f.reason
+    assert estimated.findings.by_name()["L5"].genant_grade == 0  # its neighbours pass
+
+    disordered = segmentation_from(ct, swapped(labels, "L2", "L4"), "L2 and L4 swapped")
+    estimated = assess(ct, replace(disordered, grading_needs_clean_qc=True))
+    assert estimated.quality.identification_confidence == "low"
+    for f in estimated.findings.findings:
+        assert f.genant_grade is None, (f.level.name, f.reason)
+    l5 = estimated.findings.by_name()["L5"]
+    assert "level identification confidence low" in l5.reason
+    assert assess(ct, disordered).findings.by_name()["L5"].genant_grade is not None

@@ -30,6 +30,7 @@ MEASURING_STAGE = "Measuring vertebrae"
 QUALITY_STAGE = "Quality control of the segmentation"
 GRADING_STAGE = "Fracture assessment (Genant morphometry)"
 QC_FAILED_PREFIX = "quality control failed: "
+DOUBTFUL_IDENTIFICATION = ("low", "uncertain")
 
 
 @dataclass
@@ -50,8 +51,8 @@ def assess(
     stages=None,
 ) -> SpineAssessment:
     """Measure every level, check the segmentation's quality, isolate the bodies and their
-    heights, and grade them. Levels are graded only where quality control does not fail them (nor
-    warn, for estimated level borders); trabecular density only where the segmentation says its
+    heights, and grade them. Levels are graded only where quality control does not fail them (for
+    estimated level borders: see ``withheld_grades``); trabecular density only where the segmentation says its
     masks are fit for it; ``stages`` (``spinefrac.progress``) reports the stages."""
     stages = stages or SilentStages()
     measurements = measure_vertebrae(ct, segmentation, stages.stage(MEASURING_STAGE))
@@ -69,11 +70,27 @@ def assess(
 
 
 def withheld_grades(segmentation: VertebraSegmentation, quality: SegmentationQuality) -> dict[str, str]:
-    """Level name -> why its grade is withheld although QC does not fail it: estimated level
-    borders (the offline engine) are graded only where QC passes them without a warning."""
+    """Level name -> why its grade is withheld although QC does not fail it. Estimated level
+    borders (the offline engine) are graded only where QC passes the level without a warning,
+    passes both its labelled neighbours (a border is shared: a neighbour failing for its volume or
+    its border means this level's border is in doubt too), and leaves the level identification
+    high or medium (low or uncertain: QC found the partition of the spine itself in doubt)."""
     if not segmentation.grading_needs_clean_qc:
         return {}
-    return {name: unchecked_mask_reason(warnings) for name, warnings in quality.warned().items()}
+    failing = quality.failing()
+    confidence = quality.identification_confidence
+    if confidence in DOUBTFUL_IDENTIFICATION:
+        return {q.level.name: unchecked_mask_reason(f"level identification confidence {confidence} after quality "
+                                                    "control: the level borders are in doubt")
+                for q in quality.levels if q.level.name not in failing}
+    withheld = {name: unchecked_mask_reason(warnings) for name, warnings in quality.warned().items()}
+    names = [q.level.name for q in quality.levels]
+    for index, name in enumerate(names):
+        next_to = [n for n in names[max(index - 1, 0):index + 2] if n != name and n in failing]
+        if name not in failing and name not in withheld and next_to:
+            withheld[name] = unchecked_mask_reason(f"its neighbour {' and '.join(next_to)} fails quality control, "
+                                                   "so the border they share is in doubt")
+    return withheld
 
 
 def withhold_failing(morphometry: SpineMorphometry, quality: SegmentationQuality) -> SpineMorphometry:

@@ -141,13 +141,13 @@ class FractureFindings:
 
 # Offline-engine masks: their level borders are estimated, and where one strays the heights
 # between them read as fractures of normal vertebrae (grade 2-3 on chest CTs it was not tuned
-# on); so a level whose quality control raised any warning keeps its heights but not its grade.
-UNCHECKED_MASK_PREFIX = "grade withheld: offline-engine mask with a quality-control warning"
+# on); so a level QC has any doubt about keeps its heights but not its grade (assessment.chain).
+UNCHECKED_MASK_PREFIX = "grade withheld: offline-engine mask"
 
 
-def unchecked_mask_reason(warnings: str) -> str:
-    """Why an offline-engine level with QC warnings is not graded, and what to do about it."""
-    return (f"{UNCHECKED_MASK_PREFIX} ({warnings}); heights shown as measured; check or correct the masks "
+def unchecked_mask_reason(doubt: str) -> str:
+    """Why an offline-engine level is not graded (``doubt``: what QC found), and what to do."""
+    return (f"{UNCHECKED_MASK_PREFIX} ({doubt}); heights shown as measured; check or correct the masks "
             "(Slicer: Segment Editor, then Classify) or use a learned model")
 
 
