@@ -94,7 +94,8 @@ QC_METHOD = (
     f">= {BORDER_CONTACT_RATIO} x volume^(2/3) in the front {BODY_FRONT_FRACTION:.0%} of their antero-posterior "
     f"extent (the bodies), >= {BORDER_MARROW_SHARE:.0%} of it with marrow ({MARROW_HU[0]:.0f}-"
     f"{MARROW_HU[1]:.0f} HU) on both sides: a border through a body, both fail. fail: never graded "
-    "(grey); warn: graded, check the mask."
+    "(grey); warn: graded, check the mask. Offline-engine masks (estimated borders) are graded only where a "
+    "level passes, both its neighbours do not fail and the identification stays high or medium."
 )
 
 

@@ -166,7 +166,7 @@ def _draw_planes(axis_plot, view: _View, rows: _Rows, hu: np.ndarray, labels: np
 def _add_legend(figure, findings: FractureFindings | None, quality: SegmentationQuality | None = None) -> None:
     if quality is not None:
         figure.text(0.5, 0.035, f"Quality control: {quality.summary()}. Orange 'QC fail': mask implausible, "
-                    "not graded; yellow 'QC warn': graded, check the mask (reasons in report.json).",
+                    "not graded; yellow 'QC warn': check the mask, graded unless offline-engine (reasons in report.json).",
                     color="lightgray", ha="center", fontsize=9)
     figure.text(
         0.5,
