@@ -366,3 +366,22 @@ def test_the_gallery_marks_a_level_that_fails_quality_control(sample, tmp_path):
 
     assert orange_pixels(assessment.quality) > 20
     assert orange_pixels(None) == 0
+
+
+def test_identification_uncertain_when_most_vertebrae_fail(sample):
+    """An engine's medium numbering drops one step (low) when some masks fail, and to uncertain when
+    most vertebrae fail (borders through the bodies at L1/L2 and L3/L4: four of six fail)."""
+    from dataclasses import replace
+
+    from spinefrac.segmentation.base import LevelIdentification
+
+    ct, labels = sample
+    counted = LevelIdentification(("the last rib-bearing vertebra (T12)",), "medium", "counted from T12")
+    one_border = border_moved_into(labels, "L1", "L2", 1 / 3)
+    two_borders = border_moved_into(one_border, "L3", "L4", 1 / 3)
+    for edited, failing, confidence in ((one_border, {"L1", "L2"}, "low"),
+                                        (two_borders, {"L1", "L2", "L3", "L4"}, "uncertain")):
+        segmentation = replace(segmentation_from(ct, edited, "moved borders"), identification=counted)
+        quality = assess(ct, segmentation).quality
+        assert set(quality.failing()) == failing
+        assert quality.identification_confidence == confidence

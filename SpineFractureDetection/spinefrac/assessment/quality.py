@@ -408,9 +408,10 @@ def _misplaced(q: LevelQuality) -> bool:
 
 def _confidence_after(before: str | None, levels: list[LevelQuality], identity_failures: int) -> str | None:
     """Failures lower the confidence: one step for failing masks, to low when the numbering itself
-    failed (order, spacing), to uncertain when no vertebra passes."""
+    failed (order, spacing), to uncertain when most vertebrae fail (a count carried through more
+    failed masks than good ones says little about which vertebra is which)."""
     vertebrae = [q for q in levels if q.level.is_vertebra]
-    if vertebrae and all(q.failures for q in vertebrae):
+    if vertebrae and sum(bool(q.failures) for q in vertebrae) > len(vertebrae) / 2:
         return "uncertain"
     if identity_failures:
         return "uncertain" if before == "uncertain" else "low"

@@ -103,7 +103,7 @@ COLUMN_DEFINITIONS: dict[str, str] = {
 QC_DEFINITIONS: dict[str, str] = {
     "quality_control.overall_verdict": "fail when any level fails, else warn when any warns, else pass",
     "quality_control.identification_confidence": "level identification confidence after QC: one step lower when "
-    "masks fail, low when the order or spacing of levels fails, uncertain when no vertebra passes",
+    "masks fail, low when the order or spacing of levels fails, uncertain when most vertebrae fail",
     "quality_control.identification_confidence_before_qc": "the engine's own confidence (null: levels as labelled)",
     "quality_control.levels[].volume_ml": "label volume, millilitres",
     "quality_control.levels[].volume_expected_ml": "adult whole-vertebra volume for the level (Panjabi et al. body "
