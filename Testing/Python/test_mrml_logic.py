@@ -283,3 +283,15 @@ def test_a_child_process_segmentation_is_imported_as_level_segments(tmp_path, sc
     assert [node.GetSegmentation().GetSegment(i).GetName() for i in names][-6:] == ["L1", "L2", "L3", "L4", "L5",
                                                                                        "sacrum"]
     assert node.GetAttribute(mrml_logic.CHECKSUM_ATTRIBUTE)  # later edits will be detected
+    # The offline engine's borders are estimated: unedited, Classify keeps that policy; edited, the
+    # masks count as a clinician's and are graded as drawn
+    assert node.GetAttribute(mrml_logic.ESTIMATED_BORDERS_ATTRIBUTE) == "1"
+    logic = mrml_logic.SpineMrmlLogic()
+    assert logic.classify(volume, node, None).segmentation["grading_needs_clean_qc"] is True
+    ct = load_ct(sample_ct)
+    written = mrml_logic.segmentation_from_node(node, volume, ct).label_map
+    l3 = sitk.GetArrayFromImage(ct.to_source_grid(written)) == LEVEL_BY_NAME["l3"].verse_id
+    l3[np.nonzero(l3)[0].max()] = False  # the clinician trims one slice off L3
+    mrml_logic.set_segment_mask(node, node.GetSegmentation().GetSegmentIdBySegmentName("L3"), l3, volume)
+    assert mrml_logic.has_unsaved_edits(node, volume)
+    assert logic.classify(volume, node, None).segmentation["grading_needs_clean_qc"] is False
