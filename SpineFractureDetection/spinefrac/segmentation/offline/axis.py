@@ -10,6 +10,7 @@ relative to the axis (lateral, anterior, arc length).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from scipy import ndimage
@@ -17,6 +18,7 @@ from scipy.spatial import cKDTree
 
 from spinefrac.errors import InputError
 from spinefrac.hounsfield import AIR_MAX_HU
+from spinefrac.segmentation.offline.bone import BONE_SMOOTHING_VOXELS
 from spinefrac.segmentation.offline.canal import BODY_BEFORE_CANAL_MM, BODY_BESIDE_CANAL_MM, canal_fronts
 
 COARSE_SPACING_MM = 4.0
@@ -50,6 +52,11 @@ class WorkGrid:
     spacing_mm: np.ndarray  # (k, j, i)
     factors: np.ndarray  # native voxels per voxel along (k, j, i)
     start: np.ndarray  # native index of the first voxel block (k, j, i)
+
+    @cached_property
+    def smooth(self) -> np.ndarray:
+        """``values`` smoothed as the bone threshold smooths them: once, for every step that reads it."""
+        return ndimage.gaussian_filter(self.values, BONE_SMOOTHING_VOXELS)
 
 
 @dataclass

@@ -24,7 +24,7 @@ from scipy import ndimage
 
 from spinefrac.levels import LEVEL_BY_ID, Region
 from spinefrac.segmentation.offline.axis import SpineAxis, WorkGrid
-from spinefrac.segmentation.offline.bone import BONE_HU, BONE_SMOOTHING_VOXELS
+from spinefrac.segmentation.offline.bone import BONE_HU
 from spinefrac.segmentation.offline.discs import THICK_SLICE_MM, Segment
 
 SAMPLE_STEP_MM = 1.0  # along the axis
@@ -70,7 +70,7 @@ def disc_surface_labels(work: WorkGrid, axis: SpineAxis, segments: list[Segment]
     Returns the labels and the mask of the voxels re-assigned (in the body footprints)."""
     if work.spacing_mm[0] >= THICK_SLICE_MM:  # a disc is a slice at most: no surface to follow, no tilt to see
         return labels, np.zeros(labels.shape, dtype=bool)
-    smooth = ndimage.gaussian_filter(work.values, BONE_SMOOTHING_VOXELS)
+    smooth = work.smooth
     left, anterior = axis.frame()
     labelled_mm = (np.argwhere(labels > 0) + 0.5) * work.spacing_mm
     labelled_hu = smooth[labels > 0]

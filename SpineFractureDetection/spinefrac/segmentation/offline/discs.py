@@ -12,7 +12,6 @@ import numpy as np
 from scipy import ndimage, signal
 
 from spinefrac.segmentation.offline.axis import SpineAxis, WorkGrid, longest_run
-from spinefrac.segmentation.offline.bone import BONE_SMOOTHING_VOXELS
 
 PROFILE_RADII_MM = (0.0, 3.0, 6.0, 9.0, 12.0)
 PROFILE_SMOOTHING_MM = 1.0
@@ -227,7 +226,7 @@ def _thinned(discs: np.ndarray, profile: np.ndarray, min_gap: int) -> np.ndarray
 def _disk_profile(work: WorkGrid, axis: SpineAxis) -> np.ndarray:
     """Median HU on a disk perpendicular to the axis at every axis point (robust to the canal's edge)."""
     left, anterior = axis.frame()
-    smooth = ndimage.gaussian_filter(work.values, BONE_SMOOTHING_VOXELS)
+    smooth = work.smooth
     angles = np.linspace(0, 2 * np.pi, 12, endpoint=False)
     offsets = [(0.0, 0.0)] + [(r * np.cos(a), r * np.sin(a)) for r in PROFILE_RADII_MM[1:] for a in angles]
     samples = []

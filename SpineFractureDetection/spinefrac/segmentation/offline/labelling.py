@@ -15,7 +15,7 @@ from spinefrac.hounsfield import METAL_HU
 from spinefrac.levels import LEVEL_BY_ID
 from spinefrac.segmentation.base import labelled_box
 from spinefrac.segmentation.offline.axis import WorkGrid
-from spinefrac.segmentation.offline.bone import BONE_SMOOTHING_VOXELS, bone_mask
+from spinefrac.segmentation.offline.bone import bone_mask
 from spinefrac.segmentation.offline.discs import Segment
 
 FIELD_EDGE_REACH_MM = 20.0  # an end vertebra cut by the field of view extends this far beyond the axis
@@ -132,7 +132,7 @@ def vessel_mask(work: WorkGrid, bone: np.ndarray, lateral_mm: np.ndarray, anteri
     (a disc, dark, parts the bodies; the aorta crosses it), with the partial-volume rim around them.
     A body's marrow can be as bright, but holds its centre; nothing of a vertebra lies in front of
     its body and is longer than it."""
-    smooth = ndimage.gaussian_filter(work.values, BONE_SMOOTHING_VOXELS)
+    smooth = work.smooth
     bright = (smooth >= VESSEL_HU[0]) & (smooth <= VESSEL_HU[1]) & bone
     disk = _axial_disk(VESSEL_CORE_MM, work.spacing_mm)
     cores, count = ndimage.label(ndimage.binary_erosion(bright, disk))
@@ -180,7 +180,7 @@ def refine_boundaries(work: WorkGrid, segments: list[Segment], bone: np.ndarray,
         near_cut &= ~fixed[labelled]
     number = np.full(bone.shape, -1)
     number[labelled] = np.arange(int(labelled.sum()))
-    smooth = ndimage.gaussian_filter(work.values, BONE_SMOOTHING_VOXELS)
+    smooth = work.smooth
     cost = 1.0 + DIM_BONE_PENALTY * np.clip((DENSE_BONE_HU - smooth[labelled]) / DENSE_BONE_HU, 0.0, 1.0)
     graph = _neighbour_graph(number, cost, work.spacing_mm)
     _, _, sources = csgraph.dijkstra(graph, directed=False, indices=np.nonzero(~near_cut)[0], min_only=True,
