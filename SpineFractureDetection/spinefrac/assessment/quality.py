@@ -159,6 +159,10 @@ class SegmentationQuality:
         """Level name -> its failure reasons, for levels that must not be graded."""
         return {q.level.name: "; ".join(q.failures) for q in self.levels if q.failures}
 
+    def verdicts(self) -> dict[str, QcVerdict]:
+        """Level name -> its verdict (the pictures mark flagged levels by it)."""
+        return {q.level.name: q.verdict for q in self.levels}
+
     def warned(self) -> dict[str, str]:
         """Level name -> its warnings, for levels that pass with warnings (none failing)."""
         return {q.level.name: "; ".join(q.warnings) for q in self.levels if q.warnings and not q.failures}

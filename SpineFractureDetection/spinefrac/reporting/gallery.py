@@ -47,7 +47,7 @@ def write_gallery_png(
     figure.patch.set_facecolor("black")
     grid = VoxelGrid(ct.image)
     by_name = findings.by_name()
-    verdicts = {q.level.name: q.verdict for q in quality.levels} if quality else {}
+    verdicts = quality.verdicts() if quality else {}
     for axis_plot in axes.ravel():
         axis_plot.set_axis_off()
     for axis_plot, m in zip(axes.ravel(), levels):

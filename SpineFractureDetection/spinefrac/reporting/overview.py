@@ -196,7 +196,7 @@ def _draw_height_lines(axis_plot, ct, morphometry, h_low, k_low, spacing_h, spac
 
 def _name_levels(axis_plot, ct, measurements, removed_axis, h_low, k_low, spacing_h, spacing_k,
                  findings=None, quality=None) -> None:
-    verdicts = {q.level.name: q.verdict for q in quality.levels} if quality else {}
+    verdicts = quality.verdicts() if quality else {}
     for m in measurements.vertebrae:
         lps = lps_from_ras(m.centroid_ras_mm)
         i, j, k = ct.image.TransformPhysicalPointToContinuousIndex(lps.tolist())
