@@ -37,6 +37,10 @@ CHECKSUM_ATTRIBUTE = "SpineFractureDetection.WrittenLabelsSha256"
 # "1" when the written segments' level borders were estimated (the offline engine): while they stay
 # unedited, Classify grades them only where quality control has no doubt (assessment.chain).
 ESTIMATED_BORDERS_ATTRIBUTE = "SpineFractureDetection.EstimatedBorders"
+# "1" when the written segments follow a bone threshold (the offline engine), which leaves out
+# low-density marrow: their trabecular density stays withheld, edited or not (an edit redraws a
+# border, it does not fill the marrow in).
+THRESHOLD_MASKS_ATTRIBUTE = "SpineFractureDetection.ThresholdMasks"
 # Shifting labels walks C1..L5 then L6 (a sixth lumbar is the common variant below L5); T13 is
 # reached only by name, and shifts to T12 cranially or L1 caudally.
 SHIFT_SEQUENCE = tuple(level.name for level in sort_craniocaudal(LEVELS) if level.is_vertebra and level.name != "T13")
@@ -203,12 +207,15 @@ def _labels_sha256(segmentation: VertebraSegmentation) -> str:
     return hashlib.sha256(np.ascontiguousarray(segmentation.array()).tobytes()).hexdigest()
 
 
-def with_border_policy(segmentation_node, segmentation: VertebraSegmentation) -> VertebraSegmentation:
-    """Segments written from estimated borders and not edited since keep that policy; once a
-    clinician edits them they are graded as drawn masks."""
+def with_written_policies(segmentation_node, segmentation: VertebraSegmentation) -> VertebraSegmentation:
+    """The mask policies of the engine that wrote the segments: estimated borders hold while the
+    segments are unedited (once a clinician edits them they are graded as drawn masks); threshold
+    masks keep their density withheld."""
     unedited = segmentation_node.GetAttribute(CHECKSUM_ATTRIBUTE) == _labels_sha256(segmentation)
     estimated = segmentation_node.GetAttribute(ESTIMATED_BORDERS_ATTRIBUTE) == "1"
-    return replace(segmentation, grading_needs_clean_qc=estimated and unedited)
+    threshold = segmentation_node.GetAttribute(THRESHOLD_MASKS_ATTRIBUTE) == "1"
+    return replace(segmentation, grading_needs_clean_qc=estimated and unedited,
+                   masks_fit_for_density=segmentation.masks_fit_for_density and not threshold)
 
 
 def has_unsaved_edits(segmentation_node, volume_node, ct: CtVolume | None = None) -> bool:
@@ -253,6 +260,7 @@ def write_level_segments(segmentation_node, volume_node, segmentation: VertebraS
     ordered = style_level_segments(segmentation_node)
     segmentation_node.SetAttribute(CHECKSUM_ATTRIBUTE, labels_checksum(segmentation_node, volume_node, ct))
     segmentation_node.SetAttribute(ESTIMATED_BORDERS_ATTRIBUTE, "1" if segmentation.grading_needs_clean_qc else "0")
+    segmentation_node.SetAttribute(THRESHOLD_MASKS_ATTRIBUTE, "0" if segmentation.masks_fit_for_density else "1")
     place_beside_volume(segmentation_node, volume_node)
     return ordered
 
@@ -457,14 +465,15 @@ def export_volume(volume_node, path: Path) -> Path:
 def import_segmentation_result(segmentation_node, volume_node, labels_path: Path,
                                overwrite_edits: bool = False) -> list[str]:
     """Load the child's label map (VerSe ids, on the CT's grid) into level segments, with the
-    border policy its report states. Refuses to replace edited segments without consent
+    mask policies its report states. Refuses to replace edited segments without consent
     (EditedSegmentsError)."""
     ct = ct_from_volume(volume_node)
     segmentation = ExistingLabelMap(labels_path, LabelConvention.VERSE).segment(ct)
     report_path = labels_path.parent / "report.json"
     if report_path.is_file():
         stated = json.loads(report_path.read_text(encoding="utf-8")).get("segmentation", {})
-        segmentation = replace(segmentation, grading_needs_clean_qc=stated.get("grading_needs_clean_qc") is True)
+        segmentation = replace(segmentation, grading_needs_clean_qc=stated.get("grading_needs_clean_qc") is True,
+                               masks_fit_for_density=stated.get("masks_fit_for_density") is not False)
     return write_level_segments(segmentation_node, volume_node, segmentation, ct, overwrite_edits)
 
 
@@ -489,7 +498,7 @@ class SpineMrmlLogic:
                  probability_threshold: float = DEFAULT_PROBABILITY_THRESHOLD) -> SpineReport:
         """Genant grading of the current segments (edits included), decision colours, table."""
         ct = ct_from_volume(volume_node)
-        segmentation = with_border_policy(segmentation_node, segmentation_from_node(segmentation_node, volume_node, ct))
+        segmentation = with_written_policies(segmentation_node, segmentation_from_node(segmentation_node, volume_node, ct))
         assessment = assess(ct, segmentation, classifier, probability_threshold)
         report = SpineReport.from_stages(ct, segmentation, assessment.measurements, assessment.findings,
                                          assessment.quality)

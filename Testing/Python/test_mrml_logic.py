@@ -287,11 +287,17 @@ def test_a_child_process_segmentation_is_imported_as_level_segments(tmp_path, sc
     # masks count as a clinician's and are graded as drawn
     assert node.GetAttribute(mrml_logic.ESTIMATED_BORDERS_ATTRIBUTE) == "1"
     logic = mrml_logic.SpineMrmlLogic()
-    assert logic.classify(volume, node, None).segmentation["grading_needs_clean_qc"] is True
+    unedited = logic.classify(volume, node, None)
+    assert unedited.segmentation["grading_needs_clean_qc"] is True
+    # bone-threshold masks: no trabecular density, no L1 screen, as on the command line
+    assert unedited.segmentation["masks_fit_for_density"] is False and unedited.osteoporosis_screen is None
+    assert all(row["trabecular_hu"] is None for row in unedited.rows)
     ct = load_ct(sample_ct)
     written = mrml_logic.segmentation_from_node(node, volume, ct).label_map
     l3 = sitk.GetArrayFromImage(ct.to_source_grid(written)) == LEVEL_BY_NAME["l3"].verse_id
     l3[np.nonzero(l3)[0].max()] = False  # the clinician trims one slice off L3
     mrml_logic.set_segment_mask(node, node.GetSegmentation().GetSegmentIdBySegmentName("L3"), l3, volume)
     assert mrml_logic.has_unsaved_edits(node, volume)
-    assert logic.classify(volume, node, None).segmentation["grading_needs_clean_qc"] is False
+    edited = logic.classify(volume, node, None)
+    assert edited.segmentation["grading_needs_clean_qc"] is False
+    assert edited.segmentation["masks_fit_for_density"] is False  # an edit does not fill the marrow in
