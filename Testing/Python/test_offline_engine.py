@@ -342,8 +342,8 @@ def test_bodies_part_at_tilted_discs_when_the_slab_cuts_fall_inside_the_bodies(m
 
     found = engine.find_segments
 
-    def misplaced(work, axis):
-        segments = found(work, axis)
+    def misplaced(*args):
+        segments = found(*args)
         for lower, upper in zip(segments[:-1], segments[1:]):
             lower.high_mm += 11.0
             upper.low_mm += 11.0

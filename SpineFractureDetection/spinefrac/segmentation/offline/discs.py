@@ -12,6 +12,7 @@ import numpy as np
 from scipy import ndimage, signal
 
 from spinefrac.segmentation.offline.axis import SpineAxis, WorkGrid, longest_run
+from spinefrac.segmentation.offline.endplate_bands import band_discs, phase_inverted
 
 PROFILE_RADII_MM = (0.0, 3.0, 6.0, 9.0, 12.0)
 PROFILE_SMOOTHING_MM = 1.0
@@ -48,8 +49,8 @@ class Segment:
         return self.high_mm - self.low_mm
 
 
-def find_segments(work: WorkGrid, axis: SpineAxis) -> list[Segment]:
-    """Disc-bounded slabs along the axis, caudal first."""
+def find_segments(work: WorkGrid, axis: SpineAxis, bone: np.ndarray) -> list[Segment]:
+    """Disc-bounded slabs along the axis, caudal first. bone: bone_mask on the working grid."""
     arc_grid = np.arange(axis.arc_mm[0], axis.arc_mm[-1], PROFILE_STEP_MM)
     if arc_grid.size < 3:
         return []
@@ -64,7 +65,12 @@ def find_segments(work: WorkGrid, axis: SpineAxis) -> list[Segment]:
     discs = _disc_positions(section, thick_slices=work.spacing_mm[0] >= THICK_SLICE_MM)
     if work.spacing_mm[0] <= JOIN_MAX_SLICE_MM:  # on thick slices a thin disc's depth varies with its phase
         discs = _joined_pieces(discs, section, first == 0, last == arc_grid.size - 1)
-    discs = _split_long_segments(discs, section) + first
+    discs = _split_long_segments(discs, section)
+    bone_share = np.interp(arc_grid, axis.arc_mm, _disk_bone_share(bone, work, axis))[first:last + 1]
+    bands = band_discs(section, PROFILE_STEP_MM)
+    if phase_inverted(discs, bands, bone_share):  # discs as bright as their endplates: the dips are the bodies' marrow
+        discs = bands
+    discs = discs + first
     bounds = [arc_grid[first]] + [arc_grid[d] for d in discs] + [arc_grid[last] + PROFILE_STEP_MM]
     segments = [Segment(low, high) for low, high in zip(bounds[:-1], bounds[1:])]
     segments[0].cut_below = first == 0
@@ -225,17 +231,24 @@ def _thinned(discs: np.ndarray, profile: np.ndarray, min_gap: int) -> np.ndarray
 
 def _disk_profile(work: WorkGrid, axis: SpineAxis) -> np.ndarray:
     """Median HU on a disk perpendicular to the axis at every axis point (robust to the canal's edge)."""
+    return np.median(_disk_samples(work.smooth, work.spacing_mm, axis, order=1), axis=0)
+
+
+def _disk_bone_share(bone: np.ndarray, work: WorkGrid, axis: SpineAxis) -> np.ndarray:
+    """The share of the same disk that is bone with its marrow (bone_mask fills axial cortical rings)."""
+    return np.mean(_disk_samples(bone.astype(np.float32), work.spacing_mm, axis, order=0), axis=0)
+
+
+def _disk_samples(volume: np.ndarray, spacing_mm: np.ndarray, axis: SpineAxis, order: int) -> list[np.ndarray]:
     left, anterior = axis.frame()
-    smooth = work.smooth
     angles = np.linspace(0, 2 * np.pi, 12, endpoint=False)
     offsets = [(0.0, 0.0)] + [(r * np.cos(a), r * np.sin(a)) for r in PROFILE_RADII_MM[1:] for a in angles]
     samples = []
     for du, dv in offsets:
         points_mm = axis.points_mm + du * left + dv * anterior
-        index = points_mm / work.spacing_mm - 0.5
-        samples.append(ndimage.map_coordinates(smooth, index.T, order=1, mode="nearest"))
-    return np.median(samples, axis=0)
-
+        index = points_mm / spacing_mm - 0.5
+        samples.append(ndimage.map_coordinates(volume, index.T, order=order, mode="nearest"))
+    return samples
 
 
 def mark_field_of_view_cuts(segments: list[Segment], axis: SpineAxis, bottom_mm: float, top_mm: float) -> None:

@@ -82,7 +82,7 @@ class OfflineEngine(SegmentationEngine):
         canal = canal_mask(work.values, work.spacing_mm)
         axis = refine_axis(work, bone, coarse, coarse_path_mm, spine_slices, canal)
         progress(0.45, "finding intervertebral discs")
-        segments = find_segments(work, axis)
+        segments = find_segments(work, axis, bone)
         native_k_mm = spacing[0]  # working-grid k mm of the image's faces: the grid starts at work.start
         mark_field_of_view_cuts(segments, axis, -work.start[0] * native_k_mm, (hu.shape[0] - work.start[0]) * native_k_mm)
         if len(segments) < 3:
