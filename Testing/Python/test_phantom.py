@@ -1,10 +1,12 @@
 """The synthetic phantom: its label map and truth must agree, whatever the grid."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from spinefrac.synthetic.phantom import HEIGHT_SAMPLE_FRACTION, Fracture, PhantomSpec, make_phantom
+from spinefrac.synthetic.phantom import HEIGHT_SAMPLE_FRACTION, Fracture, PhantomSpec, make_phantom, thick_slices
 
 from spine_test_utils import label_centroids_lps
 
@@ -154,3 +156,32 @@ def test_five_mm_slices_keep_every_level():
     assert set(np.unique(labels)) - {0} == {19, 20, 21, 22, 23, 24, 26}
     for verse_id in (19, 20, 21, 22, 23, 24):  # bodies of 24-28 mm: at least 4 slices each
         assert np.count_nonzero(np.any(labels == verse_id, axis=(1, 2))) >= 4
+
+
+def test_fatty_marrow_and_thin_cortex_of_an_elderly_spine():
+    spec = PhantomSpec(levels=("L1", "L2", "L3"), spacing_mm=(1.0, 1.0, 1.0), noise_hu=0.0, blur_mm=0.0, ribs=False)
+    normal = make_phantom(spec)
+    elderly = make_phantom(replace(spec, trabecular_hu=120.0, cortical_hu=600.0))
+    bodies = sitk.GetArrayFromImage(normal.body_labels)
+    hu_normal, hu_elderly = sitk.GetArrayFromImage(normal.ct), sitk.GetArrayFromImage(elderly.ct)
+    for verse_id in (20, 21, 22):
+        body = bodies == verse_id
+        assert np.median(hu_elderly[body]) == 120 and np.median(hu_normal[body]) == 200  # marrow: most voxels
+        assert hu_elderly[body].max() == 600 and hu_normal[body].max() == 900  # cortex and endplates
+    assert np.array_equal(hu_normal[bodies == 0], hu_elderly[bodies == 0])  # discs, arches, soft tissue alike
+
+
+def test_thick_slices_average_their_sub_slices_and_keep_the_middle_labels():
+    thin = make_phantom(PhantomSpec(levels=("L1", "L2"), spacing_mm=(1.5, 1.5, 0.5), ribs=False))
+    thick = thick_slices(thin, 3)
+    hu_thin, hu_thick = sitk.GetArrayFromImage(thin.ct).astype(float), sitk.GetArrayFromImage(thick.ct)
+    k = hu_thick.shape[0]
+    assert thick.ct.GetSpacing() == (1.5, 1.5, 1.5) and thick.spec.spacing_mm == (1.5, 1.5, 1.5)
+    # Rounded to whole HU: a mean of three differs from it by at most a third.
+    assert np.abs(hu_thin[:3 * k].reshape(k, 3, *hu_thin.shape[1:]).mean(axis=1) - hu_thick).max() <= 1 / 3 + 1e-9
+    assert np.array_equal(sitk.GetArrayFromImage(thick.labels), sitk.GetArrayFromImage(thin.labels)[1:3 * k:3])
+    centre = thick.truth["L1"].centre_lps_mm  # the same patient point on both grids
+    assert thick.labels[thick.labels.TransformPhysicalPointToIndex(centre)] == 20
+    assert np.allclose(thick.ct.GetOrigin(), thin.ct.TransformIndexToPhysicalPoint((0, 0, 1)))
+    with pytest.raises(ValueError, match="odd"):
+        thick_slices(thin, 2)

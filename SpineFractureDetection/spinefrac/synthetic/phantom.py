@@ -88,6 +88,7 @@ class VertebraDimensions:
     transverse_length: float
     cortical_thickness: float
     trabecular_hu: float
+    cortical_hu: float = HU_CORTICAL  # cortex of the body and its endplates
 
 
 def typical_dimensions(level: Level) -> VertebraDimensions:
@@ -127,6 +128,12 @@ class PhantomSpec:
     disc_hu: float = HU_DISC  # degenerated or partial-volume discs can be as dense as sparse marrow
     fractures: dict[str, Fracture] = field(default_factory=dict)
     disc_height_factor: float = 1.0  # < 1: thin (degenerated) discs, e.g. 0.25 -> lumbar discs ~2.5 mm
+    # Marrow HU of every body; None: each level's typical adult value (200-260 HU). Elderly,
+    # osteoporotic spines have fatty marrow (100-150 HU), darker than thin discs and their endplates.
+    trabecular_hu: float | None = None
+    # Body cortex and endplate HU; None: HU_CORTICAL. Osteoporotic cortex is thinner than a voxel,
+    # so it reads far below compact bone (e.g. 600 HU) once averaged over the voxel.
+    cortical_hu: float | None = None
     ribs: bool = True
     margin_mm: float = 30.0  # field of view beyond the outermost bone
     crop_superior_mm: float = 0.0  # cut the field of view into the top of the spine
@@ -200,6 +207,10 @@ class _Placed:
 def _centreline(spec: PhantomSpec, levels: list[Level]) -> list[_Placed]:
     dims = [typical_dimensions(level) for level in levels]
     dims = [replace(d, disc_below=d.disc_below * spec.disc_height_factor) for d in dims]
+    if spec.trabecular_hu is not None:
+        dims = [replace(d, trabecular_hu=spec.trabecular_hu) for d in dims]
+    if spec.cortical_hu is not None:
+        dims = [replace(d, cortical_hu=spec.cortical_hu) for d in dims]
     # Stack bodies bottom-up along z: body, disc, body, ...
     z_centres = [0.0] * len(levels)
     z = 0.0
@@ -425,6 +436,32 @@ def make_phantom(spec: PhantomSpec | None = None) -> Phantom:
                    _image_like(blood, grid) if spec.contrast_vessels else None)
 
 
+def thick_slices(phantom: Phantom, factor: int) -> Phantom:
+    """The phantom with slices ``factor`` times thicker along the grid axis closest to the
+    cranio-caudal one, each the mean HU of ``factor`` point-sampled sub-slices: a CT slice integrates
+    over its thickness, whereas a point-sampled 2 mm grid catches or misses a 1 mm endplate by phase.
+    Labels are those of the middle sub-slice (the thick slice's centre). The noise is averaged too:
+    build with noise_hu times sqrt(factor) to keep it. Sizes along that axis are cut to a multiple."""
+    if factor < 1 or factor % 2 == 0:
+        raise ValueError(f"factor must be odd and positive (the middle sub-slice carries the labels), got {factor}")
+    direction = np.array(phantom.ct.GetDirection()).reshape(3, 3)
+    axis = int(np.argmax(np.abs(direction[2])))
+    shrink = [1, 1, 1]
+    shrink[axis] = factor
+    size = list(phantom.ct.GetSize())
+    whole = [slice(None)] * 3
+    whole[axis] = slice(0, size[axis] - size[axis] % factor)
+    middle = list(whole)
+    middle[axis] = slice(factor // 2, whole[axis].stop, factor)
+    mean_hu = sitk.BinShrink(sitk.Cast(phantom.ct[tuple(whole)], sitk.sitkFloat32), shrink)
+    ct = sitk.Cast(sitk.Round(mean_hu), sitk.sitkInt16)
+    vessels = phantom.vessels[tuple(middle)] if phantom.vessels is not None else None
+    spacing = list(phantom.spec.spacing_mm)
+    spacing[axis] *= factor
+    return Phantom(ct, phantom.labels[tuple(middle)], phantom.body_labels[tuple(middle)], phantom.truth,
+                   replace(phantom.spec, spacing_mm=tuple(spacing)), vessels)
+
+
 def _vessel_geometry(placed: list[_Placed]) -> list[Aorta | Heart]:
     """The heart (when the mid-thoracic spine is in view), then the aorta along the thoracic and lumbar bodies."""
     trunk = [p for p in placed if p.level.region in (Region.THORACIC, Region.LUMBAR)]
@@ -491,7 +528,7 @@ def _paint(grid: sitk.Image, p: _Placed, hu: np.ndarray, masks_of, box_low, box_
     hu_box[masks["canal"]] = HU_CSF
     hu_box[masks["posterior"]] = HU_POSTERIOR_ELEMENTS
     hu_box[masks["body"]] = p.dims.trabecular_hu
-    hu_box[masks["cortex"]] = HU_CORTICAL
+    hu_box[masks["cortex"]] = p.dims.cortical_hu
     vertebra = (masks["body"] | masks["posterior"]) & (labels[box] == 0)
     labels[box][vertebra] = p.level.verse_id
     bodies[box][masks["body"] & (bodies[box] == 0)] = p.level.verse_id
