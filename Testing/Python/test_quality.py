@@ -340,6 +340,34 @@ def test_discs_thinner_than_a_voxel_pass(tmp_path):
     assert not quality.failing(), quality.failing()
 
 
+@pytest.mark.parametrize("slice_mm", [2.0, 5.0])
+def test_borders_in_bright_disc_bands_pass_and_borders_through_fatty_marrow_fail(monkeypatch, slice_mm):
+    """An elderly chest like POPI: disc and endplates merge into a band brighter than the fatty
+    marrow. The offline engine's borders lie in those bands, where the labels touch across the whole
+    body: QC passes them. Read from the profile's dips alone (the engine before endplate_bands.py),
+    every border runs through the middle of a body, in marrow: QC fails them."""
+    from spinefrac.io.images import ct_from_image
+    from spinefrac.segmentation.offline import discs
+    from spinefrac.segmentation.offline.engine import OfflineEngine
+
+    from spine_test_utils import elderly_chest_phantom
+
+    ct = ct_from_image(elderly_chest_phantom(tuple(f"T{n}" for n in range(5, 13)) + ("L1",), slice_mm).ct,
+                       "phantom", "phantom")
+
+    def border_failures() -> tuple[int, int]:
+        segmentation = OfflineEngine().segment(ct)
+        quality = check_quality(ct, segmentation, measure_vertebrae(ct, segmentation))
+        touching = sum(ratio >= BORDER_CONTACT_RATIO for q in quality.levels for ratio in q.border_contact_ratios.values())
+        return touching, sum(any("border with" in f for f in q.failures) for q in quality.levels)
+
+    touching, failing = border_failures()
+    assert touching >= 6 and failing == 0  # the labels touch across the bands (from both sides: 8 at 2 mm, 16 at 5 mm)
+    monkeypatch.setattr(discs, "phase_inverted", lambda *args: False)
+    touching, failing = border_failures()
+    assert failing >= 6, failing  # measured: 8 of 9 levels at 2 mm, 10 of 10 at 5 mm
+
+
 def test_the_gallery_marks_a_level_that_fails_quality_control(sample, tmp_path):
     """L3 moved 30 mm aside fails QC: its gallery panel is titled 'QC fail' in orange (the overview's
     mark); without the QC result no orange is drawn."""

@@ -61,14 +61,18 @@ def _window_pitch(values: np.ndarray, low: int, high: int) -> float:
     return float(lags[np.argmax(correlation[lags])]) if lags.size else np.nan
 
 
-def band_discs(profile: np.ndarray, step_mm: float) -> np.ndarray:
-    """Profile indices of the discs read from the bright endplate bands (see the module's text)."""
+def band_discs(profile: np.ndarray, step_mm: float, cut_below: bool = False, cut_above: bool = False) -> np.ndarray:
+    """Profile indices of the discs read from the bright endplate bands (see the module's text).
+    Where the spine ends in view (an end not cut_below / cut_above by the image), the last
+    endplate's band has no body beyond it: bands within half a pitch of such an end are dropped."""
     pitch = local_pitch(profile, step_mm)
     if np.all(np.isnan(pitch)):
         return np.array([], dtype=int)
     marrow = _running_median(profile, pitch)
     brightness = ndimage.gaussian_filter1d(np.maximum(profile - marrow, 0.0), BAND_SIGMA_PITCH * float(np.median(pitch)))
     bands = _separated_peaks(brightness, BAND_MIN_GAP_PITCH * pitch)
+    bands = [band for band in bands if (cut_below or band >= BAND_MIN_GAP_PITCH * pitch[band])
+             and (cut_above or profile.size - 1 - band >= BAND_MIN_GAP_PITCH * pitch[band])]
     return np.array([_disc_in_band(profile, marrow, band, DARK_DISC_REACH_PITCH * pitch[band], step_mm)
                      for band in bands], dtype=int)
 
