@@ -68,7 +68,7 @@ def find_segments(work: WorkGrid, axis: SpineAxis, bone: np.ndarray) -> list[Seg
     discs = _split_long_segments(discs, section)
     bone_share = np.interp(arc_grid, axis.arc_mm, _disk_bone_share(bone, work, axis))[first:last + 1]
     bands = band_discs(section, PROFILE_STEP_MM, cut_below=first == 0, cut_above=last == arc_grid.size - 1)
-    if phase_inverted(discs, bands, bone_share):  # discs as bright as their endplates: the dips are the bodies' marrow
+    if phase_inverted(section, discs, bands, bone_share):  # discs as bright as their endplates: the dips are the bodies' marrow
         discs = bands
     discs = discs + first
     bounds = [arc_grid[first]] + [arc_grid[d] for d in discs] + [arc_grid[last] + PROFILE_STEP_MM]

@@ -103,18 +103,32 @@ def _disc_in_band(profile: np.ndarray, marrow: np.ndarray, band: int, reach: flo
     return min(candidates, key=lambda dip: profile[dip]) if candidates else band
 
 
-def phase_inverted(dip_discs: np.ndarray, band_discs: np.ndarray, bone_share: np.ndarray) -> bool:
+def phase_inverted(profile: np.ndarray, dip_discs: np.ndarray, band_discs: np.ndarray, bone_share: np.ndarray) -> bool:
     """Whether the discs read from the dips lie in the bodies: most of them midway between the
-    bands' discs, and on bone (a disc is soft tissue; marrow lies inside a cortical ring, which the
-    engine's bone mask fills). bone_share: the bone share of the profile's disks."""
-    discs = band_discs
-    if discs.size < 3 or discs.size < MIN_BANDS_PER_DIP * dip_discs.size:
+    bands' discs, on bone (a disc is soft tissue; marrow lies inside a cortical ring, which the
+    engine's bone mask fills: bone_share is the bone share of the profile's disks), and in troughs
+    broader than the bands (of a body plus its disc, the disc with its endplates is the shorter part;
+    on 5 mm slices partial volume makes thin discs bone, and a body between two discs is a band)."""
+    if band_discs.size < 3 or band_discs.size < MIN_BANDS_PER_DIP * dip_discs.size:
         return False
-    slot = np.searchsorted(discs, dip_discs)
-    inside = (slot > 0) & (slot < discs.size)
+    slot = np.searchsorted(band_discs, dip_discs)
+    inside = (slot > 0) & (slot < band_discs.size)
     if np.count_nonzero(inside) < 3:
         return False
-    lower, upper = discs[slot[inside] - 1], discs[slot[inside]]
+    lower, upper = band_discs[slot[inside] - 1], band_discs[slot[inside]]
     phase = (dip_discs[inside] - lower) / (upper - lower)
     midway = float(np.mean((phase > MID_PHASE[0]) & (phase < MID_PHASE[1])))
-    return midway >= INVERTED_SHARE and float(np.median(bone_share[dip_discs])) >= MARROW_BONE_SHARE
+    return (midway >= INVERTED_SHARE and float(np.median(bone_share[dip_discs])) >= MARROW_BONE_SHARE
+            and _bands_narrower_than_troughs(profile, dip_discs, band_discs))
+
+
+def _bands_narrower_than_troughs(profile: np.ndarray, dip_discs: np.ndarray, band_discs: np.ndarray) -> bool:
+    """Median width at half prominence: of the profile's maxima nearest the bands' discs against
+    that of the dips."""
+    maxima = signal.find_peaks(profile)[0]
+    if maxima.size == 0:
+        return False
+    brightest = np.unique(maxima[np.abs(maxima[None, :] - band_discs[:, None]).argmin(axis=1)])
+    band_width = float(np.median(signal.peak_widths(profile, brightest, rel_height=0.5)[0]))
+    trough_width = float(np.median(signal.peak_widths(-profile, dip_discs, rel_height=0.5)[0]))
+    return band_width < trough_width
