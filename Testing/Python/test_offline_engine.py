@@ -374,3 +374,57 @@ def test_thin_bright_discs_over_fatty_marrow_are_found_between_bodies(slice_mm, 
     evaluation = evaluate_segmentation(_segment(phantom.ct).label_map, to_canonical(phantom.labels))
     assert evaluation.identification_rate >= 0.9
     assert evaluation.mean_dice >= min_dice
+
+
+def _axis_profile(pitch_mm: float, length_mm: float, marrow_hu: float, disc_hu: float, disc_mm: float,
+                  endplate_hu: float, endplate_mm: float, seed: int = 0):
+    """A 1 mm-step axis profile of bodies and discs, blurred like the engine's (sigma 1 mm), with
+    noise; returns it and the discs' centres."""
+    from scipy import ndimage
+
+    position = np.arange(length_mm)
+    phase = (position % pitch_mm) - pitch_mm / 2  # 0 at each disc's centre
+    profile = np.full(position.size, marrow_hu)
+    profile[np.abs(phase) <= disc_mm / 2 + endplate_mm] = endplate_hu
+    profile[np.abs(phase) < disc_mm / 2] = disc_hu
+    noisy = profile + np.random.default_rng(seed).normal(0.0, 3.0, position.size)
+    return ndimage.gaussian_filter1d(noisy, 1.0), np.arange(pitch_mm / 2, length_mm, pitch_mm)
+
+
+def _nearest_offsets(found: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    return np.array([np.abs(found - centre).min() for centre in truth])
+
+
+def test_endplate_bands_find_merged_and_dark_discs_and_the_pitch():
+    """Merged discs (thin disc and two endplates, one bright band over fatty marrow) are found at the
+    band's middle; dark discs (soft tissue between two endplates over dense marrow) at their dip."""
+    from spinefrac.segmentation.offline.endplate_bands import band_discs, local_pitch
+
+    merged, merged_discs = _axis_profile(22.0, 240.0, 130.0, 240.0, 3.0, 240.0, 1.5)
+    assert np.all(np.abs(local_pitch(merged, 1.0)[30:-30] - 22.0) <= 1.5)
+    found = band_discs(merged, 1.0, cut_below=True, cut_above=True)
+    assert found.size == merged_discs.size and _nearest_offsets(found, merged_discs).max() <= 2.0
+    dark, dark_discs = _axis_profile(36.0, 290.0, 200.0, 90.0, 9.0, 320.0, 2.0, seed=1)
+    found = band_discs(dark, 1.0, cut_below=True, cut_above=True)
+    assert found.size == dark_discs.size and _nearest_offsets(found, dark_discs).max() <= 1.0
+
+
+def test_dips_in_the_bodies_are_replaced_only_on_bone_and_in_broad_troughs():
+    """phase_inverted: dips midway between the bands, in troughs broader than the bands and on bone,
+    are the bodies' marrow; the same dips on soft tissue (a disc's bone share) are not."""
+    from scipy import signal
+
+    from spinefrac.segmentation.offline.endplate_bands import band_discs, phase_inverted
+
+    profile, discs = _axis_profile(22.0, 240.0, 130.0, 240.0, 3.0, 240.0, 1.5)
+    bands = band_discs(profile, 1.0, cut_below=True, cut_above=True)
+    marrow_dips = signal.find_peaks(-profile, prominence=15.0)[0]
+    assert _nearest_offsets(discs, marrow_dips).min() >= 4.0  # every dip lies in a body's marrow
+    assert phase_inverted(profile, marrow_dips, bands, np.ones(profile.size))
+    assert not phase_inverted(profile, marrow_dips, bands, np.full(profile.size, 0.3))
+    assert not phase_inverted(profile, bands, bands, np.ones(profile.size))  # dips at the bands: in phase
+    # Bright bodies with dark discs, seen as bands between the dips: troughs narrower than the bands.
+    dense, _ = _axis_profile(22.0, 240.0, 250.0, 90.0, 6.0, 250.0, 0.0)
+    disc_dips = signal.find_peaks(-dense, prominence=15.0)[0]
+    body_middles = (disc_dips[:-1] + disc_dips[1:]) // 2
+    assert not phase_inverted(dense, disc_dips, body_middles, np.ones(dense.size))

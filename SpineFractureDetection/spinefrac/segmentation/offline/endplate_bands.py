@@ -123,12 +123,26 @@ def phase_inverted(profile: np.ndarray, dip_discs: np.ndarray, band_discs: np.nd
 
 
 def _bands_narrower_than_troughs(profile: np.ndarray, dip_discs: np.ndarray, band_discs: np.ndarray) -> bool:
-    """Median width at half prominence: of the profile's maxima nearest the bands' discs against
-    that of the dips."""
-    maxima = signal.find_peaks(profile)[0]
-    if maxima.size == 0:
-        return False
-    brightest = np.unique(maxima[np.abs(maxima[None, :] - band_discs[:, None]).argmin(axis=1)])
-    band_width = float(np.median(signal.peak_widths(profile, brightest, rel_height=0.5)[0]))
-    trough_width = float(np.median(signal.peak_widths(-profile, dip_discs, rel_height=0.5)[0]))
-    return band_width < trough_width
+    """Median run lengths on either side of the level halfway between the bands' brightest HU and the
+    dips' HU: above it around each band, below it around each dip (a run, not a peak's own width,
+    so that noise on a flat body does not make it narrow)."""
+    reach = DARK_DISC_REACH_PITCH * float(np.median(np.diff(band_discs)))
+    brightest = [_brightest_near(profile, disc, reach) for disc in band_discs]
+    half_hu = (float(np.median(profile[brightest])) + float(np.median(profile[dip_discs]))) / 2
+    band_width = np.median([_run_length(profile >= half_hu, i) for i in brightest])
+    trough_width = np.median([_run_length(profile < half_hu, i) for i in dip_discs])
+    return bool(band_width < trough_width)
+
+
+def _brightest_near(profile: np.ndarray, centre: int, reach: float) -> int:
+    low = max(int(centre - reach), 0)
+    return low + int(np.argmax(profile[low:int(centre + reach) + 1]))
+
+
+def _run_length(inside: np.ndarray, index: int) -> int:
+    """Length of the run of True in ``inside`` holding ``index`` (0 when it is False there)."""
+    if not inside[index]:
+        return 0
+    outside = np.flatnonzero(~inside)
+    before, after = outside[outside < index], outside[outside > index]
+    return int((after[0] if after.size else inside.size) - (before[-1] + 1 if before.size else 0))
