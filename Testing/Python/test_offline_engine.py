@@ -428,3 +428,43 @@ def test_dips_in_the_bodies_are_replaced_only_on_bone_and_in_broad_troughs():
     disc_dips = signal.find_peaks(-dense, prominence=15.0)[0]
     body_middles = (disc_dips[:-1] + disc_dips[1:]) // 2
     assert not phase_inverted(dense, disc_dips, body_middles, np.ones(dense.size))
+
+
+def _rib_scene(lengths_mm: list[float], with_ribs: list[bool]):
+    """Working-grid voxels as flat arrays: per segment (caudal first) a body on the axis and, where
+    with_ribs, 2000 mm3 of bone on each side in the rib zone."""
+    bounds = np.concatenate([[0.0], np.cumsum(lengths_mm)])
+    arc, lateral, anterior = [], [], []
+    for low, high, ribs in zip(bounds[:-1], bounds[1:], with_ribs):
+        middle = (low + high) / 2
+        arc += [middle] * 500
+        lateral += [0.0] * 500
+        anterior += [0.0] * 500
+        if ribs:
+            arc += [middle] * 4000
+            lateral += [60.0] * 2000 + [-60.0] * 2000
+            anterior += [-20.0] * 4000
+    segments = [Segment(float(low), float(high)) for low, high in zip(bounds[:-1], bounds[1:])]
+    return segments, np.array(lateral), np.array(anterior), np.array(arc)
+
+
+@pytest.mark.parametrize("cut_end", ["bottom", "top"])
+def test_a_rib_free_sliver_cut_by_the_image_is_no_rib_anchor(cut_end):
+    """A chest CT like POPI ends below in a 6 mm sliver of a body, and like lung1 above in a 5 mm
+    one: cut by the image, the sliver shows no ribs whether its vertebra has them or not, so it
+    cannot make its neighbour the last (T12) or the first (T1) rib-bearing vertebra. The whole
+    rib-free vertebra at the other end still does."""
+    from spinefrac.segmentation.offline.identification import identify_levels
+
+    lengths = [6.0] + [23.0] * 10 + [19.0] if cut_end == "bottom" else [25.0] + [21.0] * 10 + [5.0]
+    ribs = [False] + [True] * 10 + [False]
+    segments, lateral, anterior, arc = _rib_scene(lengths, ribs)
+    segments[0].cut_below = cut_end == "bottom"
+    segments[-1].cut_above = cut_end == "top"
+    identification = identify_levels(segments, lateral, anterior, arc, 1.0)
+    expected = "the first rib-bearing vertebra (T1)" if cut_end == "bottom" else "the last rib-bearing vertebra (T12)"
+    assert identification.anchors == (expected,) and identification.confidence == "medium"
+    lowest_rib_bearing = 17 if cut_end == "bottom" else 19  # T10 up to T1 from T1; T12 up to T3 from T12
+    assert [s.verse_id for s in segments[1:-1]] == list(range(lowest_rib_bearing, lowest_rib_bearing - 10, -1))
+    segments[0].cut_below = segments[-1].cut_above = False  # seen whole, the rib-free ends are both anchors
+    assert len(identify_levels(segments, lateral, anterior, arc, 1.0).anchors) == 2

@@ -97,9 +97,12 @@ def _anchors(segments: list[Segment], sacral: list[int], ribs: list[bool]) -> li
         rib_runs = [i for i in rib_runs if i > len(sacral) and not _continues(rib_runs, i, len(sacral))]
     if rib_runs:
         lowest, highest = rib_runs[0], rib_runs[-1] + 1
-        if lowest > len(sacral) and not ribs[lowest - 1]:
+        # The rib-free neighbour must be seen whole: an end cut by the field of view (often a sliver
+        # of a body) may have lost its ribs to the crop, so it proves no last or first rib.
+        if lowest > len(sacral) and not ribs[lowest - 1] and not (lowest == 1 and segments[0].cut_below):
             anchors.append(Anchor(lowest, T12_ID, "the last rib-bearing vertebra (T12)"))
-        if highest < len(segments) - 1 and not ribs[highest + 1]:
+        top_cut = segments[-1].cut_above
+        if highest < len(segments) - 1 and not ribs[highest + 1] and not (highest == len(segments) - 2 and top_cut):
             anchors.append(Anchor(highest, T1_ID, "the first rib-bearing vertebra (T1)"))
     return anchors
 
