@@ -1,7 +1,9 @@
 """Intervertebral discs along the spine axis (step 3): the median HU on small disks perpendicular
 to the axis gives a profile whose low-HU dips are the discs; a segment much longer than the
 shorter of its neighbours is cut at its best endplate-flanked dips (thin discs vanish in partial
-volume at 3 mm, several in a row in the neck).
+volume at 3 mm, several in a row in the neck). Where those dips lie in the bodies (fatty marrow,
+discs merged with their endplates into bright bands), the discs are read from the bands
+(endplate_bands.py).
 """
 
 from __future__ import annotations

@@ -10,7 +10,10 @@ identification) so that 0.7-5 mm voxels behave alike:
   3. the axis is refined to the vertebral body centres, and the mean HU on small disks
      perpendicular to it gives a profile whose low-HU dips are the intervertebral discs; a
      segment much longer than the shorter of its neighbours is cut at its best endplate-flanked
-     dips (thin discs vanish in partial volume at 3 mm, several in a row in the neck);
+     dips (thin discs vanish in partial volume at 3 mm, several in a row in the neck); where
+     the marrow is fatty and thin discs merge with their endplates into bands brighter than the
+     bodies, the dips are the bodies' middles and the discs are read from the bands instead
+     (endplate_bands.py);
      a column counts as the spine only with a spinal canal (soft tissue enclosed by bone in its
      plane) just behind the axis in enough of its segments: a contrast-filled aorta or heart,
      however bright and however parted, has none (canal.py);
