@@ -197,7 +197,7 @@ def border_contact(hu: np.ndarray, labels: np.ndarray, first_id: int, second_id:
     return BorderContact(body, marrow)
 
 
-def _in_endplate_band(hu: np.ndarray, below: np.ndarray, above: np.ndarray, sides: np.ndarray,
+def _in_endplate_band(hu: np.ndarray, first: np.ndarray, second: np.ndarray, sides: np.ndarray,
                       slice_mm: float) -> np.ndarray:
     """Touching voxel pairs with a face brighter by BAND_CONTRAST_HU than the bodies BAND_REACH_MM
     below and above: a disc thinner than a slice merged with its two endplates into one bright band
@@ -205,7 +205,8 @@ def _in_endplate_band(hu: np.ndarray, below: np.ndarray, above: np.ndarray, side
     slices the border falls between the band's slice and the next body's, or within the band's
     slice where it crosses the slices obliquely (the labels then touch in the slice's plane)."""
     reach = max(1, int(round(BAND_REACH_MM / slice_mm)))
-    inner_below, inner_above = below.copy(), above.copy()
+    # first and second touch along any axis; their bodies lie along k (second is never below first).
+    inner_below, inner_above = first.copy(), second.copy()
     inner_below[:, 0] -= reach
     inner_above[:, 0] += reach
     inner = np.maximum(_face_mean_hu(hu, inner_below, 0), _face_mean_hu(hu, inner_above, 0))

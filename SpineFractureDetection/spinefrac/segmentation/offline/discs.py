@@ -14,7 +14,12 @@ import numpy as np
 from scipy import ndimage, signal
 
 from spinefrac.segmentation.offline.axis import SpineAxis, WorkGrid, longest_run
-from spinefrac.segmentation.offline.endplate_bands import band_discs, phase_inverted
+from spinefrac.segmentation.offline.endplate_bands import (
+    ENDPLATE_REACH_MM,
+    band_discs,
+    flanking_endplate_hu,
+    phase_inverted,
+)
 
 PROFILE_RADII_MM = (0.0, 3.0, 6.0, 9.0, 12.0)
 PROFILE_SMOOTHING_MM = 1.0
@@ -27,7 +32,6 @@ DISC_MAX_HU = 150.0  # discs are soft tissue (70-130 HU); dips inside bone are n
 SPLIT_LENGTH_RATIO = 1.6  # a segment this many times its neighbours' length hides a disc
 MIN_PIECE_RATIO = 0.6
 MAX_SACRUM_RATIO = 3.3  # S1 to the coccyx along the curve: up to about three lumbar segments
-ENDPLATE_REACH_MM = 8.0
 ENDPLATE_PEAK_HU = 3.0
 THICK_SLICE_MM = 4.0
 FIELD_EDGE_MM = 15.0  # an end of the spine this close to the image's face may continue beyond it
@@ -35,7 +39,7 @@ JOIN_PIECE_RATIO = 0.75  # a segment shorter than this fraction of its stretch's
 JOIN_LENGTH_RATIO = 1.3  # two pieces join when together no longer than this many of its vertebrae
 JOIN_HU = 12.0  # a dip this much shallower than the discs on both sides is inside a body ...
 JOIN_MAX_SLICE_MM = 2.0  # dips inside bodies pass for discs on fine cranio-caudal voxels only
-MAX_JOINED_MM = 50.0  # ... when the vertebra it leaves is no longer than the longest lumbar one  # a disc's endplates sit within this of its centre, a body's further apart
+MAX_JOINED_MM = 50.0  # ... when the vertebra it leaves is no longer than the longest lumbar one
 
 
 @dataclass
@@ -208,7 +212,7 @@ def _best_cuts(profile: np.ndarray, low: int, high: int, count: int, min_piece: 
     taken where none does)."""
     reach = int(round(ENDPLATE_REACH_MM / PROFILE_STEP_MM))
     dips = [d for d in signal.argrelmin(profile, order=1)[0] if low + min_piece <= d <= high - min_piece]
-    contrast = [min(profile[max(d - reach, 0):d].max(), profile[d + 1:d + reach + 1].max()) - profile[d] for d in dips]
+    contrast = [flanking_endplate_hu(profile, d, reach) - profile[d] for d in dips]
     marrow_hu = float(np.median(profile[low:high]))
     below_marrow = [profile[d] <= marrow_hu - DISC_PROMINENCE_HU for d in dips]
     if any(below_marrow):
@@ -238,7 +242,7 @@ def _disk_profile(work: WorkGrid, axis: SpineAxis) -> np.ndarray:
 
 def _disk_bone_share(bone: np.ndarray, work: WorkGrid, axis: SpineAxis) -> np.ndarray:
     """The share of the same disk that is bone with its marrow (bone_mask fills axial cortical rings)."""
-    return np.mean(_disk_samples(bone.astype(np.float32), work.spacing_mm, axis, order=0), axis=0)
+    return np.mean(_disk_samples(bone.view(np.uint8), work.spacing_mm, axis, order=0), axis=0)
 
 
 def _disk_samples(volume: np.ndarray, spacing_mm: np.ndarray, axis: SpineAxis, order: int) -> list[np.ndarray]:

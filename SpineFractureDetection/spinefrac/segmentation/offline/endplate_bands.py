@@ -23,7 +23,7 @@ BAND_SIGMA_PITCH = 0.22  # smoothing of the brightness above the marrow: joins a
 BAND_MIN_GAP_PITCH = 0.5
 DARK_DISC_REACH_PITCH = 0.3  # a dark disc lies this close to its band's centre ...
 DARK_DISC_HU = 15.0  # ... below the marrow by this much, with an endplate this much above it on each side
-ENDPLATE_REACH_MM = 8.0
+ENDPLATE_REACH_MM = 8.0  # a disc's endplates sit within this of its centre, a body's further apart
 MID_PHASE = (0.3, 0.7)  # a dip this far between two bands lies in a body
 INVERTED_SHARE = 0.5
 MIN_BANDS_PER_DIP = 0.75
@@ -37,13 +37,13 @@ def local_pitch(profile: np.ndarray, step_mm: float) -> np.ndarray:
     half = int(round(PITCH_WINDOW_MM / step_mm))
     low, high = (int(round(mm / step_mm)) for mm in PITCH_RANGE_MM)
     centres = np.arange(0, profile.size, max(int(round(PITCH_SAMPLE_MM / step_mm)), 1))
-    windows = [profile[max(c - half, 0):c + half + 1] for c in centres]
-    pitches = np.array([_window_pitch(window, low, high) for window in windows])
+    correlations = [_autocorrelation(profile[max(c - half, 0):c + half + 1]) for c in centres]
+    pitches = np.array([_strongest_lag(correlation, low, high) for correlation in correlations])
     if np.all(np.isnan(pitches)):
         return np.full(profile.size, np.nan)
     typical = float(np.nanmedian(pitches))
     low, high = max(low, int(typical / PITCH_SPREAD)), min(high, int(np.ceil(typical * PITCH_SPREAD)))
-    pitches = np.array([_window_pitch(window, low, high) for window in windows])
+    pitches = np.array([_strongest_lag(correlation, low, high) for correlation in correlations])
     known = ~np.isnan(pitches)
     if not known.any():
         return np.full(profile.size, typical)
@@ -51,9 +51,12 @@ def local_pitch(profile: np.ndarray, step_mm: float) -> np.ndarray:
     return np.interp(np.arange(profile.size), centres[known], voted)
 
 
-def _window_pitch(values: np.ndarray, low: int, high: int) -> float:
+def _autocorrelation(values: np.ndarray) -> np.ndarray:
     centred = values - values.mean()
-    correlation = np.correlate(centred, centred, "full")[centred.size - 1:]
+    return np.correlate(centred, centred, "full")[centred.size - 1:]
+
+
+def _strongest_lag(correlation: np.ndarray, low: int, high: int) -> float:
     if correlation.size <= low or correlation[0] <= 0:
         return np.nan
     lags = signal.find_peaks(correlation[:high + 1])[0]
@@ -98,9 +101,15 @@ def _disc_in_band(profile: np.ndarray, marrow: np.ndarray, band: int, reach: flo
     endplate_reach = int(round(ENDPLATE_REACH_MM / step_mm))
     candidates = [dip for dip in signal.argrelmin(profile)[0]
                   if abs(dip - band) <= reach and profile[dip] <= marrow[dip] - DARK_DISC_HU
-                  and min(profile[max(dip - endplate_reach, 0):dip].max(initial=-np.inf),
-                          profile[dip + 1:dip + endplate_reach + 1].max(initial=-np.inf)) >= marrow[dip] + DARK_DISC_HU]
+                  and flanking_endplate_hu(profile, dip, endplate_reach) >= marrow[dip] + DARK_DISC_HU]
     return min(candidates, key=lambda dip: profile[dip]) if candidates else band
+
+
+def flanking_endplate_hu(profile: np.ndarray, index: int, reach: int) -> float:
+    """The darker of the brightest samples within ``reach`` below and above ``index``: the fainter of
+    the two endplates around a disc there (-inf where a side is empty)."""
+    return min(profile[max(index - reach, 0):index].max(initial=-np.inf),
+               profile[index + 1:index + reach + 1].max(initial=-np.inf))
 
 
 def phase_inverted(profile: np.ndarray, dip_discs: np.ndarray, band_discs: np.ndarray, bone_share: np.ndarray) -> bool:
