@@ -219,11 +219,22 @@ def refine_axis(work: WorkGrid, bone: np.ndarray, coarse: WorkGrid, coarse_path_
     valid = np.nonzero(spine_slices)[0]
     work_k_mm = (np.arange(bone.shape[0]) + 0.5) * spacing[0]
     guide = np.stack([np.interp(work_k_mm, coarse_k_mm[valid], coarse_ji_mm[valid, axis]) for axis in (0, 1)], 1)
+    return axis_near_guide(work, bone, guide, canal)
+
+
+def axis_near_guide(work: WorkGrid, bone: np.ndarray, guide_ji_mm: np.ndarray, canal: np.ndarray | None = None,
+                    search_radius_mm: float = BODY_SEARCH_RADIUS_MM) -> SpineAxis:
+    """The body centres near a guide (per working slice, its (j, i) position in working-grid mm):
+    per slice the thickest bone within search_radius_mm, in front of the canal, smoothed with the
+    slices through bodies trusted more than those through discs."""
+    spacing = work.spacing_mm
+    work_k_mm = (np.arange(bone.shape[0]) + 0.5) * spacing[0]
+    guide = guide_ji_mm
     canal_ji_mm = canal_fronts(canal, spacing, guide) if canal is not None else np.full(guide.shape, np.nan)
     found = guide.copy()
     depth_mm = np.zeros(bone.shape[0])
     for k in range(bone.shape[0]):
-        found[k], depth_mm[k] = _thickest_near(bone[k], guide[k], spacing[1:], canal_ji_mm[k])
+        found[k], depth_mm[k] = _thickest_near(bone[k], guide[k], spacing[1:], canal_ji_mm[k], search_radius_mm)
     smoothed = _weighted_smooth(found, depth_mm ** 2, AXIS_SMOOTHING_MM / spacing[0])
     points = np.column_stack([work_k_mm, smoothed])
     tangents = np.gradient(points, axis=0)
@@ -233,11 +244,11 @@ def refine_axis(work: WorkGrid, bone: np.ndarray, coarse: WorkGrid, coarse_path_
 
 
 def _thickest_near(bone_slice: np.ndarray, guide_mm: np.ndarray, spacing: np.ndarray,
-                   canal_mm: np.ndarray) -> tuple[np.ndarray, float]:
+                   canal_mm: np.ndarray, search_radius_mm: float = BODY_SEARCH_RADIUS_MM) -> tuple[np.ndarray, float]:
     """The point deepest inside bone near the guide: a body centre, not a thin arch or rib; where a
     canal is in reach, only in front of it (a slice without one, or without bone there, keeps the
     whole window)."""
-    radius = np.ceil(BODY_SEARCH_RADIUS_MM / spacing).astype(int)
+    radius = np.ceil(search_radius_mm / spacing).astype(int)
     centre = np.round(guide_mm / spacing - 0.5).astype(int)
     low = np.clip(centre - radius, 0, bone_slice.shape)
     high = np.clip(centre + radius + 1, 0, bone_slice.shape)

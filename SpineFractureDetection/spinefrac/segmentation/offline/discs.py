@@ -57,11 +57,9 @@ class Segment:
 
 def find_segments(work: WorkGrid, axis: SpineAxis, bone: np.ndarray) -> list[Segment]:
     """Disc-bounded slabs along the axis, caudal first. bone: bone_mask on the working grid."""
-    arc_grid = np.arange(axis.arc_mm[0], axis.arc_mm[-1], PROFILE_STEP_MM)
+    arc_grid, profile = arc_profile(work, axis)
     if arc_grid.size < 3:
         return []
-    profile = ndimage.gaussian_filter1d(np.interp(arc_grid, axis.arc_mm, _disk_profile(work, axis)),
-                                        PROFILE_SMOOTHING_MM / PROFILE_STEP_MM)
     # Sparse trabecular bone can sit below the bone threshold; soft tissue stays below SPINE_PROFILE_HU.
     spine = longest_run(profile > SPINE_PROFILE_HU, int(round(MIN_SEGMENT_MM / PROFILE_STEP_MM)))
     if not spine.any():
@@ -235,7 +233,17 @@ def _thinned(discs: np.ndarray, profile: np.ndarray, min_gap: int) -> np.ndarray
     return np.array(sorted(kept), dtype=int)
 
 
-def _disk_profile(work: WorkGrid, axis: SpineAxis) -> np.ndarray:
+def arc_profile(work: WorkGrid, axis: SpineAxis) -> tuple[np.ndarray, np.ndarray]:
+    """The disc profile every PROFILE_STEP_MM of arc: (arc positions in mm, lightly smoothed median HU)."""
+    arc_grid = np.arange(axis.arc_mm[0], axis.arc_mm[-1], PROFILE_STEP_MM)
+    if arc_grid.size < 3:
+        return arc_grid, np.zeros(arc_grid.shape)
+    profile = ndimage.gaussian_filter1d(np.interp(arc_grid, axis.arc_mm, disk_profile(work, axis)),
+                                        PROFILE_SMOOTHING_MM / PROFILE_STEP_MM)
+    return arc_grid, profile
+
+
+def disk_profile(work: WorkGrid, axis: SpineAxis) -> np.ndarray:
     """Median HU on a disk perpendicular to the axis at every axis point (robust to the canal's edge)."""
     return np.median(_disk_samples(work.smooth, work.spacing_mm, axis, order=1), axis=0)
 
