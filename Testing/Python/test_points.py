@@ -125,7 +125,8 @@ def test_written_point_list_reads_back_with_positions_and_levels(tmp_path):
     assert [p.label for p in back] == ["T12", "P-2", "sacrum"]
     document = json.loads(path.read_text(encoding="utf-8"))
     assert document["markups"][0]["coordinateSystem"] == "LPS"
-    assert {c["description"] for c in document["markups"][0]["controlPoints"]} == {"vertebral body centre found by test"}
+    descriptions = {c["description"] for c in document["markups"][0]["controlPoints"]}
+    assert descriptions == {"vertebral body centre found by test"}
 
 
 def test_slicer_loads_the_written_point_list(tmp_path):
