@@ -222,8 +222,8 @@ def test_names_that_contradict_the_segments_are_refused():
     points = [VertebraPoint(tuple(centres[0]), _level("T12"), "T12"),
               VertebraPoint(tuple(centres[1]), _level("L1"), "L1")]
     with pytest.raises(InputError, match="segments 'L1, with point T12' \\(T12\\) .* and "
-                                         "'L3, with point L1' \\(L1\\) .* have 1 segment between them; T12 to L1 leaves room for none: the "
-                                         "segmentation split or merged"):
+                                         "'L3, with point L1' \\(L1\\) .* have 1 segment between them; "
+                                         "T12 to L1 leaves room for none: the segmentation split or merged"):
         rename_by_points(_segmentation(image), points)
 
 
