@@ -24,3 +24,7 @@ EVALUATION_CSV_FILE = "evaluation.csv"
 MODEL_MANIFEST_FILE = "manifest.json"
 MODEL_WEIGHTS_FILE = "weights.pt"
 TRAINING_CHECKPOINT_FILE = "checkpoint.pt"
+
+# Vertebra points (one per vertebral body, Slicer markups point list, LPS mm): the points a guided run used
+# or found, to check and correct in Slicer.
+POINTS_FILE = "points.mrk.json"
