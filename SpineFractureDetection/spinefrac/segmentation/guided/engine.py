@@ -57,7 +57,10 @@ from spinefrac.segmentation.offline.labelling import (
 )
 
 ABOVE_TOP_POINT_MM = 50.0  # room for the top vertebra's upper half and the disc above it
-MAX_DISTANCE_FROM_BONE_MM = 5.0  # a point this far from any bone is not in a vertebral body
+MAX_DISTANCE_FROM_BONE_MM = 5.0
+# The disc's surface is looked for this close to the disc found between the points (a fraction of the
+# segment): the points fix which disc it is, and farther off a bright endplate band can pass for one.
+DISC_SEARCH_FRACTION = 0.3  # a point this far from any bone is not in a vertebral body
 
 
 class GuidedEngine(SegmentationEngine):
@@ -184,7 +187,7 @@ def _label_voxels(hu: np.ndarray, spacing: np.ndarray, work: WorkGrid, axis, seg
     vessels = vessel_mask(work, bone, lateral_mm, anterior_mm, [s.length_mm for s in segments])
     work_labels = assign_levels(segments, bone, lateral_mm, anterior_mm, arc_mm)
     work_labels[vessels] = 0
-    work_labels, in_bodies = disc_surface_labels(work, axis, segments, work_labels, canal)
+    work_labels, in_bodies = disc_surface_labels(work, axis, segments, work_labels, canal, DISC_SEARCH_FRACTION)
     work_labels = refine_boundaries(work, segments, bone, work_labels, arc_mm, in_bodies)
     work_labels[~bone_mask(work.values, work.spacing_mm, edge=True)] = 0
     return native_labels(hu, spacing, work, work_labels, vessels)

@@ -65,9 +65,10 @@ class DiscPlane:
 
 
 def disc_surface_labels(work: WorkGrid, axis: SpineAxis, segments: list[Segment], labels: np.ndarray,
-                        canal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Re-assign each pair of neighbouring bodies along the disc plane found between them.
-    Returns the labels and the mask of the voxels re-assigned (in the body footprints)."""
+                        canal: np.ndarray, search_fraction: float = SEARCH_FRACTION) -> tuple[np.ndarray, np.ndarray]:
+    """Re-assign each pair of neighbouring bodies along the disc plane found between them, within
+    search_fraction of either segment's length from the cut. Returns the labels and the mask of the
+    voxels re-assigned (in the body footprints)."""
     if work.spacing_mm[0] >= THICK_SLICE_MM:  # a disc is a slice at most: no surface to follow, no tilt to see
         return labels, np.zeros(labels.shape, dtype=bool)
     smooth = work.smooth
@@ -82,7 +83,7 @@ def disc_surface_labels(work: WorkGrid, axis: SpineAxis, segments: list[Segment]
         if not (lower.verse_id and upper.verse_id) or LEVEL_BY_ID[upper.verse_id].region is Region.CERVICAL:
             continue
         frame = _cut_frame(axis, left, anterior, upper.low_mm)
-        reach_mm = (SEARCH_FRACTION * lower.length_mm, SEARCH_FRACTION * upper.length_mm)
+        reach_mm = (search_fraction * lower.length_mm, search_fraction * upper.length_mm)
         back_mm = _canal_front_mm(canal_mm, frame, reach_mm)
         s, u, v = _in_frame(labelled_mm, frame)
         pair = ((values == lower.verse_id) | (values == upper.verse_id)) & (v > back_mm) & \
