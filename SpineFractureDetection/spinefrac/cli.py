@@ -107,6 +107,12 @@ def _add_run_parser(commands) -> None:
                      help="use an existing vertebra segmentation on the CT's grid: a label map file "
                           "(VerSe ids, TotalSegmentator ids, Slicer .seg.nrrd) or a folder of "
                           "TotalSegmentator masks (vertebrae_L1.nii.gz, ...)")
+    run.add_argument("--points", type=Path, metavar="FILE",
+                     help="one point per vertebral body, roughly central: a Slicer markups point list (.mrk.json), "
+                          "a VerSe centroid file (*_ctd.json) or CSV (x,y,z in LPS mm[,level]). Name one point you "
+                          "are sure of (L1, T12, sacrum...): the others are named by their order. Without "
+                          "--segmentation the masks are made from the points (guided engine); with it, or with a "
+                          "learned --engine, its levels are renamed by the points and no voxel changes")
     run.add_argument("--labels", default="auto", choices=sorted(LABEL_OPTIONS),
                      help="label convention of --segmentation (default: auto: names when the file has segment "
                           "names, otherwise the one reading of the ids (VerSe, TotalSegmentator v2 or v1) that "
@@ -277,7 +283,7 @@ def _run(args: argparse.Namespace) -> int:
         args.ct, args.output, segmentation_path=args.segmentation, label_convention=convention,
         device=args.device, overwrite=args.overwrite, stages=stages, classifier_path=args.classifier,
         probability_threshold=args.fracture_threshold, check_hu=not args.no_hu_check, engine=args.engine,
-        dicom_series=args.dicom_series, reads=reads,
+        dicom_series=args.dicom_series, reads=reads, points_path=args.points,
     )
     if not args.quiet:
         for warning in result.ct.warnings:

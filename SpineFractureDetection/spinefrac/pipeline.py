@@ -30,17 +30,22 @@ from spinefrac.io.filenames import (
     GALLERY_FILE,
     LABEL_MAP_FILE,
     OVERVIEW_FILE,
+    POINTS_FILE,
     REPORT_CSV_FILE,
     REPORT_JSON_FILE,
 )
 from spinefrac.io.images import CtVolume, ImageGrid, InputReads, load_ct, write_image
 from spinefrac.io.outputs import AtomicOutputFolder
+from spinefrac.io.points import read_points, write_points_markups
 from spinefrac.progress import SilentStages
 from spinefrac.reporting.dicom_export import plan_dicom_export, write_dicom_objects
 from spinefrac.reporting.gallery import write_gallery_png
+from spinefrac.reporting.level_points import level_points
 from spinefrac.reporting.overview import write_overview_png
 from spinefrac.reporting.report import SpineReport
 from spinefrac.segmentation.base import LabelConvention, SegmentationEngine, VertebraSegmentation
+from spinefrac.segmentation.guided.engine import GuidedEngine
+from spinefrac.segmentation.guided.rename import rename_by_points
 from spinefrac.segmentation.label_maps import ExistingLabelMap
 
 STAGE_COUNT = 7  # loading, segmentation, measuring, quality control, grading, report, outputs
@@ -131,26 +136,36 @@ def run_pipeline(
     engine: str = "auto",
     dicom_series: Path | str | None = None,
     reads: InputReads | None = None,
+    points_path: Path | str | None = None,
 ) -> RunResult:
     """Run every stage; nothing appears under ``output_folder`` unless all of them succeed.
     A DICOM input (or ``dicom_series``, the CT's source series) also gets a DICOM SEG and SR.
-    ``reads``: the CT and label map already being read (InputReads), used where they are these files."""
+    ``reads``: the CT and label map already being read (InputReads), used where they are these files.
+    ``points_path``: one point per vertebral body (Slicer markups, VerSe centroids, CSV): with
+    ``segmentation_path`` or a learned ``engine`` they rename its levels, otherwise the guided engine
+    segments from them."""
     stages = stages or SilentStages()
     model_folder = Path(engine) if engine not in ENGINE_CHOICES else None
     # Refused up front: a non-empty folder without --overwrite, and one that is, holds or lies in an input.
-    output = AtomicOutputFolder(output_folder, overwrite,
-                                inputs=(ct_path, segmentation_path, classifier_path, model_folder, dicom_series))
+    output = AtomicOutputFolder(output_folder, overwrite, inputs=(ct_path, segmentation_path, classifier_path,
+                                                                  model_folder, dicom_series, points_path))
     device_choice = resolve_device(device)
     label_read_ahead = (reads is not None and segmentation_path is not None
                         and reads.labels_path == Path(segmentation_path))
-    engine = choose_engine(segmentation_path, label_convention, engine, device_choice.name,
-                           reads.label_image if label_read_ahead else None)
+    guided = points_path is not None and segmentation_path is None and engine in ("auto", "offline")
+    engine = None if guided else choose_engine(segmentation_path, label_convention, engine, device_choice.name,
+                                               reads.label_image if label_read_ahead else None)
     classifier = FractureClassifier.load(classifier_path, device_choice.name) if classifier_path else None
 
     stages.stage("Loading CT")
     ct = reads.ct(ct_path, check_hu) if reads is not None else load_ct(ct_path, check_hu=check_hu)
     dicom_plan = plan_dicom_export(ct, dicom_series)  # a named series that does not fit is refused here
+    points = read_points(points_path, ct.image) if points_path is not None else None
+    if guided:
+        engine = GuidedEngine(points, source=Path(points_path).name)
     segmentation = engine.segment(ct, stages.stage(f"Segmentation ({engine.name})"))
+    if points is not None and not guided:  # the points name the levels of a given or learned segmentation
+        segmentation = rename_by_points(segmentation, points)
     if reads is not None:
         reads.finish()  # the reading thread ended before the measurements fork their workers
     assessment = assess(ct, segmentation, classifier, probability_threshold, stages)
@@ -256,8 +271,11 @@ def _write_outputs(work: Path, ct: CtVolume, segmentation: VertebraSegmentation,
                       work / GALLERY_FILE, quality=assessment.quality)
         # Label maps written (ITK, zlib: no GIL) while the pictures are drawn, from images and a grid of their own:
         # GetArrayViewFromImage copies an image another thread holds, leaving earlier views on a freed buffer.
+        bodies = assessment.morphometry.body_label_array(ct.grid.size[::-1])
         label_maps = writer.submit(_write_label_maps, ct, ct.to_source_grid(segmentation.label_map), ct.grid,
-                                   assessment.morphometry, work)
+                                   bodies, work)
+        write_points_markups(work / POINTS_FILE, level_points(ct.image, bodies, assessment.measurements),
+                             f"vertebral body centres of the levels labelled by {segmentation.engine}")
         report.dicom_export = write_dicom_objects(dicom_plan, segmentation, report, work)
         report.write(work)
         (work / FINDINGS_FILE).write_text(report.findings_text(), encoding="utf-8")
@@ -271,21 +289,16 @@ def _write_outputs(work: Path, ct: CtVolume, segmentation: VertebraSegmentation,
 def _written_files(folder: Path, dicom_written: bool) -> dict[str, Path]:
     written = {"label_map": LABEL_MAP_FILE, "body_label_map": BODY_LABEL_MAP_FILE, "report_json": REPORT_JSON_FILE,
                "report_csv": REPORT_CSV_FILE, "overview_png": OVERVIEW_FILE, "gallery_png": GALLERY_FILE,
-               "findings_txt": FINDINGS_FILE}
+               "findings_txt": FINDINGS_FILE, "points": POINTS_FILE}
     if dicom_written:
         written.update(dicom_seg=DICOM_SEG_FILE, dicom_sr=DICOM_SR_FILE)
     return {key: folder / name for key, name in written.items()}
 
 
-def _write_label_maps(ct: CtVolume, label_map: sitk.Image, grid: ImageGrid, morphometry: SpineMorphometry,
-                      folder: Path) -> None:
+def _write_label_maps(ct: CtVolume, label_map: sitk.Image, grid: ImageGrid, bodies, folder: Path) -> None:
+    """The labels and the isolated bodies (``bodies``: VerSe ids on the canonical ``grid``), on the CT's own grid."""
     write_image(label_map, folder / LABEL_MAP_FILE)
-    write_image(ct.to_source_grid(_body_image(grid, morphometry)), folder / BODY_LABEL_MAP_FILE)
-
-
-def _body_image(grid: ImageGrid, morphometry: SpineMorphometry) -> sitk.Image:
-    """The isolated bodies on the CT's canonical ``grid``."""
-    return grid.apply_to(sitk.GetImageFromArray(morphometry.body_label_array(grid.size[::-1])))
+    write_image(ct.to_source_grid(grid.apply_to(sitk.GetImageFromArray(bodies))), folder / BODY_LABEL_MAP_FILE)
 
 
 def _title(ct: CtVolume, segmentation: VertebraSegmentation) -> str:

@@ -29,11 +29,29 @@ def _comparable_rows(report):
 
 def test_sample_run_writes_every_output(sample_run):
     out, result = sample_run
-    assert sorted(p.name for p in out.iterdir()) == ["findings.txt", "gallery.png", "overview.png", "report.csv",
-                                                       "report.json", "vertebrae.nii.gz", "vertebral_bodies.nii.gz"]
+    assert sorted(p.name for p in out.iterdir()) == ["findings.txt", "gallery.png", "overview.png", "points.mrk.json",
+                                                       "report.csv", "report.json", "vertebrae.nii.gz",
+                                                       "vertebral_bodies.nii.gz"]
     assert (out / "overview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "gallery.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "[7/7] Writing outputs" in result.stderr  # progress on the terminal
+
+
+def test_sample_run_writes_one_named_point_per_level_in_its_body(sample_run):
+    """points.mrk.json: the start of guided segmentation; each level's point lies in that level's body."""
+    from spinefrac.io.points import read_points
+
+    out, _ = sample_run
+    points = read_points(out / "points.mrk.json")
+    levels = [row["level"] for row in _report(out)["levels"]]
+    assert [p.level.name for p in points] == levels
+    bodies = sitk.ReadImage(str(out / "vertebral_bodies.nii.gz"))
+    labels = sitk.ReadImage(str(out / "vertebrae.nii.gz"))
+    for point in points:
+        index = labels.TransformPhysicalPointToIndex(point.position_lps_mm)
+        assert labels[index] == point.level.verse_id, point
+        if point.level.is_vertebra and point.level.name != "T11":  # T11: a sliver cut by the field of view
+            assert bodies[index] == point.level.verse_id, point
 
 
 def test_sample_report_levels_fov_and_sacrum(sample_run, sample_labels):
