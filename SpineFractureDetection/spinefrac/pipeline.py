@@ -6,6 +6,7 @@ grading: the same chain the Slicer module runs) -> SpineReport -> files (written
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import signal
 from concurrent.futures import ThreadPoolExecutor
@@ -36,7 +37,7 @@ from spinefrac.io.filenames import (
 )
 from spinefrac.io.images import CtVolume, ImageGrid, InputReads, load_ct, write_image
 from spinefrac.io.outputs import AtomicOutputFolder
-from spinefrac.io.points import read_points, write_points_markups
+from spinefrac.io.points import markups_document, read_points
 from spinefrac.progress import SilentStages
 from spinefrac.reporting.dicom_export import plan_dicom_export, write_dicom_objects
 from spinefrac.reporting.gallery import write_gallery_png
@@ -274,8 +275,10 @@ def _write_outputs(work: Path, ct: CtVolume, segmentation: VertebraSegmentation,
         bodies = assessment.morphometry.body_label_array(ct.grid.size[::-1])
         label_maps = writer.submit(_write_label_maps, ct, ct.to_source_grid(segmentation.label_map), ct.grid,
                                    bodies, work)
-        write_points_markups(work / POINTS_FILE, level_points(ct.image, bodies, assessment.measurements),
-                             f"vertebral body centres of the levels labelled by {segmentation.engine}")
+        # The work folder is renamed into place whole: a plain write, so a full disk reads as every other output's.
+        points = markups_document(level_points(ct.image, bodies, assessment.measurements),
+                                  f"vertebral body centres of the levels labelled by {segmentation.engine}")
+        (work / POINTS_FILE).write_text(json.dumps(points, indent=2) + "\n", encoding="utf-8")
         report.dicom_export = write_dicom_objects(dicom_plan, segmentation, report, work)
         report.write(work)
         (work / FINDINGS_FILE).write_text(report.findings_text(), encoding="utf-8")

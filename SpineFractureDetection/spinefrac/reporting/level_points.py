@@ -20,14 +20,13 @@ def level_points(label_map: sitk.Image, body_labels: np.ndarray, measurements: S
     """Per measured level (cranial first) the centroid of its isolated body, or of the whole level where no
     body was isolated (the sacrum, a level cut by the field of view). body_labels: the bodies, VerSe ids on
     label_map's [k, j, i] grid."""
-    levels = [m.level for m in measurements.vertebrae]
-    ids = [level.verse_id for level in levels]
-    present = set(np.unique(body_labels).tolist()) if body_labels.any() else set()
-    body_centres = ndimage.center_of_mass(body_labels > 0, body_labels, ids) if present else [None] * len(ids)
+    present = [int(v) for v in np.unique(body_labels) if v]
+    body_centres = dict(zip(present, ndimage.center_of_mass(body_labels > 0, body_labels, present))) if present else {}
     points = []
-    for m, centre_kji in zip(measurements.vertebrae, body_centres):
-        if m.level.verse_id in present:
-            position = label_map.TransformContinuousIndexToPhysicalPoint([float(v) for v in centre_kji[::-1]])
+    for m in measurements.vertebrae:
+        if m.level.verse_id in body_centres:
+            centre_ijk = [float(v) for v in body_centres[m.level.verse_id][::-1]]
+            position = label_map.TransformContinuousIndexToPhysicalPoint(centre_ijk)
         else:
             position = tuple(lps_from_ras(m.centroid_ras_mm))
         points.append(VertebraPoint(tuple(float(v) for v in position), m.level, m.level.name))
