@@ -18,6 +18,7 @@ from spinefrac.assessment.quality import BORDER_CONTACT_RATIO, QcVerdict, check_
 from spinefrac.errors import SpineFracError
 from spinefrac.io.images import load_ct
 from spinefrac.levels import LEVEL_BY_NAME
+from spinefrac.segmentation.base import NUMBERING_CHECK
 from spinefrac.segmentation.label_maps import ExistingLabelMap
 from spinefrac.synthetic.phantom import PhantomSpec, make_phantom
 
@@ -212,6 +213,8 @@ def test_report_carries_the_quality_block_and_columns(sample, tmp_path):
     for key in ("qc_verdict", "qc_reasons", "quality_control.levels[].rim_minus_interior_hu"):
         assert key in report["definitions"]
     assert report["segmentation"]["level_identification"]["confidence"] == "low"
+    # Lowered by QC: the summary, and so the findings' numbering line, says the numbering needs confirming.
+    assert report["segmentation"]["level_identification"]["summary"].endswith(NUMBERING_CHECK)
     csv_rows = {row["level"]: row for row in csv.DictReader(io.StringIO(
         SpineReport.from_stages(ct, segmentation, assessment.measurements, assessment.findings,
                                 assessment.quality).to_csv()))}

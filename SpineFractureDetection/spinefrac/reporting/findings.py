@@ -41,6 +41,7 @@ def findings_lines(report: dict) -> list[str]:
     rows = report.get("levels", [])
     fractured = [row for row in rows if row.get("decision") == "fractured"]
     lines = [f"Findings: {_study(report)}", f"Levels in view: {_span(rows)}."]
+    lines.append(f"Level numbering: {numbering_sentence(report.get('segmentation', {}))}")
     lines.append("Vertebral fractures:" if fractured else _no_fracture_sentence(rows))
     lines += [f"- {fracture_sentence(row)}" for row in fractured]
     lines.append(f"Osteoporosis screen: {osteoporosis_sentence(report)}")
@@ -97,6 +98,19 @@ def osteoporosis_sentence(report: dict) -> str:
         return ("not done: L1 trabecular attenuation is not measured on the offline engine's masks (a bone "
                 "threshold leaves out low-density marrow and would bias it high).")
     return f"not done: L1 trabecular attenuation not measured ({l1.get('decision_reason') or 'no vertebral body'})."
+
+
+def numbering_sentence(segmentation: dict) -> str:
+    """Which landmark the level names were counted from and how sure that is; below high, that the
+    numbering needs confirming (the summary of report.json's level_identification says how)."""
+    identification = segmentation.get("level_identification") or {}
+    confidence = identification.get("confidence")
+    if confidence is None:
+        return "as labelled by the segmentation source."
+    summary = identification.get("summary") or "no landmark recorded"
+    if confidence == "high":
+        return f"{summary}."
+    return f"confidence {confidence}: {summary}."
 
 
 def masks_sentence(segmentation: dict) -> str:

@@ -23,7 +23,7 @@ from spinefrac.io.filenames import REPORT_CSV_FILE, REPORT_JSON_FILE
 from spinefrac.io.images import CtVolume
 from spinefrac.io.outputs import rounded_or_none
 from spinefrac.reporting.findings import findings_text
-from spinefrac.segmentation.base import VertebraSegmentation
+from spinefrac.segmentation.base import NUMBERING_CHECK, VertebraSegmentation
 
 REPORT_SCHEMA = "spinefrac-report"
 REPORT_SCHEMA_VERSION = "1.4.0"  # 1.1: fracture findings per level; 1.2: segmentation.level_identification;
@@ -188,6 +188,8 @@ class SpineReport:
             identification["confidence"] = quality.identification_confidence
             if quality.identification_confidence != quality.identification_confidence_before:
                 identification["summary"] += f"; quality control: {quality.summary()}"
+                if NUMBERING_CHECK not in identification["summary"]:  # lowered from high
+                    identification["summary"] += f"; {NUMBERING_CHECK}"
         return report
 
     def _data(self) -> dict:

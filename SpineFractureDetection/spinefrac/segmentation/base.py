@@ -29,14 +29,21 @@ class LabelConvention(str, Enum):
     NAMES = "names"  # segment names (Slicer .seg.nrrd) or mask file names
 
 
+# Counting down from C2 is the reference for numbering vertebrae (Carrino et al., Radiology 2011;259:196-202);
+# said wherever a numbering rests on less than that and an independent landmark agreeing.
+NUMBERING_CHECK = ("the numbering needs confirming: count down from C2 where an image shows it, or name one "
+                   "vertebra in guided segmentation")
+
+
 @dataclass(frozen=True)
 class LevelIdentification:
     """How an engine decided which vertebra is which (engines that count from landmarks)."""
 
     anchors: tuple[str, ...]  # the landmarks counted from, most reliable first; empty: none in view
-    confidence: str  # "high" (anchors agree, or the sacrum), "medium" (one other anchor), "low" (anchors
-    # disagree), "uncertain" (no anchor: the numbering is an assumption)
-    summary: str  # one sentence for people: anchors, agreement, assumption
+    confidence: str  # "high" (an anchor counted from the top of the spine agrees with another, or the
+    # sacrum naming lumbar levels only), "medium" (one landmark, or the sacrum and the last rib, which
+    # can be off together), "low" (anchors disagree), "uncertain" (no anchor: the numbering is an assumption)
+    summary: str  # one sentence for people: anchors, agreement, assumption; below high, how to confirm
 
     def to_dict(self) -> dict:
         return {"anchors": list(self.anchors), "confidence": self.confidence, "summary": self.summary}

@@ -49,6 +49,9 @@ class Segment:
     cut_below: bool = False  # the lowest segment, cut by the field of view
     cut_above: bool = False  # the highest segment, cut by the field of view
     verse_id: int = 0
+    # How far the image reaches to the nearer side of the axis beside this segment: bone further out
+    # (ribs, iliac bones) is not seen, so its absence proves nothing.
+    lateral_view_mm: float = float("inf")
 
     @property
     def length_mm(self) -> float:
@@ -275,3 +278,14 @@ def mark_field_of_view_cuts(segments: list[Segment], axis: SpineAxis, bottom_mm:
     k_high = float(np.interp(segments[-1].high_mm, axis.arc_mm, axis.points_mm[:, 0]))
     segments[0].cut_below |= k_low - bottom_mm < FIELD_EDGE_MM
     segments[-1].cut_above |= top_mm - k_high < FIELD_EDGE_MM
+
+
+def mark_lateral_view(segments: list[Segment], axis: SpineAxis, first_face_mm: float, last_face_mm: float) -> None:
+    """Each segment's lateral_view_mm: the smallest distance from the axis beside it to the image's
+    left or right face (a narrow field of view, such as 3 mm sagittal slices over 10 cm, cuts off
+    the ribs and iliac bones). first_face_mm, last_face_mm: those faces in working-grid mm (i)."""
+    for segment in segments:
+        inside = (axis.arc_mm >= segment.low_mm) & (axis.arc_mm <= segment.high_mm)
+        middle_mm = float(np.interp((segment.low_mm + segment.high_mm) / 2, axis.arc_mm, axis.points_mm[:, 2]))
+        i_mm = np.append(axis.points_mm[inside, 2], middle_mm)
+        segment.lateral_view_mm = float(min((i_mm - first_face_mm).min(), (last_face_mm - i_mm).min()))

@@ -52,7 +52,7 @@ from spinefrac.segmentation.offline.axis import (
 from spinefrac.segmentation.offline.bone import bone_mask
 from spinefrac.segmentation.offline.canal import canal_mask, require_canal, segments_with_canal
 from spinefrac.segmentation.offline.disc_surfaces import disc_surface_labels
-from spinefrac.segmentation.offline.discs import find_segments, mark_field_of_view_cuts
+from spinefrac.segmentation.offline.discs import find_segments, mark_field_of_view_cuts, mark_lateral_view
 from spinefrac.segmentation.offline.identification import identify_levels
 from spinefrac.segmentation.offline.labelling import (
     assign_levels,
@@ -88,6 +88,8 @@ class OfflineEngine(SegmentationEngine):
         segments = find_segments(work, axis, bone)
         native_k_mm = spacing[0]  # working-grid k mm of the image's faces: the grid starts at work.start
         mark_field_of_view_cuts(segments, axis, -work.start[0] * native_k_mm, (hu.shape[0] - work.start[0]) * native_k_mm)
+        native_i_mm = spacing[2]
+        mark_lateral_view(segments, axis, -work.start[2] * native_i_mm, (hu.shape[2] - work.start[2]) * native_i_mm)
         if len(segments) < 3:
             raise InputError("no spine found in the CT: no sequence of vertebrae separated by discs "
                              "along the bone column (is the spine in the field of view?)")

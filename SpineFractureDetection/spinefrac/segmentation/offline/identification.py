@@ -2,6 +2,14 @@
 atlas at the top of a spine that ends in view (downwards), the last and the first rib-bearing
 vertebra (T12, T1); each level from its nearest landmark. The ``LevelIdentification`` says which
 were used, whether they agree, and when none is in view that the levels are uncertain.
+
+Confidence: counting down from C2 is the reference (Carrino et al., Radiology 2011;259:196-202).
+Transitional lumbosacral vertebrae (about 4-30 % of people, Konin & Walz, AJNR 2010;31:1778-86) and
+rib variants (a hypoplastic 12th rib, a 13th rib) move the sacrum's count and the last rib's together,
+and on a narrow field of view both read bone beside the spine that the image may cut off: the two do
+not confirm each other. Only an anchor counted from the top (atlas, T1) agreeing with another makes
+a count through the thoracolumbar junction "high"; the sacrum alone is "high" only while it names
+lumbar levels (up to T12), the convention for lumbar imaging.
 """
 
 from __future__ import annotations
@@ -11,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from spinefrac.levels import LEVEL_BY_ID
-from spinefrac.segmentation.base import LevelIdentification
+from spinefrac.segmentation.base import NUMBERING_CHECK, LevelIdentification
 from spinefrac.segmentation.offline.discs import Segment
 from spinefrac.segmentation.offline.labelling import segment_index
 
@@ -38,6 +46,9 @@ PELVIS_ZONE_LATERAL_MM = (45.0, 80.0)
 PELVIS_ZONE_AP_MM = (-50.0, 20.0)
 PELVIS_SLICE_FRACTION = 0.8  # L5 beside the iliac crests reaches about 0.6
 PELVIS_BIN_MM = 3.0
+# A vertebra is rib-free only where the image reaches this far to both sides of the axis: the rib
+# zone runs to 90 mm (the working crop keeps 80); a narrower view may have cut its ribs off.
+RIB_FREE_VIEW_MM = 75.0
 
 
 @dataclass
@@ -45,6 +56,9 @@ class Anchor:
     segment_index: int  # caudal first
     verse_id: int
     evidence: str
+    # Counted from the top of the spine (atlas, T1): independent of the sacrum and the last rib, which a
+    # transitional vertebra, a rib variant or a narrow field of view can all put one level off together.
+    from_top: bool = False
 
 
 def identify_levels(segments: list[Segment], lateral_mm: np.ndarray, anterior_mm: np.ndarray, arc_mm: np.ndarray,
@@ -60,27 +74,47 @@ def identify_levels(segments: list[Segment], lateral_mm: np.ndarray, anterior_mm
         count_from(segments, [Anchor(0, T12_ID if all(ribs) else L5_ID, "")])
         assumed = "every vertebra in view bears ribs, the lowest was assumed to be T12" if all(ribs) \
             else "the lowest vertebra in view was assumed to be L5"
-        return LevelIdentification((), "uncertain",
-                                   f"no anchor visible (no sacrum, C1 or first/last rib): levels uncertain ({assumed})")
+        return LevelIdentification((), "uncertain", f"no anchor visible (no sacrum, C1 or first/last rib): levels "
+                                                    f"uncertain ({assumed}); {NUMBERING_CHECK}")
     count_from(segments, anchors)
     for i in sacral:
         segments[i].verse_id = SACRUM_ID
+    top_id = min((segment.verse_id for segment in segments if segment.verse_id), default=L5_ID)
+    confidence, reason = numbering_confidence(anchors, top_id)
+    return LevelIdentification(tuple(a.evidence for a in anchors), confidence, _summary(anchors, confidence, reason))
+
+
+def numbering_confidence(anchors: list[Anchor], top_verse_id: int) -> tuple[str, str]:
+    """The confidence of a count from ``anchors`` (most reliable first, at least one) and why, when it
+    is not high. top_verse_id: the most cranial level named (VerSe ids grow caudally)."""
     used, others = anchors[0], anchors[1:]
-    names = tuple(anchor.evidence for anchor in anchors)
     offset = used.verse_id + used.segment_index  # a segment's id counted from the most reliable anchor, plus its index
     disagreeing = [a for a in others if a.verse_id + a.segment_index != offset]
     if disagreeing:
         found = "; ".join(f"{a.evidence} would be {level_name(offset - a.segment_index)} counted from {used.evidence}"
                           for a in disagreeing)
-        return LevelIdentification(names, "low", f"levels counted from the nearest of {', '.join(names)} (confidence "
-                                   f"low: {found}; a transitional vertebra, a rib variant or a missed disc between "
-                                   "them is possible)")
-    if others:
-        agreeing = " and ".join(a.evidence for a in others)
-        return LevelIdentification(names, "high", f"levels counted from {used.evidence} "
-                                                  f"(confidence high, in agreement with {agreeing})")
-    confidence = "high" if used.verse_id == L5_ID else "medium"
-    return LevelIdentification(names, confidence, f"levels counted from {used.evidence} (confidence {confidence})")
+        return "low", f"{found}; a transitional vertebra, a rib variant or a missed disc between them is possible"
+    if any(a.from_top or used.from_top for a in others):
+        return "high", ""
+    if used.verse_id == L5_ID and top_verse_id >= T12_ID:
+        return "high", ""  # lumbar levels named up from the sacrum, as lumbar imaging names them
+    if used.verse_id == L5_ID:
+        also = " (the last rib agrees, but a transitional vertebra or a rib variant moves both together)" \
+            if others else ""
+        return "medium", (f"levels above T12 named by counting five lumbar vertebrae up from the sacrum{also}, "
+                          "and no landmark counted from the top of the spine")
+    return "medium", "one landmark"
+
+
+def _summary(anchors: list[Anchor], confidence: str, reason: str) -> str:
+    used, others = anchors[0], anchors[1:]
+    if confidence == "low":
+        names = ", ".join(a.evidence for a in anchors)
+        return f"levels counted from the nearest of {names} (confidence low: {reason}); {NUMBERING_CHECK}"
+    agreeing = f", in agreement with {' and '.join(a.evidence for a in others)}" if others else ""
+    if confidence == "high":
+        return f"levels counted from {used.evidence} (confidence high{agreeing})"
+    return f"levels counted from {used.evidence}{agreeing} (confidence {confidence}: {reason}); {NUMBERING_CHECK}"
 
 
 def _anchors(segments: list[Segment], sacral: list[int], ribs: list[bool]) -> list[Anchor]:
@@ -90,21 +124,26 @@ def _anchors(segments: list[Segment], sacral: list[int], ribs: list[bool]) -> li
     if sacral:
         anchors.append(Anchor(len(sacral), L5_ID, "the sacrum upwards"))
     if _atlas_on_top(segments, ribs):
-        anchors.append(Anchor(len(segments) - 1, C1_ID, "the atlas (C1, top of the spine in view) downwards"))
+        anchors.append(Anchor(len(segments) - 1, C1_ID, "the atlas (C1, top of the spine in view) downwards", True))
     # Ribs come in runs; an iliac crest beside L5 or the iliac bones beside the sacrum are single hits.
     rib_runs = [i for i in range(len(sacral), len(segments) - 1) if ribs[i] and ribs[i + 1]]
     if sacral and rib_runs and rib_runs[0] == len(sacral):  # bone beside the lowest lumbar levels: the iliac crests
         rib_runs = [i for i in rib_runs if i > len(sacral) and not _continues(rib_runs, i, len(sacral))]
     if rib_runs:
         lowest, highest = rib_runs[0], rib_runs[-1] + 1
-        # The rib-free neighbour must be seen whole: an end cut by the field of view (often a sliver
-        # of a body) may have lost its ribs to the crop, so it proves no last or first rib.
-        if lowest > len(sacral) and not ribs[lowest - 1] and not (lowest == 1 and segments[0].cut_below):
+        if lowest > len(sacral) and _seen_rib_free(segments[lowest - 1], ribs[lowest - 1]):
             anchors.append(Anchor(lowest, T12_ID, "the last rib-bearing vertebra (T12)"))
-        top_cut = segments[-1].cut_above
-        if highest < len(segments) - 1 and not ribs[highest + 1] and not (highest == len(segments) - 2 and top_cut):
-            anchors.append(Anchor(highest, T1_ID, "the first rib-bearing vertebra (T1)"))
+        if highest < len(segments) - 1 and _seen_rib_free(segments[highest + 1], ribs[highest + 1]):
+            anchors.append(Anchor(highest, T1_ID, "the first rib-bearing vertebra (T1)", True))
     return anchors
+
+
+def _seen_rib_free(segment: Segment, has_ribs: bool) -> bool:
+    """No ribs beside a vertebra seen whole, with the image reaching past the rib zone's inner part on
+    both sides: an end cut by the field of view (often a sliver of a body) may have lost its ribs to
+    the crop, and so has a vertebra beside which the image stops short (a narrow sagittal stack)."""
+    return (not has_ribs and not (segment.cut_below or segment.cut_above)
+            and segment.lateral_view_mm >= RIB_FREE_VIEW_MM)
 
 
 def _continues(runs: list[int], index: int, start: int) -> bool:
@@ -113,10 +152,12 @@ def _continues(runs: list[int], index: int, start: int) -> bool:
 
 
 def _atlas_on_top(segments: list[Segment], ribs: list[bool]) -> bool:
-    """The spine ends inside the field of view above short rib-free segments: the top one is C1
-    (an end inside the view below the lumbar or thoracic spine is never the top of the spine)."""
+    """The spine ends inside the field of view above short rib-free segments, all seen whole: the top
+    one is C1 (an end inside the view below the lumbar or thoracic spine is never the top of the spine;
+    a piece cut by the image, such as the bottom of a lumbar crop, says nothing about vertebra size)."""
     top = segments[-CERVICAL_RUN:]
-    return (not segments[-1].cut_above and len(segments) >= CERVICAL_RUN and not any(ribs[-CERVICAL_RUN:])
+    return (len(segments) >= CERVICAL_RUN and not any(s.cut_above or s.cut_below for s in top)
+            and not any(ribs[-CERVICAL_RUN:])
             and float(np.median([s.length_mm for s in top])) <= CERVICAL_SEGMENT_MAX_MM)
 
 
@@ -150,6 +191,11 @@ def _sacral_segments(segments: list[Segment], ribs: list[bool], index: np.ndarra
             np.median([s.length_mm for s in segments[i + 1:i + 4]]) <= THORACIC_SEGMENT_MAX_MM
         under_short_vertebrae = np.median([s.length_mm for s in segments[i + 1:i + 4]]) <= CERVICAL_SEGMENT_MAX_MM
         if under_rib_cage or under_short_vertebrae:
+            break
+        # A piece cut by the image shorter than a sacral piece shows neither the sacrum's length nor bone
+        # beside it over a vertebra's height: the iliac crests flank the lowest lumbar vertebrae too.
+        cut_sliver = segment.cut_below and segment.length_mm < SACRAL_PIECE_RATIO * typical_mm
+        if cut_sliver and not long_block:
             break
         if not (long_block or _flanked_by_pelvis(segment, index == i, lateral_mm, anterior_mm, arc_mm)):
             break
