@@ -150,7 +150,10 @@ def run_pipeline(
     stages.stage("Loading CT")
     ct = reads.ct(ct_path, check_hu) if reads is not None else load_ct(ct_path, check_hu=check_hu)
     dicom_plan = plan_dicom_export(ct, dicom_series)  # a named series that does not fit is refused here
-    segmentation = engine.segment(ct, stages.stage(f"Segmentation ({engine.name})"))
+    try:
+        segmentation = engine.segment(ct, stages.stage(f"Segmentation ({engine.name})"))
+    except InputError as error:  # "no spine found": which series of a DICOM folder was read, and which not
+        raise ct.naming_series_choice(error) from None
     if reads is not None:
         reads.finish()  # the reading thread ended before the measurements fork their workers
     assessment = assess(ct, segmentation, classifier, probability_threshold, stages)

@@ -16,7 +16,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from spinefrac.errors import InputError
-from spinefrac.io.images import ImageGrid, choose_ct_series, list_dicom_series
+from spinefrac.io.dicom_folder import choose_ct_series, list_dicom_series
+from spinefrac.io.images import ImageGrid
 
 # What an object referring to the series needs from every slice (a series stripped of them by
 # anonymisation can be read as an image, but nothing can point back to it).
