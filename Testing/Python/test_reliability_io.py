@@ -5,6 +5,7 @@ Every run checks that its inputs are byte for byte unchanged (sha256)."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -17,8 +18,10 @@ from dicom_ct_writer import write_ct_series
 
 from spinefrac.errors import InputError
 from spinefrac.io.dicom_folder import resample_along_slices
+from spinefrac.io.dicom_series import read_source_series
 from spinefrac.io.images import load_ct, read_image
 from spinefrac.io.unmeasured import AIR_HU
+from spinefrac.levels import LEVEL_BY_NAME
 from spinefrac.pipeline import run_pipeline
 from spinefrac.synthetic.phantom import PhantomSpec, make_phantom
 
@@ -187,6 +190,29 @@ def test_uneven_slices_are_resampled_by_their_positions_and_heights_equal_the_ev
             assert abs(reports["uneven"][level][key] - reports["even"][level][key]) <= 2.0, (level, key)
         assert reports["uneven"][level]["genant_grade"] == reports["even"][level]["genant_grade"] == 0, level
     assert _digests(tmp_path / "even", tmp_path / "uneven") == before
+    if importlib.util.find_spec("highdicom") is not None:
+        _assert_seg_frames_hold_the_labels_at_their_slices(tmp_path / "uneven", tmp_path / "out_uneven")
+
+
+def _assert_seg_frames_hold_the_labels_at_their_slices(series_folder: Path, out: Path) -> None:
+    """The SEG of a resampled series: one frame per source slice, holding the label map's voxels at that
+    slice's own position (the nearest slice of the regular grid)."""
+    import highdicom as hd
+
+    assert _report(out)["dicom_export"]["written"] is True
+    seg = hd.seg.segread(out / "vertebrae_seg.dcm")
+    series = read_source_series(series_folder)
+    numbers = seg.get_segment_numbers()
+    stacked = seg.get_pixels_by_source_instance([str(ds.SOPInstanceUID) for ds in series.datasets],
+                                                segment_numbers=numbers, combine_segments=True)
+    verse_of_segment = np.zeros(max(numbers) + 1, dtype=np.uint8)
+    for number in numbers:
+        verse_of_segment[number] = LEVEL_BY_NAME[seg.get_segment_description(number).segment_label.lower()].verse_id
+    labels = sitk.ReadImage(str(out / "vertebrae.nii.gz"))
+    values = sitk.GetArrayViewFromImage(labels)
+    for frame, ds in enumerate(series.datasets):
+        k = labels.TransformPhysicalPointToIndex([float(v) for v in ds.ImagePositionPatient])[2]
+        assert np.array_equal(verse_of_segment[stacked[frame]], values[k]), frame
 
 
 def test_resampling_along_uneven_slices_is_exact_for_a_linear_ramp():

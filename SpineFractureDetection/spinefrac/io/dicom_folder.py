@@ -201,13 +201,17 @@ def read_dicom_series(folder: Path, what: str = "image", warnings: list[str] | N
     chosen = choose_ct_series(series, folder)
     others = [s for s in series if s is not chosen]
     choice = series_choice_note(chosen, others)
-    if chosen.missing_geometry:
-        raise InputError(f"{what}: the DICOM series {chosen.named()} in {folder} has no {chosen.missing_geometry}: "
-                         "where its slices lie is unknown (SliceThickness and InstanceNumber do not place them); "
-                         "export the series with its geometry" + (f" [{choice}]" if others else ""))
-    image = _read_stack(chosen, folder, what)
     unread = unread_files(folder, series)
-    image, found = _placed_by_positions(image, chosen, folder, unread)
+    try:  # a refusal of the series read names the others of the folder, which were not read
+        if chosen.missing_geometry:
+            raise InputError(f"{what}: the DICOM series {chosen.named()} in {folder} has no "
+                             f"{chosen.missing_geometry}: where its slices lie is unknown (SliceThickness and "
+                             "InstanceNumber do not place them); export the series with its geometry")
+        found = _checked_positions(chosen, folder, unread)
+        image, resampled = _placed_by_positions(_read_stack(chosen, folder, what), chosen)
+    except InputError as error:
+        raise InputError(f"{error} [{choice}]") if others else error from None
+    found += resampled
     if unread:
         found.append(f"DICOM folder: {len(unread)} file(s) not read as DICOM images (not DICOM, or cut short or "
                      f"damaged): {_named_files(unread)}")
@@ -237,12 +241,21 @@ def _read_stack(chosen: DicomStack, folder: Path, what: str) -> sitk.Image:
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(chosen.file_names))
     reader.MetaDataDictionaryArrayUpdateOn()
+    # ITK warns on stderr of slices unevenly spaced; they are resampled and said in the report instead.
+    warned = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(warned and _evenly_spaced(chosen))
     try:
         image = reader.Execute()
     except RuntimeError as error:
         raise InputError(f"{what}: DICOM series in {folder} cannot be read ({itk_reason(error)})") from None
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warned)
     _require_pixel_spacing(reader, folder, what)
     return image
+
+
+def _evenly_spaced(chosen: DicomStack) -> bool:
+    return len(chosen.positions_mm) < 3 or regular_slices(_along_normal_mm(chosen)) is None
 
 
 def _require_pixel_spacing(reader: sitk.ImageSeriesReader, folder: Path, what: str) -> None:
@@ -254,28 +267,55 @@ def _require_pixel_spacing(reader: sitk.ImageSeriesReader, folder: Path, what: s
                          "unknown, and millimetres measured on it would be wrong")
 
 
-def _placed_by_positions(image: sitk.Image, chosen: DicomStack, folder: Path,
-                         unread: list[str]) -> tuple[sitk.Image, list[str]]:
-    """Duplicated or missing slices refused (naming the files), gantry tilt warned; slices off a regular
-    grid resampled by their positions. Returns the image and the warnings."""
+def _checked_positions(chosen: DicomStack, folder: Path, unread: list[str]) -> list[str]:
+    """Before the voxels are read: duplicated or missing slices refused (naming the files around them, and
+    the files of the folder that could not be read), gantry tilt warned."""
     if len(chosen.file_names) < 2:
-        return image, []
-    positions, cosines = np.array(chosen.positions_mm), np.array(chosen.cosines)
+        return []
     names = [Path(name).name for name in chosen.file_names]
     unread_note = f" (files in the folder not read as DICOM images: {_named_files(unread)})" if unread else ""
-    found = check_slice_positions(positions, cosines, folder, names, unread_note)
-    along = positions @ np.cross(cosines[:3], cosines[3:6])
-    step_mm = (along[-1] - along[0]) / (len(along) - 1)
-    deviation_mm = float(np.abs(along - (along[0] + step_mm * np.arange(len(along)))).max())
-    if deviation_mm <= MAX_POSITION_DEVIATION * step_mm:
-        return image, found
+    return check_slice_positions(np.array(chosen.positions_mm), np.array(chosen.cosines), folder, names, unread_note)
+
+
+def _along_normal_mm(chosen: DicomStack) -> np.ndarray:
+    cosines = np.array(chosen.cosines)
+    return np.array(chosen.positions_mm) @ np.cross(cosines[:3], cosines[3:6])
+
+
+def _placed_by_positions(image: sitk.Image, chosen: DicomStack) -> tuple[sitk.Image, list[str]]:
+    """The image as read, or resampled onto a regular grid by the slices' positions when they lie off an
+    even grid (ITK spaces them evenly); with a note saying so."""
+    if len(chosen.file_names) < 3:
+        return image, []
+    along = _along_normal_mm(chosen)
+    regular = regular_slices(along)
+    if regular is None:
+        return image, []
     steps = np.diff(along)
-    resampled = resample_along_slices(image, along, float(np.median(steps)))
-    found.append(f"uneven slice spacing ({steps.min():.2f}-{steps.max():.2f} mm, slices up to {deviation_mm:.2f} mm "
-                 f"off an even grid): resampled by the slices' positions onto a regular "
-                 f"{resampled.GetSpacing()[2]:.2f} mm grid (linear interpolation along the slice normal; "
-                 f"{len(along)} slices -> {resampled.GetSize()[2]})")
-    return resampled, found
+    resampled = resample_along_slices(image, along, regular[1])
+    return resampled, [f"uneven slice spacing ({steps.min():.2f}-{steps.max():.2f} mm, slices up to "
+                       f"{_off_even_grid_mm(along):.2f} mm off an even grid): resampled by the slices' positions onto "
+                       f"a regular {resampled.GetSpacing()[2]:.2f} mm grid (linear interpolation along the slice "
+                       f"normal; {len(along)} slices -> {resampled.GetSize()[2]})"]
+
+
+def _off_even_grid_mm(along_mm: np.ndarray) -> float:
+    """How far the farthest slice lies from an even grid from the first slice to the last (ITK's grid)."""
+    even = np.linspace(along_mm[0], along_mm[-1], len(along_mm))
+    return float(np.abs(along_mm - even).max())
+
+
+def regular_slices(along_mm: np.ndarray) -> tuple[int, float] | None:
+    """For slices at ``along_mm`` (ascending) off an even grid by more than a tenth of a step: the slice count
+    and step of the regular grid they are resampled onto (the median step, fitted to end on the last
+    slice); None when the even grid from the first slice to the last places every slice closely enough."""
+    if len(along_mm) < 3:
+        return None
+    span_mm = float(along_mm[-1] - along_mm[0])
+    if _off_even_grid_mm(along_mm) <= MAX_POSITION_DEVIATION * span_mm / (len(along_mm) - 1):
+        return None
+    count = max(2, int(round(span_mm / float(np.median(np.diff(along_mm))))) + 1)
+    return count, span_mm / (count - 1)
 
 
 def resample_along_slices(image: sitk.Image, along_mm: np.ndarray, step_mm: float) -> sitk.Image:
