@@ -161,12 +161,7 @@ def run_pipeline(
     stages.stage("Loading CT")
     ct = reads.ct(ct_path, check_hu) if reads is not None else load_ct(ct_path, check_hu=check_hu)
     dicom_plan = plan_dicom_export(ct, dicom_series)  # a named series that does not fit is refused here
-    points = read_points(points_path, ct.image) if points_path is not None else None
-    if guided:
-        engine = GuidedEngine(points, source=Path(points_path).name)
-    segmentation = engine.segment(ct, stages.stage(f"Segmentation ({engine.name})"))
-    if points is not None and not guided:  # the points name the levels of a given or learned segmentation
-        segmentation = rename_by_points(segmentation, points)
+    segmentation = _segment(ct, engine, Path(points_path) if points_path is not None else None, guided, stages)
     if reads is not None:
         reads.finish()  # the reading thread ended before the measurements fork their workers
     assessment = assess(ct, segmentation, classifier, probability_threshold, stages)
@@ -190,6 +185,21 @@ def run_pipeline(
     stages.close()
     return RunResult(ct, segmentation, measurements, morphometry, findings, report, assessment.quality,
                      device_choice, final, files)
+
+
+def _segment(ct: CtVolume, engine: SegmentationEngine | None, points_path: Path | None, guided: bool,
+             stages) -> VertebraSegmentation:
+    """The engine's labels; with points, the guided engine's (``guided``) or the engine's renamed by them."""
+    points = read_points(points_path, ct.image) if points_path is not None else None
+    if guided:
+        engine = GuidedEngine(points, source=points_path.name)
+    try:
+        segmentation = engine.segment(ct, stages.stage(f"Segmentation ({engine.name})"))
+    except InputError as error:  # "no spine found": which series of a DICOM folder was read, and which not
+        raise ct.naming_series_choice(error) from None
+    if points is not None and not guided:  # the points name the levels of a given or learned segmentation
+        segmentation = rename_by_points(segmentation, points)
+    return segmentation
 
 
 class BackgroundDrawing:

@@ -18,9 +18,10 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 
 def write_ct_series(image: sitk.Image, folder: Path, uids: dict[str, str] | None = None,
-                    spacing_between_slices: str | None = None) -> list[Path]:
+                    spacing_between_slices: str | None = None, positions_mm=None) -> list[Path]:
     """One file per slice; ``uids`` may fix study/series/frame-of-reference UIDs (else new ones);
-    ``spacing_between_slices`` writes (0018,0088) as given (some scanners write it negative)."""
+    ``spacing_between_slices`` writes (0018,0088) as given (some scanners write it negative);
+    ``positions_mm`` ([k] x 3, LPS) places slice k there instead of on the image's own grid."""
     folder.mkdir(parents=True, exist_ok=True)
     uids = {"study": generate_uid(), "series": generate_uid(), "frame": generate_uid(), **(uids or {})}
     hu = sitk.GetArrayFromImage(image).astype(np.int16)  # [k, row, column]
@@ -31,7 +32,8 @@ def write_ct_series(image: sitk.Image, folder: Path, uids: dict[str, str] | None
     for k in range(hu.shape[0]):
         ds = _slice_dataset(uids, k)
         ds.ImageOrientationPatient = [f"{v:.8f}" for v in orientation]
-        ds.ImagePositionPatient = [f"{v:.6f}" for v in image.TransformIndexToPhysicalPoint((0, 0, k))]
+        position = image.TransformIndexToPhysicalPoint((0, 0, k)) if positions_mm is None else positions_mm[k]
+        ds.ImagePositionPatient = [f"{v:.6f}" for v in position]
         ds.PixelSpacing = [f"{spacing[1]:.6f}", f"{spacing[0]:.6f}"]  # row spacing (between rows), column spacing
         ds.SliceThickness = f"{spacing[2]:.6f}"
         if spacing_between_slices is not None:

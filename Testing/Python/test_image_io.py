@@ -318,7 +318,7 @@ def test_localizers_and_a_dose_screen_are_never_taken_and_are_named(tmp_path):
     assert np.array_equal(sitk.GetArrayFromImage(ct.to_source_grid(ct.image)), sitk.GetArrayFromImage(axial))
     named = [w for w in ct.warnings if w.startswith("DICOM folder")]
     assert len(named) == 1 and "read CT series 1.2.3.4.100" in named[0], ct.warnings
-    assert "1.2.3.4.1 (CT, 1 image, localizer, 'Topogram')" in named[0] and "'Dose Report'" in named[0]
+    assert "1.2.3.4.1 (CT, 1 image, 64 x 48, localizer, 'Topogram')" in named[0] and "'Dose Report'" in named[0]
 
 
 def test_a_localizer_inside_the_ct_series_is_left_out_not_mixed_in(tmp_path):
@@ -342,7 +342,7 @@ def test_a_regular_ct_stack_wins_over_a_larger_one_with_missing_slices(tmp_path)
         victim.unlink()
     ct = load_ct(tmp_path)
     assert ct.source_grid.size == (32, 32, 12)
-    assert any("1.2.3.4.200 (CT, 20 images, irregular slice positions" in w for w in ct.warnings), ct.warnings
+    assert any("1.2.3.4.200 (CT, 20 images, 32 x 32, irregular slice positions" in w for w in ct.warnings), ct.warnings
 
 
 def test_a_folder_of_only_localizers_is_refused_by_name(tmp_path):

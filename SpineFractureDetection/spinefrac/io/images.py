@@ -30,24 +30,15 @@ from spinefrac.io.file_headers import (
     nifti_header,
     nifti_stored_as_read,
 )
-from spinefrac.io.input_checks import (
-    MAX_GAP_FACTOR,
-    check_geometry,
-    check_hounsfield,
-    check_memory,
-    check_slice_positions,
-    read_header,
-)
+from spinefrac.io.dicom_folder import SERIES_CHOICE_PREFIX, read_dicom_series
+from spinefrac.io.input_checks import check_geometry, check_hounsfield, check_memory, itk_reason, read_header
+from spinefrac.io.unmeasured import nifti_nonfinite, read_unmeasured_as_air, with_nonfinite
 
 CANONICAL_ORIENTATION = "LPS"
 # Physical tolerance for "same grid": well below any real voxel, above float32 header noise.
 GRID_TOLERANCE_MM = 1e-3
 DIRECTION_TOLERANCE = 1e-4
 MIN_FREE_BYTES = 1 << 20  # below this, a file that came out short is taken for a full disk
-
-DICOM_MODALITY_TAG = "0008|0060"
-DICOM_SERIES_DESCRIPTION_TAG = "0008|103e"
-DICOM_SERIES_UID_TAG = "0020|000e"
 
 # File names the readers take for a volume or label map, as a regex suffix (case-insensitive).
 IMAGE_SUFFIX_PATTERN = r"\.(?:nii\.gz|nii|nrrd|mha)"
@@ -121,6 +112,11 @@ class CtVolume:
     source_grid: ImageGrid
     source_description: str = ""
     warnings: list[str] = field(default_factory=list)  # usable but doubtful input, said in the report
+    series_choice: str = ""  # a DICOM folder of several series: which one was read and which were not
+
+    def naming_series_choice(self, error: InputError) -> InputError:
+        """``error`` with the series choice added, when there was one to make."""
+        return InputError(f"{error} [{self.series_choice}]") if self.series_choice else error
 
     @property
     def grid(self) -> ImageGrid:
@@ -165,11 +161,17 @@ def require_regular_input(path: Path, what: str) -> None:
 
 
 def read_image(path: Path, what: str = "image") -> sitk.Image:
-    """Read a file with SimpleITK, turning its errors into one-line messages."""
+    """Read a file with SimpleITK, turning its errors into one-line messages. The NaN and infinite voxels of a
+    float NIfTI (which ITK reads as 0) are given back as NaN, for the caller's checks to see them."""
     path = Path(path)
     require_regular_input(path, what)
     if path.is_dir():
         return read_dicom_series(path, what)[0]
+    image = _read_file(path, what)
+    return with_nonfinite(image, nifti_nonfinite(path, image)) if image_format(path) == "NIfTI" else image
+
+
+def _read_file(path: Path, what: str) -> sitk.Image:
     # A .nii.gz is inflated twice, by the length check and by the reader, neither holding the GIL: side by side
     # they take the time of one. ITK reads a cut .nii.gz silently (other formats it reports on stderr), and the
     # check's verdict still comes first; a header announcing more than memory holds is checked before ITK reads.
@@ -232,159 +234,7 @@ def _itk_read(path: Path, what: str) -> sitk.Image:
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as error:
-        raise InputError(f"{what} {path} is not a readable image ({_first_itk_line(error)})") from None
-
-
-def _first_itk_line(error: Exception) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    # ITK messages start with a file:line location; the last line is the useful reason.
-    reason = lines[-1] if lines else "unknown reason"
-    return reason.split(": ", 1)[-1] if "itk::ERROR" in reason else reason
-
-
-DICOM_IMAGE_TYPE_TAG = "0008|0008"
-DICOM_POSITION_TAG = "0020|0032"
-DICOM_ORIENTATION_TAG = "0020|0037"
-_GEOMETRY_TAGS = (DICOM_ORIENTATION_TAG, "0028|0010", "0028|0011", "0028|0030")  # orientation, rows, columns, spacing
-
-
-@dataclass(frozen=True)
-class DicomStack:
-    """The slices of one series that share one geometry (orientation, rows x columns, pixel spacing),
-    in order along their normal; regular when no slice is repeated or missing."""
-
-    series_uid: str
-    modality: str
-    description: str
-    file_names: tuple[str, ...]
-    localizer: bool  # ImageType says LOCALIZER (a scout): never a volume
-    regular: bool
-    left_out: int  # images of the series with another geometry (a localizer or reformat in the series)
-
-    def named(self) -> str:
-        kind = ", localizer" if self.localizer else "" if self.regular else ", irregular slice positions"
-        text = f"{self.series_uid or '(no series UID)'} ({self.modality or 'no modality'}, {len(self.file_names)} "
-        return text + f"image{'s' if len(self.file_names) != 1 else ''}{kind}" + (
-            f", '{self.description}')" if self.description else ")")
-
-
-def _slice_tags(file_name: str) -> dict[str, str] | None:
-    tags = sitk.ImageFileReader()
-    tags.SetFileName(file_name)
-    try:
-        tags.ReadImageInformation()
-    except RuntimeError:
-        return None  # no pixel data (a structured dose report) or not DICOM
-    return {key: tags.GetMetaData(key).strip() for key in tags.GetMetaDataKeys()}
-
-
-def list_dicom_series(folder: Path) -> list[DicomStack]:
-    """Every DICOM series in a folder (not recursive), as the largest stack of one geometry."""
-    reader = sitk.ImageSeriesReader()
-    found = []
-    for uid in reader.GetGDCMSeriesIDs(str(folder)):
-        slices = [(name, tags) for name in reader.GetGDCMSeriesFileNames(str(folder), uid)
-                  if (tags := _slice_tags(name)) is not None]
-        if slices:
-            found.append(_largest_stack(uid, slices))
-    return found
-
-
-def _largest_stack(uid: str, slices: list[tuple[str, dict[str, str]]]) -> DicomStack:
-    groups: dict[tuple, list[tuple[str, dict[str, str]]]] = {}
-    for name, tags in slices:
-        groups.setdefault(tuple(tags.get(tag, "") for tag in _GEOMETRY_TAGS), []).append((name, tags))
-    stack = max(groups.values(), key=len)
-    first = stack[0][1]
-    ordered, regular = _along_normal(stack)
-    return DicomStack(uid, first.get(DICOM_MODALITY_TAG, ""), first.get(DICOM_SERIES_DESCRIPTION_TAG, ""),
-                      tuple(ordered), "LOCALIZER" in first.get(DICOM_IMAGE_TYPE_TAG, "").upper(), regular,
-                      len(slices) - len(stack))
-
-
-def _along_normal(stack: list[tuple[str, dict[str, str]]]) -> tuple[list[str], bool]:
-    """File names in order along the slice normal, and whether the steps are regular (no slice repeated,
-    none missing); the order GDCM gave when positions are unreadable."""
-    try:
-        cosines = np.array([float(v) for v in stack[0][1][DICOM_ORIENTATION_TAG].split("\\")])
-        along = np.array([np.array([float(v) for v in tags[DICOM_POSITION_TAG].split("\\")])
-                          @ np.cross(cosines[:3], cosines[3:6]) for _, tags in stack])
-    except (KeyError, ValueError, IndexError):
-        return [name for name, _ in stack], len(stack) > 1
-    order = np.argsort(along, kind="stable")
-    steps = np.diff(along[order])
-    regular = len(stack) > 1 and bool(steps.min() > 1e-3 and steps.max() <= MAX_GAP_FACTOR * np.median(steps))
-    return [stack[i][0] for i in order], regular
-
-
-def choose_ct_series(series: list[DicomStack], folder: Path) -> DicomStack:
-    """The CT stack with the most slices among those with a consistent geometry (one orientation and
-    size, regular steps); localizers and single images are never taken."""
-    if not series:
-        raise InputError(f"no DICOM series found in folder {folder}")
-    ct_series = [s for s in series if s.modality.upper() == "CT"]
-    if not ct_series:
-        modalities = ", ".join(sorted({s.modality or "unknown" for s in series}))
-        raise InputError(f"folder {folder} holds no CT series (modalities found: {modalities})")
-    volumes = [s for s in ct_series if not s.localizer and len(s.file_names) > 1]
-    if not volumes:
-        raise InputError(f"folder {folder} holds no CT volume, only single CT images or localizers: "
-                         + "; ".join(s.named() for s in ct_series))
-    return max(volumes, key=lambda s: (s.regular, len(s.file_names)))
-
-
-def read_dicom_series(folder: Path, what: str = "image", warnings: list[str] | None = None) -> tuple[sitk.Image, str]:
-    """Read the CT series of a DICOM folder; returns the image and a description of the choice. What was
-    left out (other series, images of another geometry in the chosen one) goes to the warnings."""
-    series = list_dicom_series(folder)
-    chosen = choose_ct_series(series, folder)
-    first = read_header(Path(chosen.file_names[0]))
-    if first is not None:
-        check_memory(first.size[0] * first.size[1] * len(chosen.file_names), first.bytes_per_component, folder, what)
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(list(chosen.file_names))
-    reader.MetaDataDictionaryArrayUpdateOn()
-    try:
-        image = reader.Execute()
-    except RuntimeError as error:
-        raise InputError(f"{what}: DICOM series in {folder} cannot be read ({_first_itk_line(error)})") from None
-    _require_pixel_spacing(reader, folder, what)
-    found = _slice_geometry_warnings(reader, len(chosen.file_names), folder)
-    others = [s for s in series if s is not chosen]
-    if others or chosen.left_out:
-        found.insert(0, f"DICOM folder: read CT series {chosen.named()}"
-                     + (f" without its {chosen.left_out} images of another geometry" if chosen.left_out else "")
-                     + ("; ignored: " + "; ".join(s.named() for s in others) if others else ""))
-    if warnings is not None:
-        warnings.extend(found)
-    description = f"DICOM CT series {chosen.series_uid or '(no series UID)'}, {len(chosen.file_names)} slices"
-    if chosen.description:
-        description += f", '{chosen.description}'"
-    if others:
-        description += f"; {len(others)} other series in the folder ignored"
-    return image, description
-
-
-def _require_pixel_spacing(reader: sitk.ImageSeriesReader, folder: Path, what: str) -> None:
-    """Without PixelSpacing (0028,0030) or ImagerPixelSpacing (0018,1164) the reader assumes 1 mm:
-    every height and volume would be silently wrong, so such a series is refused."""
-    if not any(reader.HasMetaDataKey(0, tag) and reader.GetMetaData(0, tag).strip() for tag in ("0028|0030",
-                                                                                              "0018|1164")):
-        raise InputError(f"{what}: the DICOM series in {folder} has no PixelSpacing (0028,0030): its voxel size is "
-                         "unknown, and millimetres measured on it would be wrong")
-
-
-def _slice_geometry_warnings(reader: sitk.ImageSeriesReader, count: int, folder: Path) -> list[str]:
-    position_tag, orientation_tag = "0020|0032", "0020|0037"
-    if count < 2 or not all(reader.HasMetaDataKey(i, position_tag) for i in range(count)):
-        return []
-    try:
-        positions = np.array([[float(v) for v in reader.GetMetaData(i, position_tag).split("\\")]
-                              for i in range(count)])
-        orientation = np.array([float(v) for v in reader.GetMetaData(0, orientation_tag).split("\\")])
-    except (ValueError, RuntimeError):
-        return ["slice positions unreadable: slice order and spacing taken from the reader"]
-    return check_slice_positions(positions, orientation, folder)
+        raise InputError(f"{what} {path} is not a readable image ({itk_reason(error)})") from None
 
 
 def require_3d_scalar(image: sitk.Image, path: Path, what: str) -> None:
@@ -433,6 +283,7 @@ def load_ct(path: Path | str, check_hu: bool = True) -> CtVolume:
                                                              image.GetSpacing())]))
     ct = ct_from_image(image, path, image_format(path), description or f"{image_format(path)} file", check_hu)
     ct.warnings[:0] = warnings
+    ct.series_choice = next((w for w in warnings if w.startswith(SERIES_CHOICE_PREFIX) and "; ignored: " in w), "")
     return ct
 
 
@@ -507,7 +358,8 @@ def ct_from_image(image: sitk.Image, source: Path | str, source_format: str, des
     """Stage 0 from an image already in memory (e.g. a volume node in 3D Slicer)."""
     require_3d_scalar(image, Path(source), "CT")
     check_geometry(image.GetSize(), image.GetSpacing(), image.GetDirection(), Path(source), "CT")
-    warnings = check_hounsfield(image, Path(source), "CT") if check_hu else ["Hounsfield-unit check skipped"]
+    image, warnings = read_unmeasured_as_air(image, Path(source), "CT")
+    warnings += check_hounsfield(image, Path(source), "CT") if check_hu else ["Hounsfield-unit check skipped"]
     return CtVolume(
         image=to_canonical(image),
         source_path=Path(source),
@@ -525,7 +377,7 @@ def write_image(image: sitk.Image, path: Path) -> None:
     try:
         sitk.WriteImage(image, str(path), useCompression=True)
     except RuntimeError as error:
-        raise OutputError(f"cannot write {path} ({_first_itk_line(error)})") from None
+        raise OutputError(f"cannot write {path} ({itk_reason(error)})") from None
     try:
         if not (image.GetNumberOfComponentsPerPixel() == 1 and str(path).lower().endswith(".nii.gz")
                 and gzip_trailer_matches(Path(path), sitk.GetArrayViewFromImage(image))):

@@ -163,40 +163,47 @@ def check_modality(modality: str, path: Path) -> None:
 # -- DICOM slice geometry ---------------------------------------------------------------------
 
 MAX_GAP_FACTOR = 1.5  # a step over 1.5 x the usual slice distance means slices are missing
-UNEVEN_TOLERANCE = 0.05  # relative spread of slice steps tolerated without a warning
 MAX_TILT_DEG = 0.5
 
 
-def check_slice_positions(positions_mm: np.ndarray, orientation: np.ndarray, folder: Path) -> list[str]:
-    """Refuse duplicated or missing slices; warn on uneven steps and gantry tilt.
+def check_slice_positions(positions_mm: np.ndarray, orientation: np.ndarray, folder: Path,
+                          names: list[str] | None = None, unread_note: str = "") -> list[str]:
+    """Refuse duplicated or missing slices, naming the files around them; warn on gantry tilt.
 
-    positions_mm: [n, 3] Image Position (Patient) of each slice in reading order;
-    orientation: the six Image Orientation (Patient) cosines of the first slice."""
+    positions_mm: [n, 3] Image Position (Patient) of each slice in reading order; orientation: the six
+    Image Orientation (Patient) cosines of the first slice; names: the slices' file names in that order;
+    unread_note: what to add to a gap (files of the folder that could not be read: a slice may be among them)."""
     if len(positions_mm) < 2:
         return []
+    names = names or [f"slice {k + 1}" for k in range(len(positions_mm))]
     row, column = np.asarray(orientation[:3], float), np.asarray(orientation[3:6], float)
     normal = np.cross(row, column)
     along = positions_mm @ normal
     order = np.argsort(along)
     steps = np.diff(along[order])
     if np.any(steps < 1e-3):
-        duplicated = along[order][1:][steps < 1e-3][0]
-        raise InputError(f"DICOM series in {folder} has duplicated slices (two at {duplicated:.2f} mm along the "
-                         "slice normal): export the series again")
+        at = int(np.argmax(steps < 1e-3))
+        raise InputError(f"DICOM series in {folder} has duplicated slices ({names[order[at]]} and "
+                         f"{names[order[at + 1]]} both at {along[order][at]:.2f} mm along the slice normal): "
+                         "export the series again")
     typical = float(np.median(steps))
     if steps.max() > MAX_GAP_FACTOR * typical:
-        at = along[order][:-1][np.argmax(steps)]
+        at = int(np.argmax(steps))
         raise InputError(
-            f"DICOM series in {folder} misses slices: a {steps.max():.2f} mm gap after {at:.2f} mm where slices "
-            f"are {typical:.2f} mm apart"
-        )
+            f"DICOM series in {folder} misses slices: a {steps.max():.2f} mm gap after {along[order][at]:.2f} mm "
+            f"(between {names[order[at]]} and {names[order[at + 1]]}) where slices are {typical:.2f} mm apart"
+            + unread_note)
     warnings = []
-    if (steps.max() - steps.min()) > UNEVEN_TOLERANCE * typical:
-        warnings.append(f"uneven slice spacing ({steps.min():.2f}-{steps.max():.2f} mm): read on a "
-                        f"{typical:.2f} mm grid")
     travel = positions_mm[order[-1]] - positions_mm[order[0]]
     tilt_deg = float(np.degrees(np.arccos(np.clip(abs(travel @ normal) / np.linalg.norm(travel), 0, 1))))
     if tilt_deg > MAX_TILT_DEG:
         warnings.append(f"gantry tilt of {tilt_deg:.1f} degrees: slices are sheared against their normal; "
                         "distances along the table axis are approximate")
     return warnings
+
+
+def itk_reason(error: Exception) -> str:
+    """The useful line of an ITK exception: its last line, without the file:line location."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    reason = lines[-1] if lines else "unknown reason"
+    return reason.split(": ", 1)[-1] if "itk::ERROR" in reason else reason

@@ -62,15 +62,26 @@ def write_dicom_objects(plan: DicomExportPlan, segmentation: VertebraSegmentatio
     """Write the SEG and SR into ``folder``; returns what report.json says about them."""
     if plan.series is None:
         return {"written": False, "reason": plan.reason}
-    from spinefrac.reporting.dicom_seg import build_segmentation
+    from spinefrac.reporting.dicom_seg import build_segmentation, missing_slice_thickness
     from spinefrac.reporting.dicom_sr import build_measurement_report
 
     labels = on_series_grid(segmentation.label_map, plan.series, "source DICOM series")
-    seg, numbers = build_segmentation(plan.series, labels, report.segmentation)
-    by_name = {LEVEL_BY_ID[verse_id].name: number for verse_id, number in numbers.items()}
-    sr = build_measurement_report(plan.series, seg, by_name, report.to_dict())
+    try:
+        seg, numbers = build_segmentation(plan.series, labels, report.segmentation)
+        by_name = {LEVEL_BY_ID[verse_id].name: number for verse_id, number in numbers.items()}
+        sr = build_measurement_report(plan.series, seg, by_name, report.to_dict())
+    except (AttributeError, KeyError, TypeError, ValueError) as error:
+        # highdicom reads many attributes of the source headers; one it cannot use costs the DICOM objects,
+        # never the results, which do not depend on them.
+        reason = f"no DICOM SEG/SR written: highdicom cannot build them from the source series ({error})"
+        report.notes.append(reason)
+        return {"written": False, "reason": reason}
     seg.save_as(folder / DICOM_SEG_FILE)
     sr.save_as(folder / DICOM_SR_FILE)
+    thickness = ([f"the source series has no SliceThickness (0018,0050): the SEG's slices are given the distance "
+                  f"between their positions, {plan.series.grid.spacing_mm[2]:.3g} mm"]
+                 if any(missing_slice_thickness(ds) for ds in plan.series.datasets) else [])
+    report.notes += thickness
     return {
         "written": True,
         "segmentation_file": DICOM_SEG_FILE,
@@ -82,6 +93,7 @@ def write_dicom_objects(plan: DicomExportPlan, segmentation: VertebraSegmentatio
         "segment_numbers": by_name,
         "method": "DICOM Segmentation (binary, one segment per level, SNOMED CT codes) and Comprehensive 3D SR "
                   "TID 1500 measurement report, written with highdicom; frames on the source series' slices",
+        "notes": thickness,
     }
 
 

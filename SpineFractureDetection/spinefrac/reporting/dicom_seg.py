@@ -100,13 +100,28 @@ def build_segmentation(series: SourceSeries, labels: np.ndarray, segmentation_in
 def source_headers(series: SourceSeries) -> list:
     """The slices' headers as the SEG's source images. Some scanners write a negative
     SpacingBetweenSlices (0018,0088), which the standard does not permit and highdicom would copy
-    into the SEG: those copies go without it, and highdicom derives it from the slice positions."""
+    into the SEG: those copies go without it, and highdicom derives it from the slice positions.
+    SliceThickness (0018,0050) is Type 2 (some converters drop it or leave it empty) and highdicom copies
+    it into the SEG's pixel measures: a copy without it gets the distance between the slices' positions."""
     import copy
 
     headers = []
     for ds in series.datasets:
-        if float(ds.get("SpacingBetweenSlices") or 0.0) < 0.0:
+        negative = float(ds.get("SpacingBetweenSlices") or 0.0) < 0.0
+        thickness_missing = missing_slice_thickness(ds)
+        if negative or thickness_missing:
             ds = copy.deepcopy(ds)  # headers only: no pixel data was read
+        if negative:
             del ds.SpacingBetweenSlices
+        if thickness_missing:
+            ds.SliceThickness = f"{series.grid.spacing_mm[2]:.6g}"
         headers.append(ds)
     return headers
+
+
+def missing_slice_thickness(ds) -> bool:
+    """SliceThickness absent, empty or not a positive number."""
+    try:
+        return not float(ds.get("SliceThickness") or 0.0) > 0.0
+    except (TypeError, ValueError):
+        return True
