@@ -171,11 +171,7 @@ def run_pipeline(
     report.segmentation["device"] = device_choice.name
     report.notes[:0] = [f"input: {warning}" for warning in ct.warnings]
     report.notes += [dicom_plan.reason] if dicom_plan.reason else []
-    if classifier is not None:
-        report.notes.append(
-            f"classifier {classifier.manifest.name} v{classifier.manifest.version} (sha256 "
-            f"{classifier.manifest.weights_sha256[:12]}), threshold {probability_threshold:.2f}: fractured when "
-            "Genant grade >= 1 or probability >= threshold")
+    report.notes += [_classifier_note(classifier, probability_threshold)] if classifier is not None else []
 
     stages.stage("Writing outputs")
     with output as work:
@@ -185,6 +181,12 @@ def run_pipeline(
     stages.close()
     return RunResult(ct, segmentation, measurements, morphometry, findings, report, assessment.quality,
                      device_choice, final, files)
+
+
+def _classifier_note(classifier: FractureClassifier, probability_threshold: float) -> str:
+    return (f"classifier {classifier.manifest.name} v{classifier.manifest.version} (sha256 "
+            f"{classifier.manifest.weights_sha256[:12]}), threshold {probability_threshold:.2f}: fractured when "
+            "Genant grade >= 1 or probability >= threshold")
 
 
 def _segment(ct: CtVolume, engine: SegmentationEngine | None, points_path: Path | None, guided: bool,
