@@ -76,18 +76,21 @@ def arc_at(axis: SpineAxis, points_work_mm: np.ndarray) -> np.ndarray:
 
 
 def check_spacing(points: list[PointOnAxis]) -> None:
-    """Consecutive points (caudal first) must lie one vertebra apart: not in one vertebra, none skipped."""
+    """Consecutive points (caudal first) must lie one vertebra apart: not in one vertebra (looked for first:
+    a doubled point makes its neighbours' gaps look long), and none skipped."""
     gaps = np.diff([p.arc_mm for p in points])
     for n, gap in enumerate(gaps):
-        lower, upper = points[n], points[n + 1]
         typical = _typical_gap(gaps, n)
         if gap < MIN_PITCH_MM or (typical and gap < SAME_VERTEBRA_RATIO * typical):
-            raise InputError(f"points '{lower.label}' and '{upper.label}' are {gap:.0f} mm apart along the spine"
-                             f"{_compared(typical)}: two points in one vertebra? Keep one point per vertebral body")
+            raise InputError(f"points '{points[n].label}' and '{points[n + 1].label}' are {gap:.0f} mm apart along "
+                             f"the spine{_compared(typical)}: two points in one vertebra? Keep one point per "
+                             "vertebral body")
+    for n, gap in enumerate(gaps):
+        typical = _typical_gap(gaps, n)
         if gap > MAX_PITCH_MM or (typical and gap > SKIPPED_VERTEBRA_RATIO * typical):
-            raise InputError(f"points '{lower.label}' and '{upper.label}' are {gap:.0f} mm apart along the spine"
-                             f"{_compared(typical)}: a vertebra between them has no point; place one in every "
-                             "vertebral body between the first and the last")
+            raise InputError(f"points '{points[n].label}' and '{points[n + 1].label}' are {gap:.0f} mm apart along "
+                             f"the spine{_compared(typical)}: a vertebra between them has no point; place one in "
+                             "every vertebral body between the first and the last")
 
 
 def _typical_gap(gaps: np.ndarray, n: int) -> float | None:
