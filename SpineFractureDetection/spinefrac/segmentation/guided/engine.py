@@ -25,6 +25,7 @@ from spinefrac.segmentation.base import (
     LevelIdentification,
     SegmentationEngine,
     VertebraSegmentation,
+    labelled_box,
 )
 from spinefrac.segmentation.guided.naming import name_points, order_craniocaudal
 from spinefrac.segmentation.guided.spine_from_points import (
@@ -58,6 +59,7 @@ from spinefrac.segmentation.offline.labelling import (
 
 ABOVE_TOP_POINT_MM = 50.0  # room for the top vertebra's upper half and the disc above it
 MAX_DISTANCE_FROM_BONE_MM = 5.0
+EDGE_MARGIN_VOXELS = 4
 # The disc's surface is looked for this close to the disc found between the points (a fraction of the
 # segment): the points fix which disc it is, and farther off a bright endplate band can pass for one.
 DISC_SEARCH_FRACTION = 0.3  # a point this far from any bone is not in a vertebral body
@@ -189,7 +191,9 @@ def _label_voxels(hu: np.ndarray, spacing: np.ndarray, work: WorkGrid, axis, seg
     work_labels[vessels] = 0
     work_labels, in_bodies = disc_surface_labels(work, axis, segments, work_labels, canal, DISC_SEARCH_FRACTION)
     work_labels = refine_boundaries(work, segments, bone, work_labels, arc_mm, in_bodies)
-    work_labels[~bone_mask(work.values, work.spacing_mm, edge=True)] = 0
+    # The half-maximum edge only where there are labels (with a margin for the smoothing): a tenth of the crop.
+    box = tuple(slice(max(b.start - EDGE_MARGIN_VOXELS, 0), b.stop + EDGE_MARGIN_VOXELS) for b in labelled_box(work_labels))
+    work_labels[box][~bone_mask(work.values[box], work.spacing_mm, edge=True)] = 0
     return native_labels(hu, spacing, work, work_labels, vessels)
 
 
