@@ -240,12 +240,12 @@ def test_run_without_segmentation_uses_the_offline_engine_grades_clean_levels_an
         if row["qc_verdict"] == "pass":
             assert row["genant_grade"] is not None and row["decision"] in ("normal", "fractured")
         else:
-            assert row["genant_grade"] is None and "offline-engine mask" in row["decision_reason"]
+            assert row["genant_grade"] is None and "estimated-border mask" in row["decision_reason"]
         assert row["height_anterior_mm"] > 15
     assert all(rows[name]["trabecular_hu"] is None for name in ("L1", "L2", "L3", "L4", "L5"))
     assert report["osteoporosis_screen"] is None  # threshold masks bias the density: withheld
     findings = (tmp_path / "out" / "findings.txt").read_text(encoding="utf-8")
-    assert "not measured on the offline engine's masks" in findings
+    assert "not measured on bone-threshold masks" in findings
     graded = [name for name in ("L1", "L2", "L3", "L4", "L5") if rows[name]["genant_grade"] is not None]
     assert ("assessable level" in findings) if graded else ("not a normal result" in findings)
 

@@ -139,14 +139,15 @@ class FractureFindings:
         return {f.level.name: f for f in self.findings}
 
 
-# Offline-engine masks: their level borders are estimated, and where one strays the heights
+# Offline- and guided-engine masks: their level borders are estimated, and where one strays the heights
 # between them read as fractures of normal vertebrae (grade 2-3 on chest CTs it was not tuned
 # on); so a level QC has any doubt about keeps its heights but not its grade (assessment.chain).
-UNCHECKED_MASK_PREFIX = "grade withheld: offline-engine mask"
+UNCHECKED_MASK_PREFIX = "grade withheld: estimated-border mask"
 
 
 def unchecked_mask_reason(doubt: str) -> str:
-    """Why an offline-engine level is not graded (``doubt``: what QC found), and what to do."""
+    """Why a level with estimated borders (offline or guided engine) is not graded (``doubt``: what QC
+    found), and what to do."""
     return (f"{UNCHECKED_MASK_PREFIX} ({doubt}); heights shown as measured; check or correct the masks "
             "(Slicer: Segment Editor, then Classify) or use a learned model")
 

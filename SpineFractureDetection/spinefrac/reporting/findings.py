@@ -94,9 +94,9 @@ def osteoporosis_sentence(report: dict) -> str:
     l1 = next((row for row in report.get("levels", []) if row.get("level") == "L1"), None)
     if l1 is None:
         return "not done: L1 is not in view."
-    if report.get("segmentation", {}).get("masks_fit_for_density") is False:  # the offline engine's masks
-        return ("not done: L1 trabecular attenuation is not measured on the offline engine's masks (a bone "
-                "threshold leaves out low-density marrow and would bias it high).")
+    if report.get("segmentation", {}).get("masks_fit_for_density") is False:  # the offline and guided engines' masks
+        return ("not done: L1 trabecular attenuation is not measured on bone-threshold masks (offline or "
+                "guided engine: a bone threshold leaves out low-density marrow and would bias it high).")
     return f"not done: L1 trabecular attenuation not measured ({l1.get('decision_reason') or 'no vertebral body'})."
 
 
