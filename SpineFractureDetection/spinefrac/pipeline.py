@@ -288,7 +288,7 @@ def _write_outputs(work: Path, ct: CtVolume, segmentation: VertebraSegmentation,
         label_maps = writer.submit(_write_label_maps, ct, ct.to_source_grid(segmentation.label_map), ct.grid,
                                    bodies, work)
         # The work folder is renamed into place whole: a plain write, so a full disk reads as every other output's.
-        points = markups_document(level_points(ct.image, bodies, assessment.measurements),
+        points = markups_document(level_points(segmentation.label_map, bodies, assessment.measurements),
                                   f"vertebral body centres of the levels labelled by {segmentation.engine}")
         (work / POINTS_FILE).write_text(json.dumps(points, indent=2) + "\n", encoding="utf-8")
         report.dicom_export = write_dicom_objects(dicom_plan, segmentation, report, work)
