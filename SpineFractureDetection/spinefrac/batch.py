@@ -104,9 +104,10 @@ def _by_case_name(folder: Path, named: list[tuple[str, Path]], what: str) -> dic
         by_key.setdefault(name.casefold(), []).append((name, path))
     clashes = [group for group in by_key.values() if len(group) > 1]
     if clashes:
-        described = "; ".join(f"'{group[0][0]}': " + " and ".join(p.name for _, p in group) for group in clashes)
-        raise InputError(f"batch input folder {folder} has two {what} for one case ({described}); their results "
-                         "would share one case folder: rename or move one of each")
+        described = "; ".join(f"'{group[0][0]}': " + " and ".join(p.name + ("/" if p.is_dir() else "")
+                                                                   for _, p in group) for group in clashes)
+        raise InputError(f"batch input folder {folder} has {what} that share a case name ({described}); their "
+                         "results would go to one case folder: rename or move all but one of each")
     return {group[0][0]: group[0][1] for group in by_key.values()}
 
 
