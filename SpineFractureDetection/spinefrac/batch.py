@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from spinefrac import __version__
-from spinefrac.errors import BatchInterrupted, InputError, OutputError, SpineFracError
+from spinefrac.errors import Interrupted, InputError, OutputError, SpineFracError
 from spinefrac.io.filenames import BATCH_LOCK_FILE, BATCH_SUMMARY_CSV_FILE, BATCH_SUMMARY_JSON_FILE, REPORT_JSON_FILE
 from spinefrac.io.images import IMAGE_SUFFIX_PATTERN
 from spinefrac.io.outputs import refuse_overlap, take_lock, write_text_atomically
@@ -157,7 +157,7 @@ def _refuse_foreign_entries(output: Path, cases: list[BatchCase]) -> None:
 
 def _run_cases(cases: list[BatchCase], output: Path, overwrite: bool, log, run_options: dict,
                earlier: list[CaseOutcome]) -> list[CaseOutcome]:
-    """Every case in turn; on Ctrl-C or SIGTERM the summary records what finished, then BatchInterrupted."""
+    """Every case in turn; on Ctrl-C or SIGTERM the summary records what finished, then Interrupted."""
     done: list[CaseOutcome] = []
     try:
         for index, case in enumerate(cases, start=1):
@@ -174,7 +174,7 @@ def _run_cases(cases: list[BatchCase], output: Path, overwrite: bool, log, run_o
 
 
 def _interrupted(stop: BaseException, cases: list[BatchCase], done: list[CaseOutcome], earlier: list[CaseOutcome],
-                 output: Path) -> BatchInterrupted:
+                 output: Path) -> Interrupted:
     """Write the summary of an interrupted batch; the exception that says what finished."""
     signal_name = "interrupted (Ctrl-C)" if isinstance(stop, KeyboardInterrupt) else "terminated"
     rest = [CaseOutcome(case.name, "interrupted", "not finished: the batch was stopped", 0.0)
@@ -183,7 +183,7 @@ def _interrupted(stop: BaseException, cases: list[BatchCase], done: list[CaseOut
     finished = [o.name for o in done if o.status == "ok"]
     listed = ", ".join(finished[:5]) + (" ..." if len(finished) > 5 else "")
     code = 128 + signal.SIGINT if isinstance(stop, KeyboardInterrupt) else 128 + signal.SIGTERM
-    return BatchInterrupted(
+    return Interrupted(
         f"batch {signal_name} after {len(done)} of {len(cases)} cases; {len(finished)} finished and kept"
         + (f" ({listed})" if finished else "") + f"; summary in {output / BATCH_SUMMARY_JSON_FILE}; run the same "
         "command again (without --overwrite) to do the rest", code)

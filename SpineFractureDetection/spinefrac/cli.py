@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import math
 import os
 import signal
 import sys
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from spinefrac import __version__
 from spinefrac.device import DEVICE_CHOICES
-from spinefrac.errors import BatchInterrupted, SpineFracError, Terminated
+from spinefrac.errors import Interrupted, SpineFracError, Terminated
 from spinefrac.levels import LEVELS
 from spinefrac.progress import SilentStages, TerminalProgress
 from spinefrac.segmentation.label_maps import LABEL_OPTIONS
@@ -195,11 +196,11 @@ def _add_train_classifier_parser(commands) -> None:
     )
     train.add_argument("data", type=_input_path, metavar="DATA_DIR")
     train.add_argument("-o", "--output", type=_output_path, required=True, metavar="PACKAGE_DIR")
-    train.add_argument("--epochs", type=int, default=30)
-    train.add_argument("--batch-size", type=int, default=8)
-    train.add_argument("--learning-rate", type=float, default=1e-3)
+    train.add_argument("--epochs", type=_positive_int, default=30)
+    train.add_argument("--batch-size", type=_positive_int, default=8)
+    train.add_argument("--learning-rate", type=_positive_number, default=1e-3)
     train.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
-    train.add_argument("--simulated-fractures", type=int, default=0, metavar="N",
+    train.add_argument("--simulated-fractures", type=_count, default=0, metavar="N",
                        help="add N simulated fractures per case (normal levels compressed: wedge, biconcave "
                        "or crush, 25-50 %% loss) as fractured examples")
     train.set_defaults(handler=_train_classifier)
@@ -215,10 +216,10 @@ def _add_train_segmentation_parser(commands) -> None:
     )
     train_seg.add_argument("data", type=_input_path, metavar="DATA_DIR")
     train_seg.add_argument("-o", "--output", type=_output_path, required=True, metavar="PACKAGE_DIR")
-    train_seg.add_argument("--epochs", type=int, default=100)
-    train_seg.add_argument("--steps-per-epoch", type=int, default=50)
-    train_seg.add_argument("--spacing", type=float, default=1.5, help="training voxel size, mm (default 1.5)")
-    train_seg.add_argument("--patch", type=int, default=96, help="cubic patch edge, voxels (default 96)")
+    train_seg.add_argument("--epochs", type=_positive_int, default=100)
+    train_seg.add_argument("--steps-per-epoch", type=_positive_int, default=50)
+    train_seg.add_argument("--spacing", type=_positive_number, default=1.5, help="training voxel size, mm (default 1.5)")
+    train_seg.add_argument("--patch", type=_positive_int, default=96, help="cubic patch edge, voxels (default 96)")
     train_seg.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt")
     train_seg.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     train_seg.set_defaults(handler=_train_segmentation)
@@ -341,6 +342,29 @@ def _probability(text: str) -> float:
     return value
 
 
+def _positive_number(text: str) -> float:
+    """A finite number above 0 (a learning rate, a voxel size): 0, negatives, nan and inf are refused."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text} is not a number above 0")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a whole number of at least 1")
+    return int(text)
+
+
+def _count(text: str) -> int:
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"{text} is not a whole number of at least 0")
+    return int(text)
+
+
 def _engine(text: str) -> str:
     """auto, offline, monai, or a model folder's path (an empty one is not the current folder)."""
     if not text.strip():
@@ -363,13 +387,22 @@ def _train_classifier(args: argparse.Namespace) -> int:
 
 def _train_segmentation(args: argparse.Namespace) -> int:
     from spinefrac.device import resolve_device
+    from spinefrac.io.filenames import TRAINING_CHECKPOINT_FILE
     from spinefrac.training.segmentation import SegmentationTrainingConfig, train_segmentation
 
     config = SegmentationTrainingConfig(spacing_mm=(args.spacing,) * 3, patch_size=(args.patch,) * 3,
                                         epochs=args.epochs, steps_per_epoch=args.steps_per_epoch)
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
-    train_segmentation(args.data, args.output, config, device=resolve_device(args.device).name,
-                       resume=args.resume, log=log)
+    try:
+        train_segmentation(args.data, args.output, config, device=resolve_device(args.device).name,
+                           resume=args.resume, log=log)
+    except (KeyboardInterrupt, Terminated) as stop:  # the epochs done are kept: "no output was written" is untrue
+        checkpoint = args.output / TRAINING_CHECKPOINT_FILE
+        if not checkpoint.is_file():
+            raise
+        code = 128 + (signal.SIGINT if isinstance(stop, KeyboardInterrupt) else signal.SIGTERM)
+        raise Interrupted(f"training interrupted; the epochs finished are saved in {checkpoint}: rerun with "
+                          "--resume to continue", code) from None
     print(args.output)
     return 0
 
@@ -429,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     except SpineFracError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return error.exit_code
-    except BatchInterrupted as stop:  # the cases that finished are kept and listed in the summary
+    except Interrupted as stop:  # the cases that finished are kept and listed in the summary
         print(f"{PROG}: {stop}", file=sys.stderr)
         return stop.exit_code
     except KeyboardInterrupt:

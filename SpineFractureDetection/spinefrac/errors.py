@@ -26,9 +26,9 @@ class Terminated(BaseException):
     (a BaseException: a batch's per-case ``except Exception`` must not swallow it)."""
 
 
-class BatchInterrupted(BaseException):
-    """A batch stopped by Ctrl-C or SIGTERM after it recorded which cases finished: the message says which
-    and where. A BaseException, as the KeyboardInterrupt or Terminated it stands for."""
+class Interrupted(BaseException):
+    """A batch or training stopped by Ctrl-C or SIGTERM after it kept what was finished: the message says
+    what and where. A BaseException, as the KeyboardInterrupt or Terminated it stands for."""
 
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)

@@ -249,6 +249,21 @@ def test_ctrl_c_in_a_batch_keeps_the_finished_cases_and_a_rerun_does_the_rest(tm
     assert _digests(folder) == before
 
 
+def test_sigterm_in_a_batch_writes_the_summary_of_what_finished(tmp_path, sample_ct, sample_labels):
+    folder = _batch_folder(tmp_path, sample_ct, sample_labels, names=("a", "b", "c", "d"))
+    out = tmp_path / "out"
+    process = _cli("batch", folder, "-o", out)
+    assert process.stderr.readline().startswith("[1/4]")
+    process.terminate()
+    _, rest = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, rest
+    assert "Traceback" not in rest and "batch terminated after" in rest
+    summary = json.loads((out / "batch_summary.json").read_text(encoding="utf-8"))
+    finished = [c["name"] for c in summary["cases"] if c["status"] == "ok"]
+    assert finished[:1] == ["a"] and summary["counts"]["interrupted"] == 4 - len(finished)
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith("batch_summary")) == finished
+
+
 def test_a_finished_case_is_kept_only_when_checked_against_its_input(tmp_path, sample_ct, sample_labels):
     from spinefrac.batch import run_batch
 
@@ -427,3 +442,22 @@ def test_findings_txt_ends_with_one_newline(tmp_path, sample_ct, sample_labels):
     assert result.returncode == 0, result.stderr
     text = (tmp_path / "out" / "findings.txt").read_text(encoding="utf-8")
     assert text.endswith("\n") and not text.endswith("\n\n")
+
+
+@pytest.mark.parametrize("arguments", [["train-cls", "--epochs", "0"], ["train-cls", "--batch-size", "-2"],
+                                       ["train-cls", "--learning-rate", "nan"], ["train-cls", "--simulated-fractures", "-1"],
+                                       ["train-seg", "--spacing", "0"], ["train-seg", "--patch", "1.5"],
+                                       ["train-seg", "--steps-per-epoch", "inf"]])
+def test_training_numbers_that_cannot_work_are_refused(tmp_path, arguments):
+    command, option, value = arguments
+    line = _one_error_line(run_cli(command, tmp_path, "-o", tmp_path / "package", option, value))
+    assert f"argument {option}" in line and value in line and ("at least" in line or "above 0" in line), line
+    assert not (tmp_path / "package").exists()
+
+
+@pytest.mark.parametrize("command", ["train-cls", "train-seg", "evaluate"])
+def test_a_file_given_as_a_folder_is_said_to_be_a_file(tmp_path, sample_labels, command):
+    arguments = [sample_labels, tmp_path] if command == "evaluate" else [sample_labels, "-o", tmp_path / "package"]
+    line = _one_error_line(run_cli(command, *arguments))
+    assert "is a file, not a folder" in line, line
+    assert not (tmp_path / "package").exists()
