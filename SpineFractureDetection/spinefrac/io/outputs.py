@@ -3,11 +3,12 @@
 Files are written into a hidden sibling folder (``.OUT.partial-<random>``) and moved into place
 only when the run is complete, so a failure, Ctrl-C or kill never leaves a folder that looks like
 a finished result. Before any work the output is refused when it is, holds or lies inside an
-input, or when its path is one ITK cannot write (spinefrac.io.paths). A lock file beside the output (``.OUT.lock``, the owner's pid) keeps a second run out while
-one is writing; a lock whose process is gone, and partial folders it left, are cleaned up. At the
-end the folder must still be as it was at the start (compare and swap): a new output folder
-appears by one rename, and an existing one (``--overwrite``) gets this run's files, each replaced
-by rename; files the run did not write, such as corrected masks saved beside the results, stay.
+input, or when its path is one ITK cannot write (spinefrac.io.paths). A lock file beside the output
+(``.OUT.lock``, the owner's pid) keeps a second run out while one is writing; a lock whose process is
+gone, and partial folders it left, are cleaned up. At the end the folder must still be as it was
+at the start (compare and swap): a new output folder appears by one rename, and an existing one
+(``--overwrite``) gets this run's files, each replaced by rename; files the run did not write, such
+as corrected masks saved beside the results, stay.
 Folders and files made here follow the user's umask (tempfile makes them private to the user), so
 results on a shared workstation are readable as any other file the user writes.
 """
@@ -44,7 +45,9 @@ def _snapshot(folder: Path) -> dict[str, tuple[int, int]] | None:
 def _resolved(path: Path | str, what: str, error: type) -> Path:
     try:
         return Path(path).resolve()
-    except (RuntimeError, OSError):  # a loop of symbolic links (RuntimeError before Python 3.13)
+    except (RuntimeError, OSError) as problem:  # a loop of symbolic links (RuntimeError before Python 3.13)
+        if isinstance(problem, OSError) and problem.errno != errno.ELOOP:
+            raise
         raise error(f"{what} path {shown_path(path)} runs into a loop of symbolic links") from None
 
 
