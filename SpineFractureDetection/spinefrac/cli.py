@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import math
 import os
 import signal
 import sys
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from spinefrac import __version__
 from spinefrac.device import DEVICE_CHOICES
-from spinefrac.errors import SpineFracError
+from spinefrac.errors import Interrupted, SpineFracError, Terminated
 from spinefrac.levels import LEVELS
 from spinefrac.progress import SilentStages, TerminalProgress
 from spinefrac.segmentation.label_maps import LABEL_OPTIONS
@@ -93,6 +94,13 @@ def _output_path(text: str) -> Path:
     return Path(text)
 
 
+def _input_path(text: str) -> Path:
+    """An input path as given; an empty one is a mistake, not the current folder (Path('') is '.')."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the path is empty")
+    return Path(text)
+
+
 def _add_run_parser(commands) -> None:
     """The 'run' sub-command: one CT."""
     run = commands.add_parser(
@@ -100,10 +108,10 @@ def _add_run_parser(commands) -> None:
         description="Run the pipeline on one CT: labels, per-level measurements, report and picture.",
         epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument("ct", type=Path, help="CT image: .nii/.nii.gz, .nrrd, .mha, or a DICOM series folder")
+    run.add_argument("ct", type=_input_path, help="CT image: .nii/.nii.gz, .nrrd, .mha, or a DICOM series folder")
     run.add_argument("-o", "--output", type=_output_path, required=True, metavar="OUTDIR",
                      help="folder for the results (must be new or empty unless --overwrite)")
-    run.add_argument("--segmentation", type=Path, metavar="LABELMAP",
+    run.add_argument("--segmentation", type=_input_path, metavar="LABELMAP",
                      help="use an existing vertebra segmentation on the CT's grid: a label map file "
                           "(VerSe ids, TotalSegmentator ids, Slicer .seg.nrrd) or a folder of "
                           "TotalSegmentator masks (vertebrae_L1.nii.gz, ...)")
@@ -117,7 +125,7 @@ def _add_run_parser(commands) -> None:
                      help="label convention of --segmentation (default: auto: names when the file has segment "
                           "names, otherwise the one reading of the ids (VerSe, TotalSegmentator v2 or v1) that "
                           "knows every id and puts the levels in cranio-caudal order; 'totalseg' is v2)")
-    run.add_argument("--engine", default="auto", metavar="auto|offline|monai|PATH",
+    run.add_argument("--engine", default="auto", type=_engine, metavar="auto|offline|monai|PATH",
                      help="segmentation engine when no --segmentation is given: 'offline' (classical image "
                           "analysis, no weights), a model package or MONAI bundle folder, 'monai' for the registry "
                           "model (downloaded once into ~/.cache/spinefrac), or 'auto': a verified model already "
@@ -125,14 +133,14 @@ def _add_run_parser(commands) -> None:
     run.add_argument("--device", default="auto", choices=DEVICE_CHOICES,
                      help="compute device for learned engines: auto picks CUDA with mixed precision "
                           "when available, else CPU (default: auto)")
-    run.add_argument("--classifier", type=Path, metavar="PACKAGE",
+    run.add_argument("--classifier", type=_input_path, metavar="PACKAGE",
                      help="a trained fracture classifier package (folder with manifest.json and weights.pt); "
                           "without one, Genant morphometry alone decides")
     run.add_argument("--fracture-threshold", type=_probability, default=0.5, metavar="P",
                      help="classifier probability at or above which a level is called fractured (default 0.5)")
     run.add_argument("--no-hu-check", action="store_true",
                      help="accept an image whose values do not look like CT Hounsfield units (no air values)")
-    run.add_argument("--dicom-series", type=Path, metavar="FOLDER",
+    run.add_argument("--dicom-series", type=_input_path, metavar="FOLDER",
                      help="the CT's source DICOM series, when CT is a file converted from it: the DICOM SEG and SR "
                           "refer to it (a DICOM folder input is its own source)")
     run.add_argument("--overwrite", action="store_true", help="replace a non-empty OUTDIR")
@@ -147,13 +155,16 @@ def _add_batch_parser(commands) -> None:
         description="Run the pipeline on every case of a folder: NAME_ct.nii.gz files (or DICOM sub-folders), "
                     "each with an optional NAME_seg.nii.gz segmentation beside it. Results go to OUTDIR/NAME/, "
                     "and OUTDIR/batch_summary.json/.csv list every case with its status. Exit code 0 when every "
-                    "case succeeded, 3 when some failed.",
+                    "case succeeded, 3 when some failed. Interrupted (Ctrl-C), it keeps the finished cases and "
+                    "writes the summary; run again, it does the rest.",
     )
-    batch.add_argument("input", type=Path, metavar="INPUT_DIR")
+    batch.add_argument("input", type=_input_path, metavar="INPUT_DIR")
     batch.add_argument("-o", "--output", type=_output_path, required=True, metavar="OUTDIR")
     batch.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     batch.add_argument("--no-hu-check", action="store_true")
-    batch.add_argument("--overwrite", action="store_true", help="replace existing case folders in OUTDIR")
+    batch.add_argument("--overwrite", action="store_true",
+                       help="rerun every case, replacing existing case folders in OUTDIR (without it, a batch run "
+                            "again into its OUTDIR keeps each finished case of an unchanged input and runs the rest)")
     batch.set_defaults(handler=_batch)
 
 
@@ -165,14 +176,19 @@ def _add_evaluate_parser(commands) -> None:
                     "and fracture grades when present.",
         epilog=EVALUATE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    evaluate.add_argument("predictions", type=Path, metavar="PRED_DIR",
+    evaluate.add_argument("predictions", type=_input_path, metavar="PRED_DIR",
                           help="label maps, or output folders of 'spinefrac run' (one per case)")
-    evaluate.add_argument("references", type=Path, metavar="REF_DIR",
+    evaluate.add_argument("references", type=_input_path, metavar="REF_DIR",
                           help="reference label maps (or a VerSe-layout data set), same case names")
     evaluate.add_argument("-o", "--output", type=_output_path, metavar="OUTDIR",
                           help="also write evaluation.json and evaluation.csv here")
-    evaluate.add_argument("--probability-threshold", type=float, default=0.5,
+    evaluate.add_argument("--probability-threshold", type=_probability, default=0.5, metavar="P",
                           help="classifier probability counted as fractured when no grade is given (default 0.5)")
+    evaluate.add_argument("--labels", default="auto", choices=sorted(LABEL_OPTIONS),
+                          help="label convention of the predicted label map files, as for 'run --segmentation' "
+                               "(default: auto, the same detection as run's); run output folders are VerSe ids")
+    evaluate.add_argument("--reference-labels", default="auto", choices=sorted(LABEL_OPTIONS),
+                          help="label convention of the reference label map files (default: auto)")
     evaluate.set_defaults(handler=_evaluate)
 
 
@@ -184,13 +200,13 @@ def _add_train_classifier_parser(commands) -> None:
                     "(VerSe layout or CT + label pairs; NAME_genant.csv beside each label map with columns "
                     "level,genant_grade). Writes a model package usable with 'spinefrac run --classifier'.",
     )
-    train.add_argument("data", type=Path, metavar="DATA_DIR")
+    train.add_argument("data", type=_input_path, metavar="DATA_DIR")
     train.add_argument("-o", "--output", type=_output_path, required=True, metavar="PACKAGE_DIR")
-    train.add_argument("--epochs", type=int, default=30)
-    train.add_argument("--batch-size", type=int, default=8)
-    train.add_argument("--learning-rate", type=float, default=1e-3)
+    train.add_argument("--epochs", type=_positive_int, default=30)
+    train.add_argument("--batch-size", type=_positive_int, default=8)
+    train.add_argument("--learning-rate", type=_positive_number, default=1e-3)
     train.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
-    train.add_argument("--simulated-fractures", type=int, default=0, metavar="N",
+    train.add_argument("--simulated-fractures", type=_count, default=0, metavar="N",
                        help="add N simulated fractures per case (normal levels compressed: wedge, biconcave "
                        "or crush, 25-50 %% loss) as fractured examples")
     train.set_defaults(handler=_train_classifier)
@@ -204,12 +220,12 @@ def _add_train_segmentation_parser(commands) -> None:
                     "_seg-vert_msk.nii.gz) or CT + label pairs; validates per level each epoch, checkpoints "
                     "(--resume), and exports a model package for 'spinefrac run --engine PACKAGE_DIR'.",
     )
-    train_seg.add_argument("data", type=Path, metavar="DATA_DIR")
+    train_seg.add_argument("data", type=_input_path, metavar="DATA_DIR")
     train_seg.add_argument("-o", "--output", type=_output_path, required=True, metavar="PACKAGE_DIR")
-    train_seg.add_argument("--epochs", type=int, default=100)
-    train_seg.add_argument("--steps-per-epoch", type=int, default=50)
-    train_seg.add_argument("--spacing", type=float, default=1.5, help="training voxel size, mm (default 1.5)")
-    train_seg.add_argument("--patch", type=int, default=96, help="cubic patch edge, voxels (default 96)")
+    train_seg.add_argument("--epochs", type=_positive_int, default=100)
+    train_seg.add_argument("--steps-per-epoch", type=_positive_int, default=50)
+    train_seg.add_argument("--spacing", type=_positive_number, default=1.5, help="training voxel size, mm (default 1.5)")
+    train_seg.add_argument("--patch", type=_positive_int, default=96, help="cubic patch edge, voxels (default 96)")
     train_seg.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt")
     train_seg.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     train_seg.set_defaults(handler=_train_segmentation)
@@ -271,7 +287,12 @@ def _models(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from spinefrac.io.images import InputReads
+    from spinefrac.io.paths import require_usable_path
 
+    # Before the reading thread starts: ITK aborts the whole process on a path that is not UTF-8.
+    for path, what in ((args.ct, "CT"), (args.segmentation, "segmentation"), (args.classifier, "classifier"),
+                       (args.dicom_series, "DICOM series")):
+        require_usable_path(path, what)
     # The CT and labels are read in a thread while the rest of the pipeline (scipy, matplotlib: about a
     # second) is imported here, after the reads began.
     reads = InputReads(args.ct, args.segmentation, check_hu=not args.no_hu_check)
@@ -300,7 +321,7 @@ BATCH_SOME_FAILED = 3
 
 
 def _batch(args: argparse.Namespace) -> int:
-    from spinefrac.batch import run_batch
+    from spinefrac.batch import KEPT_MESSAGE, run_batch
     from spinefrac.io.filenames import BATCH_SUMMARY_JSON_FILE
 
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
@@ -308,18 +329,53 @@ def _batch(args: argparse.Namespace) -> int:
                          check_hu=not args.no_hu_check)
     failed = [o for o in outcomes if o.status == "failed"]
     ok = sum(o.status == "ok" for o in outcomes)
-    print(f"{ok} ok, {len(failed)} failed, {len(outcomes) - ok - len(failed)} skipped; "
-          f"summary in {args.output / BATCH_SUMMARY_JSON_FILE}")
+    kept = sum(o.message == KEPT_MESSAGE for o in outcomes)
+    print(f"{ok} ok{f' ({kept} kept from an earlier run)' if kept else ''}, {len(failed)} failed, "
+          f"{len(outcomes) - ok - len(failed)} skipped; summary in {args.output / BATCH_SUMMARY_JSON_FILE}")
     for outcome in failed:
         print(f"  failed: {outcome.name}: {outcome.message}")
     return BATCH_SOME_FAILED if failed else 0
 
 
 def _probability(text: str) -> float:
-    value = float(text)
+    """A probability: a finite number in 0..1 ('nan' fails the comparison and is refused too)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{text} is not a probability between 0 and 1")
     return value
+
+
+def _positive_number(text: str) -> float:
+    """A finite number above 0 (a learning rate, a voxel size): 0, negatives, nan and inf are refused."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text} is not a number above 0")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a whole number of at least 1")
+    return int(text)
+
+
+def _count(text: str) -> int:
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"{text} is not a whole number of at least 0")
+    return int(text)
+
+
+def _engine(text: str) -> str:
+    """auto, offline, monai, or a model folder's path (an empty one is not the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the engine is empty (auto, offline, monai or a model package folder)")
+    return text
 
 
 def _train_classifier(args: argparse.Namespace) -> int:
@@ -337,13 +393,22 @@ def _train_classifier(args: argparse.Namespace) -> int:
 
 def _train_segmentation(args: argparse.Namespace) -> int:
     from spinefrac.device import resolve_device
+    from spinefrac.io.filenames import TRAINING_CHECKPOINT_FILE
     from spinefrac.training.segmentation import SegmentationTrainingConfig, train_segmentation
 
     config = SegmentationTrainingConfig(spacing_mm=(args.spacing,) * 3, patch_size=(args.patch,) * 3,
                                         epochs=args.epochs, steps_per_epoch=args.steps_per_epoch)
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
-    train_segmentation(args.data, args.output, config, device=resolve_device(args.device).name,
-                       resume=args.resume, log=log)
+    try:
+        train_segmentation(args.data, args.output, config, device=resolve_device(args.device).name,
+                           resume=args.resume, log=log)
+    except (KeyboardInterrupt, Terminated) as stop:  # the epochs done are kept: "no output was written" is untrue
+        checkpoint = args.output / TRAINING_CHECKPOINT_FILE
+        if not checkpoint.is_file():
+            raise
+        code = 128 + (signal.SIGINT if isinstance(stop, KeyboardInterrupt) else signal.SIGTERM)
+        raise Interrupted(f"training interrupted; the epochs finished are saved in {checkpoint}: rerun with "
+                          "--resume to continue", code) from None
     print(args.output)
     return 0
 
@@ -352,7 +417,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     from spinefrac.evaluation.cases import evaluate_folders
     from spinefrac.evaluation.writers import format_table, write_evaluation
 
-    summary = evaluate_folders(args.predictions, args.references, probability_threshold=args.probability_threshold)
+    summary = evaluate_folders(args.predictions, args.references, probability_threshold=args.probability_threshold,
+                               prediction_labels=LABEL_OPTIONS[args.labels],
+                               reference_labels=LABEL_OPTIONS[args.reference_labels])
     written = write_evaluation(summary, args.output).values() if args.output is not None else []
     print(format_table(summary))
     for path in written:
@@ -384,11 +451,6 @@ def _levels(args: argparse.Namespace) -> int:
     return 0
 
 
-class Terminated(BaseException):
-    """SIGTERM as an exception, so that every ``finally`` and ``with`` cleans up on the way out
-    (a BaseException: a batch's per-case ``except Exception`` must not swallow it)."""
-
-
 def _raise_terminated(signum, frame):
     raise Terminated()
 
@@ -406,6 +468,9 @@ def main(argv: list[str] | None = None) -> int:
     except SpineFracError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return error.exit_code
+    except Interrupted as stop:  # the cases that finished are kept and listed in the summary
+        print(f"{PROG}: {stop}", file=sys.stderr)
+        return stop.exit_code
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; no output was written", file=sys.stderr)
         return 130

@@ -19,3 +19,17 @@ class OutputError(SpineFracError):
 
 class EngineUnavailableError(SpineFracError):
     """A requested segmentation engine or device cannot be used on this machine."""
+
+
+class Terminated(BaseException):
+    """SIGTERM as an exception, so that every ``finally`` and ``with`` cleans up on the way out
+    (a BaseException: a batch's per-case ``except Exception`` must not swallow it)."""
+
+
+class Interrupted(BaseException):
+    """A batch or training stopped by Ctrl-C or SIGTERM after it kept what was finished: the message says
+    what and where. A BaseException, as the KeyboardInterrupt or Terminated it stands for."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code

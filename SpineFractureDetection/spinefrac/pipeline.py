@@ -37,6 +37,7 @@ from spinefrac.io.filenames import (
 )
 from spinefrac.io.images import CtVolume, ImageGrid, InputReads, load_ct, write_image
 from spinefrac.io.outputs import AtomicOutputFolder
+from spinefrac.io.paths import input_fingerprint, require_usable_path
 from spinefrac.io.points import markups_document, read_points
 from spinefrac.progress import SilentStages
 from spinefrac.reporting.dicom_export import plan_dicom_export, write_dicom_objects
@@ -123,6 +124,15 @@ def choose_engine(
     return OfflineEngine(fallback_reason="; ".join(failures))
 
 
+def check_input_paths(ct_path, segmentation_path=None, classifier_path=None, model_folder=None,
+                      dicom_series=None) -> None:
+    """Refuse, before any reader starts, input paths that are empty, run into a link loop or hold bytes
+    that are not UTF-8 (ITK aborts the process on those): one line naming the path."""
+    for path, what in ((ct_path, "CT"), (segmentation_path, "segmentation"), (classifier_path, "classifier"),
+                       (model_folder, "model package"), (dicom_series, "DICOM series")):
+        require_usable_path(path, what)
+
+
 def run_pipeline(
     ct_path: Path | str,
     output_folder: Path | str,
@@ -147,6 +157,8 @@ def run_pipeline(
     segments from them."""
     stages = stages or SilentStages()
     model_folder = Path(engine) if engine not in ENGINE_CHOICES else None
+    check_input_paths(ct_path, segmentation_path, classifier_path, model_folder, dicom_series)
+    require_usable_path(points_path, "points file")
     # Refused up front: a non-empty folder without --overwrite, and one that is, holds or lies in an input.
     output = AtomicOutputFolder(output_folder, overwrite, inputs=(ct_path, segmentation_path, classifier_path,
                                                                   model_folder, dicom_series, points_path))
@@ -161,17 +173,18 @@ def run_pipeline(
     stages.stage("Loading CT")
     ct = reads.ct(ct_path, check_hu) if reads is not None else load_ct(ct_path, check_hu=check_hu)
     dicom_plan = plan_dicom_export(ct, dicom_series)  # a named series that does not fit is refused here
-    segmentation = _segment(ct, engine, Path(points_path) if points_path is not None else None, guided, stages)
-    if reads is not None:
-        reads.finish()  # the reading thread ended before the measurements fork their workers
+    # The inputs hashed for report.json (a batch tells a finished case of this input by them) while the
+    # segmentation runs; the thread ends before the measurements fork their workers, as the reading thread.
+    with ThreadPoolExecutor(max_workers=1) as hashing:
+        fingerprints = hashing.submit(_fingerprints, ct_path, segmentation_path)
+        segmentation = _segment(ct, engine, Path(points_path) if points_path is not None else None, guided, stages)
+        if reads is not None:
+            reads.finish()
+        fingerprints = fingerprints.result()
     assessment = assess(ct, segmentation, classifier, probability_threshold, stages)
-    measurements, morphometry, findings = assessment.measurements, assessment.morphometry, assessment.findings
     stages.stage("Building report")
-    report = SpineReport.from_stages(ct, segmentation, measurements, findings, assessment.quality)
-    report.segmentation["device"] = device_choice.name
-    report.notes[:0] = [f"input: {warning}" for warning in ct.warnings]
-    report.notes += [dicom_plan.reason] if dicom_plan.reason else []
-    report.notes += [_classifier_note(classifier, probability_threshold)] if classifier is not None else []
+    report = _report(ct, segmentation, assessment, device_choice, dicom_plan, classifier, probability_threshold)
+    report.input["fingerprint"], report.segmentation["fingerprint"] = fingerprints
 
     stages.stage("Writing outputs")
     with output as work:
@@ -179,8 +192,35 @@ def run_pipeline(
     final = Path(output_folder)
     files = _written_files(final, report.dicom_export["written"])
     stages.close()
-    return RunResult(ct, segmentation, measurements, morphometry, findings, report, assessment.quality,
-                     device_choice, final, files)
+    return RunResult(ct, segmentation, assessment.measurements, assessment.morphometry, assessment.findings, report,
+                     assessment.quality, device_choice, final, files)
+
+
+def _fingerprints(ct_path, segmentation_path) -> tuple[dict | None, dict | None]:
+    """Fingerprints of the CT and the segmentation (None: none given, or the file could not be read)."""
+    found = []
+    for path in (ct_path, segmentation_path):
+        try:
+            found.append(input_fingerprint(path) if path is not None else None)
+        except OSError:  # read by the pipeline a moment ago; gone or unreadable now: nothing to record
+            found.append(None)
+    return found[0], found[1]
+
+
+def _report(ct: CtVolume, segmentation: VertebraSegmentation, assessment, device_choice: DeviceChoice, dicom_plan,
+            classifier: FractureClassifier | None, probability_threshold: float) -> SpineReport:
+    report = SpineReport.from_stages(ct, segmentation, assessment.measurements, assessment.findings,
+                                     assessment.quality)
+    report.segmentation["device"] = device_choice.name
+    report.notes[:0] = [f"input: {warning}" for warning in ct.warnings]
+    report.notes += [dicom_plan.reason] if dicom_plan.reason else []
+    report.notes += [_classifier_note(classifier, probability_threshold)] if classifier is not None else []
+    return report
+
+
+def expected_outputs(folder: Path, report: dict) -> list[Path]:
+    """The files a finished run left in ``folder``, by its report.json (DICOM objects when it says so)."""
+    return list(_written_files(folder, bool((report.get("dicom_export") or {}).get("written"))).values())
 
 
 def _classifier_note(classifier: FractureClassifier, probability_threshold: float) -> str:
@@ -260,8 +300,10 @@ class BackgroundDrawing:
 
 def _draw_and_answer(sending, draw, args, kwargs) -> None:
     """In the child: draw, then send None or the exception (its type and message survive pickling). The
-    parent's SIGTERM handler is not the child's: ended by the parent, it ends quietly."""
+    parent's SIGTERM handler is not the child's: ended by the parent, it ends quietly; Ctrl-C (sent to the whole
+    process group) is the parent's to act on."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         draw(*args, **kwargs)
         error = None

@@ -67,7 +67,7 @@ def test_sample_report_levels_fov_and_sacrum(sample_run, sample_labels):
     for row in report["levels"]:
         counted_mm3 = np.count_nonzero(labels == row["verse_id"]) * 27.0  # 3 mm isotropic voxels
         assert abs(row["volume_mm3"] - counted_mm3) <= 0.01 * counted_mm3
-    assert report["schema_version"] == "1.4.0"
+    assert report["schema_version"] == "1.5.0"
     assert report["segmentation"]["level_identification"]["confidence"] is None  # levels as the file has them
     assert "volume_mm3" in report["definitions"] and "mean_hu" in report["definitions"]
 

@@ -191,9 +191,11 @@ def _may_fork() -> bool:
 
 def _default_termination() -> None:
     """A worker ends quietly when the pool terminates it: the parent's SIGTERM handler (the CLI turns
-    SIGTERM into a clean one-line exit) must not run in the worker and print a traceback. On Linux it
-    also ends when its parent does (killed outright, the pool cannot end it): no orphan waits forever."""
+    SIGTERM into a clean one-line exit) must not run in the worker and print a traceback, nor Ctrl-C (sent
+    to the terminal's whole process group) a KeyboardInterrupt traceback: the parent stops the pool. On
+    Linux it also ends when its parent does (killed outright, the pool cannot end it): no orphan waits."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         import ctypes
 

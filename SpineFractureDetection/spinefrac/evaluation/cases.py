@@ -2,11 +2,15 @@
 each scored (segmentation and, when graded, fracture), and the summary over all cases.
 
 A folder holds label map files, ``spinefrac run`` output folders or a data set (VerSe layout or
-CT + label pairs); grade files beside them are found as described in spinefrac.io.grades.
+CT + label pairs); grade files beside them are found as described in spinefrac.io.grades. Label map
+files are read with the label-convention detection of ``spinefrac run --segmentation`` (VerSe,
+TotalSegmentator v2 or v1 ids, Slicer segment names), or the convention given; a run's output folder
+holds VerSe ids.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -23,13 +27,16 @@ from spinefrac.evaluation.grading import (
     pair_gradings,
 )
 from spinefrac.evaluation.metrics import mean
-from spinefrac.evaluation.segmentation import IDENTIFICATION_RADIUS_MM, CaseEvaluation, evaluate_segmentation, read_3d
+from spinefrac.evaluation.segmentation import IDENTIFICATION_RADIUS_MM, CaseEvaluation, evaluate_segmentation
 from spinefrac.io.datasets import LABEL_FOLDERS, read_dataset
 from spinefrac.io.filenames import LABEL_MAP_FILE, REPORT_JSON_FILE
 from spinefrac.io.grades import grade_file, read_gradings
-from spinefrac.io.images import IMAGE_SUFFIX_PATTERN
+from spinefrac.io.images import IMAGE_SUFFIX_PATTERN, ImageGrid, read_image
 from spinefrac.io.outputs import rounded_or_none
+from spinefrac.io.paths import require_usable_path
 from spinefrac.progress import Progress, silent
+from spinefrac.segmentation.base import LabelConvention
+from spinefrac.segmentation.label_maps import LabelReading, form_disagreements, read_label_ids
 
 EVALUATION_SCHEMA = "spinefrac-evaluation"
 EVALUATION_SCHEMA_VERSION = "1.0.0"
@@ -134,6 +141,7 @@ class CaseSource:
     name: str
     label_path: Path
     grades_path: Path | None  # grade file, or a run's report.json; None: no grades
+    run_output: bool = False  # a 'spinefrac run' output folder: its label map holds VerSe ids
 
 
 def case_name(label_path: Path) -> str:
@@ -147,7 +155,9 @@ def case_name(label_path: Path) -> str:
 
 def discover_cases(folder: Path | str, what: str = "cases") -> dict[str, CaseSource]:
     """Case name -> source for label map files, ``spinefrac run`` output folders or a data set."""
-    folder = Path(folder)
+    folder = require_usable_path(folder, f"{what} folder", entries=False)
+    if folder.is_file():
+        raise InputError(f"{what} folder {folder} is a file, not a folder of label maps or run folders")
     if not folder.is_dir():
         raise InputError(f"{what} folder not found: {folder}")
     if (folder / "derivatives").is_dir() or any((folder / name).is_dir() for name in LABEL_FOLDERS):
@@ -159,6 +169,7 @@ def discover_cases(folder: Path | str, what: str = "cases") -> dict[str, CaseSou
         source = _run_folder_case(entry) if entry.is_dir() else _label_file_case(entry)
         if source is None:
             continue
+        require_usable_path(source.label_path, f"{what} label map")  # ITK aborts on a name that is not UTF-8
         if source.name in cases:
             raise InputError(f"{what} folder {folder} has two cases named '{source.name}': "
                              f"{cases[source.name].label_path.name} and {source.label_path.name}")
@@ -182,7 +193,7 @@ def _run_folder_case(folder: Path) -> CaseSource | None:
         return None
     report = folder / REPORT_JSON_FILE
     grades = grade_file(folder, "") or (report if report.is_file() else None)
-    return CaseSource(folder.name, label_path, grades)
+    return CaseSource(folder.name, label_path, grades, run_output=True)
 
 
 def _label_file_case(path: Path) -> CaseSource | None:
@@ -193,21 +204,60 @@ def _label_file_case(path: Path) -> CaseSource | None:
     return CaseSource(name, path, grade_file(path.parent, f"{name}_"))
 
 
-def evaluate_case(prediction: CaseSource, reference: CaseSource) -> CaseEvaluation:
-    """Segmentation and, when graded, fracture agreement of one matched case."""
-    case = evaluate_segmentation(
-        read_3d(prediction.label_path, f"case {prediction.name}: predicted label map"),
-        read_3d(reference.label_path, f"case {reference.name}: reference label map"),
-        reference.name, str(prediction.label_path), str(reference.label_path),
-    )
+def evaluate_case(prediction: CaseSource, reference: CaseSource,
+                  prediction_labels: str = LabelConvention.AUTO.value,
+                  reference_labels: str = LabelConvention.AUTO.value) -> CaseEvaluation:
+    """Segmentation and, when graded, fracture agreement of one matched case. Label map files are read as
+    'run --segmentation' reads them (``*_labels``: a LabelConvention value, 'auto' to detect)."""
+    images, readings = {}, {}
+    for role, source, convention, option in (("predicted", prediction, prediction_labels, "--labels"),
+                                             ("reference", reference, reference_labels, "--reference-labels")):
+        what = f"case {source.name}: {role} label map"
+        images[role] = read_image(require_usable_path(source.label_path, what), what)
+        try:
+            readings[role] = read_label_ids(images[role], source.label_path,
+                                            LabelConvention.VERSE if source.run_output else convention)
+        except InputError as error:
+            raise InputError(f"{what}: " + str(error).replace("--labels ", f"{option} ")) from None
+    _require_same_grid(prediction, reference, images, readings)
+    case = evaluate_segmentation(readings["predicted"].verse_ids, readings["reference"].verse_ids,
+                                 reference.name, str(prediction.label_path), str(reference.label_path))
+    case.notes = [note for role in ("predicted", "reference") for note in _reading_notes(role, readings[role])]
     case.grades = pair_gradings(read_gradings(reference.grades_path), read_gradings(prediction.grades_path))
     return case
 
 
+def _require_same_grid(prediction: CaseSource, reference: CaseSource, images: dict, readings: dict) -> None:
+    """Prediction and reference on one grid; where not, a NIfTI whose qform and sform disagree is named."""
+    differences = ImageGrid.of(readings["predicted"].verse_ids).differences(ImageGrid.of(readings["reference"].verse_ids))
+    if not differences:
+        return
+    causes = form_disagreements([(prediction.label_path, ImageGrid.of(images["predicted"])),
+                                 (reference.label_path, ImageGrid.of(images["reference"]))])
+    raise InputError(f"case {reference.name}: prediction and reference are not on the same voxel grid "
+                     f"({'; '.join(differences)}); " + (f"{causes}; " if causes else "")
+                     + "resample the prediction onto the reference grid")
+
+
+def _reading_notes(role: str, reading: LabelReading) -> list[str]:
+    """How a label map was read, when not simply as VerSe ids."""
+    notes = [f"{role} label map: {note}" for note in reading.notes]
+    if reading.convention is not LabelConvention.VERSE:
+        notes.insert(0, f"{role} label map read as {reading.convention.value} labels")
+    if reading.ignored_labels:
+        notes.append(f"{role} label map: {len(reading.ignored_labels)} labels that are no vertebra ignored")
+    return notes
+
+
 def evaluate_folders(prediction_dir: Path | str, reference_dir: Path | str,
                      probability_threshold: float = DEFAULT_PROBABILITY_THRESHOLD,
-                     progress: Progress = silent) -> EvaluationSummary:
-    """Evaluate every case found in both folders, matched by case name."""
+                     progress: Progress = silent, prediction_labels: str = LabelConvention.AUTO.value,
+                     reference_labels: str = LabelConvention.AUTO.value) -> EvaluationSummary:
+    """Evaluate every case found in both folders, matched by case name (label conventions as in
+    evaluate_case)."""
+    if not (isinstance(probability_threshold, (int, float)) and math.isfinite(probability_threshold)
+            and 0.0 <= probability_threshold <= 1.0):
+        raise InputError(f"probability threshold {probability_threshold} is not a probability between 0 and 1")
     predictions = discover_cases(prediction_dir, "prediction")
     references = discover_cases(reference_dir, "reference")
     matched = sorted(predictions.keys() & references.keys())
@@ -217,7 +267,7 @@ def evaluate_folders(prediction_dir: Path | str, reference_dir: Path | str,
     cases = []
     for index, name in enumerate(matched):
         progress(index / len(matched), f"evaluating {name}")
-        cases.append(evaluate_case(predictions[name], references[name]))
+        cases.append(evaluate_case(predictions[name], references[name], prediction_labels, reference_labels))
     progress(1.0, f"{len(cases)} cases evaluated")
     fracture = fracture_agreement({case.name: case.grades for case in cases}, probability_threshold)
     return EvaluationSummary(
@@ -227,7 +277,7 @@ def evaluate_folders(prediction_dir: Path | str, reference_dir: Path | str,
         fracture=fracture,
         prediction_source=str(prediction_dir),
         reference_source=str(reference_dir),
-        notes=_fracture_notes(cases, fracture),
+        notes=[f"case {case.name}: {note}" for case in cases for note in case.notes] + _fracture_notes(cases, fracture),
     )
 
 

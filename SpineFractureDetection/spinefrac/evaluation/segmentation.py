@@ -85,6 +85,7 @@ class CaseEvaluation:
     reference_source: str
     levels: list[LevelSegmentationScore]  # cranial to caudal, every level in either map
     grades: list[LevelGrade] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # how the label maps were read, when not as VerSe ids
 
     @property
     def reference_levels(self) -> list[LevelSegmentationScore]:
@@ -138,6 +139,7 @@ class CaseEvaluation:
             "extra_levels": self.extra_levels,
             "levels": [score.to_dict() for score in self.levels],
             "grades": [grade.to_dict() for grade in self.grades],
+            "notes": self.notes,
         }
 
 

@@ -221,6 +221,8 @@ def read_image_label_folders(root: Path | str, require_ct: bool = True) -> list[
 
 def _existing_folder(root: Path | str) -> Path:
     root = Path(root)
+    if root.is_file():
+        raise InputError(f"data set {root} is a file, not a folder (VerSe layout or CT + label map pairs)")
     if not root.is_dir():
         raise InputError(f"data set folder not found: {root}")
     return root

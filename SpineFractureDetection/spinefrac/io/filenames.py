@@ -17,6 +17,7 @@ DICOM_SR_FILE = "measurements_sr.dcm"  # DICOM SR TID 1500 measurement report (D
 
 BATCH_SUMMARY_JSON_FILE = "batch_summary.json"
 BATCH_SUMMARY_CSV_FILE = "batch_summary.csv"
+BATCH_LOCK_FILE = ".spinefrac-batch.lock"  # in a batch output folder while a batch writes it: the pid
 EVALUATION_JSON_FILE = "evaluation.json"
 EVALUATION_CSV_FILE = "evaluation.csv"
 

@@ -26,11 +26,12 @@ from spinefrac.reporting.findings import findings_text
 from spinefrac.segmentation.base import NUMBERING_CHECK, VertebraSegmentation
 
 REPORT_SCHEMA = "spinefrac-report"
-REPORT_SCHEMA_VERSION = "1.4.0"  # 1.1: fracture findings per level; 1.2: segmentation.level_identification;
+REPORT_SCHEMA_VERSION = "1.5.0"  # 1.1: fracture findings per level; 1.2: segmentation.level_identification;
 # 1.3: quality control (per level qc_verdict/qc_reasons columns, a quality_control block); expected
 # anterior/middle heights and the relative height loss per section; findings_text (what findings.txt
 # holds) and dicom_export; 1.4: segmentation.masks_fit_for_density, segmentation.grading_needs_clean_qc,
-# quality_control.levels[].border_contact_ratios
+# quality_control.levels[].border_contact_ratios; 1.5: input.fingerprint and segmentation.fingerprint (sha256,
+# size and file count of the inputs, spinefrac.io.paths.input_fingerprint)
 
 SACRUM_NOTE = "sacrum: fused bone, reported for level counting; not graded for fracture"
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from spinefrac.errors import InputError
+from spinefrac.io.file_headers import nifti_form_warning
 from spinefrac.io.images import IMAGE_SUFFIX_PATTERN, CtVolume, ImageGrid, read_image, require_3d_scalar, to_canonical
 from spinefrac.levels import (
     LEVEL_BY_ID,
@@ -61,47 +63,29 @@ class ExistingLabelMap(SegmentationEngine):
 
     def _from_label_file(self, ct: CtVolume) -> VertebraSegmentation:
         image = self._read_label_file() if self._read_label_file else read_image(self.path, "segmentation")
-        segment_names = slicer_segment_names(image)  # before re-orientation, which drops the header
-        if image.GetNumberOfComponentsPerPixel() > 1 and segment_names:
-            image, segment_names = flatten_segment_layers(image, self.path)
-        require_3d_scalar(image, self.path, "segmentation")
-        image = _on_ct_grid(image, ct, self.path)
-        values = sitk.GetArrayViewFromImage(image)
-        box = labelled_box(values)  # outside it every voxel is 0, background in every convention
-        source_ids = _integer_labels(values[box], self.path, background_outside=values[box].size < values.size)
-        counts = np.bincount(source_ids.ravel(), minlength=1)  # voxels per source id, one pass over the box
-        counts[0] += values.size - source_ids.size
-        convention = self.convention
-        notes: list[str] = []
-        if convention is LabelConvention.AUTO:
-            convention, notes = _guess_convention(counts, segment_names, _boxed_image(source_ids, image, box),
-                                                  self.path)
-        lookup, ignored = _id_lookup(counts, convention, segment_names, self.path)
-        verse_ids = np.zeros(values.shape, dtype=np.uint8)
-        verse_ids[box] = lookup[source_ids]
+        reading = read_label_ids(image, self.path, self.convention,
+                                 on_grid=lambda read: _on_ct_grid(read, ct, self.path))
+        label_map = reading.verse_ids
+        label_map.CopyInformation(ct.image)  # the same grid within GRID_TOLERANCE_MM: the CT's header exactly
         return VertebraSegmentation(
-            label_map=_label_image(verse_ids, ct),
+            label_map=label_map,
             engine=self.name,
             source=str(self.path),
-            convention=convention,
-            ignored_labels={name: int(counts[source_id]) for source_id, name in ignored.items()},
-            notes=notes,
+            convention=reading.convention,
+            ignored_labels=reading.ignored_labels,
+            notes=reading.notes,
         )
 
     # -- a folder of binary masks (TotalSegmentator's default output) --------------------
 
     def _from_mask_folder(self, ct: CtVolume) -> VertebraSegmentation:
         verse_ids = np.zeros(ct.array().shape, dtype=np.uint8)
-        ignored: list[str] = []
         overlap_voxels = 0
         mask_files = sorted(p for p in self.path.iterdir() if _is_image_file(p))
         if not mask_files:
             raise InputError(f"segmentation folder {self.path} holds no NIfTI or NRRD masks")
-        for mask_path in mask_files:
-            level = level_for_name(_stem(mask_path))
-            if level is None:
-                ignored.append(_stem(mask_path))  # another structure: not even read
-                continue
+        by_level, ignored = _masks_by_level(self.path, mask_files)
+        for level, mask_path in by_level:
             mask_image = read_image(mask_path, "mask")
             require_3d_scalar(mask_image, mask_path, "mask")
             mask = sitk.GetArrayFromImage(_on_ct_grid(mask_image, ct, mask_path)) > 0  # a copy: the image is a temporary
@@ -110,14 +94,35 @@ class ExistingLabelMap(SegmentationEngine):
         notes = []
         if overlap_voxels:
             notes.append(f"{overlap_voxels} voxels were claimed by two masks; the later file in name order kept them")
+        label_map = sitk.GetImageFromArray(verse_ids)
+        label_map.CopyInformation(ct.image)
         return VertebraSegmentation(
-            label_map=_label_image(verse_ids, ct),
+            label_map=label_map,
             engine=self.name,
             source=str(self.path),
             convention=LabelConvention.NAMES,
             ignored_labels=dict.fromkeys(ignored),
             notes=notes,
         )
+
+
+def _masks_by_level(folder: Path, mask_files: list[Path]) -> tuple[list[tuple[Level, Path]], list[str]]:
+    """(level, mask file) in name order, and the names of the other structures. Two files for one level
+    (vertebrae_L1.nii.gz and vertebrae_L1.nrrd, or L1 and vertebrae_L1) are refused: merged, they would be
+    graded as one vertebra."""
+    by_level: dict[str, tuple[Level, Path]] = {}
+    ignored: list[str] = []
+    for mask_path in mask_files:
+        level = level_for_name(_stem(mask_path))
+        if level is None:
+            ignored.append(_stem(mask_path))  # another structure: not even read
+        elif level.name in by_level:
+            raise InputError(f"segmentation folder {folder} has two masks for {level.name}: "
+                             f"{by_level[level.name][1].name} and {mask_path.name}; remove one (merged, they "
+                             "would be graded as one vertebra)")
+        else:
+            by_level[level.name] = (level, mask_path)
+    return list(by_level.values()), ignored
 
 
 _MASK_FILE = re.compile(rf"^(?P<stem>.+?)(?:\.seg)?{IMAGE_SUFFIX_PATTERN}$", re.IGNORECASE)
@@ -132,15 +137,31 @@ def _stem(path: Path) -> str:
 
 
 def _on_ct_grid(image: sitk.Image, ct: CtVolume, path: Path) -> sitk.Image:
-    """The label map in canonical orientation, refused unless it lies on the CT's grid."""
+    """The label map in canonical orientation, refused unless it lies on the CT's grid; where a NIfTI's
+    qform and sform disagree (the likely cause: one tool wrote the map with the other form), that is said."""
     canonical = to_canonical(image)
     differences = ImageGrid.of(canonical).differences(ct.grid)
     if differences:
+        causes = form_disagreements([(ct.source_path, ct.source_grid), (path, ImageGrid.of(image))])
         raise InputError(
             f"segmentation {path} is not on the CT's voxel grid ({'; '.join(differences)}); "
-            "resample it onto the CT first"
+            + (f"{causes}; " if causes else "") + "resample it onto the CT first"
         )
     return canonical
+
+
+def form_disagreements(files: list[tuple[Path, ImageGrid]]) -> str:
+    """What each NIfTI file among ``files`` (path, grid as ITK read it) says of its qform and sform when they
+    disagree, joined; empty when none does."""
+    found = []
+    for path, grid in files:
+        if Path(path).is_file() and Path(path).name.lower().endswith((".nii", ".nii.gz")):
+            try:
+                warning = nifti_form_warning(Path(path), grid.origin_mm, grid.direction, grid.spacing_mm)
+            except (OSError, EOFError, ValueError, zlib.error):
+                warning = None
+            found += [warning] if warning else []
+    return "; ".join(found)
 
 
 def _integer_labels(values: np.ndarray, path: Path, background_outside: bool = False) -> np.ndarray:
@@ -158,6 +179,46 @@ def _integer_labels(values: np.ndarray, path: Path, background_outside: bool = F
             f"(min {low}, max {values.max()}); a label map is needed"
         )
     return values.astype(np.uint16)
+
+
+@dataclass
+class LabelReading:
+    """A label map read as VerSe ids: the ids image (uint8, canonical orientation), the convention read,
+    the labels that are no vertebra (name -> voxels) and a note on how the convention was chosen."""
+
+    verse_ids: sitk.Image
+    convention: LabelConvention
+    ignored_labels: dict[str, int]
+    notes: list[str]
+
+
+def read_label_ids(image: sitk.Image, path: Path, convention: LabelConvention | str = LabelConvention.AUTO,
+                   on_grid=None) -> LabelReading:
+    """A label map image (VerSe or TotalSegmentator v1/v2 ids, a Slicer .seg.nrrd with names, one layer or
+    several) as VerSe ids, with the same convention detection for 'run --segmentation' and 'evaluate'.
+    ``on_grid``: image -> the image in canonical orientation, refusing one off the CT's grid (default:
+    to_canonical)."""
+    convention = LabelConvention(convention)
+    segment_names = slicer_segment_names(image)  # before re-orientation, which drops the header
+    if image.GetNumberOfComponentsPerPixel() > 1 and segment_names:
+        image, segment_names = flatten_segment_layers(image, path)
+    require_3d_scalar(image, path, "segmentation")
+    image = (on_grid or to_canonical)(image)
+    values = sitk.GetArrayViewFromImage(image)
+    box = labelled_box(values)  # outside it every voxel is 0, background in every convention
+    source_ids = _integer_labels(values[box], path, background_outside=values[box].size < values.size)
+    counts = np.bincount(source_ids.ravel(), minlength=1)  # voxels per source id, one pass over the box
+    counts[0] += values.size - source_ids.size
+    notes: list[str] = []
+    if convention is LabelConvention.AUTO:
+        convention, notes = _guess_convention(counts, segment_names, _boxed_image(source_ids, image, box), path)
+    lookup, ignored = _id_lookup(counts, convention, segment_names, path)
+    verse_ids = np.zeros(values.shape, dtype=np.uint8)
+    verse_ids[box] = lookup[source_ids]
+    labels = sitk.GetImageFromArray(verse_ids)
+    labels.CopyInformation(image)
+    return LabelReading(labels, convention,
+                        {name: int(counts[source_id]) for source_id, name in ignored.items()}, notes)
 
 
 def _boxed_image(source_ids: np.ndarray, image: sitk.Image, box: tuple[slice, ...]) -> sitk.Image:
@@ -423,8 +484,3 @@ def _map_one(source_id: int, convention: LabelConvention, segment_names: dict[in
     level = level_for_name(segment_names.get(source_id, ""))
     return level.verse_id if level else None
 
-
-def _label_image(verse_ids: np.ndarray, ct: CtVolume) -> sitk.Image:
-    image = sitk.GetImageFromArray(verse_ids.astype(np.uint8, copy=False))
-    image.CopyInformation(ct.image)
-    return image

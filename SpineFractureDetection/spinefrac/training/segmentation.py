@@ -92,10 +92,10 @@ def train_segmentation(data: Path | str | list[TrainingCase], output: Path | str
 
     config = config or SegmentationTrainingConfig()
     output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
     cases = data if isinstance(data, list) else [prepare_case(c, config) for c in read_dataset(data)]
     if len(cases) < 2:
         raise InputError("training needs at least two labelled cases (one is held out for validation)")
+    output.mkdir(parents=True, exist_ok=True)  # made once the data are read: a refused data set leaves nothing
     label_map = label_channels(cases)
     to_channel = _channel_table(label_map)
     _seed_everything(config.seed)
@@ -209,8 +209,10 @@ def save_checkpoint(path: Path, network, optimiser, epochs_done: int, history: d
     """Network, optimiser, epochs done and history: what ``--resume`` continues from."""
     import torch
 
+    partial = path.with_name(f".{path.name}.partial")  # renamed when whole: Ctrl-C mid-save keeps the last one
     torch.save({"network": network.state_dict(), "optimiser": optimiser.state_dict(), "epoch": epochs_done,
-                "history": history}, path)
+                "history": history}, partial)
+    partial.replace(path)
 
 
 def load_checkpoint(path: Path, network, optimiser, device: str) -> tuple[int, dict]:
