@@ -18,7 +18,6 @@ pytest.importorskip("slicer.util", reason="slicer-core is not installed")
 import vtk  # noqa: E402
 from slicer.util import arrayFromVolume  # noqa: E402
 
-from spine_test_utils import run_cli  # noqa: E402
 from spinefrac.errors import InputError  # noqa: E402
 from spinefrac.io.images import load_ct  # noqa: E402
 from spinefrac.io.points import VertebraPoint, read_points, write_points_markups  # noqa: E402
@@ -27,6 +26,8 @@ from spinefrac.segmentation.guided.rename import segment_at_point  # noqa: E402
 from spinefrac.segmentation.label_maps import ExistingLabelMap  # noqa: E402
 from SpineFractureDetectionLib import mrml_logic, points_logic, terminology  # noqa: E402
 from SpineFractureDetectionLib.child_process import SegmentationJob  # noqa: E402
+
+from spine_test_utils import run_cli  # noqa: E402
 
 SAMPLE_LEVELS = ["T11", "T12", "L1", "L2", "L3", "L4", "L5", "sacrum"]
 
@@ -371,3 +372,14 @@ def test_the_level_choices_run_cranial_to_caudal_with_the_transitional_levels_in
     assert choices[0] == "C1" and choices[-1] == "sacrum"
     assert choices.index("T12") < choices.index("T13") < choices.index("L1")
     assert choices.index("L5") < choices.index("L6") < choices.index("sacrum")
+
+
+def test_this_segment_is_refuses_to_rename_a_sacrum_held_by_two_segments(written):
+    """TotalSegmentator's 'sacrum' and 'vertebrae_S1' both name the sacrum: one new name cannot go to both."""
+    volume, segmentation = written
+    segmentation.GetSegmentation().AddEmptySegment("vertebrae_S1", "vertebrae_S1")
+    names = _names(segmentation)
+    l1 = segmentation.GetSegmentation().GetSegmentIdBySegmentName("L1")
+    with pytest.raises(InputError, match="several segments name sacrum"):
+        points_logic.rename_segment_as(segmentation, l1, "T12", volume)
+    assert _names(segmentation) == names
