@@ -11,7 +11,7 @@ from typing import Annotated
 import qt
 import slicer
 import vtk
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
+from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
@@ -21,7 +21,6 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from spinefrac.io.filenames import LABEL_MAP_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +40,7 @@ class SpineFractureDetection(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = "Spine Fracture Detection"
         self.parent.categories = ["Segmentation"]
-        self.parent.dependencies = ["Segmentations"]
+        self.parent.dependencies = ["Segmentations", "Markups"]  # Markups: its point list widget
         self.parent.contributors = ["SpineFractureDetection developers"]
         self.parent.helpText = (
             "Labels, measures and grades every vertebra of a CT. Select a CT and a segmentation whose "
@@ -49,7 +48,10 @@ class SpineFractureDetection(ScriptedLoadableModule):
             "work too), correct the masks in Segment Editor, then Classify: each level turns red (fractured, "
             "Genant grade 1-3), green (normal) or grey (not assessable, with the reason), and the table lists "
             "heights (mm), ratios, grade, type, trabecular HU and the reason. Click a row to centre the views "
-            "on that vertebra. Every column carries its unit and description. "
+            "on that vertebra. Every column carries its unit and description. Vertebra points: place one point "
+            "per vertebral body, name one (its label, e.g. L1) and Segment from points; every run fills the "
+            "points with the levels it found. 'This segment is' renames the levels by counting from the "
+            "selected segment. "
             f"Supported: {SUPPORTED_SLICER}."
         )
         self.parent.acknowledgementText = (
@@ -105,6 +107,7 @@ class SpineFractureDetectionParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     segmentation: vtkMRMLSegmentationNode
     measurementTable: vtkMRMLTableNode
+    vertebraPoints: vtkMRMLMarkupsFiducialNode
     fractureThreshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     engine: Annotated[str, Choice(["auto", "offline", "monai"])] = "auto"
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
@@ -137,6 +140,13 @@ class SpineFractureDetectionWidget(ScriptedLoadableModuleWidget, VTKObservationM
         self.ui.shiftDownButton.connect("clicked(bool)", lambda: self.onShiftLevels(+1))
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
         self.ui.segmentButton.connect("clicked(bool)", self.onSegmentButton)
+        self.ui.segmentFromPointsButton.connect("clicked(bool)", self.onSegmentFromPointsButton)
+        self.ui.renameSegmentButton.connect("clicked(bool)", self.onRenameSegmentButton)
+        from SpineFractureDetectionLib.points_logic import LEVEL_CHOICES, POINTS_NODE_NAME
+
+        self.ui.levelSelector.addItems(list(LEVEL_CHOICES))
+        self.ui.levelSelector.setCurrentIndex(LEVEL_CHOICES.index("L1"))
+        self.ui.pointsWidget.setNodeBaseName(POINTS_NODE_NAME)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.cancelButton.enabled = False
         self._segmentationRun = None
@@ -186,9 +196,12 @@ class SpineFractureDetectionWidget(ScriptedLoadableModuleWidget, VTKObservationM
     def _updateButtons(self, caller=None, event=None):
         ready = bool(self._parameterNode and self._parameterNode.inputVolume and self._parameterNode.segmentation)
         running = self._segmentationRun is not None
-        for button in (self.ui.classifyButton, self.ui.correctButton, self.ui.shiftUpButton, self.ui.shiftDownButton):
+        for button in (self.ui.classifyButton, self.ui.correctButton, self.ui.shiftUpButton, self.ui.shiftDownButton,
+                       self.ui.renameSegmentButton):
             button.enabled = ready and not running
         self.ui.segmentButton.enabled = bool(self._parameterNode and self._parameterNode.inputVolume) and not running
+        self.ui.segmentFromPointsButton.enabled = self.ui.segmentButton.enabled
+        self.ui.segmentsTable.setSegmentationNode(self._parameterNode.segmentation if self._parameterNode else None)
         self.ui.cancelButton.enabled = running
         self.ui.exportButton.enabled = self._lastReport is not None
         self.ui.classifyButton.toolTip = ("Grade every level segment (Genant) and colour it: red fractured, "
@@ -220,14 +233,24 @@ class SpineFractureDetectionWidget(ScriptedLoadableModuleWidget, VTKObservationM
             self._updateButtons()
 
     def onSegmentButton(self):
-        """Segment in a child process; progress from its stage lines; Cancel kills it."""
+        self._startSegmentation(fromPoints=False)
+
+    def onSegmentFromPointsButton(self):
+        self._startSegmentation(fromPoints=True)
+
+    def _startSegmentation(self, fromPoints):
+        """Segment in a child process (from the vertebra points with fromPoints); progress from its stage
+        lines; Cancel kills it. Either run fills the point list with the levels it found."""
         from SpineFractureDetectionLib.mrml_logic import has_unsaved_edits
+        from SpineFractureDetectionLib.points_logic import new_points_node
 
         with slicer.util.tryWithErrorDisplay("Segmentation could not start.", waitCursor=True):
             volume = self._parameterNode.inputVolume
             if not self._parameterNode.segmentation:
                 self._parameterNode.segmentation = slicer.mrmlScene.AddNewNodeByClass(
                     "vtkMRMLSegmentationNode", f"{volume.GetName()} vertebrae")
+            if not self._parameterNode.vertebraPoints:
+                self._parameterNode.vertebraPoints = new_points_node(slicer.mrmlScene, volume)
             segmentation = self._parameterNode.segmentation
             overwrite = False
             if segmentation.GetSegmentation().GetNumberOfSegments() and has_unsaved_edits(segmentation, volume):
@@ -238,17 +261,29 @@ class SpineFractureDetectionWidget(ScriptedLoadableModuleWidget, VTKObservationM
             self.logic.ensureDependencies()
             from spinefrac.segmentation.learned.registry import installed_engines
 
-            engine = self._parameterNode.engine
-            if engine == "monai" or (engine == "auto" and installed_engines()):
+            engine = self._parameterNode.engine  # with points, auto runs the guided engine (no model)
+            if engine == "monai" or (engine == "auto" and not fromPoints and installed_engines()):
                 self.logic.ensureLearnedDependencies()
             self.ui.progressBar.value = 0
             try:  # a child that cannot start raises here: no run is recorded, the buttons come back
                 self._segmentationRun = self.logic.startSegmentation(
-                    volume, segmentation, self._parameterNode.engine, self._parameterNode.device,
+                    volume, segmentation, engine, self._parameterNode.device,
                     onProgress=self._onSegmentationProgress, onFinished=self._onSegmentationFinished,
-                    overwriteEdits=overwrite)
+                    overwriteEdits=overwrite, pointsNode=self._parameterNode.vertebraPoints, fromPoints=fromPoints)
             finally:
                 self._updateButtons()
+
+    def onRenameSegmentButton(self):
+        """'This segment is ...': the selected segment named, the other level segments counted from it."""
+        with slicer.util.tryWithErrorDisplay("Renaming the levels failed."):
+            selected = self.ui.segmentsTable.selectedSegmentIDs()
+            if len(selected) != 1:
+                raise ValueError("Select one segment in the table, then choose its level")
+            renamed = self.logic.renameSegmentAs(self._parameterNode.segmentation, selected[0],
+                                                 self.ui.levelSelector.currentText, self._parameterNode.inputVolume)
+            changes = ", ".join(f"{a} to {b}" for a, b in renamed.items())
+            self.ui.statusLabel.text = (f"Renamed {changes}. Classify again: the findings were for the old names."
+                                        if renamed else "Every segment already had that name.")
 
     def onCancelButton(self):
         """End the child's whole process tree (launcher, Python, workers); finished() follows."""
@@ -269,7 +304,8 @@ class SpineFractureDetectionWidget(ScriptedLoadableModuleWidget, VTKObservationM
         elif error:
             slicer.util.errorDisplay(error)
         else:
-            self.ui.statusLabel.text = "Segmented. Correct the masks if needed, then Classify."
+            self.ui.statusLabel.text = ("Segmented; the vertebra points show the levels found. Correct the masks "
+                                        "or the points if needed, then Classify.")
         self._updateButtons()
 
     def onShiftLevels(self, offset):
@@ -391,48 +427,50 @@ class SpineFractureDetectionLogic(ScriptedLoadableModuleLogic):
         return report
 
     @staticmethod
-    def childCommand(volumeNode, workFolder, engine, device):
-        """Export the CT and build the PythonSlicer command that segments it."""
+    def childCommand(volumeNode, workFolder, engine, device, pointsNode=None):
+        """Export the CT (and the point list, to segment from it) and build the PythonSlicer command."""
         import os
         import pathlib
         import shutil
         import sys
 
-        from SpineFractureDetectionLib.mrml_logic import export_volume, segmentation_command
+        from SpineFractureDetectionLib.points_logic import child_command
 
-        ctPath = export_volume(volumeNode, pathlib.Path(workFolder) / "ct.nrrd")
         python = shutil.which("PythonSlicer") or sys.executable
-        command = segmentation_command(python, ctPath, pathlib.Path(workFolder) / "out", engine, device)
+        command = child_command(python, volumeNode, pathlib.Path(workFolder), engine, device, pointsNode)
         # The environment Slicer started in (the launcher sets up its own paths), plus the core.
         environment = slicer.util.startupEnvironment() if hasattr(slicer.util, "startupEnvironment") else {}
         env = dict(environment or os.environ, PYTHONPATH=str(pathlib.Path(__file__).parent))
         return command, env
 
     def segmentationJob(self, volumeNode, segmentationNode, engine, device, onProgress, onFinished,
-                        overwriteEdits=False):
+                        overwriteEdits=False, pointsNode=None, fromPoints=False):
         """Start ``spinefrac run`` on the exported CT in a child process (``SegmentationJob``, Qt-free);
-        its labels are imported into segmentationNode only when the child succeeds. The work folder
-        is removed when the job ends, or here when the CT cannot be exported."""
+        with ``fromPoints`` it segments from pointsNode's points. Its labels are imported into
+        segmentationNode, and the level points it found into pointsNode, only when the child succeeds.
+        The work folder is removed when the job ends, or here when the CT cannot be exported."""
         import pathlib
         import tempfile
 
         from SpineFractureDetectionLib.child_process import SegmentationJob
-        from SpineFractureDetectionLib.mrml_logic import import_segmentation_result
+        from SpineFractureDetectionLib.points_logic import import_run_result
 
         work = tempfile.TemporaryDirectory(prefix="spinefrac-")
         try:
-            command, env = self.childCommand(volumeNode, work.name, engine, device)
+            command, env = self.childCommand(volumeNode, work.name, engine, device,
+                                             pointsNode if fromPoints else None)
         except Exception:
             work.cleanup()
             raise
 
         def importResult(folder):
-            return import_segmentation_result(segmentationNode, volumeNode,
-                                              pathlib.Path(folder) / "out" / LABEL_MAP_FILE, overwriteEdits)
+            return import_run_result(segmentationNode, volumeNode, pointsNode, pathlib.Path(folder) / "out",
+                                     overwriteEdits)
 
         return SegmentationJob(command, env, work, importResult, onProgress, onFinished)
 
-    def segment(self, volumeNode, segmentationNode, engine="auto", device="auto", overwriteEdits=False):
+    def segment(self, volumeNode, segmentationNode, engine="auto", device="auto", overwriteEdits=False,
+                pointsNode=None, fromPoints=False):
         """Blocking segmentation for scripting: the same child process, waited for. Returns the
         segment ids in cranio-caudal order; raises with the child's error line."""
         outcome = {}
@@ -441,24 +479,30 @@ class SpineFractureDetectionLogic(ScriptedLoadableModuleLogic):
             outcome["error"] = error
 
         job = self.segmentationJob(volumeNode, segmentationNode, engine, device,
-                                   lambda fraction, message: None, finished, overwriteEdits)
+                                   lambda fraction, message: None, finished, overwriteEdits, pointsNode, fromPoints)
         job.wait()
         if outcome.get("error"):
             raise RuntimeError(outcome["error"])
         return job.imported
 
     def startSegmentation(self, volumeNode, segmentationNode, engine, device, onProgress, onFinished,
-                          overwriteEdits=False):
+                          overwriteEdits=False, pointsNode=None, fromPoints=False):
         """Non-blocking segmentation in a QProcess; returns a handle with cancel()."""
         from SpineFractureDetectionLib.process import SegmentationRun
 
         return SegmentationRun(self, volumeNode, segmentationNode, engine, device, onProgress, onFinished,
-                                overwriteEdits)
+                                overwriteEdits, pointsNode=pointsNode, fromPoints=fromPoints)
 
     def shiftLevels(self, segmentationNode, offset):
         from SpineFractureDetectionLib.mrml_logic import shift_levels
 
         return shift_levels(segmentationNode, offset)
+
+    def renameSegmentAs(self, segmentationNode, segmentId, levelName, volumeNode):
+        """"This segment is L1": the segment and, counted from it, every other level segment renamed."""
+        from SpineFractureDetectionLib.points_logic import rename_segment_as
+
+        return rename_segment_as(segmentationNode, segmentId, levelName, volumeNode)
 
     @staticmethod
     def exportReport(report, folder):
@@ -486,7 +530,8 @@ class SpineFractureDetectionTest(ScriptedLoadableModuleTest):
     def runTest(self):
         for test in (self.test_levels_are_named_ordered_and_measured,
                      self.test_segment_in_a_child_process_with_the_offline_engine,
-                     self.test_widget_flow, self.test_cancel_ends_the_segmentation_process_tree,
+                     self.test_widget_flow, self.test_vertebra_points_flow,
+                     self.test_cancel_ends_the_segmentation_process_tree,
                      self.test_a_child_that_cannot_start_gives_the_buttons_back):
             self.setUp()
             test()
@@ -506,6 +551,13 @@ class SpineFractureDetectionTest(ScriptedLoadableModuleTest):
 
         self.delayDisplay("Driving the widget: segment, shift, classify, click, export")
         self_test.widget_flow(self, self.moduleWidget())
+
+    def test_vertebra_points_flow(self):
+        """An automatic run fills the points; one named, Segment from points; 'This segment is'."""
+        from SpineFractureDetectionLib import self_test
+
+        self.delayDisplay("Vertebra points: filled by a run, segmented from, segment renamed")
+        self_test.points_flow(self, self.moduleWidget())
 
     def test_cancel_ends_the_segmentation_process_tree(self):
         from SpineFractureDetectionLib import self_test

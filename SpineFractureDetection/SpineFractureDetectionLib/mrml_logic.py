@@ -441,10 +441,13 @@ def centroid_ras_of_row(table_node, row: int) -> tuple[float, float, float] | No
 PROGRESS_LINE = re.compile(r"^\[(\d+)/(\d+)\] (.+?) \.\.\.$")
 
 
-def segmentation_command(python_executable: str, ct_path: Path, output: Path, engine: str, device: str) -> list[str]:
-    """The child-process command that segments (and measures) a CT exported from the scene."""
+def segmentation_command(python_executable: str, ct_path: Path, output: Path, engine: str, device: str,
+                         points_path: Path | None = None) -> list[str]:
+    """The child-process command that segments (and measures) a CT exported from the scene; with
+    ``points_path`` (vertebra points) it segments from them or names the engine's levels by them."""
+    points = ["--points", str(points_path)] if points_path is not None else []
     return [python_executable, "-m", "spinefrac", "run", str(ct_path), "-o", str(output), "--engine", engine,
-            "--device", device, "--overwrite"]
+            "--device", device, *points, "--overwrite"]
 
 
 def parse_progress(line: str) -> tuple[float, str] | None:

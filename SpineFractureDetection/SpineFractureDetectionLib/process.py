@@ -22,13 +22,15 @@ class SegmentationRun:
     running, the work folder removed) when the child cannot start; otherwise ``onFinished(error)``
     is called exactly once, with None, CANCELLED or the message."""
 
-    def __init__(self, logic, volumeNode, segmentationNode, engine, device, onProgress, onFinished, overwriteEdits):
+    def __init__(self, logic, volumeNode, segmentationNode, engine, device, onProgress, onFinished, overwriteEdits,
+                 **points):
+        """``points``: pointsNode (filled with the levels found) and fromPoints (segment from its points)."""
         self._onFinished = onFinished
         self._timer = qt.QTimer()
         self._timer.setInterval(POLL_INTERVAL_MS)
         self._timer.connect("timeout()", self._poll)
         self._job = logic.segmentationJob(volumeNode, segmentationNode, engine, device, onProgress, self._finished,
-                                          overwriteEdits)
+                                          overwriteEdits, **points)
         self._timer.start()
 
     @property

@@ -14,7 +14,7 @@ import numpy as np
 import slicer
 
 from spinefrac.levels import LEVEL_BY_NAME
-from SpineFractureDetectionLib import mrml_logic
+from SpineFractureDetectionLib import mrml_logic, points_logic
 from SpineFractureDetectionLib.terminology import TERMINOLOGY_CONTEXT
 
 LEVELS_IN_PHANTOM = ["L1", "L2", "L3", "L4", "L5", "sacrum"]
@@ -117,6 +117,76 @@ def widget_flow(test, widget):
         written = json.loads(Path(json_path).read_text(encoding="utf-8"))
         test.assertEqual([row["level"] for row in written["levels"]], levels)
         test.assertTrue(Path(csv_path).is_file())
+
+
+def point_labels(points):
+    return [points.GetNthControlPointLabel(i) for i in range(points.GetNumberOfControlPoints())]
+
+
+def check_points_name_their_segments(test, points, segmentation, volume):
+    """One named point per level segment, in the segment of its name (or within 5 mm of it: bone-threshold
+    masks leave the marrow at a body's centre out)."""
+    from spinefrac.levels import LEVEL_BY_ID
+    from spinefrac.segmentation.guided.rename import segment_at_point
+
+    labels = mrml_logic.segmentation_from_node(segmentation, volume, mrml_logic.ct_from_volume(volume)).label_map
+    names = [segmentation.GetSegmentation().GetNthSegment(i).GetName()
+             for i in range(segmentation.GetSegmentation().GetNumberOfSegments())]
+    test.assertEqual(point_labels(points), names)
+    for point in points_logic.points_from_node(points):
+        if point.level.is_vertebra:  # the sacrum's point is its centroid, which the curved bone need not hold
+            test.assertEqual(LEVEL_BY_ID[segment_at_point(point, labels)].name, point.label)
+
+
+def sample_ct_in_a_study(name="Sample CT"):
+    """The module's sample CT (T11-sacrum) in the scene, under a patient and a study."""
+    import SimpleITK as sitk
+
+    volume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    sample = Path(__file__).resolve().parents[1] / "Resources" / "SampleData" / "ts-example-ct.nii.gz"
+    mrml_logic.update_volume_from_sitk(volume, sitk.ReadImage(str(sample)))
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+    study = hierarchy.CreateStudyItem(hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), "Sample"), "CT study")
+    hierarchy.SetItemParent(hierarchy.GetItemByDataNode(volume), study)
+    return volume, hierarchy, study
+
+
+def points_flow(test, widget):
+    """An automatic run fills the point list; all names but one cleared; Segment from points gives the
+    same named, coded segments under the study; 'This segment is L1' on L2 renames by counting, no voxel
+    moves."""
+    # The sample CT, not the phantom: the phantom's whole sacrum lies lower than an S1 body would, and
+    # the sacrum point an automatic run writes (its centroid) then reads as a skipped vertebra.
+    volume, hierarchy, study = sample_ct_in_a_study()
+    logic, parameters = widget.logic, widget._parameterNode
+    logic.ensureDependencies(askUser=False)
+    parameters.inputVolume = volume
+    parameters.segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Automatic")
+    parameters.vertebraPoints = points_logic.new_points_node(slicer.mrmlScene, volume)
+    parameters.engine, parameters.device = "offline", "cpu"
+    points = parameters.vertebraPoints
+    logic.segment(volume, parameters.segmentation, "offline", "cpu", pointsNode=points)
+    check_points_name_their_segments(test, points, parameters.segmentation, volume)
+    test.assertEqual(hierarchy.GetItemParent(hierarchy.GetItemByDataNode(points)), study)
+
+    for index, label in enumerate(point_labels(points)):
+        if label != "L3":
+            points.SetNthControlPointLabel(index, f"F-{index + 1}")  # as Slicer labels a placed point
+    parameters.segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "From points")
+    logic.segment(volume, parameters.segmentation, "auto", "cpu", pointsNode=points, fromPoints=True)
+    masks = check_scene(test, parameters.segmentation, volume, hierarchy, study)
+    check_points_name_their_segments(test, points, parameters.segmentation, volume)
+
+    segments = parameters.segmentation.GetSegmentation()
+    before = list(masks)
+    widget.ui.segmentsTable.setSelectedSegmentIDs([segments.GetSegmentIdBySegmentName("L2")])
+    widget.ui.levelSelector.setCurrentIndex(points_logic.LEVEL_CHOICES.index("L1"))
+    widget.ui.renameSegmentButton.click()
+    after = masks_by_name(parameters.segmentation, volume)
+    sequence = mrml_logic.SHIFT_SEQUENCE
+    test.assertEqual(list(after), [sequence[sequence.index(before[0]) - 1], *before[:-1]])
+    for old, new in zip(before, after):
+        test.assertTrue(np.array_equal(masks[old], after[new]), f"{old} -> {new}")
 
 
 def check_table_click(test, widget, table, row, volume):
