@@ -1,9 +1,11 @@
 """Guided segmentation on real CTs with reference vertebra labels: one point per labelled vertebra at
-the reference centroid (the sacrum: the centroid of its top 30 mm, S1), moved a fixed distance in a
-random direction, one point (chosen at random) named; the others unnamed. Per level: Dice against the
-reference, whether the level is named right (the predicted label overlapping the reference most is
-the reference's level), and the quality-control verdict. Levels whose reference mask is smaller than
-40 % of the CT's median level (slivers cut by the field of view) get no point and are not scored.
+the reference body centre (VerSe's own centroid file where there is one, verse012: body centroids;
+elsewhere the deepest point of the reference mask; the sacrum: of its top 30 mm, S1), moved
+a fixed distance in a random direction, one point (chosen at random) named; the others unnamed.
+Per level: Dice against the reference, whether the level is named right (the predicted label
+overlapping the reference most is the reference's level), and the quality-control verdict. Levels
+whose reference mask is smaller than 40 % of the CT's median level (slivers cut by the field of
+view) get no point and are not scored.
 
     python benchmarks/guided_segmentation_real.py --shift-mm 3 --seeds 3 --output benchmarks/results/guided-real-3mm.json
     python benchmarks/guided_segmentation_real.py --shift-mm 6 --seeds 3 --output benchmarks/results/guided-real-6mm.json
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "SpineFractureDetection"))
@@ -27,7 +30,7 @@ from spinefrac.assessment.measurement import measure_vertebrae  # noqa: E402
 from spinefrac.assessment.quality import check_quality  # noqa: E402
 from spinefrac.errors import SpineFracError  # noqa: E402
 from spinefrac.io.images import load_ct, to_canonical  # noqa: E402
-from spinefrac.io.points import VertebraPoint  # noqa: E402
+from spinefrac.io.points import VertebraPoint, read_points  # noqa: E402
 from spinefrac.levels import LEVEL_BY_ID, SACRUM  # noqa: E402
 from spinefrac.progress import silent  # noqa: E402
 from spinefrac.segmentation.guided.engine import GuidedEngine  # noqa: E402
@@ -39,25 +42,32 @@ CASES = {
     "tptbox-lumbar": ("tptbox-lumbar/sub-ct_label-22_ct.nii.gz", "tptbox-lumbar/sub-ct_seg-vert_label-22_msk.nii.gz"),
     "chest-contrast": ("chest-contrast/ct.nii.gz", "chest-contrast/vertebrae_verse.nii.gz"),
 }
+CENTROID_FILES = {"verse012": "verse012/sub-verse012_seg-subreg_ctd.json"}  # VerSe's ctd: the expert's centroids
 MIN_VOLUME_SHARE = 0.4
 SACRUM_TOP_MM = 30.0
 
 
 def reference_points(labels: sitk.Image) -> dict[int, np.ndarray]:
-    """Per scored level (VerSe id) its reference centroid in LPS mm."""
+    """Per scored level (VerSe id) the reference body centre in LPS mm: the deepest point of its mask (the
+    body is a vertebra's bulkiest part; a whole-vertebra centroid lies at the back of the body or in the
+    canal); the sacrum's in its top 30 mm (S1)."""
     values = sitk.GetArrayViewFromImage(labels)
+    spacing_kji = np.array(labels.GetSpacing()[::-1])
     ids = [int(v) for v in np.unique(values) if v in LEVEL_BY_ID]
     counts = {v: int((values == v).sum()) for v in ids}
     median = float(np.median([counts[v] for v in ids if v != SACRUM.verse_id] or [1]))
     points = {}
-    for verse_id in ids:
-        if counts[verse_id] < MIN_VOLUME_SHARE * median and verse_id != SACRUM.verse_id:
+    for verse_id, box in enumerate(ndimage.find_objects(values), start=1):
+        if verse_id not in counts or (counts[verse_id] < MIN_VOLUME_SHARE * median and verse_id != SACRUM.verse_id):
             continue
-        kji = np.argwhere(values == verse_id).astype(float)
-        lps = np.array([labels.TransformContinuousIndexToPhysicalPoint(p[::-1].tolist()) for p in kji[:: max(1, len(kji) // 4000)]])
-        if verse_id == SACRUM.verse_id:  # S1: the top of the sacrum
-            lps = lps[lps[:, 2] >= lps[:, 2].max() - SACRUM_TOP_MM]
-        points[verse_id] = lps.mean(axis=0)
+        mask = np.pad(values[box] == verse_id, 1)
+        if verse_id == SACRUM.verse_id:  # S1: the top of the sacrum (k increases superiorly on the canonical grid)
+            top_k = np.flatnonzero(mask.any(axis=(1, 2)))[-1]
+            mask[: max(top_k - int(round(SACRUM_TOP_MM / spacing_kji[0])), 0)] = False
+        depth = ndimage.distance_transform_edt(mask, sampling=spacing_kji)
+        deepest = np.array(np.unravel_index(int(np.argmax(depth)), depth.shape)) - 1 + [b.start for b in box]
+        deepest_ijk = deepest[::-1].astype(float).tolist()
+        points[verse_id] = np.array(labels.TransformContinuousIndexToPhysicalPoint(deepest_ijk))
     return points
 
 
@@ -84,17 +94,27 @@ def score(predicted: np.ndarray, reference: np.ndarray, verse_id: int) -> dict:
             "named_right": best == verse_id}
 
 
-def run_case(name: str, shift_mm: float, seed: int) -> dict:
+def case_points(name: str, shift_mm: float, seed: int):
+    """The CT, its reference labels (canonical grid, VerSe ids), the reference body centres and the moved points."""
     ct_file, label_file = CASES[name]
     ct = load_ct(DATA / ct_file)
     labels = to_canonical(sitk.ReadImage(str(DATA / label_file)))
     labels = sitk.Cast(sitk.Round(labels) if labels.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64) else labels,
                        sitk.sitkUInt8)
     reference_lps = reference_points(labels)
-    points = shifted_points(reference_lps, shift_mm, np.random.default_rng(seed))
+    if name in CENTROID_FILES:
+        expert = {p.level.verse_id: np.array(p.position_lps_mm)
+                  for p in read_points(DATA / CENTROID_FILES[name], ct.image)}
+        reference_lps = {verse_id: expert.get(verse_id, position) for verse_id, position in reference_lps.items()}
+    return ct, labels, reference_lps, shifted_points(reference_lps, shift_mm, np.random.default_rng(seed))
+
+
+def run_case(name: str, shift_mm: float, seed: int) -> dict:
+    ct, labels, reference_lps, points = case_points(name, shift_mm, seed)
     started = time.perf_counter()
     try:
-        segmentation = GuidedEngine(points, source=f"{name} reference centroids moved {shift_mm:g} mm").segment(ct, silent)
+        engine = GuidedEngine(points, source=f"{name} reference centroids moved {shift_mm:g} mm")
+        segmentation = engine.segment(ct, silent)
     except SpineFracError as error:
         return {"case": name, "seed": seed, "error": str(error), "levels": {}}
     seconds = time.perf_counter() - started

@@ -163,11 +163,8 @@ def run_pipeline(
     output = AtomicOutputFolder(output_folder, overwrite, inputs=(ct_path, segmentation_path, classifier_path,
                                                                   model_folder, dicom_series, points_path))
     device_choice = resolve_device(device)
-    label_read_ahead = (reads is not None and segmentation_path is not None
-                        and reads.labels_path == Path(segmentation_path))
     guided = points_path is not None and segmentation_path is None and engine in ("auto", "offline")
-    engine = None if guided else choose_engine(segmentation_path, label_convention, engine, device_choice.name,
-                                               reads.label_image if label_read_ahead else None)
+    engine = None if guided else _chosen_engine(segmentation_path, label_convention, engine, device_choice, reads)
     classifier = FractureClassifier.load(classifier_path, device_choice.name) if classifier_path else None
 
     stages.stage("Loading CT")
@@ -194,6 +191,14 @@ def run_pipeline(
     stages.close()
     return RunResult(ct, segmentation, assessment.measurements, assessment.morphometry, assessment.findings, report,
                      assessment.quality, device_choice, final, files)
+
+
+def _chosen_engine(segmentation_path, label_convention: str, engine: str, device_choice: DeviceChoice,
+                   reads: InputReads | None) -> SegmentationEngine:
+    """choose_engine, with the label map already being read where it is the segmentation given."""
+    read_ahead = reads is not None and segmentation_path is not None and reads.labels_path == Path(segmentation_path)
+    return choose_engine(segmentation_path, label_convention, engine, device_choice.name,
+                         reads.label_image if read_ahead else None)
 
 
 def _fingerprints(ct_path, segmentation_path) -> tuple[dict | None, dict | None]:

@@ -58,11 +58,11 @@ from spinefrac.segmentation.offline.labelling import (
 )
 
 ABOVE_TOP_POINT_MM = 50.0  # room for the top vertebra's upper half and the disc above it
-MAX_DISTANCE_FROM_BONE_MM = 5.0
-EDGE_MARGIN_VOXELS = 4
+MAX_DISTANCE_FROM_BONE_MM = 5.0  # a point this far from any bone is not in a vertebral body
+EDGE_MARGIN_VOXELS = 4  # the edge threshold's smoothing reaches this far
 # The disc's surface is looked for this close to the disc found between the points (a fraction of the
 # segment): the points fix which disc it is, and farther off a bright endplate band can pass for one.
-DISC_SEARCH_FRACTION = 0.3  # a point this far from any bone is not in a vertebral body
+DISC_SEARCH_FRACTION = 0.3
 
 
 class GuidedEngine(SegmentationEngine):

@@ -26,9 +26,10 @@ GUIDE_SMOOTHING_MM = 8.0  # a few mm of scatter in the points must not bend the 
 BODY_SEARCH_MM = 12.0  # the body centre lies within this of the curve through the points
 DISC_WINDOW = (0.2, 0.8)  # of the way between two body centres: where their disc can lie
 OUTER_DISC_WINDOW = (0.3, 0.75)  # of a pitch beyond an end point: where the outer disc can lie
-BAND_HU = 40.0  # a window brighter than the bodies' marrow by this holds a disc merged with its endplates
-SAME_VERTEBRA_RATIO = 0.55  # consecutive points closer than this share of the spine's pitch: one vertebra
-SKIPPED_VERTEBRA_RATIO = 1.6  # farther apart than this many pitches: a vertebra between them has no point
+BAND_HU = 40.0
+FAINT_DISC_HU = 5.0  # endplates this much brighter than the dip between them: a disc blurred by thick voxels  # a window brighter than the bodies' marrow by this holds a disc merged with its endplates
+SAME_VERTEBRA_RATIO = 0.4  # consecutive points closer than this share of the spine's pitch: one vertebra
+SKIPPED_VERTEBRA_RATIO = 1.7  # farther apart than this many pitches: a vertebra between them has no point
 MIN_PITCH_MM = 10.0  # closer than any two vertebral body centres (upper cervical about 15 mm)
 MAX_PITCH_MM = 60.0  # farther than any two neighbouring body centres (lower lumbar about 40 mm)
 DEFAULT_PITCH_MM = 30.0  # a lone point: a thoracolumbar body plus its disc
@@ -42,23 +43,14 @@ class PointOnAxis:
 
 
 def guide_through_points(points_work_mm: np.ndarray, slices: int, slice_mm: float) -> np.ndarray:
-    """Per working slice, the (j, i) mm of a smooth curve through the points (linear between them,
-    straight beyond the ends, then smoothed)."""
+    """Per working slice, the (j, i) mm of a smooth curve through the points: linear between them, level
+    beyond the ends (a straight continuation of the last two points runs off the spine where it curves,
+    as at the sacrum; the body tracking then follows the bone from there), then smoothed."""
     order = np.argsort(points_work_mm[:, 0])
     k_mm, ji_mm = points_work_mm[order, 0], points_work_mm[order, 1:]
     slice_k_mm = (np.arange(slices) + 0.5) * slice_mm
-    if len(k_mm) == 1:
-        return np.repeat(ji_mm, slices, axis=0)
-    guide = np.column_stack([_linear_extrapolated(slice_k_mm, k_mm, ji_mm[:, c]) for c in (0, 1)])
+    guide = np.column_stack([np.interp(slice_k_mm, k_mm, ji_mm[:, c]) for c in (0, 1)])
     return ndimage.gaussian_filter1d(guide, GUIDE_SMOOTHING_MM / slice_mm, axis=0, mode="nearest")
-
-
-def _linear_extrapolated(x: np.ndarray, xp: np.ndarray, fp: np.ndarray) -> np.ndarray:
-    values = np.interp(x, xp, fp)
-    low_slope = (fp[1] - fp[0]) / max(xp[1] - xp[0], 1e-6)
-    high_slope = (fp[-1] - fp[-2]) / max(xp[-1] - xp[-2], 1e-6)
-    values = np.where(x < xp[0], fp[0] + (x - xp[0]) * low_slope, values)
-    return np.where(x > xp[-1], fp[-1] + (x - xp[-1]) * high_slope, values)
 
 
 def axis_through_points(work: WorkGrid, bone: np.ndarray, canal: np.ndarray, points_work_mm: np.ndarray) -> SpineAxis:
@@ -94,9 +86,10 @@ def check_spacing(points: list[PointOnAxis]) -> None:
 
 
 def _typical_gap(gaps: np.ndarray, n: int) -> float | None:
-    """The median of up to two gaps on each side of gap n (None without any)."""
+    """The median of up to two gaps on each side of gap n (None with fewer than two: one other gap may be
+    a vertebra cut by the field of view, its point off its body's middle)."""
     others = np.concatenate([gaps[max(n - 2, 0):n], gaps[n + 1:n + 3]])
-    return float(np.median(others)) if others.size else None
+    return float(np.median(others)) if others.size >= 2 else None
 
 
 def _compared(typical: float | None) -> str:
@@ -156,7 +149,7 @@ def _disc_in(arc_grid: np.ndarray, profile: np.ndarray, window: np.ndarray, marr
     """The disc in a window of the profile: a dip below the marrow that two endplates flank (the
     clearest, nearer the middle of equals); else, where the window holds a band brighter than the
     marrow (a disc merged with its endplates over fatty marrow), a dark dip inside the band or the
-    band's centre; else the darkest point (a thin disc lost to partial volume)."""
+    band's centre; else a dip two endplates flank faintly; else the darkest point."""
     where = np.flatnonzero(window)
     if where.size == 0:
         return middle_mm
@@ -174,6 +167,9 @@ def _disc_in(arc_grid: np.ndarray, profile: np.ndarray, window: np.ndarray, marr
         if in_band.any():
             return _clearest(arc_grid, dips[in_band], contrast[in_band], middle_mm)
         return float(arc_grid[(band[0] + band[1]) // 2])
+    faint = contrast >= FAINT_DISC_HU if dips.size else flanked
+    if faint.any():  # a thin disc in partial volume between two faint endplates, over fatty marrow
+        return _clearest(arc_grid, dips[faint], contrast[faint], middle_mm)
     return float(arc_grid[where[int(np.argmin(section))]])
 
 
