@@ -33,7 +33,6 @@ from spinefrac.segmentation.guided.spine_from_points import (
     PointOnAxis,
     arc_at,
     axis_through_points,
-    check_spacing,
     segments_from_points,
 )
 from spinefrac.segmentation.offline.axis import (
@@ -92,10 +91,10 @@ class GuidedEngine(SegmentationEngine):
         axis = axis_through_points(work, bone, canal, points_mm)
         caudal_first = list(reversed(range(len(self.points))))
         arcs_mm = arc_at(axis, points_mm[caudal_first])
-        check_spacing([PointOnAxis(self.points[n].label, float(a)) for n, a in zip(caudal_first, arcs_mm)])
+        on_axis = [PointOnAxis(self.points[n].label, float(a)) for n, a in zip(caudal_first, arcs_mm)]
         progress(0.45, "finding the disc between each two points")
         named_sacrum = self.levels is not None and self.levels[-1] is SACRUM
-        segments = segments_from_points(work, axis, arcs_mm, sacrum_at_bottom=named_sacrum)
+        segments = segments_from_points(work, axis, on_axis, sacrum_at_bottom=named_sacrum)
         lateral_mm, anterior_mm, arc_mm = local_coordinates(work, bone, axis)
         identification = self._name_segments(segments, lateral_mm, anterior_mm, arc_mm, work, axis, arcs_mm)
         progress(0.6, "labelling vertebrae")

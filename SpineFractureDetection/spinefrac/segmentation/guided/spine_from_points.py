@@ -26,12 +26,19 @@ GUIDE_SMOOTHING_MM = 8.0  # a few mm of scatter in the points must not bend the 
 BODY_SEARCH_MM = 12.0  # the body centre lies within this of the curve through the points
 DISC_WINDOW = (0.2, 0.8)  # of the way between two body centres: where their disc can lie
 OUTER_DISC_WINDOW = (0.3, 0.75)  # of a pitch beyond an end point: where the outer disc can lie
-BAND_HU = 40.0
-FAINT_DISC_HU = 5.0  # endplates this much brighter than the dip between them: a disc blurred by thick voxels  # a window brighter than the bodies' marrow by this holds a disc merged with its endplates
-SAME_VERTEBRA_RATIO = 0.4  # consecutive points closer than this share of the spine's pitch: one vertebra
-SKIPPED_VERTEBRA_RATIO = 1.7  # farther apart than this many pitches: a vertebra between them has no point
+BAND_HU = 40.0  # a window brighter than the bodies' marrow by this holds a disc merged with its endplates
+FAINT_DISC_HU = 5.0  # endplates this much brighter than the dip between them: a disc blurred by thick voxels
+# Two points are in one vertebra when they lie closer than this share of the spine's pitch (or MIN_PITCH_MM)
+# and no disc lies between them; a vertebra is skipped when they lie farther apart than SKIPPED_VERTEBRA_RATIO
+# pitches (or MAX_PITCH_MM) and two discs lie between them. A point a few mm off its body's middle moves a
+# gap by as much: the distances alone cannot tell in the upper thoracic spine, where bodies are 15 mm high.
+SAME_VERTEBRA_RATIO = 0.55
+SKIPPED_VERTEBRA_RATIO = 1.6
 MIN_PITCH_MM = 10.0  # closer than any two vertebral body centres (upper cervical about 15 mm)
 MAX_PITCH_MM = 60.0  # farther than any two neighbouring body centres (lower lumbar about 40 mm)
+NEVER_ONE_VERTEBRA_MM = 4.0  # closer than this: one vertebra, whatever the profile shows
+DISC_MARGIN_MM = 3.0  # a disc between two points lies this far from either
+MIN_DISC_SEPARATION_MM = 12.0  # two discs are a vertebra apart (upper cervical about 15 mm)
 DEFAULT_PITCH_MM = 30.0  # a lone point: a thoracolumbar body plus its disc
 SACRUM_REACH_MM = 110.0  # S1 to the coccyx along the curve
 
@@ -67,28 +74,51 @@ def arc_at(axis: SpineAxis, points_work_mm: np.ndarray) -> np.ndarray:
     return axis.arc_mm[nearest] + along
 
 
-def check_spacing(points: list[PointOnAxis]) -> None:
+def check_spacing(points: list[PointOnAxis], arc_grid: np.ndarray, profile: np.ndarray) -> None:
     """Consecutive points (caudal first) must lie one vertebra apart: not in one vertebra (looked for first:
-    a doubled point makes its neighbours' gaps look long), and none skipped."""
+    a doubled point makes its neighbours' gaps look short), and none skipped. The gaps between the points
+    raise the question, the discs on the profile between them answer it."""
     gaps = np.diff([p.arc_mm for p in points])
     for n, gap in enumerate(gaps):
         typical = _typical_gap(gaps, n)
-        if gap < MIN_PITCH_MM or (typical and gap < SAME_VERTEBRA_RATIO * typical):
+        close = gap < MIN_PITCH_MM or (typical is not None and gap < SAME_VERTEBRA_RATIO * typical)
+        discs = _clear_discs(arc_grid, profile, points[n].arc_mm, points[n + 1].arc_mm) if close else []
+        if gap < NEVER_ONE_VERTEBRA_MM or (close and not discs):
             raise InputError(f"points '{points[n].label}' and '{points[n + 1].label}' are {gap:.0f} mm apart along "
-                             f"the spine{_compared(typical)}: two points in one vertebra? Keep one point per "
-                             "vertebral body")
+                             f"the spine{_compared(typical)} with no disc between them: two points in one vertebra? "
+                             "Keep one point per vertebral body")
     for n, gap in enumerate(gaps):
         typical = _typical_gap(gaps, n)
-        if gap > MAX_PITCH_MM or (typical and gap > SKIPPED_VERTEBRA_RATIO * typical):
+        far = gap > MAX_PITCH_MM or (typical is not None and gap > SKIPPED_VERTEBRA_RATIO * typical)
+        if far and len(_clear_discs(arc_grid, profile, points[n].arc_mm, points[n + 1].arc_mm)) >= 2:
             raise InputError(f"points '{points[n].label}' and '{points[n + 1].label}' are {gap:.0f} mm apart along "
-                             f"the spine{_compared(typical)}: a vertebra between them has no point; place one in "
-                             "every vertebral body between the first and the last")
+                             f"the spine{_compared(typical)} with two discs between them: a vertebra between them "
+                             "has no point; place one in every vertebral body between the first and the last")
+
+
+def _clear_discs(arc_grid: np.ndarray, profile: np.ndarray, low_mm: float, high_mm: float) -> list[float]:
+    """Arc positions of the clear discs between two points: dips two endplates flank by DISC_PROMINENCE_HU,
+    or bands BAND_HU brighter than their surroundings (a disc merged with its endplates over fatty marrow),
+    one per MIN_DISC_SEPARATION_MM."""
+    inside = np.flatnonzero((arc_grid > low_mm + DISC_MARGIN_MM) & (arc_grid < high_mm - DISC_MARGIN_MM))
+    if inside.size < 3:
+        return []
+    reach = int(round(ENDPLATE_REACH_MM / PROFILE_STEP_MM))
+    dips = [d for d in signal.argrelmin(profile, order=1)[0] if inside[0] < d < inside[-1]
+            and flanking_endplate_hu(profile, d, reach) - profile[d] >= DISC_PROMINENCE_HU]
+    bands = (inside[0] + signal.find_peaks(profile[inside], prominence=BAND_HU)[0]).tolist()
+    found: list[float] = []
+    for where in sorted(dips + bands):
+        if not found or arc_grid[where] - found[-1] >= MIN_DISC_SEPARATION_MM:
+            found.append(float(arc_grid[where]))
+    return found
 
 
 def _typical_gap(gaps: np.ndarray, n: int) -> float | None:
-    """The median of up to two gaps on each side of gap n (None with fewer than two: one other gap may be
-    a vertebra cut by the field of view, its point off its body's middle)."""
-    others = np.concatenate([gaps[max(n - 2, 0):n], gaps[n + 1:n + 3]])
+    """The median of up to three gaps on each side of gap n (None with fewer than two: one other gap may be
+    a vertebra cut by the field of view, its point off its body's middle). Each gap is as far off as the
+    two points' error along the spine: the median of several stays near the pitch."""
+    others = np.concatenate([gaps[max(n - 3, 0):n], gaps[n + 1:n + 4]])
     return float(np.median(others)) if others.size >= 2 else None
 
 
@@ -96,10 +126,14 @@ def _compared(typical: float | None) -> str:
     return f" (their neighbours about {typical:.0f} mm)" if typical else ""
 
 
-def segments_from_points(work: WorkGrid, axis: SpineAxis, arcs_mm: np.ndarray, sacrum_at_bottom: bool) -> list[Segment]:
+def segments_from_points(work: WorkGrid, axis: SpineAxis, points: list[PointOnAxis],
+                         sacrum_at_bottom: bool) -> list[Segment]:
     """One segment per point (caudal first), bounded by the disc between each two consecutive points
-    and, at the ends, by the disc half a pitch beyond or the image's face."""
+    and, at the ends, by the disc half a pitch beyond or the image's face; points not one vertebra
+    apart are refused by name (check_spacing)."""
     arc_grid, profile = arc_profile(work, axis)
+    check_spacing(points, arc_grid, profile)
+    arcs_mm = np.array([p.arc_mm for p in points])
     inner = [_disc_between(arc_grid, profile, low, high) for low, high in zip(arcs_mm[:-1], arcs_mm[1:])]
     pitch = np.diff(arcs_mm)
     bottom_pitch = float(pitch[0]) if pitch.size else DEFAULT_PITCH_MM
