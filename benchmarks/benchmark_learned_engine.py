@@ -39,7 +39,11 @@ LEVELS = ("T10", "T11", "T12", "L1", "L2", "L3", "L4", "L5", "sacrum")
 def clinical_ct(slices: int) -> sitk.Image:
     """A thoraco-lumbar phantom resampled onto a 512 x 512 x N grid, 400 mm field of view."""
     phantom = make_phantom(PhantomSpec(levels=LEVELS, spacing_mm=(1.5, 1.5, 1.5), margin_mm=60.0, noise_hu=0.0))
-    source = phantom.ct
+    return on_clinical_grid(phantom.ct, slices)
+
+
+def on_clinical_grid(source: sitk.Image, slices: int) -> sitk.Image:
+    """``source`` resampled onto a 512 x 512 x N grid about its centre, 400 mm field of view, its whole height."""
     extent = np.asarray(source.GetSize()) * np.asarray(source.GetSpacing())
     spacing = (400.0 / 512, 400.0 / 512, extent[2] / slices)
     centre = np.asarray(source.TransformContinuousIndexToPhysicalPoint((np.asarray(source.GetSize()) - 1) / 2))

@@ -12,7 +12,6 @@ its top 30 mm), one point (L1) named. Wall seconds (``time.perf_counter``) and p
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -31,6 +30,8 @@ from spinefrac.levels import LEVEL_BY_NAME, SACRUM
 from spinefrac.segmentation.guided.engine import GuidedEngine
 from spinefrac.synthetic.phantom import PhantomSpec, make_phantom
 
+from benchmark_learned_engine import on_clinical_grid
+
 SLICES = 500
 TARGET_S = 5.0
 LEVELS = ("T1", "T2", "T3", "T4", "T5", "T6", "T7", "T8", "T9", "T10", "T11", "T12",
@@ -39,13 +40,7 @@ LEVELS = ("T1", "T2", "T3", "T4", "T5", "T6", "T7", "T8", "T9", "T10", "T11", "T
 
 def clinical_ct_and_points(slices: int) -> tuple[sitk.Image, list[VertebraPoint]]:
     phantom = make_phantom(PhantomSpec(levels=LEVELS, spacing_mm=(1.5, 1.5, 1.5), margin_mm=40.0, noise_hu=0.0))
-    source = phantom.ct
-    extent = np.asarray(source.GetSize()) * np.asarray(source.GetSpacing())
-    spacing = (400.0 / 512, 400.0 / 512, extent[2] / slices)
-    centre = np.asarray(source.TransformContinuousIndexToPhysicalPoint((np.asarray(source.GetSize()) - 1) / 2))
-    origin = centre - np.array([200.0, 200.0, extent[2] / 2])
-    image = sitk.Resample(source, [512, 512, slices], sitk.Transform(), sitk.sitkLinear, origin.tolist(), spacing,
-                          (1, 0, 0, 0, 1, 0, 0, 0, 1), -1000.0, sitk.sitkInt16)
+    image = on_clinical_grid(phantom.ct, slices)
     points = [VertebraPoint(truth.centre_lps_mm, LEVEL_BY_NAME["l1"] if name == "L1" else None,
                             name if name == "L1" else f"F-{n + 1}") for n, (name, truth) in enumerate(phantom.truth.items())]
     labels = sitk.GetArrayViewFromImage(phantom.labels)
@@ -74,7 +69,7 @@ def one_run(ct, points) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     from benchmark_pipeline import cpu_model
-    from offline_engine_speed import code_version
+    from offline_engine_speed import code_version, write_result
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
@@ -98,9 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                                 "load_average_1min_before": fastest["load_average_1min_before"]},
         "runs": runs,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps(document["summary_fastest_run"], indent=2))
+    write_result(document, args.output)
     return 0
 
 

@@ -168,10 +168,15 @@ def main(argv: list[str] | None = None) -> int:
         "process_peak_rss_mib_with_phantom_building": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
         "runs": runs,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps(document["summary_fastest_run"], indent=2))
+    write_result(document, args.output)
     return 0
+
+
+def write_result(document: dict, output: Path) -> None:
+    """The benchmark's JSON, and its summary on the terminal."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(document["summary_fastest_run"], indent=2))
 
 
 if __name__ == "__main__":
