@@ -233,45 +233,45 @@ class SpineFractureDetectionWidget(ScriptedLoadableModuleWidget, VTKObservationM
             self._updateButtons()
 
     def onSegmentButton(self):
-        self._startSegmentation(fromPoints=False)
+        with slicer.util.tryWithErrorDisplay("Segmentation could not start.", waitCursor=True):
+            self.startSegmentation(fromPoints=False)
 
     def onSegmentFromPointsButton(self):
-        self._startSegmentation(fromPoints=True)
-
-    def _startSegmentation(self, fromPoints):
-        """Segment in a child process (from the vertebra points with fromPoints); progress from its stage
-        lines; Cancel kills it. Either run fills the point list with the levels it found."""
-        from SpineFractureDetectionLib.mrml_logic import has_unsaved_edits
-        from SpineFractureDetectionLib.points_logic import new_points_node
-
         with slicer.util.tryWithErrorDisplay("Segmentation could not start.", waitCursor=True):
-            volume = self._parameterNode.inputVolume
-            if not self._parameterNode.segmentation:
-                self._parameterNode.segmentation = slicer.mrmlScene.AddNewNodeByClass(
-                    "vtkMRMLSegmentationNode", f"{volume.GetName()} vertebrae")
-            if not self._parameterNode.vertebraPoints:
-                self._parameterNode.vertebraPoints = new_points_node(slicer.mrmlScene, volume)
-            segmentation = self._parameterNode.segmentation
-            overwrite = False
-            if segmentation.GetSegmentation().GetNumberOfSegments() and has_unsaved_edits(segmentation, volume):
-                if not slicer.util.confirmYesNoDisplay(
-                        f"'{segmentation.GetName()}' holds segments edited since they were written. Replace them?"):
-                    return
-                overwrite = True
-            self.logic.ensureDependencies()
-            from spinefrac.segmentation.learned.registry import installed_engines
+            self.startSegmentation(fromPoints=True)
 
-            engine = self._parameterNode.engine  # with points, auto runs the guided engine (no model)
-            if engine == "monai" or (engine == "auto" and not fromPoints and installed_engines()):
-                self.logic.ensureLearnedDependencies()
-            self.ui.progressBar.value = 0
-            try:  # a child that cannot start raises here: no run is recorded, the buttons come back
-                self._segmentationRun = self.logic.startSegmentation(
-                    volume, segmentation, engine, self._parameterNode.device,
-                    onProgress=self._onSegmentationProgress, onFinished=self._onSegmentationFinished,
-                    overwriteEdits=overwrite, pointsNode=self._parameterNode.vertebraPoints, fromPoints=fromPoints)
-            finally:
-                self._updateButtons()
+    def startSegmentation(self, fromPoints):
+        """Segment in a child process (from the vertebra points with fromPoints); progress from its stage
+        lines; Cancel kills it. Either run fills the point list with the levels it found. Raises what
+        stops the start (the buttons show it; the self-test calls this directly, without a dialog)."""
+        from SpineFractureDetectionLib.points_logic import new_points_node
+        from SpineFractureDetectionLib.run_start import (CONFIRM, NEW, check_ct_before_run, learned_model_may_run,
+                                                         run_target)
+
+        volume = self._parameterNode.inputVolume
+        check_ct_before_run(volume)  # a CT under a transform is refused now, not after the whole run
+        target = run_target(self._parameterNode.segmentation, volume)
+        if target.action == CONFIRM and not slicer.util.confirmYesNoDisplay(target.question):
+            return
+        if target.action == NEW:  # never into another tool's segmentation
+            self._parameterNode.segmentation = slicer.mrmlScene.AddNewNodeByClass(
+                "vtkMRMLSegmentationNode", f"{volume.GetName()} vertebrae")
+            self.ui.statusLabel.text = target.reason
+        if not self._parameterNode.vertebraPoints:
+            self._parameterNode.vertebraPoints = new_points_node(slicer.mrmlScene, volume)
+        segmentation, overwrite = self._parameterNode.segmentation, target.action == CONFIRM
+        self.logic.ensureDependencies()
+        engine = self._parameterNode.engine  # with points, auto runs the guided engine (no model)
+        if learned_model_may_run(engine, self._parameterNode.device, fromPoints):
+            self.logic.ensureLearnedDependencies()
+        self.ui.progressBar.value = 0
+        try:  # a child that cannot start raises here: no run is recorded, the buttons come back
+            self._segmentationRun = self.logic.startSegmentation(
+                volume, segmentation, engine, self._parameterNode.device,
+                onProgress=self._onSegmentationProgress, onFinished=self._onSegmentationFinished,
+                overwriteEdits=overwrite, pointsNode=self._parameterNode.vertebraPoints, fromPoints=fromPoints)
+        finally:
+            self._updateButtons()
 
     def onRenameSegmentButton(self):
         """'This segment is ...': the selected segment named, the other level segments counted from it."""
@@ -323,8 +323,9 @@ class SpineFractureDetectionWidget(ScriptedLoadableModuleWidget, VTKObservationM
             self.ui.statusLabel.text = f"Wrote {json_path} and {csv_path}."
 
     def onTableClicked(self, index):
-        """Centre the slice views on the vertebra of the clicked row."""
-        table = self._parameterNode.measurementTable if self._parameterNode else None
+        """Centre the slice views on the vertebra of the clicked row of the table the view shows (the last
+        classified one), not the selector's, which may have been changed since."""
+        table = self.ui.tableView.mrmlTableNode()
         if table is None:
             return
         from SpineFractureDetectionLib.mrml_logic import centroid_ras_of_row

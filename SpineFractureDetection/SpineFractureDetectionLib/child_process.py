@@ -15,6 +15,7 @@ import queue
 import signal
 import subprocess
 import tempfile
+import textwrap
 import threading
 import time
 from collections.abc import Callable
@@ -58,6 +59,40 @@ def _group_alive(group_id: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def process_tree_alive(pid: int) -> bool:
+    """Whether anything of the child's tree is left: its process group (POSIX), or the child itself
+    (Windows, asked through the Win32 API: psutil ships with neither Slicer 5.10 nor 5.12)."""
+    if os.name != "nt":
+        return _group_alive(pid)
+    import ctypes
+
+    kernel32 = ctypes.windll.kernel32
+    handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+    if not handle:
+        return False
+    try:
+        code = ctypes.c_ulong()
+        return bool(kernel32.GetExitCodeProcess(handle, ctypes.byref(code))) and code.value == 259  # STILL_ACTIVE
+    finally:
+        kernel32.CloseHandle(handle)
+
+
+# A stand-in for the segmentation child that reports its first stage, starts a worker (a grandchild,
+# as PythonSlicer starts the real Python) and waits for it for ten minutes: a run that is still
+# running for certain when a test cancels it, however fast or slow the machine.
+STAND_IN_CHILD = textwrap.dedent("""
+    import subprocess, sys
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    print("[1/6] Loading CT ...", file=sys.stderr, flush=True)
+    sys.exit(worker.wait())
+""")
+
+
+def stand_in_child_command(python_executable: str) -> list[str]:
+    """The command of the stand-in child (STAND_IN_CHILD) for ``python_executable``."""
+    return [python_executable, "-c", STAND_IN_CHILD]
 
 
 def end_process_tree(process: subprocess.Popen, timeout_s: float = 10.0) -> None:
@@ -186,6 +221,9 @@ class SegmentationJob:
             self.imported = self._import_result(self.work_folder)
         except (SpineFracError, RuntimeError, ValueError, OSError) as error:  # sitk raises RuntimeError
             return str(error)
+        except Exception as error:  # noqa: BLE001 - any other failure (EOFError on a truncated file) must
+            # still end the job: raised out of poll() it would leave the timer importing again and again
+            return f"the result could not be imported: {type(error).__name__}: {error}"
         return None
 
     def cancel(self) -> None:

@@ -262,6 +262,8 @@ def write_level_segments(segmentation_node, volume_node, segmentation: VertebraS
     segmentation_node.SetAttribute(ESTIMATED_BORDERS_ATTRIBUTE, "1" if segmentation.grading_needs_clean_qc else "0")
     segmentation_node.SetAttribute(THRESHOLD_MASKS_ATTRIBUTE, "0" if segmentation.masks_fit_for_density else "1")
     place_beside_volume(segmentation_node, volume_node)
+    # Surfaces for the 3D view, as SlicerTotalSegmentator makes them (the labelmap shows in 2D only).
+    segmentation_node.CreateClosedSurfaceRepresentation()
     return ordered
 
 
@@ -460,7 +462,9 @@ def parse_progress(line: str) -> tuple[float, str] | None:
 
 
 def export_volume(volume_node, path: Path) -> Path:
-    """The CT as a file for the child process (NRRD, its grid exactly)."""
+    """The CT as a file for the child process (NRRD, its grid exactly); a CT the result could not be
+    imported onto (under a transform, say) is refused before anything is written."""
+    require_scalar_volume(volume_node)
     sitk.WriteImage(sitk_from_volume(volume_node), str(path), useCompression=False)
     return path
 

@@ -5,7 +5,6 @@ calls them with itself as ``test``, so every check is a unittest assertion."""
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ import slicer
 
 from spinefrac.levels import LEVEL_BY_NAME
 from SpineFractureDetectionLib import mrml_logic, points_logic
+from SpineFractureDetectionLib.child_process import process_tree_alive, stand_in_child_command
 from SpineFractureDetectionLib.terminology import TERMINOLOGY_CONTEXT
 
 LEVELS_IN_PHANTOM = ["L1", "L2", "L3", "L4", "L5", "sacrum"]
@@ -38,19 +38,6 @@ def masks_by_name(segmentation, volume):
     return {segments.GetNthSegment(i).GetName():
             slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segments.GetNthSegmentID(i), volume) > 0
             for i in range(segments.GetNumberOfSegments())}
-
-
-def tree_alive(pid: int) -> bool:
-    """Whether any process of the child's group is left (POSIX), or the child itself (Windows)."""
-    try:
-        if os.name == "nt":
-            import psutil
-
-            return psutil.pid_exists(pid)
-        os.killpg(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def check_scene(test, segmentation, volume, hierarchy, study):
@@ -190,8 +177,10 @@ def points_flow(test, widget):
 
 
 def check_table_click(test, widget, table, row, volume):
-    """A click on a view row centres the slice views on that row's vertebra (view row = table row)."""
+    """A click on a view row centres the slice views on that row's vertebra (view row = table row), read from
+    the table the view shows, even after the selector was moved to another (empty) table."""
     widget.ui.tableView.setMRMLTableNode(table)
+    widget._parameterNode.measurementTable = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", "Other table")
     index = widget.ui.tableView.model().index(row, 0)
     test.assertEqual(widget.tableRowOfIndex(table, index), row)
     widget.onTableClicked(index)
@@ -204,14 +193,26 @@ def check_table_click(test, widget, table, row, volume):
 
 
 def cancel_flow(test, widget):
-    """A running segmentation cancelled: the whole process tree is gone, nothing is imported."""
+    """A running segmentation cancelled: the whole process tree is gone, nothing is imported. The child is
+    the stand-in that waits ten minutes after its first stage line (a real engine may finish before the
+    click on a fast machine), started with the module's own Python and environment."""
     volume, _, _ = phantom_in_a_study("Phantom CT to cancel")
     parameters = widget._parameterNode
     parameters.inputVolume = volume
     parameters.segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Cancelled")
     parameters.engine, parameters.device = "offline", "cpu"
     widget.ui.statusLabel.text = ""
-    widget.onSegmentButton()
+    real_command = type(widget.logic).childCommand
+
+    def stand_in(*arguments, **options):
+        command, env = real_command(*arguments, **options)
+        return stand_in_child_command(command[0]), env
+
+    widget.logic.childCommand = stand_in
+    try:
+        widget.startSegmentation(fromPoints=False)
+    finally:
+        del widget.logic.childCommand  # back to the class's own
     run = widget._segmentationRun
     test.assertIsNotNone(run)
     test.assertTrue(widget.ui.cancelButton.enabled)
@@ -222,10 +223,10 @@ def cancel_flow(test, widget):
         slicer.app.processEvents()  # until the real Python (the launcher's child) reports a stage
         time.sleep(0.05)
     test.assertTrue(widget.ui.statusLabel.text, "the child reported no stage within a minute")
-    test.assertTrue(run.running)  # the offline engine takes seconds: cancelled while it works
+    test.assertTrue(run.running)  # the stand-in waits ten minutes: cancelled while it runs
     widget.ui.cancelButton.click()
     test.assertIsNone(widget._segmentationRun)
-    test.assertFalse(tree_alive(pid))
+    test.assertFalse(process_tree_alive(pid))
     test.assertFalse(work.exists())
     for _ in range(10):  # no late import from a timer
         slicer.app.processEvents()
@@ -237,7 +238,9 @@ def cancel_flow(test, widget):
 
 
 def start_failure_flow(test, widget):
-    """A child that cannot start: the error is raised, no run is recorded, the buttons come back."""
+    """A child that cannot start: the error is raised, no run is recorded, the buttons come back.
+    ``startSegmentation`` is what the Segment button runs inside ``tryWithErrorDisplay``, called directly:
+    the button would first show a modal error (unless testing is enabled), which stops "Reload and Test"."""
     from SpineFractureDetectionLib.child_process import ChildStartError
 
     volume, _, _ = phantom_in_a_study("Phantom CT, no Python")
@@ -247,7 +250,7 @@ def start_failure_flow(test, widget):
     widget.logic.childCommand = lambda *arguments: ([missing, "-m", "spinefrac"], None)
     try:
         with test.assertRaises(ChildStartError):
-            widget.onSegmentButton()
+            widget.startSegmentation(fromPoints=False)
     finally:
         del widget.logic.childCommand  # back to the class's own
     test.assertIsNone(widget._segmentationRun)
