@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 
 from SpineFractureDetectionLib.mrml_logic import CHECKSUM_ATTRIBUTE, has_unsaved_edits, require_scalar_volume
 
-WRITE, NEW, CONFIRM = "write", "new", "confirm"
+WRITE = "write"
+NEW = "new"
+CONFIRM = "confirm"
 # --device auto lets the child take the GPU when one is there: a model for either device may run.
 DEVICES_OF_SETTING = {"auto": ("cpu", "cuda"), "cpu": ("cpu",), "cuda": ("cuda",)}
 
