@@ -405,8 +405,10 @@ class SpineFractureDetectionLogic(ScriptedLoadableModuleLogic):
             + ". Install them now (internet access required)?"
         ):
             raise RuntimeError("Required Python packages are not installed: " + ", ".join(missing))
-        try:
-            slicer.util.pip_install(missing)
+        from SpineFractureDetectionLib.dependencies import pins_for_loaded
+
+        try:  # Slicer's loaded packages pinned: pip installs beside them, never replaces one under Slicer
+            slicer.util.pip_install([*missing, *pins_for_loaded()])
         except Exception as error:
             raise RuntimeError(f"Installing {', '.join(missing)} failed: {error}") from error
 

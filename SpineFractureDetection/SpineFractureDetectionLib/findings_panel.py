@@ -14,7 +14,6 @@ import slicer
 from SpineFractureDetectionLib.dicom_scene import export_from_scene, record_masks_corrected, source_series_folder
 from SpineFractureDetectionLib.mrml_logic import labels_checksum
 
-DICOM_PIP_REQUIREMENT = {"highdicom": "highdicom==0.28.2"}  # pydicom ships with Slicer
 
 
 class FindingsPanel:
@@ -79,13 +78,16 @@ class FindingsPanel:
 
 
 def ensure_highdicom():
-    """highdicom, installed on first use with the user's consent (never at import)."""
-    import importlib.util
+    """highdicom, installed on first use with the user's consent (never at import), and only where it can
+    run beside the pydicom Slicer has loaded (dependencies.highdicom_plan); otherwise the reason."""
+    from SpineFractureDetectionLib.dependencies import after_install, highdicom_plan
 
-    missing = [pip for module, pip in DICOM_PIP_REQUIREMENT.items() if importlib.util.find_spec(module) is None]
-    if not missing:
+    plan = highdicom_plan()
+    if plan.ready:
         return
-    if not slicer.util.confirmOkCancelDisplay(f"DICOM export needs the Python package {', '.join(missing)}. "
-                                              "Install it now (internet access required)?"):
-        raise RuntimeError(f"{', '.join(missing)} is not installed: no DICOM export")
-    slicer.util.pip_install(missing)
+    if not plan.install:
+        raise RuntimeError(plan.message)
+    if not slicer.util.confirmOkCancelDisplay(f"{plan.message}. Install it now (internet access required)?"):
+        raise RuntimeError("highdicom is not installed: no DICOM export")
+    slicer.util.pip_install(plan.install)
+    after_install(highdicom_plan())

@@ -224,3 +224,57 @@ def test_psutil_is_imported_only_where_its_absence_is_handled():
         for node in ast.walk(tree):
             if isinstance(node, ast.Import) and any(alias.name == "psutil" for alias in node.names):
                 assert id(node) in guarded, f"{path.name}:{node.lineno} imports psutil unguarded"
+
+
+# -- 1: highdicom never swaps the pydicom Slicer has loaded ----------------------------------------
+
+
+def _versions(**installed):
+    import importlib.metadata
+
+    def version_of(name):
+        if name not in installed:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return installed[name]
+    return version_of
+
+
+def _missing():
+    raise ImportError("No module named 'highdicom'")
+
+
+def test_on_slicer_5_10_highdicom_is_not_installed_over_its_pydicom_2():
+    from SpineFractureDetectionLib.dependencies import highdicom_plan
+
+    plan = highdicom_plan(_missing, _versions(pydicom="2.4.4", numpy="2.0.2"), {"pydicom": object()})
+    assert not plan.ready and plan.install == []
+    assert "pydicom 2.4.4" in plan.message and "5.12" in plan.message and "--dicom-series" in plan.message
+
+
+def test_a_highdicom_that_no_longer_loads_asks_for_a_restart_and_installs_nothing():
+    from SpineFractureDetectionLib.dependencies import highdicom_plan
+
+    def broken():
+        raise ImportError("cannot import name 'parse_basic_offsets' from 'pydicom.encaps'")
+
+    plan = highdicom_plan(broken, _versions(pydicom="2.4.4", highdicom="0.28.2"), {"pydicom": object()})
+    assert not plan.ready and plan.install == []
+    assert "Restart Slicer" in plan.message and "parse_basic_offsets" in plan.message
+
+
+def test_highdicom_is_installed_with_the_loaded_packages_pinned_where_pydicom_3_runs():
+    from SpineFractureDetectionLib.dependencies import HIGHDICOM_REQUIREMENT, highdicom_plan
+
+    loaded = {"pydicom": object(), "numpy": object()}
+    plan = highdicom_plan(_missing, _versions(pydicom="3.0.1", numpy="2.2.6", scipy="1.15.0"), loaded)
+    assert not plan.ready
+    assert plan.install == [HIGHDICOM_REQUIREMENT, "numpy==2.2.6", "pydicom==3.0.1"]  # scipy is not loaded
+
+
+def test_highdicom_that_imports_is_ready_here():
+    pytest.importorskip("highdicom")
+    from SpineFractureDetectionLib.dependencies import after_install, highdicom_plan
+
+    plan = highdicom_plan()
+    assert plan.ready
+    after_install(plan)  # no restart asked for
