@@ -308,3 +308,30 @@ def test_position_values_stay_finite_floats(tmp_path):
     path = tmp_path / "p.csv"
     path.write_text("x,y,z\n1e2,-0.5,3\n", encoding="utf-8")
     assert all(isinstance(v, float) and math.isfinite(v) for v in read_points(path)[0].position_lps_mm)
+
+
+# Slicer's legacy fiducial CSV, as its Markups documentation gives it (Modules/Loadable/Markups docs: ".fcsv").
+FCSV = """# Markups fiducial file version = 4.11
+# CoordinateSystem = {system}
+# columns = id,x,y,z,ow,ox,oy,oz,vis,sel,lock,label,desc,associatedNodeID
+vtkMRMLMarkupsFiducialNode_0,1.29,-40.18,60.15,0,0,0,1,1,1,0,L1,,
+vtkMRMLMarkupsFiducialNode_1,2.5,-38.0,25.0,0,0,0,1,1,1,0,F-2,,vtkMRMLScalarVolumeNode1
+"""
+
+
+@pytest.mark.parametrize("system, lps_signs", [("LPS", (1, 1, 1)), ("1", (1, 1, 1)), ("RAS", (-1, -1, 1)),
+                                               ("0", (-1, -1, 1))])
+def test_slicer_fcsv_points_in_either_coordinate_system(tmp_path, system, lps_signs):
+    path = tmp_path / "points.fcsv"
+    path.write_text(FCSV.format(system=system), encoding="utf-8")
+    points = read_points(path)
+    assert [p.label for p in points] == ["L1", "F-2"]
+    assert points[0].level.name == "L1" and points[1].level is None
+    assert np.allclose(points[0].position_lps_mm, np.array([1.29, -40.18, 60.15]) * lps_signs)
+
+
+def test_fcsv_with_an_unknown_coordinate_system_is_refused(tmp_path):
+    path = tmp_path / "points.fcsv"
+    path.write_text(FCSV.format(system="IJK"), encoding="utf-8")
+    with pytest.raises(InputError, match="unknown CoordinateSystem 'IJK'"):
+        read_points(path)

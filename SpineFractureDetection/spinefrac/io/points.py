@@ -67,6 +67,8 @@ def read_points(path: Path | str, reference_image: sitk.Image | None = None) -> 
         raise InputError(f"points file {path} cannot be read as text ({error.__class__.__name__})") from None
     if path.name.lower().endswith(".json") or text.lstrip()[:1] in ("{", "["):
         points = _points_from_json(text, path, reference_image)
+    elif path.name.lower().endswith(".fcsv") or text.lstrip().startswith(FCSV_SIGNATURE):
+        points = _points_from_fcsv(text, path)
     else:
         points = _points_from_csv(text, path)
     if not points:
@@ -213,6 +215,35 @@ def verse_voxel_to_lps(voxel, codes, image: sitk.Image, where: str = "centroid")
     if any(not -0.5 <= i <= n - 0.5 for i, n in zip(index, size)):
         raise InputError(f"{where}: the centroid lies outside the CT's grid: is this the centroid file of this CT?")
     return tuple(float(v) for v in image.TransformContinuousIndexToPhysicalPoint(index))
+
+
+# -- Slicer's legacy fiducial CSV (.fcsv) ------------------------------------------------------------------
+
+FCSV_SIGNATURE = "# Markups fiducial file version"
+# Slicer's default columns; before 4.11 the coordinate system was a number (0 RAS, 1 LPS) and files
+# without the line were RAS.
+_FCSV_COLUMNS = "id,x,y,z,ow,ox,oy,oz,vis,sel,lock,label,desc,associatedNodeID"
+_FCSV_SYSTEMS = {"ras": "RAS", "0": "RAS", "lps": "LPS", "1": "LPS"}
+
+
+def _points_from_fcsv(text: str, path: Path) -> list[VertebraPoint]:
+    """A Slicer fiducial CSV: '# CoordinateSystem = LPS|RAS|0|1', '# columns = ...', one point per row."""
+    header = {key.strip().lower(): value.strip() for key, _, value in
+              (line.lstrip("#").partition("=") for line in text.splitlines() if line.startswith("#"))}
+    system = _FCSV_SYSTEMS.get(header.get("coordinatesystem", "RAS").lower())
+    if system is None:
+        raise InputError(f"points file {path}: unknown CoordinateSystem {header['coordinatesystem']!r} "
+                         "(LPS, RAS, 0 or 1)")
+    columns = [name.strip().lower() for name in header.get("columns", _FCSV_COLUMNS).split(",")]
+    if not {"x", "y", "z"} <= set(columns):
+        raise InputError(f"points file {path}: the '# columns' line names no x, y, z")
+    body = "\n".join([",".join(columns)] + [line for line in text.splitlines() if line.strip()
+                                            and not line.startswith("#")])
+    points = _points_from_csv(body, path)
+    if system == "RAS":
+        points = [VertebraPoint(tuple(float(v) for v in lps_from_ras(p.position_lps_mm)), p.level, p.label)
+                  for p in points]
+    return points
 
 
 # -- CSV -----------------------------------------------------------------------------------------------
