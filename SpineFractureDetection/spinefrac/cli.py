@@ -121,6 +121,10 @@ def _add_run_parser(commands) -> None:
                           "are sure of (L1, T12, sacrum...): the others are named by their order. Without "
                           "--segmentation the masks are made from the points (guided engine); with it, or with a "
                           "learned --engine, its levels are renamed by the points and no voxel changes")
+    run.add_argument("--heights", type=Path, metavar="FILE",
+                     help="an edited heights.mrk.json of an earlier run on this CT (Slicer markups point list, six "
+                          "points per level: '<level> anterior|middle|posterior superior|inferior'): the levels it "
+                          "holds are measured from its points (heights, losses, grade), the others as usual")
     run.add_argument("--labels", default="auto", choices=sorted(LABEL_OPTIONS),
                      help="label convention of --segmentation (default: auto: names when the file has segment "
                           "names, otherwise the one reading of the ids (VerSe, TotalSegmentator v2 or v1) that "
@@ -291,7 +295,8 @@ def _run(args: argparse.Namespace) -> int:
 
     # Before the reading thread starts: ITK aborts the whole process on a path that is not UTF-8.
     for path, what in ((args.ct, "CT"), (args.segmentation, "segmentation"), (args.classifier, "classifier"),
-                       (args.dicom_series, "DICOM series")):
+                       (args.dicom_series, "DICOM series"), (args.points, "points file"),
+                       (args.heights, "heights file")):
         require_usable_path(path, what)
     # The CT and labels are read in a thread while the rest of the pipeline (scipy, matplotlib: about a
     # second) is imported here, after the reads began.
@@ -304,7 +309,7 @@ def _run(args: argparse.Namespace) -> int:
         args.ct, args.output, segmentation_path=args.segmentation, label_convention=convention,
         device=args.device, overwrite=args.overwrite, stages=stages, classifier_path=args.classifier,
         probability_threshold=args.fracture_threshold, check_hu=not args.no_hu_check, engine=args.engine,
-        dicom_series=args.dicom_series, reads=reads, points_path=args.points,
+        dicom_series=args.dicom_series, reads=reads, points_path=args.points, heights_path=args.heights,
     )
     if not args.quiet:
         for warning in result.ct.warnings:

@@ -29,12 +29,14 @@ from spinefrac.io.filenames import (
     DICOM_SR_FILE,
     FINDINGS_FILE,
     GALLERY_FILE,
+    HEIGHTS_FILE,
     LABEL_MAP_FILE,
     OVERVIEW_FILE,
     POINTS_FILE,
     REPORT_CSV_FILE,
     REPORT_JSON_FILE,
 )
+from spinefrac.io.height_points import read_height_points
 from spinefrac.io.images import CtVolume, ImageGrid, InputReads, load_ct, write_image
 from spinefrac.io.outputs import AtomicOutputFolder
 from spinefrac.io.paths import input_fingerprint, require_usable_path
@@ -42,6 +44,7 @@ from spinefrac.io.points import markups_document, read_points
 from spinefrac.progress import SilentStages
 from spinefrac.reporting.dicom_export import plan_dicom_export, write_dicom_objects
 from spinefrac.reporting.gallery import write_gallery_png
+from spinefrac.reporting.height_markups import heights_markups
 from spinefrac.reporting.level_points import level_points
 from spinefrac.reporting.overview import write_overview_png
 from spinefrac.reporting.report import SpineReport
@@ -125,11 +128,12 @@ def choose_engine(
 
 
 def check_input_paths(ct_path, segmentation_path=None, classifier_path=None, model_folder=None,
-                      dicom_series=None) -> None:
+                      dicom_series=None, points_path=None, heights_path=None) -> None:
     """Refuse, before any reader starts, input paths that are empty, run into a link loop or hold bytes
     that are not UTF-8 (ITK aborts the process on those): one line naming the path."""
     for path, what in ((ct_path, "CT"), (segmentation_path, "segmentation"), (classifier_path, "classifier"),
-                       (model_folder, "model package"), (dicom_series, "DICOM series")):
+                       (model_folder, "model package"), (dicom_series, "DICOM series"), (points_path, "points file"),
+                       (heights_path, "heights file")):
         require_usable_path(path, what)
 
 
@@ -148,20 +152,21 @@ def run_pipeline(
     dicom_series: Path | str | None = None,
     reads: InputReads | None = None,
     points_path: Path | str | None = None,
+    heights_path: Path | str | None = None,
 ) -> RunResult:
     """Run every stage; nothing appears under ``output_folder`` unless all of them succeed.
     A DICOM input (or ``dicom_series``, the CT's source series) also gets a DICOM SEG and SR.
     ``reads``: the CT and label map already being read (InputReads), used where they are these files.
     ``points_path``: one point per vertebral body (Slicer markups, VerSe centroids, CSV): with
     ``segmentation_path`` or a learned ``engine`` they rename its levels, otherwise the guided engine
-    segments from them."""
+    segments from them. ``heights_path``: an edited heights.mrk.json: its levels are measured from its points."""
     stages = stages or SilentStages()
     model_folder = Path(engine) if engine not in ENGINE_CHOICES else None
-    check_input_paths(ct_path, segmentation_path, classifier_path, model_folder, dicom_series)
-    require_usable_path(points_path, "points file")
+    inputs = (ct_path, segmentation_path, classifier_path, model_folder, dicom_series, points_path, heights_path)
+    check_input_paths(*inputs)
     # Refused up front: a non-empty folder without --overwrite, and one that is, holds or lies in an input.
-    output = AtomicOutputFolder(output_folder, overwrite, inputs=(ct_path, segmentation_path, classifier_path,
-                                                                  model_folder, dicom_series, points_path))
+    output = AtomicOutputFolder(output_folder, overwrite, inputs=inputs)
+    user_heights = read_height_points(heights_path) if heights_path is not None else None
     device_choice = resolve_device(device)
     guided = points_path is not None and segmentation_path is None and engine in ("auto", "offline")
     engine = None if guided else _chosen_engine(segmentation_path, label_convention, engine, device_choice, reads)
@@ -178,7 +183,7 @@ def run_pipeline(
         if reads is not None:
             reads.finish()
         fingerprints = fingerprints.result()
-    assessment = assess(ct, segmentation, classifier, probability_threshold, stages)
+    assessment = assess(ct, segmentation, classifier, probability_threshold, stages, user_heights)
     stages.stage("Building report")
     report = _report(ct, segmentation, assessment, device_choice, dicom_plan, classifier, probability_threshold)
     report.input["fingerprint"], report.segmentation["fingerprint"] = fingerprints
@@ -338,6 +343,8 @@ def _write_outputs(work: Path, ct: CtVolume, segmentation: VertebraSegmentation,
         points = markups_document(level_points(segmentation.label_map, bodies, assessment.measurements),
                                   f"vertebral body centres of the levels labelled by {segmentation.engine}")
         (work / POINTS_FILE).write_text(json.dumps(points, indent=2) + "\n", encoding="utf-8")
+        heights = heights_markups(assessment.morphometry, assessment.findings)
+        (work / HEIGHTS_FILE).write_text(json.dumps(heights, indent=2) + "\n", encoding="utf-8")
         report.dicom_export = write_dicom_objects(dicom_plan, segmentation, report, work)
         report.write(work)
         (work / FINDINGS_FILE).write_text(report.findings_text(), encoding="utf-8")
@@ -351,7 +358,8 @@ def _write_outputs(work: Path, ct: CtVolume, segmentation: VertebraSegmentation,
 def _written_files(folder: Path, dicom_written: bool) -> dict[str, Path]:
     written = {"label_map": LABEL_MAP_FILE, "body_label_map": BODY_LABEL_MAP_FILE, "report_json": REPORT_JSON_FILE,
                "report_csv": REPORT_CSV_FILE, "overview_png": OVERVIEW_FILE, "gallery_png": GALLERY_FILE,
-               "findings_txt": FINDINGS_FILE, "points": POINTS_FILE}
+               "findings_txt": FINDINGS_FILE, "points": POINTS_FILE,
+               "heights": HEIGHTS_FILE}
     if dicom_written:
         written.update(dicom_seg=DICOM_SEG_FILE, dicom_sr=DICOM_SR_FILE)
     return {key: folder / name for key, name in written.items()}

@@ -29,7 +29,7 @@ def _comparable_rows(report):
 
 def test_sample_run_writes_every_output(sample_run):
     out, result = sample_run
-    assert sorted(p.name for p in out.iterdir()) == ["findings.txt", "gallery.png", "overview.png", "points.mrk.json",
+    assert sorted(p.name for p in out.iterdir()) == ["findings.txt", "gallery.png", "heights.mrk.json", "overview.png", "points.mrk.json",
                                                        "report.csv", "report.json", "vertebrae.nii.gz",
                                                        "vertebral_bodies.nii.gz"]
     assert (out / "overview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -67,7 +67,7 @@ def test_sample_report_levels_fov_and_sacrum(sample_run, sample_labels):
     for row in report["levels"]:
         counted_mm3 = np.count_nonzero(labels == row["verse_id"]) * 27.0  # 3 mm isotropic voxels
         assert abs(row["volume_mm3"] - counted_mm3) <= 0.01 * counted_mm3
-    assert report["schema_version"] == "1.5.0"
+    assert report["schema_version"] == "1.6.0"
     assert report["segmentation"]["level_identification"]["confidence"] is None  # levels as the file has them
     assert "volume_mm3" in report["definitions"] and "mean_hu" in report["definitions"]
 

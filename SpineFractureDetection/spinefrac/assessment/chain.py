@@ -22,6 +22,8 @@ from spinefrac.assessment.fracture import (
 from spinefrac.assessment.measurement import SpineMeasurements, measure_vertebrae
 from spinefrac.assessment.morphometry import SpineMorphometry, measure_morphometry
 from spinefrac.assessment.quality import SegmentationQuality, check_quality
+from spinefrac.assessment.user_heights import apply_user_heights
+from spinefrac.io.height_points import SixPoints
 from spinefrac.io.images import CtVolume
 from spinefrac.progress import SilentStages
 from spinefrac.segmentation.base import VertebraSegmentation
@@ -49,17 +51,21 @@ def assess(
     classifier: FractureClassifier | None = None,
     probability_threshold: float = DEFAULT_PROBABILITY_THRESHOLD,
     stages=None,
+    user_heights: list[SixPoints] | None = None,
 ) -> SpineAssessment:
     """Measure every level, check the segmentation's quality, isolate the bodies and their
     heights, and grade them. Levels are graded only where quality control does not fail them (for
     estimated level borders: see ``withheld_grades``); trabecular density only where the segmentation says its
-    masks are fit for it; ``stages`` (``spinefrac.progress``) reports the stages."""
+    masks are fit for it; ``stages`` (``spinefrac.progress``) reports the stages. ``user_heights`` (an edited
+    six-point file, io/height_points.py): those levels' heights come from its points, before any is graded."""
     stages = stages or SilentStages()
     measurements = measure_vertebrae(ct, segmentation, stages.stage(MEASURING_STAGE))
     stages.stage(QUALITY_STAGE)
     quality = check_quality(ct, segmentation, measurements)
     stages.stage(GRADING_STAGE)
     morphometry = withhold_failing(measure_morphometry(ct, segmentation, measurements), quality)
+    if user_heights:
+        morphometry = apply_user_heights(morphometry, user_heights)
     probabilities = classifier.probabilities(ct, segmentation, morphometry) if classifier else None
     if probabilities:
         probabilities = {name: p for name, p in probabilities.items() if name not in quality.failing()}

@@ -107,6 +107,7 @@ class VertebraFinding:
     trabecular_hu: float = math.nan
     fracture_probability: float | None = None
     in_validated_range: bool = True
+    height_source: str | None = None  # morphometry's HEIGHTS_MEASURED or HEIGHTS_FROM_USER_POINTS (None: no heights)
 
     @property
     def height_loss(self) -> float:
@@ -230,6 +231,7 @@ def _record_heights(finding: VertebraFinding, m: VertebraMorphometry) -> None:
     h = m.heights
     finding.height_anterior_mm, finding.height_middle_mm, finding.height_posterior_mm = (
         h.anterior_mm, h.middle_mm, h.posterior_mm)
+    finding.height_source = h.source
 
 
 def _intra_vertebral(finding: VertebraFinding, m: VertebraMorphometry) -> None:
@@ -241,6 +243,9 @@ def _intra_vertebral(finding: VertebraFinding, m: VertebraMorphometry) -> None:
 
 
 def _point_distance_mm(m: VertebraMorphometry) -> float:
+    """Between the anterior and posterior height points: where the user placed them, else as measured."""
+    if m.heights is not None and m.heights.point_distance_mm is not None:
+        return m.heights.point_distance_mm
     return 2.0 * HEIGHT_SAMPLE_FRACTION * 0.5 * m.body_depth_mm
 
 

@@ -60,6 +60,8 @@ MIDDLE_SPAN_FRACTIONS = np.array([-0.1, 0.0, 0.1])  # middle-height lines (semi-
 MAX_ENDPLATE_TILT_DEG = 35.0  # against the neighbour axis: beyond it the fit caught something else
 LPS_ANTERIOR = np.array([0.0, -1.0, 0.0])
 LPS_SUPERIOR = np.array([0.0, 0.0, 1.0])
+HEIGHTS_MEASURED = "measured"  # report.json's height_source of a level measured on the CT
+HEIGHTS_FROM_USER_POINTS = "points placed or moved by the user"  # ... of a level measured from --heights points
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,10 @@ class BodyHeights:
     # Heights at MIDDLE_SPAN_FRACTIONS of the semi-depth around mid-depth (median over the planes);
     # middle_mm is the lowest of them.
     middle_profile_mm: tuple[float, ...] = ()
+    # Where each middle-profile height was measured, on the plane of the middle line (None: not found there).
+    middle_lines: tuple[HeightLine | None, ...] = ()
+    source: str = HEIGHTS_MEASURED  # or HEIGHTS_FROM_USER_POINTS (assessment/user_heights.py)
+    point_distance_mm: float | None = None  # between the anterior and posterior points, where the user placed them
 
 
 @dataclass
@@ -411,7 +417,7 @@ def _measure_body(result: VertebraMorphometry, frame: VertebralFrame, grid: Voxe
     band = max(MIDLINE_BAND_MM, 0.6 * voxel_mm)
     per_plane = np.full((len(planes_u), 3), np.nan)
     middle_per_plane = np.full((len(planes_u), len(MIDDLE_SPAN_FRACTIONS)), np.nan)
-    depths, lines, edges_from_ct = [], [], []
+    depths, plane_lines, edges_from_ct = [], {}, []
     extents = [_ap_extent(local, np.abs(local[:, 0] - u) <= band, voxel_mm, half_voxel) for u in planes_u]
     measured = _genant_points(probe, frame, planes_u, extents, reach, planes)
     for p, (u, extent, points) in enumerate(zip(planes_u, extents, measured)):
@@ -420,6 +426,7 @@ def _measure_body(result: VertebraMorphometry, frame: VertebralFrame, grid: Voxe
         depths.append(extent[0] - extent[1])
         anterior, middle, posterior = points
         middle_per_plane[p] = [_height(edges) for _, edges in middle]
+        plane_lines[p] = {"middle profile": tuple(_height_line(frame, "middle", u, v, edges) for v, edges in middle)}
         # The drawn middle line stays at mid-depth (the fracture simulator compresses around it).
         mid_depth = middle[int(np.argmin(np.abs(MIDDLE_SPAN_FRACTIONS)))]
         for q, (v, edges) in enumerate((anterior, mid_depth, posterior)):
@@ -427,22 +434,42 @@ def _measure_body(result: VertebraMorphometry, frame: VertebralFrame, grid: Voxe
                 continue
             per_plane[p, q] = _height(edges) if q != 1 else np.nanmin(middle_per_plane[p])
             edges_from_ct += [edges[0].from_ct, edges[1].from_ct]
-            if p == len(planes_u) // 2:
-                lines.append(HeightLine(("anterior", "middle", "posterior")[q],
-                                        tuple(frame.to_lps([u, v, edges[0].t_mm]).tolist()),
-                                        tuple(frame.to_lps([u, v, edges[1].t_mm]).tolist())))
+            name = ("anterior", "middle", "posterior")[q]
+            plane_lines[p][name] = _height_line(frame, name, u, v, edges)
     if not depths or not np.all(np.any(np.isfinite(per_plane), axis=0)):
         result.problems.append("body heights could not be measured on the mid-sagittal planes")
         return
     result.body_depth_mm = float(depths[len(depths) // 2])
     heights = np.nanmedian(per_plane, axis=0)
     profile = tuple(float(h) for h in np.nanmedian(middle_per_plane, axis=0))
+    lines, middle_lines = _central_lines(plane_lines, len(planes_u) // 2)
     result.heights = BodyHeights(float(heights[0]), float(np.nanmin(profile)), float(heights[2]), per_plane,
-                                 planes_u, tuple(lines), float(np.mean(edges_from_ct)), profile)
+                                 planes_u, lines, float(np.mean(edges_from_ct)), profile, middle_lines)
 
 
 def _height(edges) -> float:
     return math.nan if edges is None else edges[1].t_mm - edges[0].t_mm
+
+
+def _height_line(frame: VertebralFrame, name: str, u: float, v: float, edges) -> HeightLine | None:
+    if edges is None:
+        return None
+    return HeightLine(name, tuple(frame.to_lps([u, v, edges[0].t_mm]).tolist()),
+                      tuple(frame.to_lps([u, v, edges[1].t_mm]).tolist()))
+
+
+def _central_lines(plane_lines: dict, central: int) -> tuple[tuple[HeightLine, ...], tuple]:
+    """The anterior, middle and posterior lines where they were measured on the mid-sagittal plane (on the
+    nearest plane where one was not found there: every measured height gets its points), and the
+    middle-profile lines of the plane of the middle line."""
+    nearest_first = sorted(plane_lines, key=lambda p: (abs(p - central), p))
+    lines, middle_lines = [], ()
+    for name in ("anterior", "middle", "posterior"):
+        plane = next((p for p in nearest_first if plane_lines[p].get(name) is not None), None)
+        if plane is not None:
+            lines.append(plane_lines[plane][name])
+            middle_lines = plane_lines[plane]["middle profile"] if name == "middle" else middle_lines
+    return tuple(lines), middle_lines
 
 
 def _genant_points(probe: BodyProbe, frame: VertebralFrame, planes_u: tuple[float, ...], extents: list,

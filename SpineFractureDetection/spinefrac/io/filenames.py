@@ -1,7 +1,7 @@
 """Every file name the project writes and reads back, in one place.
 
 A run's output folder (``spinefrac run``, each case of ``spinefrac batch``, the Slicer module's
-child process) holds the first six, findings.txt and, for a DICOM source series, the two DICOM objects; evaluation, the module and batch summaries read them back
+child process) holds the first six, findings.txt, points.mrk.json, heights.mrk.json and, for a DICOM source series, the two DICOM objects; evaluation, the module and batch summaries read them back
 by these names.
 """
 
@@ -29,3 +29,6 @@ TRAINING_CHECKPOINT_FILE = "checkpoint.pt"
 # Vertebra points (one per vertebral body, Slicer markups point list, LPS mm): the points a guided run used
 # or found, to check and correct in Slicer.
 POINTS_FILE = "points.mrk.json"
+# Genant's six points per measured level (Slicer markups point list, LPS mm: '<level> anterior superior', ...), each
+# pair the reported height apart: to see and move in Slicer, and to give back with spinefrac run --heights.
+HEIGHTS_FILE = "heights.mrk.json"

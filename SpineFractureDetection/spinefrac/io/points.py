@@ -320,15 +320,18 @@ def _is_number(cell: str) -> bool:
 # -- writing ---------------------------------------------------------------------------------------
 
 
-def markups_document(points: list[VertebraPoint], description: str = "") -> dict:
+def markups_document(points: list[VertebraPoint], description: str = "", labels: list[str] | None = None) -> dict:
     """A Slicer markups point list (LPS mm): one control point per point, labelled with its level's name
-    or P-<n> when unnamed; ``description`` (e.g. "vertebral body centre found by the guided engine") on
-    every point."""
+    or P-<n> when unnamed (or with ``labels``, one per point: "L1 anterior superior"); ``description``
+    (e.g. "vertebral body centre found by the guided engine") on every point."""
+    if labels is not None and len(labels) != len(points):
+        raise ValueError(f"{len(labels)} labels for {len(points)} points")
     control_points = []
     for number, point in enumerate(points, start=1):
         control_points.append({
             "id": str(number),
-            "label": point.level.name if point.level else f"{UNNAMED_LABEL_PREFIX}{number}",
+            "label": (labels[number - 1] if labels is not None
+                      else point.level.name if point.level else f"{UNNAMED_LABEL_PREFIX}{number}"),
             "description": description,
             "associatedNodeID": "",
             "position": [float(v) for v in point.position_lps_mm],

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from spinefrac.assessment.fracture import DECISION_COLORS_RGB, FractureFindings
+from spinefrac.assessment.morphometry import HEIGHTS_FROM_USER_POINTS
 from spinefrac.assessment.quality import QcVerdict
 from spinefrac.levels import LEVEL_BY_ID
 
@@ -34,6 +35,19 @@ def level_caption(name: str, findings: FractureFindings | None) -> str:
     if finding is None or finding.genant_grade is None:
         return name
     return f"{name} G{finding.genant_grade}" if finding.genant_grade else name
+
+
+USER_HEIGHTS_COLOUR = "cyan"  # height lines of a level measured from points the user placed or moved
+
+
+def height_line_colour(source: str) -> str:
+    """White for heights measured on the CT, cyan for heights from the user's points."""
+    return USER_HEIGHTS_COLOUR if source == HEIGHTS_FROM_USER_POINTS else "white"
+
+
+def user_heights_levels(findings: FractureFindings | None) -> list[str]:
+    """The levels whose heights come from points the user placed or moved, cranial first."""
+    return [f.level.name for f in findings.findings if f.height_source == HEIGHTS_FROM_USER_POINTS] if findings else []
 
 
 def bone_window(hu: np.ndarray) -> np.ndarray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from spinefrac.assessment.fracture import L1_OSTEOPENIA_HU, L1_OSTEOPOROSIS_HU
+from spinefrac.assessment.morphometry import HEIGHTS_FROM_USER_POINTS
 
 GRADE_WORDS = {1: "mild", 2: "moderate", 3: "severe"}
 
@@ -44,6 +45,7 @@ def findings_lines(report: dict) -> list[str]:
     lines.append(f"Level numbering: {numbering_sentence(report.get('segmentation', {}))}")
     lines.append("Vertebral fractures:" if fractured else _no_fracture_sentence(rows))
     lines += [f"- {fracture_sentence(row)}" for row in fractured]
+    lines += [f"Heights: {user_heights_sentence(rows)}"] if user_heights_sentence(rows) else []
     lines.append(f"Osteoporosis screen: {osteoporosis_sentence(report)}")
     lines.append(f"Not assessable: {_not_assessable(rows)}")
     lines.append(f"Masks: {masks_sentence(report.get('segmentation', {}))}")
@@ -63,6 +65,15 @@ def fracture_sentence(row: dict) -> str:
     cautions = [part for part in (row.get("decision_reason") or "").split("; ")
                 if part.startswith(("lumbosacral", "classifier"))]
     return sentence + "".join(f"; {caution}" for caution in cautions) + "."
+
+
+def user_heights_sentence(rows: list[dict]) -> str:
+    """Which levels' heights come from points the user placed or moved (empty: none)."""
+    names = [row["level"] for row in rows if row.get("height_source") == HEIGHTS_FROM_USER_POINTS]
+    if not names:
+        return ""
+    return (f"{', '.join(names)} measured from {HEIGHTS_FROM_USER_POINTS} (the distances of the six points given "
+            "with --heights); the other levels as measured on the CT.")
 
 
 def height_loss_phrase(row: dict) -> str:

@@ -18,7 +18,13 @@ from spinefrac.assessment.geometry import VoxelGrid, sample_at  # noqa: E402
 from spinefrac.assessment.morphometry import SpineMorphometry, VertebraMorphometry  # noqa: E402
 from spinefrac.assessment.quality import SegmentationQuality  # noqa: E402
 from spinefrac.io.images import CtVolume  # noqa: E402
-from spinefrac.reporting.drawing import PNG_OPTIONS, bone_window, qc_marked  # noqa: E402
+from spinefrac.reporting.drawing import (  # noqa: E402
+    PNG_OPTIONS,
+    USER_HEIGHTS_COLOUR,
+    bone_window,
+    height_line_colour,
+    qc_marked,
+)
 from spinefrac.segmentation.base import VertebraSegmentation  # noqa: E402
 
 GALLERY_COLUMNS = 4
@@ -79,7 +85,7 @@ def _gallery_panel(axis_plot, ct, segmentation, grid, m: VertebraMorphometry, fi
         for line in m.heights.lines:
             ends = m.frame.to_local(np.array([line.inferior_lps_mm, line.superior_lps_mm]))
             axis_plot.plot(GALLERY_HALF_WIDTH_MM - ends[:, 1], GALLERY_HALF_HEIGHT_MM + ends[:, 2],
-                           color="white", linewidth=1.2)
+                           color=height_line_colour(m.heights.source), linewidth=1.2)
         if finding is not None and finding.genant_grade is not None:
             _expected_outline(axis_plot, m, finding)
     # y given: matplotlib then skips placing the title above tick labels (a hidden axis has none; 0.2 s a picture)
@@ -110,6 +116,8 @@ def _gallery_caption(m: VertebraMorphometry, finding) -> str:
         return f"{m.level.name}: not assessable"
     heights = (f"A {finding.height_anterior_mm:.0f} / M {finding.height_middle_mm:.0f} "
                f"/ P {finding.height_posterior_mm:.0f}")
+    if height_line_colour(finding.height_source) == USER_HEIGHTS_COLOUR:
+        heights += " (user's points)"
     grade = f"grade {finding.genant_grade}" + (f" {finding.genant_type.value}" if finding.genant_grade else "")
     score = f", p={finding.fracture_probability:.2f}" if finding.fracture_probability is not None else ""
     return f"{m.level.name}: {grade}, loss {finding.height_loss:.0%}{score}\n{heights}"

@@ -26,8 +26,10 @@ from spinefrac.reporting.drawing import (  # noqa: E402
     PNG_OPTIONS,
     bone_window,
     colour_table,
+    height_line_colour,
     level_caption,
     qc_marked,
+    user_heights_levels,
 )
 from spinefrac.segmentation.base import VertebraSegmentation, labelled_box  # noqa: E402
 
@@ -164,6 +166,7 @@ def _draw_planes(axis_plot, view: _View, rows: _Rows, hu: np.ndarray, labels: np
 
 
 def _add_legend(figure, findings: FractureFindings | None, quality: SegmentationQuality | None = None) -> None:
+    user_levels = user_heights_levels(findings)
     if quality is not None:
         figure.text(0.5, 0.035, f"Quality control: {quality.summary()}. Orange 'QC fail': mask implausible, "
                     "not graded; yellow 'QC warn': check the mask, graded unless offline-engine (reasons in report.json).",
@@ -174,7 +177,9 @@ def _add_legend(figure, findings: FractureFindings | None, quality: Segmentation
         f"Bone window L {BONE_WINDOW_LEVEL_HU:.0f} / W {BONE_WINDOW_WIDTH_HU:.0f} HU. "
         f"Labels seen through a ±{LABEL_SLAB_HALF_WIDTH_MM:.0f} mm slab around each plane."
         + (" Red: fractured (Genant grade >= 1), green: normal, grey: not assessable; "
-           "white lines: measured heights." if findings else ""),
+           "white lines: measured heights." if findings else "")
+        + (f" Cyan lines: heights from points placed or moved by the user ({', '.join(user_levels)})."
+           if user_levels else ""),
         color="lightgray",
         ha="center",
         fontsize=9,
@@ -191,7 +196,7 @@ def _draw_height_lines(axis_plot, ct, morphometry, h_low, k_low, spacing_h, spac
             ends = grid.kji(np.array([line.inferior_lps_mm, line.superior_lps_mm]))
             x_mm = (ends[:, 1] - h_low + 0.5) * spacing_h
             y_mm = (ends[:, 0] - k_low + 0.5) * spacing_k
-            axis_plot.plot(x_mm, y_mm, color="white", linewidth=1.2)
+            axis_plot.plot(x_mm, y_mm, color=height_line_colour(m.heights.source), linewidth=1.2)
 
 
 def _name_levels(axis_plot, ct, measurements, removed_axis, h_low, k_low, spacing_h, spacing_k,

@@ -26,12 +26,13 @@ from spinefrac.reporting.findings import findings_text
 from spinefrac.segmentation.base import NUMBERING_CHECK, VertebraSegmentation
 
 REPORT_SCHEMA = "spinefrac-report"
-REPORT_SCHEMA_VERSION = "1.5.0"  # 1.1: fracture findings per level; 1.2: segmentation.level_identification;
+REPORT_SCHEMA_VERSION = "1.6.0"  # 1.1: fracture findings per level; 1.2: segmentation.level_identification;
 # 1.3: quality control (per level qc_verdict/qc_reasons columns, a quality_control block); expected
 # anterior/middle heights and the relative height loss per section; findings_text (what findings.txt
 # holds) and dicom_export; 1.4: segmentation.masks_fit_for_density, segmentation.grading_needs_clean_qc,
 # quality_control.levels[].border_contact_ratios; 1.5: input.fingerprint and segmentation.fingerprint (sha256,
-# size and file count of the inputs, spinefrac.io.paths.input_fingerprint)
+# size and file count of the inputs, spinefrac.io.paths.input_fingerprint); 1.6: levels[].height_source (measured, or
+# points placed or moved by the user: spinefrac run --heights)
 
 SACRUM_NOTE = "sacrum: fused bone, reported for level counting; not graded for fracture"
 
@@ -65,6 +66,9 @@ COLUMN_DEFINITIONS: dict[str, str] = {
     "planes, mm",
     "height_middle_mm": "body height at the middle of the body, same method, mm",
     "height_posterior_mm": "body height at the posterior point (85 % of the semi-depth behind the middle), mm",
+    "height_source": "where the three heights come from: 'measured' on the CT as above, or 'points placed or moved "
+    "by the user' (spinefrac run --heights: the distances of the level's six points in the edited heights.mrk.json); "
+    "empty without heights",
     "height_anterior_expected_mm": "expected anterior height: central height (anterior + posterior) / 2 of up "
     "to two undeformed levels on each side (median), less half this level's physiological wedging "
     "(Masharawi et al., Eur Spine J 2010) and the neighbours' own, mm",
@@ -258,7 +262,7 @@ def _screen(findings: FractureFindings | None) -> dict | None:
 
 def _finding_columns(f: VertebraFinding | None) -> dict:
     if f is None:
-        return {key: None for key in ("height_anterior_mm", "height_middle_mm", "height_posterior_mm",
+        return {key: None for key in ("height_anterior_mm", "height_middle_mm", "height_posterior_mm", "height_source",
                                       "height_anterior_expected_mm", "height_middle_expected_mm",
                                       "height_posterior_expected_mm", "anterior_height_loss_percent",
                                       "middle_height_loss_percent", "posterior_height_loss_percent",
@@ -270,6 +274,7 @@ def _finding_columns(f: VertebraFinding | None) -> dict:
         "height_anterior_mm": rounded_or_none(f.height_anterior_mm, 1),
         "height_middle_mm": rounded_or_none(f.height_middle_mm, 1),
         "height_posterior_mm": rounded_or_none(f.height_posterior_mm, 1),
+        "height_source": f.height_source,
         "height_anterior_expected_mm": rounded_or_none(f.height_anterior_expected_mm, 1),
         "height_middle_expected_mm": rounded_or_none(f.height_middle_expected_mm, 1),
         "height_posterior_expected_mm": rounded_or_none(f.height_posterior_expected_mm, 1),
