@@ -10,12 +10,19 @@ Two inputs for one case name (``A_ct.nii.gz`` and ``A_ct.nrrd``, or ``A_ct.nii.g
 owner's pid) keeps a second batch out. An interrupted batch (Ctrl-C, SIGTERM) writes its summary
 with the cases that finished; run again without --overwrite, it keeps each finished case whose
 report.json records the same input (sha256) and whose every output is there, and runs the rest.
+
+Cases run one after another in this process, or on Dask with ``workers`` (a local cluster of that many
+processes) or ``scheduler`` (an existing cluster's address): spinefrac.batch_dask. Either way the batch ends
+(also when interrupted) with the cohort outputs, cohort.csv and cohort_summary.json (spinefrac.reporting.cohort),
+from the report.json of every finished case.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import io
+import itertools
 import json
 import re
 import signal
@@ -27,11 +34,13 @@ from pathlib import Path
 
 from spinefrac import __version__
 from spinefrac.errors import Interrupted, InputError, OutputError, SpineFracError
-from spinefrac.io.filenames import BATCH_LOCK_FILE, BATCH_SUMMARY_CSV_FILE, BATCH_SUMMARY_JSON_FILE, REPORT_JSON_FILE
+from spinefrac.io.filenames import (BATCH_LOCK_FILE, BATCH_SUMMARY_CSV_FILE, BATCH_SUMMARY_JSON_FILE, COHORT_CSV_FILE,
+                                    COHORT_SUMMARY_JSON_FILE, REPORT_JSON_FILE)
 from spinefrac.io.images import IMAGE_SUFFIX_PATTERN
 from spinefrac.io.outputs import refuse_overlap, take_lock, write_text_atomically
 from spinefrac.io.paths import input_fingerprint, is_utf8, require_usable_path, shown_path
 from spinefrac.pipeline import expected_outputs, run_pipeline
+from spinefrac.reporting.cohort import write_cohort
 
 _CT_FILE = re.compile(rf"^(?P<name>.+)_ct{IMAGE_SUFFIX_PATTERN}$", re.IGNORECASE)
 _SEG_FILE = re.compile(rf"^(?P<name>.+)_seg{IMAGE_SUFFIX_PATTERN}$", re.IGNORECASE)
@@ -112,14 +121,32 @@ def _by_case_name(folder: Path, named: list[tuple[str, Path]], what: str) -> dic
 
 
 def run_batch(folder: Path | str, output: Path | str, overwrite: bool = False, log=print,
-              **run_options) -> list[CaseOutcome]:
-    """Run every case of ``folder`` into ``output``; the outcomes, also written as the batch summary. Without
-    ``overwrite`` an output folder of an earlier run of this batch is resumed: finished cases are kept."""
+              workers: int | None = None, scheduler: str | None = None, **run_options) -> list[CaseOutcome]:
+    """Run every case of ``folder`` into ``output``; the outcomes, also written as the batch summary and the
+    cohort outputs. Without ``overwrite`` an output folder of an earlier run of this batch is resumed: finished
+    cases are kept. ``workers`` or ``scheduler``: the cases run on Dask (spinefrac.batch_dask.DaskCases)."""
     folder, output = Path(folder), Path(output)
     require_usable_path(folder, "batch input", entries=False)
     require_usable_path(output, "batch output", OutputError, whole=True, entries=False)
     refuse_overlap(output, [folder])
     cases, outcomes = find_cases(folder)
+    dask = None
+    if workers is not None or scheduler is not None:  # connected before anything is written
+        from spinefrac.batch_dask import DaskCases
+        dask = DaskCases(workers, scheduler)
+    try:
+        outcomes += _run_in_output(cases, output, overwrite, log, run_options, outcomes, dask)
+    finally:
+        if dask is not None:
+            dask.close()
+    write_summary(outcomes, output)
+    write_cohort_of(outcomes, output)
+    return outcomes
+
+
+def _run_in_output(cases: list[BatchCase], output: Path, overwrite: bool, log, run_options: dict,
+                   earlier: list[CaseOutcome], dask) -> list[CaseOutcome]:
+    """Create and lock the output folder, run the cases into it; their outcomes."""
     existed = output.is_dir()
     if not existed:
         try:
@@ -138,16 +165,15 @@ def run_batch(folder: Path | str, output: Path | str, overwrite: bool = False, l
             log(f"note: took over the lock of batch process {stale}, which is no longer running")
         if existed and not overwrite:
             _refuse_foreign_entries(output, cases)
-        outcomes += _run_cases(cases, output, overwrite, log, run_options, outcomes)
+        return _run_cases(cases, output, overwrite, log, run_options, earlier, dask)
     finally:
         lock.unlink(missing_ok=True)
-    write_summary(outcomes, output)
-    return outcomes
 
 
 def _refuse_foreign_entries(output: Path, cases: list[BatchCase]) -> None:
     """Without --overwrite an existing output folder may hold this batch's case folders and summary only."""
-    ours = {case.name for case in cases} | {BATCH_SUMMARY_JSON_FILE, BATCH_SUMMARY_CSV_FILE}
+    ours = {case.name for case in cases} | {BATCH_SUMMARY_JSON_FILE, BATCH_SUMMARY_CSV_FILE, COHORT_CSV_FILE,
+                                            COHORT_SUMMARY_JSON_FILE}
     foreign = sorted(p.name for p in output.iterdir() if not p.name.startswith(".") and p.name not in ours)
     if foreign:
         shown = ", ".join(shown_path(name) for name in foreign[:3]) + (" ..." if len(foreign) > 3 else "")
@@ -156,16 +182,33 @@ def _refuse_foreign_entries(output: Path, cases: list[BatchCase]) -> None:
 
 
 def _run_cases(cases: list[BatchCase], output: Path, overwrite: bool, log, run_options: dict,
-               earlier: list[CaseOutcome]) -> list[CaseOutcome]:
-    """Every case in turn; on Ctrl-C or SIGTERM the summary records what finished, then Interrupted."""
+               earlier: list[CaseOutcome], dask=None) -> list[CaseOutcome]:
+    """Every case, in turn or on Dask; on Ctrl-C or SIGTERM the summaries record what finished, then
+    Interrupted."""
     done: list[CaseOutcome] = []
+    counter = itertools.count(1)
+
+    def record(outcome: CaseOutcome) -> None:
+        done.append(outcome)
+        log(f"[{next(counter)}/{len(cases)}] {outcome.name}: {outcome.status}"
+            + (f" ({outcome.message})" if outcome.message else ""))
+
+    kept = (lambda case: _kept_case(case, output) if not overwrite and (output / case.name).exists() else None)
     try:
-        for index, case in enumerate(cases, start=1):
-            outcome = _kept_case(case, output) if not overwrite and (output / case.name).exists() else None
-            outcome = outcome or _run_case(case, output, overwrite, run_options)
-            done.append(outcome)
-            log(f"[{index}/{len(cases)}] {case.name}: {outcome.status}"
-                + (f" ({outcome.message})" if outcome.message else ""))
+        if dask is None:
+            for case in cases:
+                record(kept(case) or _run_case(case, output, overwrite, run_options))
+        else:
+            todo = []
+            for case in cases:  # finished cases are checked here, the rest go to the workers
+                outcome = kept(case)
+                record(outcome) if outcome else todo.append(case)
+            task = functools.partial(_run_case, output=output, overwrite=overwrite, run_options=run_options,
+                                     raise_unexpected=True)
+            for outcome in dask.run(todo, task, _failed_task):
+                record(outcome)
+        order = {case.name: index for index, case in enumerate(cases)}
+        done.sort(key=lambda outcome: order[outcome.name])  # Dask finishes them in any order
     except BaseException as stop:  # KeyboardInterrupt, SIGTERM (errors.Terminated), SystemExit
         if isinstance(stop, Exception):
             raise
@@ -177,9 +220,11 @@ def _interrupted(stop: BaseException, cases: list[BatchCase], done: list[CaseOut
                  output: Path) -> Interrupted:
     """Write the summary of an interrupted batch; the exception that says what finished."""
     signal_name = "interrupted (Ctrl-C)" if isinstance(stop, KeyboardInterrupt) else "terminated"
-    rest = [CaseOutcome(case.name, "interrupted", "not finished: the batch was stopped", 0.0)
-            for case in cases[len(done):]]
-    write_summary(earlier + done + rest, output)
+    by_name = {outcome.name: outcome for outcome in done}
+    every = [by_name.get(case.name) or CaseOutcome(case.name, "interrupted", "not finished: the batch was stopped",
+                                                    0.0) for case in cases]
+    write_summary(earlier + every, output)
+    write_cohort_of(earlier + every, output)
     finished = [o.name for o in done if o.status == "ok"]
     listed = ", ".join(finished[:5]) + (" ..." if len(finished) > 5 else "")
     code = 128 + signal.SIGINT if isinstance(stop, KeyboardInterrupt) else 128 + signal.SIGTERM
@@ -225,22 +270,42 @@ def finished_case_report(folder: Path, ct_path: Path, segmentation_path: Path | 
     return report, ""
 
 
-def _run_case(case: BatchCase, output: Path, overwrite: bool, run_options: dict) -> CaseOutcome:
+def _run_case(case: BatchCase, output: Path, overwrite: bool, run_options: dict,
+              raise_unexpected: bool = False) -> CaseOutcome:
+    """One case, as ``spinefrac run`` would write it. ``raise_unexpected``: an error that is not the input's
+    (out of memory, a bug) is raised, for Dask to retry the task, instead of reported."""
     started = time.perf_counter()
     try:
         result = run_pipeline(case.ct_path, output / case.name, segmentation_path=case.segmentation_path,
                               overwrite=overwrite, **run_options)
     except SpineFracError as error:
         return CaseOutcome(case.name, "failed", str(error), time.perf_counter() - started)
-    except MemoryError:
-        return CaseOutcome(case.name, "failed", "out of memory", time.perf_counter() - started)
     except Exception as error:  # a bug in one case must not stop the batch; its type is kept
-        where = traceback.extract_tb(error.__traceback__)[-1]
-        return CaseOutcome(case.name, "failed", f"internal error {type(error).__name__}: {error} "
-                           f"({Path(where.filename).name}:{where.lineno})", time.perf_counter() - started)
+        if raise_unexpected:
+            raise
+        return _failed_task(case, error, time.perf_counter() - started)
     fractured = [row["level"] for row in result.report.rows if row.get("decision") == "fractured"]
     return CaseOutcome(case.name, "ok", "", time.perf_counter() - started, len(result.report.rows),
                        ";".join(fractured), str(result.output_folder))
+
+
+def _failed_task(case: BatchCase, error: BaseException, seconds: float = 0.0) -> CaseOutcome:
+    """The outcome of a case whose run raised (also on Dask, after its retry), with where it was raised."""
+    if isinstance(error, MemoryError):
+        return CaseOutcome(case.name, "failed", "out of memory", seconds)
+    frames = traceback.extract_tb(error.__traceback__)
+    where = f" ({Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
+    return CaseOutcome(case.name, "failed", f"internal error {type(error).__name__}: {error}{where}", seconds)
+
+
+def write_cohort_of(outcomes: list[CaseOutcome], output: Path) -> None:
+    """cohort.csv and cohort_summary.json from the report.json of every finished case."""
+    reports = {}
+    for outcome in outcomes:
+        if outcome.status == "ok":
+            reports[outcome.name] = json.loads((output / outcome.name / REPORT_JSON_FILE).read_text(encoding="utf-8"))
+    failed = {o.name: o.message for o in outcomes if o.status == "failed"}
+    write_cohort(output, reports, failed, [o.name for o in outcomes if o.status == "interrupted"])
 
 
 def write_summary(outcomes: list[CaseOutcome], output: Path) -> None:

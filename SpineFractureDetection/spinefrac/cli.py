@@ -160,7 +160,9 @@ def _add_batch_parser(commands) -> None:
                     "each with an optional NAME_seg.nii.gz segmentation beside it. Results go to OUTDIR/NAME/, "
                     "and OUTDIR/batch_summary.json/.csv list every case with its status. Exit code 0 when every "
                     "case succeeded, 3 when some failed. Interrupted (Ctrl-C), it keeps the finished cases and "
-                    "writes the summary; run again, it does the rest.",
+                    "writes the summary; run again, it does the rest. OUTDIR/cohort.csv (a row per case and level) "
+                    "and cohort_summary.json sum up the cohort. --workers or --scheduler run the cases on Dask "
+                    "(pip install \"spinefrac[cohort]\").",
     )
     batch.add_argument("input", type=_input_path, metavar="INPUT_DIR")
     batch.add_argument("-o", "--output", type=_output_path, required=True, metavar="OUTDIR")
@@ -169,6 +171,12 @@ def _add_batch_parser(commands) -> None:
     batch.add_argument("--overwrite", action="store_true",
                        help="rerun every case, replacing existing case folders in OUTDIR (without it, a batch run "
                             "again into its OUTDIR keeps each finished case of an unchanged input and runs the rest)")
+    on_dask = batch.add_mutually_exclusive_group()
+    on_dask.add_argument("--workers", type=_positive_int, metavar="N",
+                         help="run the cases on a local Dask cluster of N worker processes (one thread each)")
+    on_dask.add_argument("--scheduler", metavar="ADDRESS",
+                         help="send the cases to a running Dask cluster (tcp://HOST:PORT); its workers must see "
+                              "INPUT_DIR and OUTDIR at the same paths and have spinefrac installed")
     batch.set_defaults(handler=_batch)
 
 
@@ -330,8 +338,8 @@ def _batch(args: argparse.Namespace) -> int:
     from spinefrac.io.filenames import BATCH_SUMMARY_JSON_FILE
 
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
-    outcomes = run_batch(args.input, args.output, overwrite=args.overwrite, log=log, device=args.device,
-                         check_hu=not args.no_hu_check)
+    outcomes = run_batch(args.input, args.output, overwrite=args.overwrite, log=log, workers=args.workers,
+                         scheduler=args.scheduler, device=args.device, check_hu=not args.no_hu_check)
     failed = [o for o in outcomes if o.status == "failed"]
     ok = sum(o.status == "ok" for o in outcomes)
     kept = sum(o.message == KEPT_MESSAGE for o in outcomes)

@@ -264,7 +264,8 @@ class BackgroundDrawing:
         self._timeout_s = timeout_s  # a watchdog: a child that never answers is ended, the drawing done here
 
     def start(self, draw, *args, **kwargs) -> None:
-        if "fork" not in multiprocessing.get_all_start_methods():
+        # A daemonic process (a Dask worker, a multiprocessing pool's) may not start children: drawn here.
+        if "fork" not in multiprocessing.get_all_start_methods() or multiprocessing.current_process().daemon:
             draw(*args, **kwargs)
             return
         self._drawing = (draw, args, kwargs)

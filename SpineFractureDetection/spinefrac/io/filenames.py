@@ -17,6 +17,8 @@ DICOM_SR_FILE = "measurements_sr.dcm"  # DICOM SR TID 1500 measurement report (D
 
 BATCH_SUMMARY_JSON_FILE = "batch_summary.json"
 BATCH_SUMMARY_CSV_FILE = "batch_summary.csv"
+COHORT_CSV_FILE = "cohort.csv"  # a row per case and level: the report columns plus the case
+COHORT_SUMMARY_JSON_FILE = "cohort_summary.json"
 BATCH_LOCK_FILE = ".spinefrac-batch.lock"  # in a batch output folder while a batch writes it: the pid
 EVALUATION_JSON_FILE = "evaluation.json"
 EVALUATION_CSV_FILE = "evaluation.csv"
