@@ -9,7 +9,7 @@ conventions may import each other, and so may the application modules):
   3 assessment
   4 reporting, synthetic
   5 evaluation, training
-  6 the application: pipeline, cli, batch, __main__
+  6 the application: pipeline, cli, batch, batch_dask, __main__
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ MAX_FILE_LINES = 600
 MAX_FUNCTION_LINES = 60
 
 CONVENTIONS = {"levels", "coordinates", "hounsfield", "errors", "progress", "device", "__init__"}
-APPLICATION = {"pipeline", "cli", "batch", "__main__"}
+APPLICATION = {"pipeline", "cli", "batch", "batch_dask", "__main__"}
 STAGE_RANKS = {"io": 1, "segmentation": 2, "assessment": 3, "reporting": 4, "synthetic": 4, "evaluation": 5,
                "training": 5}
 INDEPENDENT_ENGINES = {"spinefrac.segmentation.offline", "spinefrac.segmentation.learned"}

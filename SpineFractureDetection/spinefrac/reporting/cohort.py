@@ -18,7 +18,7 @@ from spinefrac import __version__
 from spinefrac.io.filenames import COHORT_CSV_FILE, COHORT_SUMMARY_JSON_FILE
 from spinefrac.io.outputs import write_text_atomically
 from spinefrac.levels import level_for_name
-from spinefrac.reporting.report import COLUMN_DEFINITIONS, _csv_value
+from spinefrac.reporting.report import COLUMN_DEFINITIONS, csv_value
 
 COHORT_SCHEMA = "spinefrac-cohort"
 COHORT_SCHEMA_VERSION = "1.0.0"
@@ -34,7 +34,7 @@ def cohort_csv(reports: dict[str, dict]) -> str:
     writer.writeheader()
     for case, report in reports.items():
         for row in report.get("levels", []):
-            writer.writerow({"case": case, **{key: _csv_value(row.get(key)) for key in COLUMN_DEFINITIONS}})
+            writer.writerow({"case": case, **{key: csv_value(row.get(key)) for key in COLUMN_DEFINITIONS}})
     return buffer.getvalue()
 
 

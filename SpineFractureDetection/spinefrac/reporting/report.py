@@ -232,7 +232,7 @@ class SpineReport:
         writer = csv.DictWriter(buffer, fieldnames=list(COLUMN_DEFINITIONS), lineterminator="\n")
         writer.writeheader()
         for row in self.rows:
-            writer.writerow({key: _csv_value(row[key]) for key in COLUMN_DEFINITIONS})
+            writer.writerow({key: csv_value(row[key]) for key in COLUMN_DEFINITIONS})
         return buffer.getvalue()
 
     def write(self, folder: Path) -> tuple[Path, Path]:
@@ -366,7 +366,8 @@ def level_row(m: VertebraMeasurement, finding: VertebraFinding | None = None,
     }
 
 
-def _csv_value(value):
+def csv_value(value):
+    """A report value as its CSV cell: lists joined with ";", None and NaN empty."""
     if isinstance(value, (list, tuple)):
         return ";".join(str(v) for v in value)
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
