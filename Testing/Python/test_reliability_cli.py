@@ -231,8 +231,11 @@ def test_ctrl_c_in_a_batch_keeps_the_finished_cases_and_a_rerun_does_the_rest(tm
     finished = [c["name"] for c in summary["cases"] if c["status"] == "ok"]
     assert len(finished) >= 2 and summary["counts"]["interrupted"] == 5 - len(finished)
     assert f"{len(finished)} finished and kept" in stderr.splitlines()[-1]
-    assert sorted(p.name for p in out.iterdir() if not p.name.startswith("batch_summary")) == finished
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(("batch_summary", "cohort"))) == finished
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no lock, no partial folder
+    cohort = json.loads((out / "cohort_summary.json").read_text(encoding="utf-8"))  # of the finished cases
+    assert cohort["cases"]["reported"] == len(finished) and len(cohort["not_finished_cases"]) == 5 - len(finished)
+    assert {row.split(",")[0] for row in (out / "cohort.csv").read_text().splitlines()[1:]} == set(finished)
     kept = {name: _digests(out / name) for name in finished}
 
     rerun = run_cli("batch", folder, "-o", out)
@@ -261,7 +264,7 @@ def test_sigterm_in_a_batch_writes_the_summary_of_what_finished(tmp_path, sample
     summary = json.loads((out / "batch_summary.json").read_text(encoding="utf-8"))
     finished = [c["name"] for c in summary["cases"] if c["status"] == "ok"]
     assert finished[:1] == ["a"] and summary["counts"]["interrupted"] == 4 - len(finished)
-    assert sorted(p.name for p in out.iterdir() if not p.name.startswith("batch_summary")) == finished
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(("batch_summary", "cohort"))) == finished
 
 
 def test_a_finished_case_is_kept_only_when_checked_against_its_input(tmp_path, sample_ct, sample_labels):
@@ -433,6 +436,7 @@ def test_results_follow_the_umask(tmp_path, sample_ct, sample_labels, umask):
     assert {stat.S_IMODE(p.stat().st_mode) for p in made} == {0o777 & ~umask}
     files = [*(tmp_path / "run").iterdir(), *(tmp_path / "batch" / "a").iterdir(),
              tmp_path / "batch" / "batch_summary.json", tmp_path / "batch" / "batch_summary.csv",
+             tmp_path / "batch" / "cohort.csv", tmp_path / "batch" / "cohort_summary.json",
              *(tmp_path / "evaluation").iterdir()]
     assert {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o666 & ~umask}
 
