@@ -212,6 +212,8 @@ def _run_cases(cases: list[BatchCase], output: Path, overwrite: bool, log, run_o
     except BaseException as stop:  # KeyboardInterrupt, SIGTERM (errors.Terminated), SystemExit
         if isinstance(stop, Exception):
             raise
+        if dask is not None:  # its workers stopped before the summary says which cases finished
+            dask.close()
         raise _interrupted(stop, cases, done, earlier, output) from None
     return done
 
@@ -221,17 +223,25 @@ def _interrupted(stop: BaseException, cases: list[BatchCase], done: list[CaseOut
     """Write the summary of an interrupted batch; the exception that says what finished."""
     signal_name = "interrupted (Ctrl-C)" if isinstance(stop, KeyboardInterrupt) else "terminated"
     by_name = {outcome.name: outcome for outcome in done}
-    every = [by_name.get(case.name) or CaseOutcome(case.name, "interrupted", "not finished: the batch was stopped",
-                                                    0.0) for case in cases]
+    every = [by_name.get(case.name) or _finished_while_stopping(case, output) for case in cases]
     write_summary(earlier + every, output)
     write_cohort_of(earlier + every, output)
-    finished = [o.name for o in done if o.status == "ok"]
+    finished = [o.name for o in every if o.status == "ok"]
     listed = ", ".join(finished[:5]) + (" ..." if len(finished) > 5 else "")
     code = 128 + signal.SIGINT if isinstance(stop, KeyboardInterrupt) else 128 + signal.SIGTERM
     return Interrupted(
         f"batch {signal_name} after {len(done)} of {len(cases)} cases; {len(finished)} finished and kept"
         + (f" ({listed})" if finished else "") + f"; summary in {output / BATCH_SUMMARY_JSON_FILE}; run the same "
         "command again (without --overwrite) to do the rest", code)
+
+
+def _finished_while_stopping(case: BatchCase, output: Path) -> CaseOutcome:
+    """A case not reported finished when the batch was stopped: a Dask worker may still have completed it
+    (its folder appears whole, by one rename); listed as finished when it checks as this input's result."""
+    if (output / case.name).is_dir() and finished_case_report(output / case.name, case.ct_path,
+                                                              case.segmentation_path)[0] is not None:
+        return CaseOutcome(case.name, "ok", "finished while the batch was stopping", 0.0, output=str(output / case.name))
+    return CaseOutcome(case.name, "interrupted", "not finished: the batch was stopped", 0.0)
 
 
 def _kept_case(case: BatchCase, output: Path) -> CaseOutcome:

@@ -11,6 +11,7 @@ A task that raises (an internal error, out of memory, its worker died) is retrie
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Callable, Iterator
 
 from spinefrac.errors import InputError
@@ -41,8 +42,14 @@ class DaskCases:
                 raise InputError(f"Dask scheduler {scheduler} does not answer within {CONNECT_TIMEOUT_S} s "
                                  f"({reason}); check the address (tcp://HOST:PORT) and that the cluster runs") from None
         else:
-            self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                        dashboard_address=None, silence_logs=logging.ERROR)
+            # Ctrl-C reaches the whole process group: the workers, started ignoring SIGINT, leave it to this
+            # process, which cancels their cases and closes the cluster (no traceback from every worker).
+            ignored = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            try:
+                self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                            dashboard_address=None, silence_logs=logging.CRITICAL)
+            finally:
+                signal.signal(signal.SIGINT, ignored)
             self.client = Client(self.cluster)
 
     def run(self, cases: list, task: Callable, failed: Callable) -> Iterator:
@@ -65,6 +72,8 @@ class DaskCases:
             self.client.cancel([f for f in futures if not f.done()])
 
     def close(self) -> None:
+        """Disconnect; a local cluster's workers are ended (a case being written is left as a partial folder,
+        which the next run into the output folder removes). Closing twice is harmless."""
         self.client.close()
         if self.cluster is not None:
             self.cluster.close()

@@ -1,11 +1,15 @@
 """spinefrac batch on Dask: a local cluster of two worker processes gives every case exactly as a run of it
 alone (report values, label maps voxel for voxel), a bad case is reported while the others finish, the
-cohort summary counts what the cases' reports say, and a scheduler that does not answer is one line, exit 2,
-with nothing written."""
+cohort summary counts what the cases' reports say, Ctrl-C lists the cases finished (and only those are on
+disk, whole), and a scheduler that does not answer is one line, exit 2, with nothing written."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +20,12 @@ from spine_test_utils import run_cli
 
 pytest.importorskip("distributed", reason="Dask is not installed (pip install '.[cohort]')")
 
-from spinefrac.batch import run_batch  # noqa: E402
+from spinefrac.batch import finished_case_report, run_batch  # noqa: E402
 from spinefrac.pipeline import run_pipeline  # noqa: E402
 from spinefrac.synthetic.phantom import Fracture, PhantomSpec, make_phantom  # noqa: E402
 
 LEVELS = ("T12", "L1", "L2", "L3", "L4", "L5", "sacrum")
+CORE = str(Path(__file__).resolve().parents[2] / "SpineFractureDetection")
 CASES = {"p1": {"L2": Fracture("wedge", 0.35)}, "p2": {}, "p3": {"L1": Fracture("biconcave", 0.3)},
          "p4": {"L3": Fracture("crush", 0.3), "L1": Fracture("wedge", 0.45)}}
 
@@ -106,3 +111,25 @@ def test_a_scheduler_that_does_not_answer_is_one_line_exit_2_and_nothing_written
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "tcp://127.0.0.1:9" in lines[0] and "does not answer" in lines[0], result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_ctrl_c_on_dask_lists_what_finished_and_it_is_whole_on_disk(cohort):
+    root, _ = cohort
+    out = root / "interrupted"
+    env = dict(os.environ, PYTHONPATH=CORE)
+    process = subprocess.Popen([sys.executable, "-m", "spinefrac", "batch", root / "cases", "-o", out, "--workers", "2"],
+                               env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    first = process.stderr.readline()
+    assert first.startswith("[1/5]"), first + process.stderr.read()
+    os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the workers get it too
+    _, rest = process.communicate(timeout=120)
+    assert process.returncode == 130, rest
+    assert "Traceback" not in rest and "batch interrupted (Ctrl-C)" in rest.splitlines()[-1]
+    summary = json.loads((out / "batch_summary.json").read_text(encoding="utf-8"))
+    finished = [c["name"] for c in summary["cases"] if c["status"] == "ok"]
+    assert finished and sorted(p.name for p in out.iterdir() if p.is_dir()) == finished  # listed = on disk
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no lock; workers ended before the summary
+    assert json.loads((out / "cohort_summary.json").read_text(encoding="utf-8"))["cases"]["reported"] == len(finished)
+    for name in finished:  # whole results a rerun keeps (resuming itself is tested on the batch without Dask)
+        assert finished_case_report(out / name, root / "cases" / f"{name}_ct.nii.gz",
+                                    root / "cases" / f"{name}_seg.nii.gz")[0] is not None
