@@ -240,7 +240,8 @@ def _finished_while_stopping(case: BatchCase, output: Path) -> CaseOutcome:
     (its folder appears whole, by one rename); listed as finished when it checks as this input's result."""
     if (output / case.name).is_dir() and finished_case_report(output / case.name, case.ct_path,
                                                               case.segmentation_path)[0] is not None:
-        return CaseOutcome(case.name, "ok", "finished while the batch was stopping", 0.0, output=str(output / case.name))
+        return CaseOutcome(case.name, "ok", "finished while the batch was stopping", 0.0,
+                           output=str(output / case.name))
     return CaseOutcome(case.name, "interrupted", "not finished: the batch was stopped", 0.0)
 
 

@@ -44,7 +44,8 @@ def cohort(tmp_path_factory):
     (folder / "broken_ct.nii.gz").write_bytes(b"not a CT")
     outcomes = run_batch(folder, root / "dask", workers=2, log=lambda line: None)
     for name in CASES:
-        run_pipeline(folder / f"{name}_ct.nii.gz", root / "alone" / name, segmentation_path=folder / f"{name}_seg.nii.gz")
+        run_pipeline(folder / f"{name}_ct.nii.gz", root / "alone" / name,
+                     segmentation_path=folder / f"{name}_seg.nii.gz")
     return root, {o.name: o for o in outcomes}
 
 
@@ -117,8 +118,8 @@ def test_ctrl_c_on_dask_lists_what_finished_and_it_is_whole_on_disk(cohort):
     root, _ = cohort
     out = root / "interrupted"
     env = dict(os.environ, PYTHONPATH=CORE)
-    process = subprocess.Popen([sys.executable, "-m", "spinefrac", "batch", root / "cases", "-o", out, "--workers", "2"],
-                               env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    command = [sys.executable, "-m", "spinefrac", "batch", root / "cases", "-o", out, "--workers", "2"]
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
     first = process.stderr.readline()
     assert first.startswith("[1/5]"), first + process.stderr.read()
     os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the workers get it too

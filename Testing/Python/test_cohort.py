@@ -25,8 +25,8 @@ def _report(rows: list[dict], density: str | None, qc: str = "pass") -> dict:
 REPORTS = {
     "anna": _report([_row("T12", "normal", 0), _row("L1", "fractured", 2), _row("L2", "fractured", 1)],
                     "low bone density"),
-    "ben": _report([_row("L1", "fractured", 3), _row("L2", "not_assessable", qc="fail"), _row("sacrum", "not_assessable")],
-                   "likely osteoporosis", qc="fail"),
+    "ben": _report([_row("L1", "fractured", 3), _row("L2", "not_assessable", qc="fail"),
+                    _row("sacrum", "not_assessable")], "likely osteoporosis", qc="fail"),
     "cleo": _report([_row("L2", "normal", 0, qc="warn"), _row("L1", "fractured", None)], None, qc="warn"),
 }
 
