@@ -99,6 +99,8 @@ class ModelsPanel:
         self.refresh()
         if state.error:
             slicer.util.errorDisplay(f"Download failed: {state.error}")
+        elif state.warning:
+            slicer.util.warningDisplay(state.warning)
         elif state.cancelled:
             slicer.util.infoDisplay(state.message)
 

@@ -268,6 +268,7 @@ def _models(args: argparse.Namespace) -> int:
         read_registry,
         registry_entry,
         remove_model,
+        self_check_model,
         verify_model,
     )
 
@@ -284,16 +285,35 @@ def _models(args: argparse.Namespace) -> int:
         entry = registry_entry(args.name)
         folder = download_model(entry, TerminalProgress(1).stage(f"Downloading {entry.name} v{entry.version}"))
         print(f"{entry.name} v{entry.version} installed in {folder}")
-        return 0
+        return _print_self_check(entry)
     if args.action == "remove":
         entry = registry_entry(args.name)
         print(f"{entry.name} v{entry.version} " + ("removed" if remove_model(entry) else "was not installed"))
         return 0
     entries = [registry_entry(args.name)] if args.name else list(read_registry().values())
+    for entry in entries:  # the model runs on the sample CT again; its record keeps the new result
+        if installed_model(entry) is not None:
+            print(f"{entry.name} v{entry.version}: {self_check_model(entry).summary()}")
     problems = [problem for entry in entries for problem in verify_model(entry)]
     if problems:
         raise InputError("; ".join(problems))
     print(f"{', '.join(e.name for e in entries)}: intact")
+    return 0
+
+
+def _print_self_check(entry) -> int:
+    """After a download: the self-check's figures; exit 1 when the model failed it (it stays installed,
+    and --engine auto passes it by)."""
+    from spinefrac.segmentation.learned.registry import recorded_self_check
+
+    check = recorded_self_check(entry)
+    if check is None:
+        return 0
+    print(f"{entry.name} v{entry.version}: {check.summary()}")
+    if check.passed is False:
+        print(f"{entry.name} is not used by --engine auto; 'spinefrac models remove {entry.name}' removes it",
+              file=sys.stderr)
+        return 1
     return 0
 
 

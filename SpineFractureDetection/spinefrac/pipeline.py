@@ -82,7 +82,8 @@ def choose_engine(
 ) -> SegmentationEngine:
     """The engine for this run: the user's own segmentation when given; otherwise a model
     package path, the registry's model ("monai", downloaded on first use), the classical
-    "offline" engine, or for "auto" a verified model already in the cache, else "offline"."""
+    "offline" engine, or for "auto" a verified model already in the cache that passed its self-check on
+    the sample CT, else "offline" with the reason."""
     if segmentation_path is not None:
         return ExistingLabelMap(segmentation_path, label_convention, read_label_file)
     from spinefrac.segmentation.learned.auto3dseg import Auto3DSegEngine, is_auto3dseg_model
@@ -92,6 +93,8 @@ def choose_engine(
         engine_from_registry,
         installed_engines,
         read_registry,
+        recorded_self_check,
+        self_check_model,
         verify_model,
     )
     from spinefrac.segmentation.offline.engine import OfflineEngine
@@ -112,6 +115,8 @@ def choose_engine(
     failures = []
     if engine == "auto":
         for entry in installed_engines(device):
+            if recorded_self_check(entry) is None:  # installed before models checked themselves: once, now
+                self_check_model(entry, device)
             problems = verify_model(entry)
             if problems:
                 failures.append(f"{entry.name} v{entry.version} not used: {'; '.join(problems)}")

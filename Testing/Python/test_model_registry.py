@@ -32,6 +32,7 @@ from spinefrac.segmentation.offline.engine import OfflineEngine  # noqa: E402
 
 from loopback_server import RangeHandler, serving  # noqa: E402
 from monai_bundle_fixture import L5_CHANNEL, constant_channel_state, write_bundle  # noqa: E402
+from self_check_fixture import check_with_reference_engine  # noqa: E402
 from spine_test_utils import run_cli  # noqa: E402
 
 
@@ -55,6 +56,7 @@ def bundle_zip(tmp_path_factory) -> bytes:
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("SPINEFRAC_CACHE", str(tmp_path / "cache"))
+    check_with_reference_engine(monkeypatch)  # the bundle's own run on the sample: test_model_self_check.py
     return tmp_path / "cache" / "models"
 
 

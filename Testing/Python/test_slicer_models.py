@@ -17,6 +17,7 @@ from spinefrac.segmentation.learned.registry import DOWNLOAD_RECORD_FILE
 from SpineFractureDetectionLib import models
 
 from loopback_server import serving
+from self_check_fixture import check_with_reference_engine
 
 MODEL_FILES = {"labels.csv": b"LabelValue,Name\n1,Sacrum\n", "model.pt": bytes(range(256)) * 12000}
 
@@ -37,6 +38,9 @@ def served_registry(tmp_path, monkeypatch):
     root.mkdir()
     (root / "model.zip").write_bytes(archive)
     monkeypatch.setenv("SPINEFRAC_CACHE", str(tmp_path / "cache"))
+    check_with_reference_engine(monkeypatch)
+    # The archive's model.pt is not a network (the table logic is tested here, not the loader).
+    monkeypatch.setattr(registry, "open_model", lambda entry, folder, device="cpu": None)
     with serving(root) as url:
         entries = [
             {"name": "pinned", "version": "1", "kind": "auto3dseg", "url": f"{url}/model.zip",

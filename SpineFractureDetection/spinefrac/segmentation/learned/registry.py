@@ -13,6 +13,8 @@ says so (and the pipeline falls back to the offline engine).
 Each installed model keeps a download record (``download.json``): the archive's size, sha256 and
 published checksum, and the sha256 of every unpacked file, which ``verify_model`` checks again.
 An entry without a published checksum is trusted on first use, and the record says so.
+After unpacking, the model labels the bundled sample CT (``self_check.py``); the record keeps the
+per-level Dice, and a model that failed is a problem for ``verify_model`` (so --engine auto passes it by).
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from spinefrac.errors import EngineUnavailableError, InputError
+from spinefrac.errors import EngineUnavailableError, InputError, SpineFracError
 from spinefrac.io.model_packages import sha256_of
 from spinefrac.progress import Progress, silent
+from spinefrac.segmentation.learned.self_check import SelfCheck, run_self_check
 
 REGISTRY_FILE = Path(__file__).with_name("models.json")
 CACHE_ENV = "SPINEFRAC_CACHE"
@@ -123,7 +126,48 @@ def verify_model(entry: RegistryEntry) -> list[str]:
             problems.append(f"{entry.name}: {name} is missing")
         elif sha256_of(path) != expected:
             problems.append(f"{entry.name}: {name} changed since download (sha256 differs)")
+    check = recorded_self_check(entry)
+    if check is not None and check.passed is False:
+        problems.append(f"{entry.name} {check.summary()}")
     return problems
+
+
+def recorded_self_check(entry: RegistryEntry) -> SelfCheck | None:
+    """The self-check kept in the model's download record (None: not installed, or never checked)."""
+    record = download_record(model_folder(entry))
+    check = record.get("self_check") if record else None
+    return SelfCheck.from_dict(check) if isinstance(check, dict) else None
+
+
+def self_check_model(entry: RegistryEntry, device: str | None = None, progress: Progress = silent) -> SelfCheck:
+    """Run the installed model on the bundled sample CT, keep the result in its download record and
+    return it. A model that does not load fails with the error as its note."""
+    folder = model_folder(entry)
+    record = download_record(folder)
+    if record is None:
+        raise InputError(f"{entry.name} v{entry.version} is not installed (spinefrac models download {entry.name})")
+    try:
+        engine = open_model(entry, folder, device or self_check_device(entry))
+    except (SpineFracError, RuntimeError, ValueError, OSError, ImportError) as error:
+        reason = str(error).splitlines()[0] if str(error) else repr(error)
+        result = SelfCheck(False, note=f"the model did not load ({reason})")
+    else:
+        result = run_self_check(engine, progress=progress)
+    record["self_check"] = result.to_dict()  # download.json is not among the hashed files: rewriting it is safe
+    (folder / DOWNLOAD_RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return result
+
+
+def self_check_device(entry: RegistryEntry) -> str:
+    """The GPU for a model that is the default only there (when one is present), else the CPU."""
+    if "cpu" in entry.default_for or not entry.default_for:
+        return "cpu"
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
 
 
 def remove_model(entry: RegistryEntry) -> bool:
@@ -137,7 +181,8 @@ def remove_model(entry: RegistryEntry) -> bool:
 
 
 def download_model(entry: RegistryEntry, progress: Progress = silent, timeout_s: float = 30.0) -> Path:
-    """Download (resuming a partial file), verify and unpack a registry model into the cache."""
+    """Download (resuming a partial file), verify and unpack a registry model into the cache, then
+    self-check it on the sample CT (the result goes into its download record)."""
     installed = installed_model(entry)
     if installed is not None:
         return installed
@@ -156,7 +201,9 @@ def download_model(entry: RegistryEntry, progress: Progress = silent, timeout_s:
     if not entry.checksum:
         record["note"] = ("no checksum is published for this archive: its size and sha256 at first download "
                           "are recorded, and it is trusted on first use")
-    return _unpack(partial, model_folder(entry), record)
+    folder = _unpack(partial, model_folder(entry), record)
+    self_check_model(entry, progress=progress)
+    return folder
 
 
 def _fetch(url: str, partial: Path, progress: Progress, timeout_s: float) -> None:
@@ -215,11 +262,15 @@ def _unpack(archive: Path, target: Path, record: dict) -> Path:
 def engine_from_registry(entry: RegistryEntry, device: str = "cpu", progress: Progress = silent):
     """Download (or find in the cache) a registry model and open it: a MONAI bundle through its own
     inference config, a spinefrac package through its manifest."""
+    return open_model(entry, download_model(entry, progress), device)
+
+
+def open_model(entry: RegistryEntry, folder: Path, device: str = "cpu"):
+    """The engine for an unpacked registry model, by its kind."""
     from spinefrac.segmentation.learned.auto3dseg import Auto3DSegEngine
     from spinefrac.segmentation.learned.bundle import MonaiBundleEngine
     from spinefrac.segmentation.learned.engine import LearnedEngine
 
-    folder = download_model(entry, progress)
     engine_class = {"monai-bundle": MonaiBundleEngine, "auto3dseg": Auto3DSegEngine}.get(entry.kind, LearnedEngine)
     return engine_class(folder, device)
 
