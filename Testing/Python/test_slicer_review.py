@@ -21,7 +21,6 @@ from spinefrac.errors import InputError  # noqa: E402
 from spinefrac.io.images import ct_from_image, to_canonical  # noqa: E402
 from spinefrac.levels import LEVEL_BY_NAME  # noqa: E402
 from spinefrac.segmentation.base import LabelConvention, VertebraSegmentation  # noqa: E402
-from spinefrac.synthetic.phantom import PhantomSpec, make_phantom  # noqa: E402
 from SpineFractureDetectionLib import mrml_logic, points_logic, run_start  # noqa: E402
 from SpineFractureDetectionLib.child_process import (  # noqa: E402
     CANCELLED,
@@ -30,25 +29,9 @@ from SpineFractureDetectionLib.child_process import (  # noqa: E402
     stand_in_child_command,
 )
 
+from slicer_scene_fixtures import phantom, scene, volume  # noqa: E402,F401 - fixtures
+
 LIB_DIR = Path(__file__).resolve().parents[2] / "SpineFractureDetection" / "SpineFractureDetectionLib"
-
-
-@pytest.fixture(scope="module")
-def phantom():
-    return make_phantom(PhantomSpec(spacing_mm=(2.0, 2.0, 2.0), ribs=False, seed=4))
-
-
-@pytest.fixture
-def scene():
-    mrml_logic.ensure_segmentation_converters()
-    return slicer.vtkMRMLScene()
-
-
-@pytest.fixture
-def volume(scene, phantom):
-    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "Phantom CT")
-    mrml_logic.update_volume_from_sitk(node, phantom.ct)
-    return node
 
 
 def _mask(node, name, volume):

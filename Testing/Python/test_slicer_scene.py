@@ -15,28 +15,11 @@ from slicer.util import arrayFromVolume
 from spinefrac.io.images import ct_from_image, to_canonical
 from spinefrac.levels import LEVEL_BY_NAME, TOTALSEGMENTATOR_V2_IDS
 from spinefrac.segmentation.base import LabelConvention, VertebraSegmentation
-from spinefrac.synthetic.phantom import PhantomSpec, make_phantom
 from SpineFractureDetectionLib import mrml_logic, terminology
 
+from slicer_scene_fixtures import phantom, scene, volume  # noqa: F401 - fixtures
+
 LOGIC = slicer.vtkSlicerSegmentationsModuleLogic
-
-
-@pytest.fixture(scope="module")
-def phantom():
-    return make_phantom(PhantomSpec(spacing_mm=(2.0, 2.0, 2.0), ribs=False, seed=4))
-
-
-@pytest.fixture
-def scene():
-    mrml_logic.ensure_segmentation_converters()
-    return slicer.vtkMRMLScene()
-
-
-@pytest.fixture
-def volume(scene, phantom):
-    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "Phantom CT")
-    mrml_logic.update_volume_from_sitk(node, phantom.ct)
-    return node
 
 
 def _truth(phantom, name):
