@@ -187,14 +187,17 @@ def _run_cases(cases: list[BatchCase], output: Path, overwrite: bool, log, run_o
     Interrupted."""
     done: list[CaseOutcome] = []
     counter = itertools.count(1)
+    interrupt = StickyInterrupt()
 
     def record(outcome: CaseOutcome) -> None:
         done.append(outcome)
         log(f"[{next(counter)}/{len(cases)}] {outcome.name}: {outcome.status}"
             + (f" ({outcome.message})" if outcome.message else ""))
+        interrupt.check()
 
     kept = (lambda case: _kept_case(case, output) if not overwrite and (output / case.name).exists() else None)
     try:
+        interrupt.install()
         if dask is None:
             for case in cases:
                 record(kept(case) or _run_case(case, output, overwrite, run_options))
@@ -215,7 +218,37 @@ def _run_cases(cases: list[BatchCase], output: Path, overwrite: bool, log, run_o
         if dask is not None:  # its workers stopped before the summary says which cases finished
             dask.close()
         raise _interrupted(stop, cases, done, earlier, output) from None
+    finally:
+        interrupt.uninstall()
     return done
+
+
+class StickyInterrupt:
+    """Ctrl-C raises KeyboardInterrupt and is remembered: one that lands where it is swallowed (a
+    multiprocessing finalizer prints "Exception ignored" and goes on) still stops the batch after the case."""
+
+    def __init__(self):
+        self.seen = False
+        self._previous = None
+
+    def install(self) -> None:
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        except ValueError:  # not the main thread: Python's own handler stays
+            self._previous = None
+
+    def uninstall(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def check(self) -> None:
+        if self.seen:
+            raise KeyboardInterrupt
+
+    def _handler(self, signum, frame) -> None:
+        self.seen = True
+        raise KeyboardInterrupt
 
 
 def _interrupted(stop: BaseException, cases: list[BatchCase], done: list[CaseOutcome], earlier: list[CaseOutcome],

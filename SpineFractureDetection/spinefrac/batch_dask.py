@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import warnings
 from collections.abc import Callable, Iterator
 
 from spinefrac.errors import InputError
@@ -45,6 +46,9 @@ class DaskCases:
             # Ctrl-C reaches the whole process group: the workers, started ignoring SIGINT, leave it to this
             # process, which cancels their cases and closes the cluster (no traceback from every worker).
             ignored = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            # A port taken by another program is Dask's business: it takes another, and says so on stderr,
+            # where a batch's lines are read.
+            warnings.filterwarnings("ignore", message="Port .* is already in use", category=UserWarning)
             try:
                 self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                             dashboard_address=None, silence_logs=logging.CRITICAL)

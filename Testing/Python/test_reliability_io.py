@@ -84,7 +84,8 @@ def test_nan_outside_the_field_of_view_is_air_with_a_note_and_l1_density_equals_
     sitk.WriteImage(nan_image, str(path))
     before = _digests(path, sample_labels)
     ct = load_ct(path)
-    read = sitk.GetArrayViewFromImage(ct.to_source_grid(ct.image))
+    source_grid = ct.to_source_grid(ct.image)  # held: a view does not keep its image alive
+    read = sitk.GetArrayViewFromImage(source_grid)
     assert np.all(read[outside] == AIR_HU)  # ITK alone reads them as 0 HU
     assert np.array_equal(read[~outside], sitk.GetArrayViewFromImage(image)[~outside])
     run_pipeline(path, tmp_path / "out", segmentation_path=sample_labels)
