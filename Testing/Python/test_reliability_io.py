@@ -133,7 +133,7 @@ def test_a_float_label_map_with_nan_is_refused_not_read_as_background(tmp_path, 
     image.CopyInformation(sitk.ReadImage(str(sample_labels)))
     path = tmp_path / "labels_nan.nii.gz"
     sitk.WriteImage(image, str(path))
-    assert np.isnan(sitk.GetArrayViewFromImage(read_image(path, "segmentation"))).sum() == np.sum(np.isnan(labels))
+    assert np.isnan(sitk.GetArrayFromImage(read_image(path, "segmentation"))).sum() == np.sum(np.isnan(labels))
     assert "non-integer voxel values" in _refused(tmp_path, sample_ct, "--segmentation", path)
 
 

@@ -86,14 +86,15 @@ def run_self_check(engine: SegmentationEngine, sample_folder: Path | None = None
         return SelfCheck(None, note=f"the sample CT and its labels are not in {folder}")
     progress(0.0, "self-check: labelling the sample CT")
     ct = load_ct(ct_path)
-    # Copies: array() is a view into the image, which goes with the segmentation object.
-    reference = np.array(ExistingLabelMap(labels_path, "verse").segment(ct).array())
+    # The segmentations are held while read: array() is a view into their label map, freed with them.
+    reference_segmentation = ExistingLabelMap(labels_path, "verse").segment(ct)
+    reference = reference_segmentation.array()
     try:
-        predicted = np.array(engine.segment(ct).array())
+        predicted_segmentation = engine.segment(ct)
     except (SpineFracError, RuntimeError, ValueError, OSError) as error:  # a model that does not run fails
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         return SelfCheck(False, note=f"the model did not run on the sample CT ({first_line})")
-    dice = lumbar_dice(predicted, reference)
+    dice = lumbar_dice(predicted_segmentation.array(), reference)
     progress(1.0, "self-check done")
     if not dice:  # nothing compared must never read as a pass
         return SelfCheck(False, note=f"no lumbar level in {labels_path.name}")
