@@ -94,12 +94,17 @@ def _bad_markups():
 
 @pytest.mark.parametrize("text, message", _bad_markups())
 def test_malformed_markups_are_refused_in_one_line(tmp_path, text, message):
-    path = tmp_path / "bad.mrk.json"
+    assert "\n" not in _assert_refused(tmp_path / "bad.mrk.json", text, message)
+
+
+def _assert_refused(path, text: str, message: str) -> str:
+    """``text`` written to ``path`` is refused naming the file and saying ``message``; the refusal."""
     path.write_text(text, encoding="utf-8")
     with pytest.raises(InputError) as caught:
         read_points(path)
-    assert message in str(caught.value) and str(path) in str(caught.value)
-    assert "\n" not in str(caught.value)
+    refusal = str(caught.value)
+    assert message in refusal and str(path) in refusal
+    return refusal
 
 
 def test_missing_points_file(tmp_path):
@@ -290,11 +295,7 @@ def test_csv_without_header_and_level(tmp_path):
     ("x,y,z,level\n1,2,3,L1\n1,2,-27,l1\n", "names L1 twice"),
 ])
 def test_malformed_csv_is_refused(tmp_path, text, message):
-    path = tmp_path / "points.csv"
-    path.write_text(text, encoding="utf-8")
-    with pytest.raises(InputError) as caught:
-        read_points(path)
-    assert message in str(caught.value) and str(path) in str(caught.value)
+    _assert_refused(tmp_path / "points.csv", text, message)
 
 
 def test_binary_file_is_refused(tmp_path):

@@ -81,6 +81,16 @@ class VertebraSegmentation:
         return sort_craniocaudal(LEVEL_BY_ID[int(v)] for v in present if int(v) in LEVEL_BY_ID)
 
 
+def label_image_on(labels: np.ndarray, ct_image: sitk.Image) -> tuple[sitk.Image, list[int]]:
+    """An engine's [k, j, i] VerSe-id array as a label map on the CT's grid, and the ids present (counted
+    over the labelled voxels only: a count over the whole volume widens it to 8 bytes a voxel)."""
+    image = sitk.GetImageFromArray(labels)
+    image.CopyInformation(ct_image)
+    if image.GetPixelID() != LABEL_PIXEL_TYPE:
+        image = sitk.Cast(image, LABEL_PIXEL_TYPE)
+    return image, [int(v) for v in np.flatnonzero(np.bincount(labels[labels > 0])) if v]
+
+
 def labelled_box(values: np.ndarray) -> tuple[slice, slice, slice]:
     """The bounding box of a [k, j, i] array's non-zero voxels (empty slices when there are none): labels
     fill a few percent of a CT's grid, so per-voxel work is done inside it."""

@@ -20,11 +20,11 @@ from spinefrac.io.points import VertebraPoint
 from spinefrac.levels import LEVEL_BY_ID, SACRUM, Level
 from spinefrac.progress import Progress, silent
 from spinefrac.segmentation.base import (
-    LABEL_PIXEL_TYPE,
     LabelConvention,
     LevelIdentification,
     SegmentationEngine,
     VertebraSegmentation,
+    label_image_on,
     labelled_box,
 )
 from spinefrac.segmentation.guided.naming import name_points, order_craniocaudal
@@ -120,11 +120,7 @@ class GuidedEngine(SegmentationEngine):
 
     def _result(self, ct: CtVolume, hu: np.ndarray, labels: np.ndarray, identification: LevelIdentification,
                 progress: Progress) -> VertebraSegmentation:
-        image = sitk.GetImageFromArray(labels)
-        image.CopyInformation(ct.image)
-        if image.GetPixelID() != LABEL_PIXEL_TYPE:
-            image = sitk.Cast(image, LABEL_PIXEL_TYPE)
-        present_ids = [int(v) for v in np.flatnonzero(np.bincount(labels[labels > 0])) if v]
+        image, present_ids = label_image_on(labels, ct.image)
         found = [LEVEL_BY_ID[v].name for v in sorted(present_ids, key=lambda v: LEVEL_BY_ID[v].craniocaudal_rank)]
         progress(1.0, f"{len(found)} levels labelled from {len(self.points)} points ({', '.join(found)})")
         notes = [f"guided by {len(self.points)} vertebra points ({self.source})", identification.summary]

@@ -32,14 +32,13 @@ identification) so that 0.7-5 mm voxels behave alike:
 from __future__ import annotations
 
 import numpy as np
-import SimpleITK as sitk
 
 from spinefrac.errors import InputError
 from spinefrac.hounsfield import METAL_HU
 from spinefrac.io.images import CtVolume
 from spinefrac.levels import LEVEL_BY_ID
 from spinefrac.progress import Progress, silent
-from spinefrac.segmentation.base import LABEL_PIXEL_TYPE, LabelConvention, SegmentationEngine, VertebraSegmentation
+from spinefrac.segmentation.base import LabelConvention, SegmentationEngine, VertebraSegmentation, label_image_on
 from spinefrac.segmentation.offline.axis import (
     COARSE_SPACING_MM,
     WORK_SPACING_MM,
@@ -106,12 +105,7 @@ class OfflineEngine(SegmentationEngine):
         work_labels = refine_boundaries(work, segments, bone, work_labels, arc_mm, in_bodies)
         work_labels[~bone_mask(work.values, work.spacing_mm, edge=True)] = 0
         labels = native_labels(hu, spacing, work, work_labels, vessels)
-        image = sitk.GetImageFromArray(labels)
-        image.CopyInformation(ct.image)
-        if image.GetPixelID() != LABEL_PIXEL_TYPE:
-            image = sitk.Cast(image, LABEL_PIXEL_TYPE)
-        # Counted over the labelled voxels only: a count over the whole volume widens it to 8 bytes a voxel.
-        present_ids = [int(v) for v in np.flatnonzero(np.bincount(labels[labels > 0])) if v]
+        image, present_ids = label_image_on(labels, ct.image)
         found = [LEVEL_BY_ID[verse_id].name for verse_id in reversed(present_ids)]
         progress(1.0, f"{len(found)} levels labelled ({', '.join(found)})")
         notes = ([f"learned model unavailable ({self.fallback_reason}): offline engine used"]
